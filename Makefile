@@ -1,0 +1,40 @@
+# skillstore developer commands. Every target does its own setup on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel keeps setup fast on machines without a GPU; a GPU user passes their own,
+# e.g. `make setup TORCH_SPEC="torch==2.13.0 --index-url https://..."`, or installs torch first.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+# Nothing here ever downloads weights or datasets.
+export HF_HUB_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export HF_HUB_DISABLE_TELEMETRY=1
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.setup-stamp
+
+$(VENV)/.setup-stamp: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/skillstore demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check skillstore workers migrations tests bench
+
+clean:
+	rm -rf $(VENV) .skillstore .pytest_cache bench/out

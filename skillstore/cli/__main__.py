@@ -1,0 +1,5 @@
+"""`python -m skillstore.cli` runs the command line."""
+
+from . import main
+
+main()

@@ -1,0 +1,66 @@
+"""The exception hierarchy: one base class, specific subclasses that are also built-ins."""
+
+
+class SkillstoreError(Exception):
+    """Base of every error skillstore raises on purpose.
+
+    The message is one line a user can act on: what went wrong, which object, what to do.
+    """
+
+
+class NotFoundError(SkillstoreError, LookupError):
+    """An id or name that the catalog, the blob store or the filesystem does not have."""
+
+
+class ConfigError(SkillstoreError, ValueError):
+    """Settings or a policy that do not parse or do not make sense."""
+
+
+class DatabaseUnavailableError(SkillstoreError, ConnectionError):
+    """The catalog database cannot be reached."""
+
+
+class WorkspaceError(SkillstoreError, RuntimeError):
+    """A workspace that was never initialised, or whose schema is older than the code."""
+
+
+class BlobError(SkillstoreError, OSError):
+    """A blob that is missing or whose content does not match its digest."""
+
+
+class CorruptPackError(SkillstoreError, ValueError):
+    """A SkillPack file that is truncated, altered or not a SkillPack at all."""
+
+
+class FingerprintMismatchError(SkillstoreError, ValueError):
+    """A pack or checkpoint that belongs to another base model."""
+
+
+class ModelMismatchError(SkillstoreError, ValueError):
+    """Two checkpoints whose architectures, tensor names or shapes differ."""
+
+
+class DatasetError(SkillstoreError, ValueError):
+    """A training or evaluation dataset that is malformed."""
+
+
+class TrainingError(SkillstoreError, RuntimeError):
+    """Training that cannot go on: a NaN or infinite loss, or no data."""
+
+
+class JobError(SkillstoreError, RuntimeError):
+    """A learning job that cannot be queued, run or changed as asked."""
+
+
+def did_you_mean(name: str, valid: "list[str] | tuple[str, ...]") -> str:
+    """The tail of an 'unknown name' message: the closest match and the full list."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Valid names: {', '.join(sorted(valid))}."
+
+
+def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> ConfigError:
+    """A registry lookup error in lm-eval's style: did you mean, and the valid names."""
+    return ConfigError(f"Unknown {kind} {name!r}.{did_you_mean(name, valid)}")

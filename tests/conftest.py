@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated workspace per test, and real services that never skip in CI."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+SERVICES = {
+    "postgres": ("127.0.0.1", 5432),
+    "redis": ("127.0.0.1", 6379),
+    "rabbitmq": ("127.0.0.1", 5672),
+}
+
+
+def service_up(name: str) -> bool:
+    host, port = SERVICES[name]
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str) -> None:
+    """Skip locally when a server is down; in CI a missing server is a failure, never a skip."""
+    if service_up(name):
+        return
+    message = f"{name} is not reachable at {SERVICES[name][0]}:{SERVICES[name][1]}"
+    if IN_CI:
+        pytest.fail(f"{message}; .ci/run should have started it")
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a model hub."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh SKILLSTORE_HOME with every URL left at its embedded default."""
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SKILLSTORE_HOME", str(home))
+    for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
+        monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
+    return home
