@@ -1,0 +1,117 @@
+"""The job queue seen from the library: queue names, routing, Celery config, and a producer.
+
+The queue layout lives here, in one place, so that both the producer side (`skillstore learn`,
+the HTTP API) and the workers (`workers.app.create_app`) read it; skillstore never imports
+`workers`, it sends tasks by their dotted names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from celery import Celery
+from kombu import Queue
+
+from .errors import ConfigError
+from .settings import Settings
+
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+QUEUES = (GPU_QUEUE, CPU_QUEUE)
+
+# Redis redelivers an unacknowledged task once its visibility timeout passes, so the timeout
+# must outlast the longest task (training a real model on one GPU) with margin to spare.
+LONGEST_TASK_S = 6 * 3600
+VISIBILITY_TIMEOUT_S = 2 * LONGEST_TASK_S
+
+TASK_ROUTES = {
+    "workers.learn.prepare": {"queue": CPU_QUEUE},
+    "workers.learn.train": {"queue": GPU_QUEUE},
+    "workers.learn.compress": {"queue": CPU_QUEUE},
+    "workers.learn.evaluate": {"queue": GPU_QUEUE},
+    "workers.learn.gate": {"queue": CPU_QUEUE},
+    "workers.ops.*": {"queue": CPU_QUEUE},
+}
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings shared by producers and workers: JSON only, long-job safety."""
+    if settings.broker_url.startswith("sqla+sqlite"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    config = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": CPU_QUEUE,
+        "task_routes": TASK_ROUTES,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+    if settings.broker_url.startswith(("redis", "rediss", "sqs")):
+        config["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    if settings.result_backend.startswith(("redis", "rediss")):
+        config["result_backend_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return config
+
+
+def producer(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks by name; it loads no task code."""
+    app = Celery("skillstore")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def parse_queues(queues: str) -> list[str]:
+    """`gpu,cpu` -> ["gpu", "cpu"], refusing names that no task is routed to."""
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if not names or unknown:
+        raise ConfigError(
+            f"Unknown queue {', '.join(unknown) or '(none given)'!s}; "
+            f"choose from {', '.join(QUEUES)} (comma-separated)."
+        )
+    return names
+
+
+def worker_command(queues: Sequence[str], concurrency: int, *, pool: str = "prefork",
+                   loglevel: str = "INFO", hostname: str | None = None) -> list[str]:
+    """The argv that starts a real Celery worker process on the given queues."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.main", "worker",
+            "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-l", loglevel,
+            "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["-n", hostname]
+    return argv
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands these settings to a child process."""
+    env = dict(os.environ)
+    env.update({
+        "SKILLSTORE_HOME": str(settings.home),
+        "SKILLSTORE_DATABASE_URL": settings.database_url,
+        "SKILLSTORE_BLOB_URL": settings.blob_url,
+        "SKILLSTORE_BROKER_URL": settings.broker_url,
+        "SKILLSTORE_RESULT_BACKEND": settings.result_backend,
+    })
+    return env
+
+
+def spawn_worker(settings: Settings, queues: Sequence[str] = QUEUES, concurrency: int = 1,
+                 **kwargs) -> subprocess.Popen:
+    """Start a worker as a child process (used by the demo and the tests)."""
+    return subprocess.Popen(worker_command(queues, concurrency, **kwargs),
+                            env=settings_env(settings))

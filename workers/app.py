@@ -1,0 +1,18 @@
+"""The Celery app factory: the queue layout comes from skillstore.jobqueue, the tasks from here."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from skillstore.jobqueue import celery_config
+from skillstore.settings import Settings, get_settings
+
+TASK_MODULES = ("workers.ops",)
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Build the worker-side Celery app for these settings (broker and backend by URL)."""
+    settings = settings or get_settings()
+    app = Celery("skillstore", include=list(TASK_MODULES))
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,14 @@
+"""Operational tasks: liveness checks that prove a worker serves a queue end to end."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import shared_task
+
+
+@shared_task(name="workers.ops.ping")
+def ping() -> dict:
+    """Answer with who ran the task, so a caller can tell which worker and queue served it."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
