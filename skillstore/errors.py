@@ -28,6 +28,14 @@ class BlobError(SkillstoreError, OSError):
     """A blob that is missing or whose content does not match its digest."""
 
 
+class BlobNotFoundError(BlobError, FileNotFoundError):
+    """A digest the blob store does not hold."""
+
+
+class BlobCorruptError(BlobError):
+    """A blob whose bytes no longer hash to its digest."""
+
+
 class CorruptPackError(SkillstoreError, ValueError):
     """A SkillPack file that is truncated, altered or not a SkillPack at all."""
 
@@ -64,3 +72,15 @@ def did_you_mean(name: str, valid: "list[str] | tuple[str, ...]") -> str:
 def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> ConfigError:
     """A registry lookup error in lm-eval's style: did you mean, and the valid names."""
     return ConfigError(f"Unknown {kind} {name!r}.{did_you_mean(name, valid)}")
+
+
+class EvaluationError(SkillstoreError, ValueError):
+    """An evaluation suite, result set or accuracy matrix that cannot be used as given."""
+
+
+class RoutingError(SkillstoreError, ValueError):
+    """A router that is untrained, foreign to the base model, or asked for unknown packs."""
+
+
+class PromotionConflictError(SkillstoreError, RuntimeError):
+    """A promotion whose base moved to a newer state while it was being decided; retry it."""

@@ -1,0 +1,69 @@
+"""Blob garbage collection: delete blobs that no catalog row refers to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..blobstore import BlobInfo, BlobStore
+from .models import ModelState, Promotion, Skill, SkillPack
+
+# Every column that may hold a blob digest. A later table that stores digests adds itself here.
+BLOB_REFERENCES = (
+    SkillPack.blob_digest,
+    ModelState.router_blob_digest,
+    Skill.data_sha256,
+    Promotion.report_ref,
+)
+
+
+@dataclass
+class GcReport:
+    unreferenced: list[BlobInfo] = field(default_factory=list)
+    too_young: list[BlobInfo] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    stale_staging: list[str] = field(default_factory=list)  # interrupted writes
+    kept: int = 0
+
+    @property
+    def freed_bytes(self) -> int:
+        gone = set(self.deleted)
+        return sum(b.size for b in self.unreferenced if b.digest in gone)
+
+
+def referenced_digests(session: Session) -> set[str]:
+    refs: set[str] = set()
+    for column in BLOB_REFERENCES:
+        refs.update(v for v in session.scalars(sa.select(column).where(column.is_not(None)).distinct())
+                    if v)
+    return refs
+
+
+def collect_garbage(session: Session, store: BlobStore, *, dry_run: bool = True,
+                    min_age: timedelta = timedelta(hours=1)) -> GcReport:
+    """Find (and unless `dry_run`, delete) unreferenced blobs older than `min_age`.
+
+    The age floor protects a blob that a running job has written but not yet recorded.
+    """
+    refs = referenced_digests(session)
+    cutoff = datetime.now(timezone.utc) - min_age
+    report = GcReport()
+    for blob in store.iter_blobs():
+        if blob.digest in refs:
+            report.kept += 1
+        elif blob.modified is not None and blob.modified > cutoff:
+            report.too_young.append(blob)
+        else:
+            report.unreferenced.append(blob)
+    report.stale_staging = [path for path, modified in store.iter_staging()
+                            if modified is None or modified <= cutoff]
+    if not dry_run:
+        for blob in report.unreferenced:
+            store.delete(blob.digest)
+            report.deleted.append(blob.digest)
+        for path in report.stale_staging:
+            store.fs.rm(path)
+    return report

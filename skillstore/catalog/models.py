@@ -1,0 +1,229 @@
+"""Catalog tables: bases, skills, packs, lineage, jobs, model states, eval results, promotions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .schema import EdgeKind, JobStatus, PackStatus, Record, enum_column, utcnow
+
+NAME = sa.String(128)
+DIGEST = sa.String(80)  # "sha256:" + 64 hex digits
+
+
+class BaseCheckpoint(Record):
+    """A registered target or source checkpoint, identified by the hash of its weights."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    uri: Mapped[str] = mapped_column(sa.Text)
+    architecture: Mapped[str] = mapped_column(sa.String(128))
+    tokenizer_fingerprint: Mapped[str | None] = mapped_column(DIGEST)
+    fingerprint: Mapped[str] = mapped_column(DIGEST, unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Skill(Record):
+    """A named capability with its training data and the eval suite that measures it."""
+
+    __tablename__ = "skills"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(NAME, unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    data_uri: Mapped[str | None] = mapped_column(sa.Text)
+    data_sha256: Mapped[str | None] = mapped_column(DIGEST)
+    suite: Mapped[str] = mapped_column(sa.String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SkillPack(Record):
+    """One version of one skill for one base: a compressed delta stored as a blob."""
+
+    __tablename__ = "skill_packs"
+    __table_args__ = (
+        sa.UniqueConstraint("skill_id", "version"),
+        sa.CheckConstraint("version >= 1", name="version_positive"),
+        sa.CheckConstraint("size_bytes >= 0", name="size_nonnegative"),
+        sa.Index("ix_skill_packs_skill_status_id", "skill_id", "status", "id"),
+        sa.Index("ix_skill_packs_status_id", "status", "id"),
+        sa.Index("ix_skill_packs_base_id", "base_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    skill_id: Mapped[int] = mapped_column(sa.ForeignKey("skills.id", ondelete="RESTRICT"))
+    version: Mapped[int]
+    base_id: Mapped[int] = mapped_column(sa.ForeignKey("base_models.id", ondelete="RESTRICT"))
+    status: Mapped[PackStatus] = mapped_column(
+        enum_column(PackStatus, "pack_status"), default=PackStatus.candidate)
+    blob_digest: Mapped[str] = mapped_column(DIGEST, index=True)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    format_version: Mapped[int]
+    compression_ratio: Mapped[float | None]
+    codecs: Mapped[dict] = mapped_column(default=dict)  # module type -> codec spec
+    method: Mapped[str] = mapped_column(sa.String(32))
+    source_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("base_models.id", ondelete="RESTRICT"))
+    metrics: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    skill: Mapped[Skill] = relationship(lazy="raise")
+    base: Mapped[BaseCheckpoint] = relationship(foreign_keys=[base_id], lazy="raise")
+    source: Mapped[BaseCheckpoint | None] = relationship(foreign_keys=[source_id], lazy="raise")
+
+
+class LineageEdge(Record):
+    """Child pack -> parent (a pack or a base model); a pack may have several parents."""
+
+    __tablename__ = "lineage_edges"
+    __table_args__ = (
+        sa.CheckConstraint("(parent_pack_id IS NULL) <> (parent_base_id IS NULL)",
+                           name="one_parent"),
+        sa.CheckConstraint("child_id <> parent_pack_id", name="no_self_loop"),
+        # One edge per (child, parent, kind); partial indexes because NULLs never collide.
+        sa.Index("uq_lineage_edges_pack_parent", "child_id", "parent_pack_id", "kind", unique=True,
+                 sqlite_where=sa.text("parent_pack_id IS NOT NULL"),
+                 postgresql_where=sa.text("parent_pack_id IS NOT NULL")),
+        sa.Index("uq_lineage_edges_base_parent", "child_id", "parent_base_id", "kind", unique=True,
+                 sqlite_where=sa.text("parent_base_id IS NOT NULL"),
+                 postgresql_where=sa.text("parent_base_id IS NOT NULL")),
+        sa.Index("ix_lineage_edges_parent_pack_id", "parent_pack_id"),
+        sa.Index("ix_lineage_edges_parent_base_id", "parent_base_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    child_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("skill_packs.id", ondelete="CASCADE"), index=True)
+    parent_pack_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("skill_packs.id", ondelete="RESTRICT"))
+    parent_base_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("base_models.id", ondelete="RESTRICT"))
+    kind: Mapped[EdgeKind] = mapped_column(enum_column(EdgeKind, "edge_kind"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Record):
+    """A queued unit of work (a learning job), with live progress and its resulting pack."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.CheckConstraint("progress >= 0 AND progress <= 1", name="progress_fraction"),
+        sa.Index("ix_jobs_status_id", "status", "id"),
+        sa.Index("ix_jobs_base_id_status", "base_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[JobStatus] = mapped_column(
+        enum_column(JobStatus, "job_status"), default=JobStatus.queued)
+    celery_task_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    params: Mapped[dict] = mapped_column(default=dict)
+    base_id: Mapped[int | None] = mapped_column(sa.ForeignKey("base_models.id", ondelete="SET NULL"))
+    skill_id: Mapped[int | None] = mapped_column(sa.ForeignKey("skills.id", ondelete="SET NULL"))
+    stage: Mapped[str | None] = mapped_column(sa.String(64))
+    progress: Mapped[float] = mapped_column(default=0.0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    pack_id: Mapped[int | None] = mapped_column(sa.ForeignKey("skill_packs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class ModelState(Record):
+    """A base model plus an ordered set of packs with scales plus a routing policy."""
+
+    __tablename__ = "model_states"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(DIGEST, unique=True)
+    base_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("base_models.id", ondelete="RESTRICT"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("model_states.id", ondelete="SET NULL"))
+    router: Mapped[str] = mapped_column(sa.String(32))
+    router_config: Mapped[dict] = mapped_column(default=dict)
+    router_blob_digest: Mapped[str | None] = mapped_column(DIGEST)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    members: Mapped[list[StatePack]] = relationship(
+        lazy="raise", order_by="StatePack.position", cascade="all, delete-orphan")
+
+
+class StatePack(Record):
+    """One pack of a model state, at a position, with its scale."""
+
+    __tablename__ = "state_packs"
+    __table_args__ = (sa.UniqueConstraint("state_id", "pack_id"),)
+
+    state_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_states.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    pack_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("skill_packs.id", ondelete="RESTRICT"), index=True)
+    scale: Mapped[float] = mapped_column(default=1.0)
+
+
+class BaseHead(Record):
+    """The current state of a base; `version` lets racing promotions compare-and-swap."""
+
+    __tablename__ = "base_heads"
+
+    base_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("base_models.id", ondelete="CASCADE"), primary_key=True)
+    state_id: Mapped[int] = mapped_column(sa.ForeignKey("model_states.id", ondelete="RESTRICT"))
+    version: Mapped[int] = mapped_column(default=1)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EvalResult(Record):
+    """One metric of one lm-eval task on one model state; the cache key is unique."""
+
+    __tablename__ = "eval_results"
+    __table_args__ = (
+        sa.UniqueConstraint("state_id", "suite", "suite_version", "task", "metric"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state_id: Mapped[int] = mapped_column(sa.ForeignKey("model_states.id", ondelete="CASCADE"))
+    skill_id: Mapped[int | None] = mapped_column(  # NULL: the base's general suite
+        sa.ForeignKey("skills.id", ondelete="RESTRICT"), index=True)
+    suite: Mapped[str] = mapped_column(sa.String(256))
+    suite_version: Mapped[str] = mapped_column(sa.String(80))
+    task: Mapped[str] = mapped_column(sa.String(256))
+    metric: Mapped[str] = mapped_column(sa.String(128))
+    value: Mapped[float]
+    stderr: Mapped[float | None]
+    n: Mapped[int]
+    lm_eval_version: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Promotion(Record):
+    """Append-only audit of every status change of a pack (creation included)."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pack_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("skill_packs.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[PackStatus | None] = mapped_column(enum_column(PackStatus, "from_status"))
+    to_status: Mapped[PackStatus] = mapped_column(enum_column(PackStatus, "to_status"))
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    report_ref: Mapped[str | None] = mapped_column(sa.Text)
+    state_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("model_states.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+@sa.event.listens_for(Promotion, "before_update")
+@sa.event.listens_for(Promotion, "before_delete")
+def _audit_is_append_only(mapper, connection, target: Promotion) -> None:
+    raise RuntimeError(f"promotion audit row {target.id} is append-only")

@@ -1,0 +1,50 @@
+"""Catalog fixtures: a migrated database per test on SQLite and on a throwaway PostgreSQL DB."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from factories import require_service
+
+from skillstore.catalog import migrate
+from skillstore.catalog.db import create_database, drop_database, make_engine, session_scope
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url():
+    """A PostgreSQL database of its own for this test run, dropped at the end."""
+    require_service("postgres")
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/skillstore_test_{uuid.uuid4().hex[:10]}"
+    create_database(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """An empty database: a SQLite file, or the run's PostgreSQL database wiped clean."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    url = request.getfixturevalue("pg_server_url")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(db_url):
+    migrate.upgrade(db_url)
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine):
+    with session_scope(engine) as s:
+        yield s
