@@ -1,0 +1,90 @@
+"""Baselines that show what GraftLLM buys: naive sequential FT, LoRA at a rank, multi-task joint."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .generate import exact_match
+from .sft import Progress, SFTConfig, TrainResult, train_sft
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One skill in a learning sequence: its name and its splits as rows."""
+
+    name: str
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+
+
+class LoRAConfig(BaseModel):
+    """LoRA adapter shape; the SFT settings drive the optimisation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=8, gt=0)
+    alpha: float | None = Field(default=None, description="Scaling numerator; defaults to 2 * rank.")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    sft: SFTConfig = SFTConfig(lr=3e-3)
+
+
+def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
+               config: LoRAConfig | None = None, progress: Progress | None = None) -> TrainResult:
+    """Fine-tune a PEFT LoRA adapter and return the base with the adapter merged in.
+
+    Merging gives a plain model of the base's architecture, so it is evaluated and compared
+    (or packed) exactly like a fully fine-tuned one.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    cfg = config or LoRAConfig()
+    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or 2 * cfg.rank, lora_dropout=cfg.dropout,
+                          target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    wrapped = get_peft_model(model, peft_cfg)
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    result = train_sft(wrapped, tokenizer, train_rows, val_rows, cfg.sft, progress)
+    merged = wrapped.merge_and_unload()
+    merged.eval()
+    return TrainResult(merged, {**result.metrics, "rank": cfg.rank, "trainable_params": trainable})
+
+
+def accuracy_row(model, tokenizer, stages: Sequence[Stage], limit: int | None = None) -> dict[str, float]:
+    return {s.name: exact_match(model, tokenizer, s.test, limit=limit).accuracy for s in stages}
+
+
+def train_sequential(model, tokenizer, stages: Sequence[Stage], config: SFTConfig | None = None,
+                     progress: Progress | None = None, eval_limit: int | None = None) -> tuple[TrainResult, list[list[float]]]:
+    """Naive sequential full fine-tuning: each skill on top of the previous model.
+
+    Returns the final model and the accuracy matrix R[i][j] = test accuracy on skill j after
+    training stage i, which shows how much earlier skills are forgotten.
+    """
+    matrix: list[list[float]] = []
+    history = []
+    for i, stage in enumerate(stages):
+        sub = (lambda s, f, i=i, n=stage.name: progress(f"{n}:{s}", (i + f) / len(stages))) if progress else None
+        result = train_sft(model, tokenizer, stage.train, stage.validation, config, sub)
+        history.append({k: v for k, v in result.metrics.items() if k != "history"})
+        row = accuracy_row(model, tokenizer, stages, eval_limit)
+        matrix.append([row[s.name] for s in stages])
+    return TrainResult(model, {"stages": [s.name for s in stages], "per_stage": history}), matrix
+
+
+def joint_rows(stages: Sequence[Stage], split: str, seed: int = 0) -> list[dict]:
+    rows = [r for s in stages for r in getattr(s, split)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def train_joint(model, tokenizer, stages: Sequence[Stage], config: SFTConfig | None = None,
+                progress: Progress | None = None) -> TrainResult:
+    """Multi-task joint training on every skill so far: the usual upper bound."""
+    cfg = config or SFTConfig()
+    return train_sft(model, tokenizer, joint_rows(stages, "train", cfg.seed),
+                     joint_rows(stages, "validation", cfg.seed), cfg, progress)

@@ -1,0 +1,86 @@
+"""Cross-capability transfer through text: the source answers, a checker filters, the target learns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import TrainingError
+from .generate import generate_answers
+from .sft import Progress, SFTConfig, TrainResult, train_sft
+
+Checker = Callable[[str, str], bool]
+
+
+class GenerationConfig(BaseModel):
+    """How the source model answers prompts: greedy by default, or sampled with retries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    samples: int = Field(default=1, ge=1, description="Sampled attempts per prompt (sampling only).")
+    max_new_tokens: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    seed: int = 0
+
+
+def source_rows(source, source_tokenizer, prompts: list[str], *, checker: Checker | None = None,
+                config: GenerationConfig | None = None, progress: Progress | None = None) -> tuple[list[dict], dict]:
+    """Let the source answer every prompt; keep the answers that pass ``checker``.
+
+    Returns (rows, stats) where rows are plain-text prompt/answer pairs: the only thing that
+    crosses from the source's tokenizer to the target's. With sampling, each prompt gets up to
+    ``samples`` attempts and the first verified one is kept.
+    """
+    cfg = config or GenerationConfig()
+    if not prompts:
+        raise TrainingError("Distillation got no prompts; pass the skill's training prompts.")
+    attempts = cfg.samples if cfg.do_sample else 1
+    kept: dict[str, str] = {}
+    generated = 0
+    pending = list(dict.fromkeys(prompts))
+    for attempt in range(attempts):
+        answers = generate_answers(
+            source, source_tokenizer, pending, max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
+            seed=cfg.seed + attempt,
+            progress=(lambda s, f, a=attempt: progress("generate", (a + f) / attempts)) if progress else None)
+        generated += len(answers)
+        for prompt, answer in zip(pending, answers, strict=True):
+            if answer and (checker is None or checker(prompt, answer)):
+                kept[prompt] = answer
+        pending = [p for p in pending if p not in kept]
+        if not pending:
+            break
+    rows = [{"prompt": p, "answer": kept[p]} for p in prompts if p in kept]
+    stats = {"n_prompts": len(set(prompts)), "n_generated": generated, "n_kept": len(set(kept)),
+             "acceptance": len(kept) / max(1, len(set(prompts))), "verified": checker is not None}
+    return rows, stats
+
+
+def distill(source, source_tokenizer, target, target_tokenizer, train_prompts: list[str],
+            val_prompts: list[str] | None = None, *, checker: Checker | None = None,
+            generation: GenerationConfig | None = None, sft: SFTConfig | None = None,
+            progress: Progress | None = None) -> TrainResult:
+    """GraftLLM-style distillation: source-generated, checker-verified text, then SFT of the target.
+
+    The two models may have different architectures and tokenizers: the answers are decoded
+    to text by the source's tokenizer and re-encoded by the target's; no logits are shared.
+    """
+    rows, stats = source_rows(source, source_tokenizer, train_prompts, checker=checker,
+                              config=generation, progress=progress)
+    if not rows:
+        raise TrainingError(
+            f"The source model produced no accepted answer for {len(train_prompts)} prompts; "
+            "train the source on the skill first, or relax the checker."
+        )
+    val_rows = None
+    if val_prompts:
+        val_rows, _ = source_rows(source, source_tokenizer, val_prompts, checker=checker, config=generation)
+    result = train_sft(target, target_tokenizer, rows, val_rows or None, sft,
+                       (lambda s, f: progress("train", f)) if progress else None)
+    result.metrics["distill"] = stats
+    result.metrics["distilled_rows"] = rows
+    return result

@@ -1,0 +1,147 @@
+"""Supervised fine-tuning: loss on answer tokens, AdamW, warmup + cosine, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import TrainingError
+from .data import Example, batches, collate, encode_rows, pad_id_of
+
+Progress = Callable[[str, float], None]
+
+
+class SFTConfig(BaseModel):
+    """Hyper-parameters of one SFT run; ``max_steps`` bounds the run, early stopping may end it sooner."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lr: float = Field(default=1e-3, gt=0)
+    max_steps: int = Field(default=600, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    warmup_frac: float = Field(default=0.05, ge=0, lt=1)
+    min_lr_frac: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=50, gt=0)
+    patience: int = Field(default=4, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(default=1e-4, ge=0)
+    max_length: int = Field(default=128, gt=1)
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """The trained model (in memory, not saved) and what happened on the way."""
+
+    model: torch.nn.Module
+    metrics: dict = field(default_factory=dict)
+
+
+def lr_lambda(step: int, total: int, warmup: int, min_frac: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_frac`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "SFT") -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"{what} loss became {loss.item()} at step {step}; nothing was saved. "
+            "Lower the learning rate or check the data for empty answers."
+        )
+
+
+@torch.no_grad()
+def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
+    """Token-weighted mean loss over ``examples`` (answer tokens only)."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for chunk in batches(examples, batch_size, None):
+        batch = collate(chunk, pad_id, device)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    model.train(was)
+    return total / max(1, count)
+
+
+def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
+              config: SFTConfig | None = None, progress: Progress | None = None) -> TrainResult:
+    """Fine-tune ``model`` in place on prompt/answer rows and return it with metrics.
+
+    The best weights by validation loss are restored at the end. A NaN or infinite loss
+    raises TrainingError; the caller saves nothing because nothing is returned.
+    """
+    cfg = config or SFTConfig()
+    train = encode_rows(tokenizer, train_rows, cfg.max_length, "SFT training data")
+    val = encode_rows(tokenizer, val_rows, cfg.max_length, "SFT validation data") if val_rows else []
+    device = next(model.parameters()).device
+    pad = pad_id_of(tokenizer)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("The model has no trainable parameters; unfreeze it or use the LoRA trainer.")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, cfg.max_steps, warmup, cfg.min_lr_frac))
+    model.train()
+    best, best_state, bad, step, stopped_early = math.inf, None, 0, 0, False
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    running = 0.0
+    while step < cfg.max_steps and not stopped_early:
+        for chunk in batches(train, cfg.batch_size, gen):
+            batch = collate(chunk, pad, device)
+            loss = model(**batch).loss
+            check_finite(loss, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            running += float(loss.detach())
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                entry = {"step": step, "train_loss": running / cfg.eval_every}
+                running = 0.0
+                if val:
+                    v = mean_loss(model, val, pad, cfg.batch_size * 2)
+                    if not math.isfinite(v):
+                        raise TrainingError(f"Validation loss became {v} at step {step}; nothing was saved. Lower the learning rate.")
+                    entry["val_loss"] = v
+                    if v < best - cfg.min_delta:
+                        best, bad = v, 0
+                        best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+                    else:
+                        bad += 1
+                        stopped_early = bad >= cfg.patience
+                history.append(entry)
+            if progress:
+                progress("train", step / cfg.max_steps)
+            if step >= cfg.max_steps or stopped_early:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    metrics = {"steps": step, "seconds": time.perf_counter() - t0, "stopped_early": stopped_early,
+               "best_val_loss": best if best_state is not None else None,
+               "n_train": len(train), "n_val": len(val), "history": history}
+    return TrainResult(model, metrics)
+
+
+def clone_model(model):
+    """An independent copy of a model (for a frozen reference or a baseline that must not share weights)."""
+    return copy.deepcopy(model)

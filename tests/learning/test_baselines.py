@@ -1,0 +1,54 @@
+"""Baselines: LoRA gives back a plain merged model; sequential FT fills its accuracy matrix."""
+
+from __future__ import annotations
+
+import torch
+
+from skillstore.curriculum.validate import load_rows
+from skillstore.fingerprint import fingerprint_module
+from skillstore.models import load_causal_lm
+from skillstore.training.baselines import (
+    LoRAConfig,
+    Stage,
+    train_joint,
+    train_lora,
+    train_sequential,
+)
+from skillstore.training.sft import SFTConfig
+
+TINY = SFTConfig(lr=1e-2, max_steps=6, batch_size=8, eval_every=3)
+
+
+def _stages(mini_zoo, names):
+    cur = mini_zoo.load_curriculum()
+    return [Stage(n, load_rows(cur.skills[n].train), load_rows(cur.skills[n].validation),
+                  load_rows(cur.skills[n].test)[:4]) for n in names]
+
+
+def test_lora_merges_into_a_plain_model_of_the_base_architecture(mini_zoo):
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    base_names = set(model.state_dict())
+    before = fingerprint_module(model)
+    stage = _stages(mini_zoo, ["knowledge"])[0]
+    result = train_lora(model, tok, stage.train, stage.validation, LoRAConfig(rank=4, sft=TINY))
+    merged = result.model
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert set(merged.state_dict()) == base_names
+    assert fingerprint_module(merged) != before
+    assert result.metrics["rank"] == 4
+    n_base = sum(p.numel() for p in merged.parameters())
+    assert 0 < result.metrics["trainable_params"] < n_base / 4
+
+
+def test_sequential_matrix_has_a_row_per_stage_and_joint_trains_all(mini_zoo):
+    stages = _stages(mini_zoo, ["knowledge", "add"])
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result, matrix = train_sequential(model, tok, stages, TINY)
+    assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
+    assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
+    assert result.metrics["stages"] == ["knowledge", "add"]
+    assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    joint = train_joint(model, tok, stages, TINY)
+    assert joint.metrics["n_train"] == sum(len(s.train) for s in stages)

@@ -1,0 +1,120 @@
+"""Trainers: the answer-only loss mask, DPO against a hand-computed value, failure handling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from skillstore.curriculum.validate import load_rows, write_jsonl
+from skillstore.errors import DatasetError, TrainingError
+from skillstore.models import load_causal_lm
+from skillstore.training.data import IGNORE_INDEX, collate, encode_rows
+from skillstore.training.dpo import DPOConfig, dpo_loss, sequence_logprobs, train_dpo
+from skillstore.training.run import TrainJob, get_trainer, run_training
+from skillstore.training.sft import SFTConfig, train_sft
+
+
+def test_loss_mask_covers_exactly_the_answer_tokens(mini_zoo):
+    for path in (mini_zoo.target, mini_zoo.sources["gpt2"]):
+        _, tok = load_causal_lm(path, fingerprint=False)
+        rows = [{"prompt": "add: 12+34 =", "answer": "46"}, {"prompt": "reverse: abcde =", "answer": "edcba"}]
+        examples = encode_rows(tok, rows, 64)
+        batch = collate(examples, tok.pad_token_id, torch.device("cpu"))
+        for i, row in enumerate(rows):
+            labels = batch["labels"][i]
+            kept = labels[labels != IGNORE_INDEX].tolist()
+            assert tok.decode(kept) == row["answer"] + "\n"
+            n_prompt = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+            assert (labels[:n_prompt] == IGNORE_INDEX).all()
+            assert labels[n_prompt].item() != IGNORE_INDEX
+            # Padding is masked out too.
+            assert (labels[batch["attention_mask"][i] == 0] == IGNORE_INDEX).all()
+
+
+def test_dpo_loss_matches_hand_computed_value():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    rc, rr = torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0])
+    # margins: ((-1+2) - (-3+2)) = 2 and ((-2+2) - (-1+2)) = -1; beta = 0.5
+    expected = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(0.5))) / 2
+    assert dpo_loss(pc, pr, rc, rr, beta=0.5).item() == pytest.approx(expected, rel=1e-6)
+    # Policy equal to the reference: log 2, whatever beta.
+    assert dpo_loss(rc, rr, rc, rr, beta=3.0).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_sequence_logprobs_sum_answer_token_logprobs(mini_zoo):
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    examples = encode_rows(tok, [{"prompt": "add: 1+2 =", "answer": "3"}], 32)
+    batch = collate(examples, tok.pad_token_id, torch.device("cpu"))
+    got = sequence_logprobs(model, batch).item()
+    ids = examples[0].input_ids
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+    n = len(examples[0].prompt_ids)
+    want = sum(logp[t - 1, ids[t]].item() for t in range(n, len(ids)))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_dpo_raises_the_chosen_margin(mini_zoo):
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    reference, _ = load_causal_lm(mini_zoo.target, fingerprint=False)
+    pairs = [{"prompt": f"spell digit: {d} =", "chosen": w, "rejected": w[::-1]}
+             for d, w in enumerate(["zero", "one", "two", "three"])]
+    result = train_dpo(model, reference, tok, pairs, DPOConfig(beta=0.5, lr=3e-3, max_steps=15, batch_size=4))
+    assert result.metrics["first_loss"] == pytest.approx(math.log(2), rel=1e-4)
+    assert result.metrics["final_loss"] < 0.5 * math.log(2)
+
+
+def test_nan_loss_stops_training_and_saves_nothing(mini_zoo, tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "add: 1+2 =", "answer": "3"}] * 4)
+    out = tmp_path / "out"
+    job = TrainJob(base_dir=mini_zoo.target, train_path=train, out_dir=out,
+                   sft=SFTConfig(lr=1e30, max_steps=20, batch_size=4, grad_clip=1e30))
+    with pytest.raises(TrainingError, match="nothing was saved"):
+        run_training("sft", job)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_empty_data_is_refused(mini_zoo):
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    with pytest.raises(DatasetError, match="no rows"):
+        train_sft(model, tok, [], None, SFTConfig(max_steps=2))
+
+
+def test_unknown_trainer_lists_the_valid_ones():
+    with pytest.raises(Exception, match="Valid names: distill, dpo, lora, sft"):
+        get_trainer("sfft")
+
+
+def test_run_training_saves_a_loadable_model(mini_zoo, tmp_path):
+    cur = mini_zoo.load_curriculum()
+    out = tmp_path / "tuned"
+    job = TrainJob(base_dir=mini_zoo.target, train_path=cur.skills["knowledge"].train,
+                   val_path=cur.skills["knowledge"].validation, out_dir=out,
+                   sft=SFTConfig(max_steps=5, batch_size=8, eval_every=5))
+    stages = []
+    metrics = run_training("sft", job, progress=lambda s, f: stages.append((s, f)))
+    assert metrics["steps"] == 5 and stages[-1] == ("save", 1.0)
+    model, tok = load_causal_lm(out)
+    assert model.config.model_type == "llama" and len(load_rows(job.train_path)) > 0
+
+
+def test_dpo_job_runs_sft_then_dpo_and_saves(mini_zoo, tmp_path):
+    cur = mini_zoo.load_curriculum()
+    out = tmp_path / "dpo"
+    job = TrainJob(base_dir=mini_zoo.target, train_path=cur.skills["add"].train, out_dir=out,
+                   skill="add", sft=SFTConfig(max_steps=3, batch_size=8),
+                   dpo=DPOConfig(max_steps=3, batch_size=8))
+    metrics = run_training("dpo", job)
+    assert metrics["dpo"]["steps"] == 3 and metrics["dpo"]["n_pairs"] == len(load_rows(job.train_path))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_distill_job_without_a_source_is_refused(mini_zoo, tmp_path):
+    cur = mini_zoo.load_curriculum()
+    job = TrainJob(base_dir=mini_zoo.target, train_path=cur.skills["add"].train, out_dir=tmp_path / "d")
+    with pytest.raises(Exception, match="needs a source model"):
+        run_training("distill", job)
+    assert not (tmp_path / "d").exists()
