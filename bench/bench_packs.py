@@ -1,0 +1,250 @@
+"""SkillPack benchmark: bytes, error, accuracy, compress and apply time per codec and policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from skillstore.packs import (
+    CodecSpec,
+    CompressionPolicy,
+    apply_pack,
+    compress_checkpoint,
+    load_policy,
+    read_pack,
+    unapply_pack,
+)
+from skillstore.packs.delta import checkpoint_index
+from skillstore.packs.export import load_base
+
+# ~110M parameters: Llama layout, untied head.
+BIG = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+       "num_key_value_heads": 12, "intermediate_size": 2048, "vocab_size": 16000}
+TINY_SKILL = "knowledge"
+
+
+def _baseline(name: str, codec: str, **params) -> CompressionPolicy:
+    spec = CodecSpec(codec=codec, params=params)
+    return CompressionPolicy(name=name, embedding=spec, attention=spec, mlp=spec, unknown=spec)
+
+
+def _shapes(base: Path) -> tuple[int, list[tuple[int, ...]]]:
+    small, mats = 0, []
+    for info in checkpoint_index(base).values():
+        if len(info.shape) == 2:
+            mats.append(info.shape)
+        else:
+            small += 2 * math.prod(info.shape)
+    return small, mats
+
+
+def policies(base: Path, target_bytes: int, bitdelta_ratio: float) -> list[CompressionPolicy]:
+    """The baselines at the compact preset's bytes, the presets, and the budget mode."""
+    small, mats = _shapes(base)
+    rank = max(1, int((target_bytes - small) / sum(2 * (m + n) for m, n in mats)))
+    entries = sum(m * n for m, n in mats)
+    keep = min(1.0, (target_bytes - small) / (entries * (2 + 22 / 8)))
+    return [
+        _baseline("dense fp16", "dense"),
+        _baseline("BitDelta", "bitdelta"),
+        _baseline(f"low-rank r={rank} (=bytes)", "lowrank", rank=rank),
+        _baseline(f"DARE keep={keep:.4f} (=bytes)", "dare", drop=1 - keep),
+        load_policy("balanced"),
+        load_policy("compact"),
+        load_policy("compact", budget=0.05).model_copy(update={"name": "budget 5%"}),
+        load_policy("compact", budget=bitdelta_ratio).model_copy(
+            update={"name": f"budget {100 * bitdelta_ratio:.2f}% (=BitDelta bytes)"}),
+    ]
+
+
+def _measure(base: Path, tuned: Path, policy, out: Path, evaluate=None, **kw) -> dict:
+    path = out / f"{policy.name.split()[0].replace('%', '')}-{abs(hash(policy.name)) % 10**6}.safetensors"
+    s = compress_checkpoint(base, tuned, policy, path, **kw)
+    row = {"policy": policy.name, "bytes": s.bytes, "ratio": s.ratio, "rel_error": s.rel_error,
+           "payload_ratio": s.payload_bytes / s.dense_fp16_bytes,
+           "compress_s": s.seconds, "codecs": s.codecs_by_role, "path": str(path)}
+    if evaluate:
+        row["accuracy"] = evaluate(path)
+    return row
+
+
+# ---- tiny pair: the zoo's target fine-tuned on one curriculum skill -------------------------
+
+def tiny_pair(out: Path) -> dict:
+    from skillstore.curriculum.validate import load_rows
+    from skillstore.models import load_causal_lm
+    from skillstore.packs.quant import collect_hessians
+    from skillstore.training.generate import exact_match
+    from skillstore.training.sft import SFTConfig, train_sft
+    from skillstore.zoo.build import build_zoo
+
+    zoo = build_zoo()  # the workspace zoo (SKILLSTORE_HOME), shared with `skillstore zoo build`
+    cur = zoo.load_curriculum()
+    files = cur.skills[TINY_SKILL]
+    train, val, test = (load_rows(files.split(s)) for s in ("train", "validation", "test"))
+    tuned_dir = out / "tiny-tuned"
+    if not (tuned_dir / "config.json").is_file():
+        model, tok = load_causal_lm(zoo.target)
+        train_sft(model, tok, train, val, SFTConfig(lr=3e-3, max_steps=400, batch_size=32, eval_every=100))
+        model.save_pretrained(str(tuned_dir))
+        tok.save_pretrained(str(tuned_dir))
+    base_model, tok = load_causal_lm(zoo.target)
+    tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
+    test = test[:200]
+    acc_tuned = exact_match(tuned_model, tok, test).accuracy
+    acc_base = exact_match(base_model, tok, test).accuracy
+
+    def evaluate(path: Path) -> float:
+        apply_pack(base_model, path)
+        try:
+            return exact_match(base_model, tok, test).accuracy
+        finally:
+            unapply_pack(base_model, path)
+
+    packs = out / "tiny-packs"
+    packs.mkdir(exist_ok=True)
+    compact = _measure(zoo.target, tuned_dir, load_policy("compact"), packs, evaluate)
+    bitdelta_ratio = 1 / 16
+    rows = [compact if p.name == "compact" else _measure(zoo.target, tuned_dir, p, packs, evaluate)
+            for p in policies(zoo.target, compact["bytes"], bitdelta_ratio)]
+    ids = [torch.tensor([tok.encode(r["prompt"] + " " + r["answer"])]) for r in train[:64]]
+    hess = collect_hessians(base_model, ids)
+    rows.append(_measure(zoo.target, tuned_dir, load_policy("compact").model_copy(
+        update={"name": "compact + GPTQ calibration"}), packs, evaluate, calibration=hess))
+    for r in rows:
+        r["normalised_accuracy"] = r["accuracy"] / max(acc_tuned, 1e-9)
+    return {"pair": f"zoo target + SFT on '{TINY_SKILL}'", "base_accuracy": acc_base,
+            "tuned_accuracy": acc_tuned, "rows": rows}
+
+
+# ---- ~100M synthetic Llama pair -------------------------------------------------------------
+
+def make_synthetic_pair(root: Path, cfg: dict = BIG, seed: int = 0) -> tuple[Path, Path]:
+    """Base at random init; tuned = base + (rank-16 + 10%-energy noise) per matrix at 2% of
+    the weight's norm, 300 changed token rows in embedding and head, small norm changes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base_dir, tuned_dir = root / "base", root / "tuned"
+    if (tuned_dir / "config.json").is_file():
+        return base_dir, tuned_dir
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False, **cfg))
+    model.save_pretrained(str(base_dir))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_tokens" in name or "lm_head" in name:
+                rows = torch.randperm(p.shape[0], generator=g)[:300]
+                p[rows] += 0.05 * p[rows].norm(dim=1, keepdim=True) / math.sqrt(p.shape[1]) * \
+                    torch.randn(300, p.shape[1], generator=g)
+            elif p.dim() == 2:
+                m, n = p.shape
+                low = torch.randn(m, 16, generator=g) @ torch.randn(16, n, generator=g)
+                noise = torch.randn(m, n, generator=g)
+                delta = low / low.norm() + math.sqrt(0.1 / 0.9) * noise / noise.norm()
+                p += 0.02 * p.norm() * delta / delta.norm()
+            else:
+                p += 0.01 * torch.randn(p.shape, generator=g)
+    model.save_pretrained(str(tuned_dir))
+    return base_dir, tuned_dir
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _evict(path: Path) -> None:
+    """Drop one file from the page cache, so that the next read comes from disk."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _load_full(tuned: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tuned))
+    with torch.no_grad():  # materialise: from_pretrained may map the file lazily
+        for p in model.parameters():
+            p.sum()
+
+
+def synthetic_pair(out: Path, cfg: dict = BIG) -> dict:
+    base, tuned = make_synthetic_pair(out / "synthetic", cfg)
+    n_params = sum(math.prod(i.shape) for i in checkpoint_index(base).values())
+    packs = out / "synthetic-packs"
+    packs.mkdir(exist_ok=True)
+    compact = _measure(base, tuned, load_policy("compact"), packs)
+    # the budget mode at BitDelta's bytes is left to the tiny pair: on 2 shared cores it adds
+    # many minutes here
+    rows = [compact if p.name == "compact" else _measure(base, tuned, p, packs)
+            for p in policies(base, compact["bytes"], 1 / 16) if "BitDelta bytes" not in p.name]
+    model = load_base(base)
+    for row in rows:  # apply (read + verify + decode + add) vs loading the tuned checkpoint
+        for mode in ("warm", "cold"):  # cold: both files evicted from the page cache first
+            if mode == "cold":
+                _evict(Path(row["path"]))
+            row[f"apply_{mode}_s"] = _timed(lambda r=row: apply_pack(model, read_pack(r["path"])))
+            unapply_pack(model, row["path"])
+            if mode == "cold":
+                _evict(tuned / "model.safetensors")
+            row[f"load_{mode}_s"] = _timed(lambda: _load_full(tuned))
+        row["apply_s"], row["load_full_s"] = row["apply_warm_s"], row["load_warm_s"]
+        row["load_over_apply"] = row["load_full_s"] / row["apply_s"]
+        row["cold_load_over_apply"] = row["load_cold_s"] / row["apply_cold_s"]
+    return {"pair": f"synthetic Llama, {n_params / 1e6:.0f}M parameters", "rows": rows}
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for key, res in results.items():
+        if "error" in res:
+            lines.append(f"\n**{key}**: not run ({res['error']})\n")
+            continue
+        tiny = "tuned_accuracy" in res
+        lines.append(f"\n**{key}**: {res['pair']}" + (
+            f" (exact match: base {res['base_accuracy']:.3f}, fine-tuned {res['tuned_accuracy']:.3f})"
+            if tiny else "") + "\n")
+        head = ["policy", "file bytes", "file % of dense fp16", "payload %", "rel. error"]
+        head += ["norm. accuracy"] if tiny else ["apply s", "load tuned s", "load/apply",
+                                                 "cold: load/apply"]
+        head += ["compress s"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in res["rows"]:
+            cells = [r["policy"], f"{r['bytes']:,}", f"{100 * r['ratio']:.2f}",
+                     f"{100 * r.get('payload_ratio', float('nan')):.2f}", f"{r['rel_error']:.4f}"]
+            cells += [f"{r['normalised_accuracy']:.3f}"] if tiny else [
+                f"{r['apply_s']:.2f}", f"{r['load_full_s']:.2f}", f"{r['load_over_apply']:.2f}x",
+                f"{r.get('cold_load_over_apply', float('nan')):.2f}x"]
+            cells += [f"{r['compress_s']:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(out_dir: Path) -> None:
+    """Run both pairs, print the Markdown table, write packs.json and packs.md into out_dir."""
+    out = Path(out_dir) / "packs"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    results = {}
+    for key, fn in (("tiny", tiny_pair), ("synthetic_100m", synthetic_pair)):
+        try:
+            results[key] = fn(out)
+        except ImportError as exc:  # the zoo is another part of the project
+            results[key] = {"error": f"{type(exc).__name__}: {exc}"}
+    table = markdown(results)
+    print(table)
+    (out / "packs.md").write_text(table + "\n")
+    (out / "packs.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+main = run

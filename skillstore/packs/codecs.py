@@ -1,0 +1,344 @@
+"""Delta codecs, a registry of configured instances: the GraftLLM operators and the baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, unknown_name
+from . import quant
+from .bitpack import pack_bits, unpack_bits
+from .parts import DensePart, LowRankPart, Part, SparsePart
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A codec's output for one tensor: payload tensors (local keys) and JSON-able facts."""
+
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _index_width(count: int) -> int:
+    return max(1, (count - 1).bit_length())
+
+
+def svd(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (U, S, Vh), float32. Large matrices go through the float64 eigenproblem of
+    the smaller Gram matrix, several times faster than LAPACK's SVD of the full matrix and
+    accurate for every direction above 1e-7 of the largest singular value."""
+    d = delta.float()
+    m, n = d.shape
+    if min(m, n) < 256:
+        return torch.linalg.svd(d, full_matrices=False)
+    wide = m <= n
+    x = d.double() if wide else d.double().T
+    evals, evecs = torch.linalg.eigh(x @ x.T)
+    s = evals.flip(0).clamp_min(0).sqrt()
+    u = evecs.flip(1)
+    inv = torch.where(s > s[0] * 1e-7, 1 / s.clamp_min(1e-300), torch.zeros_like(s))
+    vh = (u.T @ x) * inv[:, None]
+    if not wide:
+        u, vh = vh.T, u.T
+    return u.float().contiguous(), s.float(), vh.float().contiguous()
+
+
+def _need_2d(codec: str, delta: torch.Tensor) -> None:
+    if delta.dim() != 2:
+        raise ConfigError(f"Codec {codec!r} needs a 2-D tensor, got shape {tuple(delta.shape)}; "
+                          "map this role to 'dense' in the policy.")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """The delta itself in 16-bit floats: lossless up to fp16/bf16 rounding."""
+
+    name: str = field(default="dense", init=False)
+    dtype: str = "float16"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"Dense dtype {self.dtype!r} is not one of {', '.join(DTYPES)}.")
+
+    def encode(self, name: str, delta: torch.Tensor, hessian=None) -> Encoded:
+        return Encoded({"w": delta.to(DTYPES[self.dtype]).contiguous()})
+
+    def decode(self, name, shape, info, t) -> Part:
+        return DensePart(name, t["w"].float().reshape(shape))
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """LoRA-extraction baseline: truncated SVD, one rank everywhere, fp16 factors."""
+
+    name: str = field(default="lowrank", init=False)
+    rank: int = 16
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"LowRank rank must be at least 1, got {self.rank}.")
+
+    def encode(self, name: str, delta: torch.Tensor, hessian=None) -> Encoded:
+        _need_2d(self.name, delta)
+        u, s, vh = svd(delta)
+        r = min(self.rank, s.numel())
+        sq = s[:r].sqrt()
+        return Encoded({"U": (u[:, :r] * sq).half().contiguous(),
+                        "V": (sq[:, None] * vh[:r]).half().contiguous()}, {"rank": r})
+
+    def decode(self, name, shape, info, t) -> Part:
+        return LowRankPart(name, t["U"].float(), t["V"].float())
+
+
+@dataclass(frozen=True)
+class MixedPrecisionLowRank:
+    """GraftLLM's operator: SVD at a fixed rank or energy fraction (capped by max_rank), then the singular
+    directions (in order of singular value) in blocks of decreasing bit width, group-wise
+    scales, bit-packed. ``schedule`` is ((fraction of rank, bits), ...); 0 bits drops."""
+
+    name: str = field(default="mplr", init=False)
+    rank: int | None = 16
+    energy: float | None = None
+    max_rank: int | None = None
+    schedule: tuple[tuple[float, int], ...] = ((0.25, 8), (0.25, 4), (0.5, 2))
+    group_size: int = 64
+    calibrated: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "schedule", tuple((float(f), int(b)) for f, b in self.schedule))
+        if (self.rank is None) == (self.energy is None):
+            raise ConfigError("mplr needs exactly one of rank or energy; set the other to null.")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ConfigError(f"mplr energy must be in (0, 1], got {self.energy}.")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"mplr rank must be at least 1, got {self.rank}.")
+        if abs(sum(f for f, _ in self.schedule) - 1.0) > 1e-6 or any(
+                not 0 <= b <= 8 for _, b in self.schedule):
+            raise ConfigError(f"mplr schedule {self.schedule} must have fractions summing to 1 "
+                              "and bit widths in 0..8.")
+        widths = [b for _, b in self.schedule]
+        if 0 in widths and any(widths[widths.index(0):]):
+            raise ConfigError(f"mplr schedule {self.schedule} drops directions (0 bits) before "
+                              "keeping later ones; put the 0-bit blocks last.")
+
+    def blocks(self, k: int) -> list[tuple[int, int]]:
+        """(directions, bits) per block for rank k; zero-bit blocks are dropped."""
+        out, start, acc = [], 0, 0.0
+        for frac, bits in self.schedule:
+            acc += frac
+            end = k if acc >= 1 - 1e-9 else min(k, round(acc * k))
+            if end > start and bits > 0:
+                out.append((end - start, bits))
+            start = max(start, end)
+        return out
+
+    def choose_rank(self, s: torch.Tensor) -> int:
+        if self.rank is not None:
+            return min(self.rank, s.numel())
+        e = torch.cumsum(s.double() ** 2, 0)
+        k = int(torch.searchsorted(e, self.energy * e[-1] * (1 - 1e-12)).item()) + 1
+        return min(k, self.max_rank or k)
+
+    def encode(self, name: str, delta: torch.Tensor, hessian=None,
+               factors: tuple[torch.Tensor, ...] | None = None) -> Encoded:
+        _need_2d(self.name, delta)
+        u, s, vh = factors or svd(delta)
+        blocks = self.blocks(min(self.choose_rank(s), s.numel()))
+        k = sum(c for c, _ in blocks)
+        if k == 0:
+            return Encoded({}, {"blocks": []})
+        sq = s[:k].sqrt()
+        a, b = (u[:, :k] * sq).T.contiguous(), (sq[:, None] * vh[:k]).contiguous()
+        use_h = self.calibrated and hessian is not None and hessian.shape[0] == delta.shape[1]
+        if use_h:
+            a, b = _gptq_factors(delta.float(), a, b, hessian.float(), blocks, self.group_size)
+        tensors = {}
+        for tag, mat in (("A", a), ("B", b)):
+            gain = mat.abs().max().clamp_min(1e-30)
+            tensors[f"{tag}.gain"] = gain.reshape(1).float()
+            for i, (rows, bits) in enumerate(_row_ranges(blocks)):
+                x = mat[rows] / gain
+                grid = quant.make_grid(x, bits, self.group_size)
+                tensors[f"{tag}{i}.codes"] = pack_bits(quant.quantize(x, grid), bits)
+                tensors[f"{tag}{i}.scale"], tensors[f"{tag}{i}.low"] = grid.scale, grid.low
+        return Encoded(tensors, {"blocks": [list(x) for x in blocks], "calibrated": use_h})
+
+    def decode(self, name, shape, info, t) -> Part:
+        blocks = [tuple(x) for x in info["blocks"]]
+        if not blocks:
+            return LowRankPart(name, torch.zeros(shape[0], 0), torch.zeros(0, shape[1]))
+        mats = {}
+        for tag, cols in (("A", shape[0]), ("B", shape[1])):
+            rows_out = []
+            for i, (count, bits) in enumerate(blocks):
+                grid = quant.Grid(t[f"{tag}{i}.scale"], t[f"{tag}{i}.low"], bits, self.group_size)
+                codes = unpack_bits(t[f"{tag}{i}.codes"], bits, count * cols,
+                                    torch.uint8).reshape(count, cols)
+                rows_out.append(quant.dequantize(codes, grid))
+            mats[tag] = torch.cat(rows_out) * t[f"{tag}.gain"].float()
+        return LowRankPart(name, mats["A"].T.contiguous(), mats["B"])
+
+
+def _row_ranges(blocks):
+    start = 0
+    for count, bits in blocks:
+        yield slice(start, start + count), bits
+        start += count
+
+
+def _grid_entries(mat, blocks, group_size):
+    """Per-entry (scale, low, qmax) of the RTN grids of ``mat``'s row blocks, gain-normalised."""
+    gain = mat.abs().max().clamp_min(1e-30)
+    parts = []
+    for rows, bits in _row_ranges(blocks):
+        grid = quant.make_grid(mat[rows] / gain, bits, group_size)
+        s, lo = grid.expand(mat.shape[1])
+        parts.append((s * gain, lo * gain, torch.full_like(s, 2**bits - 1)))
+    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+
+
+def _gptq_factors(delta, a, b, h, blocks, group_size):
+    """V first with GPTQ on H, then U refitted by least squares given the quantized V and
+    quantized with GPTQ on V H V^T: minimises the layer's output error on calibration data."""
+    b_hat = quant.gptq(b, h, _grid_entries(b, blocks, group_size))
+    hu = b_hat @ h @ b_hat.T
+    hu_d = hu + 1e-6 * hu.diagonal().mean().clamp_min(1e-30) * torch.eye(hu.shape[0])
+    u_ls = torch.linalg.solve(hu_d, (delta @ h @ b_hat.T).T).T           # (m, k)
+    scale, low, qmax = _grid_entries(u_ls.T.contiguous(), blocks, group_size)
+    a_hat = quant.gptq(u_ls, hu, (scale.T, low.T, qmax.T)).T.contiguous()
+    return a_hat, b_hat
+
+
+@dataclass(frozen=True)
+class BitDelta:
+    """BitDelta baseline: one sign bit per entry plus one scale (mean |delta|) per matrix."""
+
+    name: str = field(default="bitdelta", init=False)
+
+    def encode(self, name: str, delta: torch.Tensor, hessian=None) -> Encoded:
+        d = delta.float().reshape(-1)
+        return Encoded({"signs": pack_bits((d >= 0).to(torch.int64), 1),
+                        "scale": d.abs().mean().reshape(1)})
+
+    def decode(self, name, shape, info, t) -> Part:
+        count = int(torch.tensor(shape).prod().item()) if shape else 1
+        signs = unpack_bits(t["signs"], 1, count, torch.uint8).float() * 2 - 1
+        return DensePart(name, (signs * t["scale"].float()).reshape(shape))
+
+
+@dataclass(frozen=True)
+class DARE:
+    """DARE baseline: drop each entry with probability ``drop``, rescale the rest by
+    1 / (1 - drop), store the survivors sparse (bit-packed flat indices, fp16 values)."""
+
+    name: str = field(default="dare", init=False)
+    drop: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.drop < 1:
+            raise ConfigError(f"DARE drop must be in [0, 1), got {self.drop}.")
+
+    def encode(self, name: str, delta: torch.Tensor, hessian=None) -> Encoded:
+        d = delta.float().reshape(-1)
+        gen = torch.Generator().manual_seed(self.seed ^ zlib.crc32(name.encode()))
+        idx = torch.nonzero(torch.rand(d.numel(), generator=gen) >= self.drop).reshape(-1)
+        return _sparse(idx, d[idx] / (1 - self.drop), d.numel())
+
+    def decode(self, name, shape, info, t) -> Part:
+        return _sparse_part(name, shape, info, t)
+
+
+@dataclass(frozen=True)
+class MagnitudePrune:
+    """Keep the top ``keep`` fraction of entries by magnitude (``entries``), or every row
+    that changed by more than ``row_tol`` of the largest row change (``rows``: embeddings
+    move only for tokens seen in training). ``auto`` spends the bytes of ``entries`` on
+    whichever layout loses less: whole top rows or single top entries."""
+
+    name: str = field(default="magnitude", init=False)
+    keep: float = 0.01
+    layout: str = "auto"
+    row_tol: float = 1e-3
+
+    def __post_init__(self):
+        if not 0 < self.keep <= 1 or self.layout not in ("auto", "entries", "rows"):
+            raise ConfigError(f"magnitude needs 0 < keep <= 1 and layout auto|entries|rows, "
+                              f"got keep={self.keep}, layout={self.layout!r}.")
+
+    def encode(self, name: str, delta: torch.Tensor, hessian=None) -> Encoded:
+        d = delta.float()
+        n = d.numel()
+        k = max(1, round(self.keep * n))
+        entries_bytes = k * 2 + (k * _index_width(n) + 7) // 8
+        layout = self.layout if d.dim() == 2 else "entries"
+        if layout != "entries":
+            norms = d.norm(dim=1)
+            rows = torch.nonzero(norms > self.row_tol * norms.max()).reshape(-1)
+            if layout == "auto":  # at equal bytes, keep whichever layout loses less
+                fit = int(entries_bytes // (2 * d.shape[1] + _index_width(d.shape[0]) / 8))
+                top = torch.topk(norms, min(fit, rows.numel())).indices.sort().values
+                flat = d.reshape(-1).abs()
+                lost_rows = float((norms.pow(2).index_fill(0, top, 0.0)).sum())
+                dropped = flat.index_fill(0, torch.topk(flat, k).indices, 0.0)
+                lost_entries = float(dropped.pow(2).sum())
+                rows = top if lost_rows <= lost_entries else None
+            if rows is not None and rows.numel():
+                return Encoded({"rows": pack_bits(rows, _index_width(d.shape[0])),
+                                "values": d[rows].half().contiguous()},
+                               {"layout": "rows", "count": rows.numel()})
+        idx = torch.topk(d.reshape(-1).abs(), k).indices.sort().values
+        return _sparse(idx, d.reshape(-1)[idx], n)
+
+    def decode(self, name, shape, info, t) -> Part:
+        if info.get("layout") != "rows":
+            return _sparse_part(name, shape, info, t)
+        rows = unpack_bits(t["rows"], _index_width(shape[0]), info["count"])
+        idx = (rows[:, None] * shape[1] + torch.arange(shape[1])).reshape(-1)
+        return SparsePart(name, idx, t["values"].float().reshape(-1), tuple(shape))
+
+
+def _sparse(idx: torch.Tensor, values: torch.Tensor, n: int) -> Encoded:
+    return Encoded({"indices": pack_bits(idx, _index_width(n)), "values": values.half()},
+                   {"layout": "entries", "count": idx.numel()})
+
+
+def _sparse_part(name, shape, info, t) -> SparsePart:
+    n = int(torch.tensor(shape).prod().item()) if shape else 1
+    idx = unpack_bits(t["indices"], _index_width(n), info["count"])
+    return SparsePart(name, idx, t["values"].float(), tuple(shape))
+
+
+CODECS = {c.name: c for c in (Dense(), LowRank(), MixedPrecisionLowRank(), BitDelta(), DARE(),
+                               MagnitudePrune())}
+
+
+def get_codec(name: str, params: dict[str, Any] | None = None):
+    """The registered codec ``name`` with ``params`` replacing its defaults."""
+    if name not in CODECS:
+        raise unknown_name("codec", name, list(CODECS))
+    try:
+        return dataclasses.replace(CODECS[name], **(params or {}))
+    except TypeError as exc:
+        valid = [f.name for f in dataclasses.fields(CODECS[name]) if f.init]
+        raise ConfigError(f"Codec {name!r} got bad parameters {sorted(params or {})}: {exc}. "
+                          f"Valid parameters: {', '.join(valid) or 'none'}.") from None
+
+
+def codec_params(codec) -> dict[str, Any]:
+    """The JSON-able constructor parameters of a codec instance (for the manifest)."""
+    return {f.name: _jsonable(getattr(codec, f.name)) for f in dataclasses.fields(codec) if f.init}
+
+
+def _jsonable(v):
+    return [_jsonable(x) for x in v] if isinstance(v, tuple) else v

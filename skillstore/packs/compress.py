@@ -1,0 +1,113 @@
+"""compress_checkpoint: stream the delta of two checkpoints, encode it per role, write a pack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..fingerprint import fingerprint_checkpoint
+from . import budget as budget_mode
+from .codecs import Encoded, codec_params
+from .delta import check_compatible, iter_deltas
+from .format import SEP, write_pack
+from .policy import CompressionPolicy, load_policy
+from .roles import ATTENTION, EMBEDDING, MLP, module_role
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class PackSummary:
+    """What compression produced: sizes, the ratio to the dense fp16 delta, errors per tensor."""
+
+    path: Path
+    bytes: int
+    payload_bytes: int
+    dense_fp16_bytes: int
+    codecs_by_role: dict[str, list[str]]
+    rel_errors: dict[str, float] = field(repr=False)
+    seconds: float = 0.0
+    rel_error: float = 0.0  # overall: sqrt(sum of squared errors / sum of squared deltas)
+
+    @property
+    def ratio(self) -> float:
+        """File bytes over the bytes of the dense fp16 delta of every tensor."""
+        return self.bytes / max(1, self.dense_fp16_bytes)
+
+
+def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
+                        policy: str | Path | CompressionPolicy, out_path: str | Path, *,
+                        base_fingerprint: str | None = None,
+                        calibration: Mapping[str, torch.Tensor] | None = None,
+                        progress: Progress | None = None) -> PackSummary:
+    """Write the pack for ``tuned_dir - base_dir`` under ``policy`` to ``out_path``.
+
+    ``calibration`` maps weight names to input second moments (quant.collect_hessians) and
+    switches on GPTQ-style quantization for codecs that use it. Unchanged tensors are left out.
+    """
+    start = time.perf_counter()
+    policy = load_policy(policy)
+    total = len(check_compatible(base_dir, tuned_dir))
+    fingerprint = base_fingerprint or fingerprint_checkpoint(base_dir)
+    calibration = calibration or {}
+    chosen: dict[str, tuple[object, Encoded]] = {}
+    meta: dict[str, dict] = {}
+    options: dict[str, list[budget_mode.Candidate]] = {}
+    dense_elems = fixed_bytes = 0
+    err_num = err_den = 0.0
+    for i, (name, delta, dtype) in enumerate(iter_deltas(base_dir, tuned_dir)):
+        if progress:
+            progress(i, total, name)
+        dense_elems += delta.numel()
+        norm2 = float((delta.double() ** 2).sum())
+        if norm2 == 0.0:
+            continue
+        role = module_role(name, delta.shape, policy.role_table)
+        meta[name] = {"shape": list(delta.shape), "dtype": dtype, "role": role, "norm2": norm2}
+        if policy.budget is not None and role in (EMBEDDING, ATTENTION, MLP):
+            options[name] = budget_mode.candidates(name, role, delta)
+            continue
+        codec = policy.spec_for(role).build()
+        enc = codec.encode(name, delta, hessian=calibration.get(name))
+        chosen[name] = (codec, enc)
+        fixed_bytes += enc.nbytes
+        meta[name]["err2"] = _err2(codec, name, delta, enc)
+    if progress:
+        progress(total, total, "")
+    if options:
+        budget_bytes = policy.budget * 2 * dense_elems - fixed_bytes
+        for name, cand in budget_mode.choose(options, budget_bytes).items():
+            chosen[name] = (cand.codec, cand.encoded)
+            meta[name]["err2"] = cand.err2
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    rel: dict[str, float] = {}
+    by_role: dict[str, set[str]] = {}
+    for name in sorted(chosen):
+        codec, enc = chosen[name]
+        m = meta[name]
+        rel[name] = (m["err2"] / m["norm2"]) ** 0.5
+        err_num, err_den = err_num + m["err2"], err_den + m["norm2"]
+        by_role.setdefault(m["role"], set()).add(codec.name)
+        entries[name] = {"codec": codec.name, "params": codec_params(codec), "info": enc.info,
+                         "shape": m["shape"], "dtype": m["dtype"], "role": m["role"],
+                         "payload": sorted(enc.tensors), "nbytes": enc.nbytes,
+                         "rel_error": rel[name]}
+        for key, t in enc.tensors.items():
+            tensors[f"{name}{SEP}{key}"] = t
+    manifest = {"base_fingerprint": fingerprint, "tensors": entries,
+                "policy": policy.model_dump(mode="json"),
+                "created_from": {"base": str(base_dir), "tuned": str(tuned_dir)}}
+    size = write_pack(out_path, manifest, tensors)
+    return PackSummary(Path(out_path), size, sum(e["nbytes"] for e in entries.values()),
+                       2 * dense_elems, {r: sorted(c) for r, c in by_role.items()}, rel,
+                       time.perf_counter() - start, (err_num / max(err_den, 1e-300)) ** 0.5)
+
+
+def _err2(codec, name: str, delta: torch.Tensor, enc: Encoded) -> float:
+    rec = codec.decode(name, tuple(delta.shape), enc.info, enc.tensors).to_dense()
+    return float(((delta - rec.reshape(delta.shape)).double() ** 2).sum())

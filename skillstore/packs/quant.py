@@ -1,0 +1,117 @@
+"""Group-wise integer quantization of matrix rows: round-to-nearest and GPTQ-style calibration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Per-(row, group) affine grid: value = min + code * scale, codes in 0..2**bits - 1."""
+
+    scale: torch.Tensor  # (rows, groups) fp16
+    low: torch.Tensor    # (rows, groups) fp16
+    bits: int
+    group_size: int
+
+    def expand(self, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and low per entry, as float32 tensors of shape (rows, cols)."""
+        s = self.scale.float().repeat_interleave(self.group_size, dim=1)[:, :cols]
+        lo = self.low.float().repeat_interleave(self.group_size, dim=1)[:, :cols]
+        return s, lo
+
+
+def make_grid(x: torch.Tensor, bits: int, group_size: int) -> Grid:
+    """Min-max grid for each group of ``group_size`` consecutive entries of each row."""
+    rows, cols = x.shape
+    groups = -(-cols // group_size)
+    pad = groups * group_size - cols
+    xp = torch.nn.functional.pad(x.float(), (0, pad), value=0.0) if pad else x.float()
+    xg = xp.reshape(rows, groups, group_size)
+    if pad:  # padding must not widen the last group's range: use its own values instead
+        last = x[:, (groups - 1) * group_size:].float()
+        xg[:, -1, group_size - pad:] = last[:, :1]
+    low, high = xg.amin(-1), xg.amax(-1)
+    scale = ((high - low) / (2**bits - 1)).half()
+    # a range too small for fp16 (it underflows to 0) is a constant group: any step will do
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return Grid(scale, low.half(), bits, group_size)
+
+
+def quantize(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Round-to-nearest codes (int64) of ``x`` on ``grid``."""
+    s, lo = grid.expand(x.shape[1])
+    return torch.clamp(torch.round((x.float() - lo) / s), 0, 2**grid.bits - 1).to(torch.int64)
+
+
+def dequantize(codes: torch.Tensor, grid: Grid) -> torch.Tensor:
+    s, lo = grid.expand(codes.shape[1])
+    return lo + codes.float() * s
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, grids_per_col, *,
+         damp: float = 0.01, block: int = 128) -> torch.Tensor:
+    """GPTQ (Frantar et al. 2022): quantize columns in order, pushing each column's error
+    onto the columns not yet quantized so that ``X @ W.T`` changes least for inputs with
+    second moment ``hessian``. ``grids_per_col`` gives (scale, low, qmax) per entry.
+
+    Returns the dequantized weight; the codes follow from the grid by rounding it.
+    """
+    w = weight.float().clone()
+    rows, cols = w.shape
+    scale, low, qmax = grids_per_col
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    out = torch.zeros_like(w)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            j = i1 + i
+            q = torch.minimum(torch.round((col - low[:, j]) / scale[:, j]).clamp_min(0), qmax[:, j])
+            deq = low[:, j] + q * scale[:, j]
+            out[:, j] = deq
+            e = (col - deq) / h1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return out
+
+
+def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
+                     names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Input second moments ``X.T @ X`` of every nn.Linear, keyed by its weight's name.
+
+    ``batches`` are input-id tensors run through ``model``; a few hundred tokens suffice.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def hook_for(key: str):
+        def hook(_mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sums[key] = sums.get(key, 0) + x.T @ x
+        return hook
+
+    for mod_name, mod in model.named_modules():
+        key = f"{mod_name}.weight"
+        if isinstance(mod, torch.nn.Linear) and (names is None or key in names):
+            hooks.append(mod.register_forward_pre_hook(hook_for(key)))
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sums
