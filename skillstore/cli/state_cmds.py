@@ -1,7 +1,180 @@
-"""CLI commands (filled in by the issue that owns this group)."""
+"""CLI: `skillstore state list|show|fuse|route|eval`, `skillstore report`, `skillstore pack promote|reject|retire`."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
 
 import typer
+
+from ._common import JSON_OPTION, print_json, print_rows, workspace_session
+from ._groups import PACK, STATE
+
+REPORT_FORMAT = typer.Option("md", "--format", "-f", help="md, html or json.")
+
+
+def _state_row(session, state) -> dict:
+    from ..states import load_view
+
+    view = load_view(session, state)
+    return {"id": state.id, "fingerprint": state.fingerprint, "base": view.base_name,
+            "router": state.router, "packs": [f"{m.skill}@v{m.version}x{m.scale:g}" for m in view.members],
+            "parent_id": state.parent_id, "description": state.description}
+
+
+@STATE.app.command("list")
+def state_list(as_json: bool = JSON_OPTION) -> None:
+    """Every model state, newest first."""
+    import sqlalchemy as sa
+
+    from ..catalog import ModelState, get_state
+
+    with workspace_session() as (_, session):
+        ids = session.scalars(sa.select(ModelState.id).order_by(ModelState.id.desc())).all()
+        rows = [_state_row(session, get_state(session, i)) for i in ids]
+    print_rows(rows, ["id", "base", "router", "packs", "parent_id", "description"], as_json=as_json,
+               title="Model states", empty="No model states yet.")
+
+
+@STATE.app.command("show")
+def state_show(ref: str = typer.Argument(..., help="State id or fingerprint."),
+               as_json: bool = JSON_OPTION) -> None:
+    """One state: its base, packs with scales, router and current-ness."""
+    from ..catalog import current_head, get_state
+
+    with workspace_session() as (_, session):
+        state = get_state(session, ref)
+        row = _state_row(session, state)
+        head = current_head(session, state.base_id)
+        row["current"] = bool(head and head.state_id == state.id)
+    if as_json:
+        print_json(row)
+    else:
+        for k, v in row.items():
+            typer.echo(f"{k:>12}: {v}")
+
+
+@STATE.app.command("fuse")
+def state_fuse(packs: list[str] = typer.Argument(..., help="Pack ids or SKILL@vN, at least two."),
+               method: str = typer.Option("ties", "--method", "-m", help="learned, task_arithmetic or ties."),
+               scale: float = typer.Option(1.0, "--scale", help="Scale of every input pack."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Fuse packs into a candidate state; merged packs record `fused_from` lineage."""
+    from ..catalog import get_pack
+    from ..states import fuse_packs
+
+    with workspace_session() as (catalog, session):
+        rows = [get_pack(session, p) for p in packs]
+        state = fuse_packs(session, catalog.blobs, rows, method, scale=scale, actor=getpass.getuser(),
+                           cache_dir=catalog.settings.home / "cache")
+        row = _state_row(session, state)
+    print_json(row) if as_json else typer.echo(f"Candidate state {row['id']}: {row['description']}")
+
+
+@STATE.app.command("route")
+def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
+                general: Path | None = typer.Option(None, "--general", help="JSONL of general prompts (no pack)."),
+                top_k: int = typer.Option(1, "--top-k", min=1, help="Packs mixed per input."),
+                as_json: bool = JSON_OPTION) -> None:
+    """Train the learned router on each skill's training prompts; prints the routed state."""
+    import sqlalchemy as sa
+
+    from ..catalog import Skill, get_state
+    from ..curriculum.validate import load_rows
+    from ..errors import ConfigError
+    from ..models import load_causal_lm
+    from ..routing import NONE_CLASS
+    from ..states import attach_router, load_view
+
+    with workspace_session() as (catalog, session):
+        state = get_state(session, ref)
+        view = load_view(session, state)
+        prompts = {}
+        for name in view.skills:
+            skill = session.scalar(sa.select(Skill).where(Skill.name == name))
+            if not skill.data_uri:
+                raise ConfigError(f"Skill {name!r} has no training data to route on; "
+                                  "register it with `skillstore skill add --data FILE`.")
+            prompts[name] = [r["prompt"] for r in load_rows(skill.data_uri)][:500]
+        if general is not None:
+            prompts[NONE_CLASS] = [r["prompt"] for r in load_rows(general)][:500]
+        model, tok = load_causal_lm(view.base_uri)
+        routed = attach_router(session, catalog.blobs, state, model, tok, prompts, top_k=top_k)
+        row = _state_row(session, routed) | {"train_accuracy": routed.router_config.get("train_accuracy")}
+    print_json(row) if as_json else typer.echo(f"Routed state {row['id']} (train accuracy {row['train_accuracy']:.3f})")
+
+
+@STATE.app.command("eval")
+def state_eval(ref: str = typer.Argument(..., help="State id or fingerprint."),
+               tasks_dir: Path = typer.Option(..., "--tasks-dir", help="Folder of lm-eval task YAML."),
+               general_task: str = typer.Option("skillstore_general", "--general-task",
+                                                help="Task of the base's general suite ('' for none)."),
+               limit: int | None = typer.Option(None, "--limit", help="At most this many samples per task."),
+               batch_size: int = typer.Option(16, "--batch-size", min=1),
+               as_json: bool = JSON_OPTION) -> None:
+    """Evaluate a state on its skills' suites and the general suite (cached results are reused)."""
+    from ..catalog import get_state
+    from ..catalog.serialize import eval_dict
+    from ..evaluation.cache import evaluate_state
+    from ..evaluation.suites import state_loader, state_suites
+    from ..models import load_causal_lm
+    from ..states import load_view
+
+    with workspace_session() as (catalog, session):
+        state = get_state(session, ref)
+        view = load_view(session, state)
+        suites = state_suites(session, view.skills, tasks_dir, general_task=general_task or None)
+        model, tok = load_causal_lm(view.base_uri)
+        load = state_loader(model, tok, view, catalog.blobs, cache_dir=catalog.settings.home / "cache")
+        rows = [eval_dict(r) for r in evaluate_state(session, state, suites, load, batch_size=batch_size, limit=limit)]
+    print_rows(rows, ["suite", "task", "metric", "value", "stderr", "n"], as_json=as_json,
+               title=f"State {ref} results")
+
+
+def report(state: str | None = typer.Option(None, "--state", help="State id or fingerprint."),
+           pack: str | None = typer.Option(None, "--pack", help="Pack id or SKILL@vN."),
+           fmt: str = REPORT_FORMAT,
+           out: Path | None = typer.Option(None, "-o", "--out", help="Write here instead of stdout.")) -> None:
+    """The forgetting report of a state or of a pack's gate decision."""
+    from ..catalog import get_pack, get_state
+    from ..errors import ConfigError
+    from ..reports import build_report, render_report
+
+    if (state is None) == (pack is None):
+        raise ConfigError("Give exactly one of --state and --pack.")
+    with workspace_session() as (_, session):
+        data = build_report(session, state=get_state(session, state) if state else None,
+                            pack=get_pack(session, pack) if pack else None)
+        text = render_report(data, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"Wrote {out}")
+
+
+def _override(action: str):
+    def command(ref: str = typer.Argument(..., help="Pack id or SKILL@vN."),
+                reason: str = typer.Option(..., "--reason", help="Why; kept in the audit."),
+                actor: str = typer.Option(None, "--actor", help="Who (default: your user name)."),
+                as_json: bool = JSON_OPTION) -> None:
+        from ..catalog import get_pack
+        from ..catalog.serialize import promotion_dict
+        from ..states import manual_override
+
+        with workspace_session() as (_, session):
+            audit = manual_override(session, get_pack(session, ref), action, reason=reason,
+                                    actor=actor or getpass.getuser())
+            row = promotion_dict(audit)
+        print_json(row) if as_json else typer.echo(
+            f"Pack {row['pack_id']}: {row['from'].value} -> {row['to'].value} ({reason})")
+
+    command.__doc__ = f"Manual override: {action} a pack, with a reason recorded in the audit."
+    return command
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app and the shared groups."""
+    app.command("report")(report)
+    for action in ("promote", "reject", "retire"):
+        PACK.app.command(action)(_override(action))

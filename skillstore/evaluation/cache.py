@@ -1,0 +1,100 @@
+"""Evaluate model states suite by suite, never twice: results are cached in the eval table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ..catalog.models import EvalResult, ModelState
+from ..errors import EvaluationError
+from .runner import TaskResult, lm_eval_version, run_tasks, suite_version
+
+GENERAL_SUITE = "general"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named set of lm-eval tasks in one folder; skill_id None marks the base's general suite."""
+
+    name: str
+    include_path: Path
+    tasks: tuple[str, ...]
+    skill_id: int | None = None
+    headline_metric: str = "exact_match"
+
+    @cached_property
+    def version(self) -> str:
+        return suite_version(self.include_path, self.tasks)
+
+
+# Given a suite, yield (model, tokenizer) with the state materialised for that suite's inputs
+# (the tag router, for one, puts a different pack in front of each skill's suite).
+Loader = Callable[[Suite], AbstractContextManager[tuple[object, object]]]
+Runner = Callable[..., list[TaskResult]]
+
+
+def cache_version(suite: Suite, limit: int | None = None) -> str:
+    """The suite version a result is stored under; a sample limit is part of it, so a quick
+    run on a subset never stands in for a full one."""
+    return suite.version if limit is None else f"{suite.version}:limit={limit}"
+
+
+def cached_rows(session, state_id: int, suite: Suite, limit: int | None = None) -> list[EvalResult]:
+    """The eval rows already stored for this state and this exact suite version."""
+    return list(session.scalars(
+        sa.select(EvalResult)
+        .where(EvalResult.state_id == state_id, EvalResult.suite == suite.name,
+               EvalResult.suite_version == cache_version(suite, limit), EvalResult.task.in_(suite.tasks))
+        .order_by(EvalResult.task, EvalResult.metric)
+    ))
+
+
+def missing_tasks(session, state_id: int, suite: Suite, limit: int | None = None) -> list[str]:
+    done = {row.task for row in cached_rows(session, state_id, suite, limit)}
+    return [t for t in suite.tasks if t not in done]
+
+
+def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Loader, *,
+                   runner: Runner = run_tasks, batch_size: int = 16,
+                   limit: int | None = None) -> list[EvalResult]:
+    """Evaluate ``state`` on every suite, running lm-eval only on (task, suite version) pairs
+    the eval table does not hold for this state; returns all rows, cached and new.
+
+    Rows are flushed, not committed: the caller's transaction decides.
+    """
+    version = lm_eval_version()
+    for suite in suites:
+        todo = missing_tasks(session, state.id, suite, limit)
+        if not todo:
+            continue
+        with load(suite) as (model, tokenizer):
+            results = runner(model, tokenizer, todo, include_path=suite.include_path,
+                             batch_size=batch_size, limit=limit)
+        session.add_all(
+            EvalResult(state_id=state.id, skill_id=suite.skill_id, suite=suite.name,
+                       suite_version=cache_version(suite, limit), task=r.task, metric=r.metric, value=r.value,
+                       stderr=r.stderr, n=r.n, lm_eval_version=version)
+            for r in results
+        )
+        session.flush()
+    return [row for suite in suites for row in cached_rows(session, state.id, suite, limit)]
+
+
+def headline(rows: Sequence[EvalResult], suite: Suite) -> tuple[float, float, int]:
+    """A suite's score: the mean over its tasks of the headline metric, with pooled stderr."""
+    picked = [r for r in rows if r.suite == suite.name and r.metric == suite.headline_metric]
+    if not picked:
+        raise EvaluationError(
+            f"Suite {suite.name!r} has no {suite.headline_metric!r} results; "
+            "evaluate it first or set its headline metric."
+        )
+    k = len(picked)
+    value = sum(r.value for r in picked) / k
+    stderr = (sum((r.stderr or 0.0) ** 2 for r in picked) ** 0.5) / k
+    return value, stderr, sum(r.n for r in picked)
+

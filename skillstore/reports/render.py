@@ -1,0 +1,135 @@
+"""Report formats (a registry): Markdown, one self-contained HTML file with an embedded heatmap, JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+
+from ..errors import unknown_name
+from .data import ReportData
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def heatmap_png(data: ReportData) -> bytes:
+    """The accuracy matrix (and each baseline's) as heatmaps side by side, PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [("this state", data.skills, data.accuracy_matrix)] + [
+        (name, b["skills"], b["accuracy_matrix"]) for name, b in data.baselines.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, skills, matrix) in zip(axes[0], panels, strict=True):
+        grid = np.array([[np.nan if v is None else v for v in row] for row in matrix] or [[np.nan]], dtype=float)
+        ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xticks(range(len(skills)), skills, rotation=45, ha="right")
+        ax.set_yticks(range(len(matrix)), [f"after {s}" for s in skills[:len(matrix)]])
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _matrix_rows(skills: list[str], matrix: list[list[float | None]]) -> list[list[str]]:
+    return [[f"after {skills[i]}", *(_f(v) for v in row)] for i, row in enumerate(matrix)]
+
+
+def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(heading, header, rows) of every table, shared by Markdown and HTML."""
+    m = data.metrics or {}
+    out = [("Accuracy matrix R[i][j] (row: after learning stage i; column: skill j)",
+            ["stage", *data.skills], _matrix_rows(data.skills, data.accuracy_matrix)
+            + [["base (no packs)", *(_f(v) for v in data.base_scores)]]),
+           ("Continual-learning metrics", ["run", "average accuracy", "BWT", "forgetting", "FWT"],
+            [["this state", _f(m.get("average_accuracy")), _f(m.get("bwt")), _f(m.get("forgetting")),
+              _f(m.get("forward_transfer"))]]
+            + [[name, _f(b.get("average_accuracy")), _f(b.get("bwt")), _f(b.get("forgetting")), "—"]
+               for name, b in data.baselines.items()])]
+    if data.deltas:
+        out.append(("Per-suite change against the parent state (95% interval)",
+                    ["suite", "before", "after", "delta", "interval", "n"],
+                    [[d["suite"], _f(d["before"]), _f(d["after"]), f"{d['delta']:+.3f}",
+                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", str(d["n"])] for d in data.deltas]))
+    if data.packs:
+        out.append(("Packs", ["position", "pack", "scale", "bytes", "ratio", "codecs", "status"],
+                    [[str(i), f"{p['skill']}@v{p['version']} (#{p['pack_id']})", f"{p['scale']:g}",
+                      str(p["size_bytes"]), _f(p["compression_ratio"], 1),
+                      ", ".join(f"{k}: {v}" for k, v in sorted(p["codecs"].items())), p["status"]]
+                     for i, p in enumerate(data.packs)]))
+    if data.lineage:
+        out.append(("Lineage (child -> parent)", ["child", "parent", "kind"],
+                    [[e["child"], e["parent"], e["kind"]] for e in data.lineage["edges"]]))
+    return out
+
+
+def _decision_lines(data: ReportData) -> list[str]:
+    d = data.decision or {"verdict": "pending", "reasons": []}
+    return [f"**Decision: {d['verdict']}**"] + [f"- {r}" for r in d["reasons"]]
+
+
+class Markdown:
+    name = "md"
+
+    def render(self, data: ReportData) -> str:
+        lines = [f"# {data.title}", "",
+                 f"State {data.state['id']} on base {data.state['base']!r}, router `{data.state['router']}`, "
+                 f"fingerprint `{data.state['fingerprint']}`.", "", *_decision_lines(data), ""]
+        for heading, header, rows in _sections(data):
+            lines += [f"## {heading}", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]
+        return "\n".join(lines)
+
+
+class Html:
+    name = "html"
+
+    def render(self, data: ReportData) -> str:
+        e = html.escape
+        png = base64.b64encode(heatmap_png(data)).decode()
+        parts = ["<!doctype html>", "<html><head><meta charset='utf-8'>", f"<title>{e(data.title)}</title>",
+                 "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;"
+                 "text-align:right}th{background:#eee}.promoted{color:#060}.rejected{color:#a00}</style>",
+                 "</head><body>", f"<h1>{e(data.title)}</h1>",
+                 f"<p>State {data.state['id']} on base <b>{e(str(data.state['base']))}</b>, router "
+                 f"<code>{e(data.state['router'])}</code>, fingerprint <code>{e(data.state['fingerprint'])}</code>.</p>"]
+        d = data.decision or {"verdict": "pending", "reasons": []}
+        parts.append(f"<h2 class='{e(d['verdict'])}'>Decision: {e(d['verdict'])}</h2><ul>"
+                     + "".join(f"<li>{e(r)}</li>" for r in d["reasons"]) + "</ul>")
+        parts.append(f"<img alt='accuracy matrix heatmap' src='data:image/png;base64,{png}'>")
+        for heading, header, rows in _sections(data):
+            parts.append(f"<h2>{e(heading)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
+                                             for r in rows) + "</table>")
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+
+class Json:
+    name = "json"
+
+    def render(self, data: ReportData) -> str:
+        return json.dumps(data.as_json(), indent=2, sort_keys=True) + "\n"
+
+
+REPORT_FORMATS = {f.name: f for f in (Markdown(), Html(), Json())}
+
+
+def render_report(data: ReportData, fmt: str = "md") -> str:
+    try:
+        renderer = REPORT_FORMATS[fmt]
+    except KeyError:
+        raise unknown_name("report format", fmt, list(REPORT_FORMATS)) from None
+    return renderer.render(data)

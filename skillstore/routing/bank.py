@@ -1,0 +1,150 @@
+"""Pack deltas kept as factors and added per sample by forward hooks: routing without rewriting weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import FingerprintMismatchError, RoutingError
+from ..packs.parts import DensePart, LowRankPart, Part
+
+
+@dataclass(frozen=True)
+class PackDeltas:
+    """One pack's decoded delta per base tensor name, with the scale it has in the state."""
+
+    name: str
+    parts: Mapping[str, Part]
+    scale: float = 1.0
+
+
+def _contribution(module: nn.Module, attr: str, part: Part, x: torch.Tensor) -> torch.Tensor:
+    """The module's output change when parameter ``attr`` moves by ``part`` (outputs are linear in params)."""
+    if isinstance(module, nn.Linear) and attr == "weight":
+        if isinstance(part, LowRankPart):
+            return (x.to(part.V.dtype) @ part.V.T) @ part.U.T
+        return F.linear(x.to(torch.float32), part.to_dense())
+    if isinstance(module, nn.Linear) and attr == "bias":
+        return part.to_dense().expand(*x.shape[:-1], -1)
+    if isinstance(module, nn.Embedding) and attr == "weight":
+        if isinstance(part, LowRankPart):
+            return F.embedding(x, part.U) @ part.V
+        return F.embedding(x, part.to_dense())
+    # Norms and other modules: evaluate the module with the delta as its only parameter.
+    params = {n: torch.zeros_like(p) for n, p in module.named_parameters(recurse=False)}
+    params[attr] = part.to_dense().to(params[attr].dtype)
+    return torch.func.functional_call(module, params, (x,)).float()
+
+
+def _prepare(part: Part, device: torch.device) -> Part:
+    if isinstance(part, LowRankPart):
+        return LowRankPart(part.name, part.U.to(device, torch.float32), part.V.to(device, torch.float32))
+    return DensePart(part.name, part.to_dense().to(device, torch.float32))
+
+
+class DeltaBank:
+    """The packs of a state, hooked into every module whose parameters they change.
+
+    ``weights`` is a (batch, n_packs) tensor set before each forward pass; a zero column
+    costs nothing, so top-1 routing pays for one pack per sample.
+    """
+
+    def __init__(self, model: nn.Module, packs: Sequence[PackDeltas]):
+        self.model = model
+        self.packs = tuple(packs)
+        self.weights: torch.Tensor | None = None
+        self.enabled = True
+        self._busy = False  # functional_call re-enters the hooked module
+        self._handles: list = []
+        device = next(model.parameters()).device
+        owners: dict[int, list[tuple[nn.Module, str]]] = {}
+        # Tied parameters (embeddings and head) have several owners; each owner gets the delta.
+        for module in model.modules():
+            for attr, param in module.named_parameters(recurse=False):
+                owners.setdefault(id(param), []).append((module, attr))
+        self._entries: dict[nn.Module, list[tuple[int, str, Part]]] = {}
+        for index, pack in enumerate(self.packs):
+            for tensor_name, part in pack.parts.items():
+                try:
+                    param = model.get_parameter(tensor_name)
+                except AttributeError:
+                    raise FingerprintMismatchError(
+                        f"Pack {pack.name!r} changes {tensor_name!r}, which the model lacks; "
+                        "load the base model the pack was made for."
+                    ) from None
+                if tuple(param.shape) != tuple(part.shape):
+                    raise FingerprintMismatchError(
+                        f"Pack {pack.name!r} has shape {tuple(part.shape)} for {tensor_name!r} but the "
+                        f"model has {tuple(param.shape)}; load the pack's own base model."
+                    )
+                for module, attr in owners[id(param)]:
+                    self._entries.setdefault(module, []).append((index, attr, _prepare(part, device)))
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.packs]
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return torch.tensor([p.scale for p in self.packs], dtype=torch.float32)
+
+    def install(self) -> DeltaBank:
+        if self._handles:
+            return self
+        for module in self._entries:
+            self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.weights = None
+
+    def __enter__(self) -> DeltaBank:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def _batch_weights(self, batch: int) -> torch.Tensor | None:
+        w = self.weights
+        if w is None or not self.enabled:
+            return None
+        if w.shape[0] != batch:
+            if batch % w.shape[0]:
+                raise RoutingError(
+                    f"Routing weights cover {w.shape[0]} inputs but the batch has {batch}; "
+                    "route each batch before running it."
+                )
+            w = w.repeat_interleave(batch // w.shape[0], dim=0)  # beams / return sequences
+        return w
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
+        if self._busy or not isinstance(output, torch.Tensor):
+            return None
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        if x is None:
+            raise RoutingError(f"Cannot route {type(module).__name__}: it was called without a tensor input.")
+        w = self._batch_weights(x.shape[0])
+        if w is None:
+            return None
+        w = w.to(output.device)
+        out = output.float()
+        for index, attr, part in self._entries[module]:
+            column = w[:, index]
+            rows = column.nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            self._busy = True
+            try:
+                change = _contribution(module, attr, part, x[rows])
+            finally:
+                self._busy = False
+            scale = column[rows].view(-1, *([1] * (change.dim() - 1)))
+            out = out.index_add(0, rows, scale * change.to(out.dtype))
+        return out.to(output.dtype)

@@ -1,0 +1,148 @@
+"""The learned router: a small classifier on the base model's pooled hidden states."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CorruptPackError, RoutingError
+
+NONE_CLASS = "<none>"  # inputs that belong to the base's general skills: no pack
+ROUTER_FORMAT = "skillstore.router/1"
+
+
+def pooled_features(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    layer: int = -1) -> torch.Tensor:
+    """Mean of one hidden layer of the base over the real (unmasked) tokens: (batch, hidden)."""
+    body = model.base_model if hasattr(model, "base_model") else model
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    with torch.no_grad():
+        out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    hidden = out.hidden_states[layer].float()
+    mask = attention_mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def prompt_features(model: nn.Module, tokenizer, prompts: Sequence[str], *, layer: int = -1,
+                    batch_size: int = 64) -> torch.Tensor:
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True)
+        chunks.append(pooled_features(model, enc["input_ids"].to(device),
+                                      enc["attention_mask"].to(device), layer).cpu())
+    return torch.cat(chunks)
+
+
+class RouterClassifier(nn.Module):
+    """Standardised features -> one hidden layer -> logits over packs plus the no-pack class."""
+
+    def __init__(self, classes: Sequence[str], dim: int, *, hidden: int = 64, layer: int = -1,
+                 top_k: int = 1, base_fingerprint: str | None = None):
+        super().__init__()
+        if len(set(classes)) != len(classes) or len(classes) < 2:
+            raise RoutingError(f"Router classes {list(classes)} must be at least two distinct names.")
+        if not 1 <= top_k <= len(classes):
+            raise RoutingError(f"Router top_k={top_k} must be between 1 and {len(classes)} (the classes).")
+        self.classes, self.layer, self.top_k = list(classes), layer, top_k
+        self.base_fingerprint = base_fingerprint
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, len(classes)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features.float() - self.mean) / self.std)
+
+    def probs(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self(features.to(self.mean.device)).softmax(-1)
+
+    def class_weights(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, classes): 1 on the argmax for top-1, renormalised top-k probabilities otherwise."""
+        p = self.probs(features)
+        top = p.topk(self.top_k, dim=-1)
+        out = torch.zeros_like(p).scatter(-1, top.indices, top.values)
+        return out / out.sum(-1, keepdim=True)
+
+    def predict(self, features: torch.Tensor) -> list[str]:
+        return [self.classes[i] for i in self.probs(features).argmax(-1).tolist()]
+
+    def config(self) -> dict:
+        return {"format": ROUTER_FORMAT, "classes": self.classes, "layer": self.layer,
+                "top_k": self.top_k, "hidden": self.net[0].out_features,
+                "dim": self.mean.numel(), "base_fingerprint": self.base_fingerprint}
+
+
+@dataclass(frozen=True)
+class RouterTraining:
+    classifier: RouterClassifier
+    train_accuracy: float
+    n_examples: int
+
+
+def train_router(model: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str]], *,
+                 layer: int = -1, top_k: int = 1, hidden: int = 64, steps: int = 300,
+                 lr: float = 1e-2, seed: int = 0) -> RouterTraining:
+    """Fit the classifier on prompts per class (a pack name, or NONE_CLASS for general inputs).
+
+    Full-batch AdamW on cached features: a few hundred steps take well under a second.
+    """
+    empty = [name for name, items in prompts.items() if not items]
+    if empty or len(prompts) < 2:
+        raise RoutingError(f"Router training needs prompts for at least two classes; empty: {empty or 'n/a'}.")
+    classes = list(prompts)
+    texts = [t for name in classes for t in prompts[name]]
+    labels = torch.tensor([i for i, name in enumerate(classes) for _ in prompts[name]])
+    feats = prompt_features(model, tokenizer, texts, layer=layer)
+    torch.manual_seed(seed)
+    clf = RouterClassifier(classes, feats.shape[1], hidden=hidden, layer=layer, top_k=top_k,
+                           base_fingerprint=getattr(model, "skillstore_fingerprint", None))
+    clf.mean.copy_(feats.mean(0))
+    clf.std.copy_(feats.std(0).clamp_min(1e-6))
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(clf(feats), labels)
+        loss.backward()
+        opt.step()
+    clf.eval()
+    accuracy = (clf.probs(feats).argmax(-1) == labels).float().mean().item()
+    return RouterTraining(clf, accuracy, len(texts))
+
+
+def save_router(clf: RouterClassifier, path: str | Path) -> Path:
+    """One safetensors file; the JSON config rides in its metadata. Never pickle."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
+    save_file(tensors, str(path), metadata={"skillstore_router": json.dumps(clf.config(), sort_keys=True)})
+    return path
+
+
+def load_router(path: str | Path) -> RouterClassifier:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RoutingError(f"Router file {str(path)!r} does not exist; train the router with `skillstore state route`.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        config = json.loads(meta["skillstore_router"])
+        if config.get("format") != ROUTER_FORMAT:
+            raise KeyError("format")
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for damaged headers
+        raise CorruptPackError(f"{str(path)!r} is not a skillstore router file ({exc}); retrain the router.") from None
+    clf = RouterClassifier(config["classes"], config["dim"], hidden=config["hidden"], layer=config["layer"],
+                           top_k=config["top_k"], base_fingerprint=config["base_fingerprint"])
+    clf.load_state_dict(tensors)
+    clf.eval()
+    return clf

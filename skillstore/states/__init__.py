@@ -1,0 +1,9 @@
+"""Model states: base + ordered packs with scales + routing policy, materialised in memory."""
+
+from .materialise import grafted_all, load_packs, materialise, pack_deltas
+from .service import attach_router, fuse_packs, manual_override
+from .view import Member, StateView, base_state, extend_state, load_view
+
+__all__ = ["Member", "StateView", "attach_router", "base_state", "extend_state", "fuse_packs",
+           "grafted_all", "load_packs", "manual_override",
+           "load_view", "materialise", "pack_deltas"]

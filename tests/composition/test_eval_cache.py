@@ -1,0 +1,194 @@
+"""lm-eval on an in-memory state, result rows in the eval table, and the cache that avoids reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from skillstore.catalog import eval_results
+from skillstore.curriculum.lmeval import write_task_yaml
+from skillstore.evaluation.cache import Suite, evaluate_state, headline
+from skillstore.evaluation.runner import run_tasks
+from skillstore.models import load_causal_lm
+from skillstore.states import base_state, extend_state, load_view, materialise
+
+from .conftest import make_base, make_pack
+
+
+def write_suite(root, name, rows, generate=True):
+    """A one-task suite over local JSONL: the curriculum's generate_until YAML, or a quicker
+    loglikelihood one."""
+    data = root / name / "test.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if generate:
+        write_task_yaml(root / "tasks", f"t_{name}", {"test": data})
+    else:
+        (root / "tasks").mkdir(exist_ok=True)
+        (root / "tasks" / f"t_{name}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
+    return Suite(name, root / "tasks", (f"t_{name}",), headline_metric="exact_match" if generate else "acc")
+
+
+ROWS = [{"prompt": f"copy {w}: ", "answer": w} for w in ("ab", "cd", "ef", "gh")]
+
+
+@pytest.fixture
+def suites(tmp_path):
+    return [write_suite(tmp_path, "alpha", ROWS), write_suite(tmp_path, "general", ROWS[:2])]
+
+
+@pytest.fixture
+def quick_suites(tmp_path):
+    return [write_suite(tmp_path, "alpha", ROWS, False), write_suite(tmp_path, "general", ROWS[:2], False)]
+
+
+class CountingRunner:
+    def __init__(self):
+        self.calls: list[tuple[str, ...]] = []
+
+    def __call__(self, model, tokenizer, tasks, **kw):
+        self.calls.append(tuple(tasks))
+        return run_tasks(model, tokenizer, tasks, **kw)
+
+
+def test_lm_eval_run_on_an_in_memory_model_gives_rows(tiny_world, suites):
+    model, tok = load_causal_lm(tiny_world.base_dir)
+    rows = run_tasks(model, tok, ["t_alpha"], include_path=suites[0].include_path, batch_size=4)
+    (row,) = [r for r in rows if r.metric == "exact_match"]
+    assert row.task == "t_alpha" and row.n == 4 and 0.0 <= row.value <= 1.0
+    assert row.stderr is not None
+
+
+def test_cache_hits_never_rerun_and_new_versions_do(tiny_world, quick_suites, catalog, tmp_path):
+    suites = quick_suites
+    model, tok = load_causal_lm(tiny_world.base_dir)
+    runner, loads = CountingRunner(), []
+
+    @contextmanager
+    def load(suite):
+        loads.append(suite.name)
+        yield model, tok
+
+    with catalog.session() as s:
+        base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
+        state = base_state(s, base)
+        first = evaluate_state(s, state, suites, load, runner=runner, batch_size=4)
+        assert runner.calls == [("t_alpha",), ("t_general",)]
+        second = evaluate_state(s, state, suites, load, runner=runner, batch_size=4)
+        assert len(runner.calls) == 2 and loads == ["alpha", "general"]  # nothing rerun, nothing loaded
+        assert [(r.id, r.value) for r in second] == [(r.id, r.value) for r in first]
+        stored = eval_results(s, state.id, suite="alpha")
+        assert {r.metric for r in stored} == {"acc", "perplexity"} and stored[0].n == 4
+        value, stderr, n = headline(first, suites[0])
+        assert (value, n) == (next(r.value for r in stored if r.metric == "acc"), 4)
+
+        # A different state is a different cache key ...
+        pack = make_pack(s, base, "alpha")
+        other = extend_state(s, base, state, pack)
+        evaluate_state(s, other, suites[:1], load, runner=runner, batch_size=4)
+        assert runner.calls[-1] == ("t_alpha",) and len(runner.calls) == 3
+
+    # ... and so is an edited suite: its version changes and only that suite reruns.
+    old = suites[0].version
+    data = tmp_path / "alpha" / "test.jsonl"
+    data.write_text(data.read_text() + json.dumps({"prompt": "copy ij: ", "answer": "ij"}) + "\n")
+    edited = [Suite(x.name, x.include_path, x.tasks) for x in suites]
+    assert edited[0].version != old and edited[1].version == suites[1].version
+    with catalog.session() as s:
+        state = base_state(s, base)
+        evaluate_state(s, state, edited, load, runner=runner, batch_size=4)
+        assert runner.calls[-1] == ("t_alpha",) and len(runner.calls) == 4
+        assert {r.n for r in eval_results(s, state.id, suite="alpha")} == {4, 5}
+
+
+LL_YAML = """task: t_ll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: "{data}"
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def test_state_evaluation_matches_the_lm_eval_cli_on_the_exported_model(tiny_world, catalog, tmp_path):
+    """The in-memory grafted state scores what `lm_eval --model hf` scores on the merged export."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "ll.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n"
+                            for w in ("ab", "cd", "xyz", "q")))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "t_ll.yaml").write_text(LL_YAML.format(data=data))
+    model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
+    base_ppl = next(r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tasks) if r.metric == "perplexity")
+    with catalog.session() as s:
+        base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
+        pack = make_pack(s, base, "alpha", blob_digest=catalog.blobs.put_file(tiny_world.packs["alpha"]))
+        view = load_view(s, extend_state(s, base, base_state(s, base), pack))
+    with materialise(model, view, catalog.blobs) as grafted:
+        ours = {r.metric: r.value for r in run_tasks(grafted, tok, ["t_ll"], include_path=tasks, batch_size=1)}
+        grafted.save_pretrained(tmp_path / "merged")
+        tok.save_pretrained(tmp_path / "merged")
+    assert ours["perplexity"] != pytest.approx(base_ppl, rel=1e-4)  # the pack changed the model
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                    f"pretrained={tmp_path / 'merged'},dtype=float32", "--device", "cpu",
+                    "--tasks", "t_ll", "--include_path", str(tasks),
+                    "--batch_size", "1", "--output_path", str(out)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    (result_file,) = out.rglob("results_*.json")
+    cli = json.loads(result_file.read_text())["results"]["t_ll"]
+    assert cli["perplexity,none"] == pytest.approx(ours["perplexity"], rel=1e-5)
+    assert cli["acc,none"] == pytest.approx(ours["acc"])
+
+
+def test_tag_routed_state_evaluates_each_suite_with_its_own_pack(tiny_world, catalog, tmp_path):
+    """state_loader puts the skill's pack in front of its suite and no pack in front of general."""
+    from skillstore.catalog import get_or_create_state
+    from skillstore.evaluation.suites import state_loader
+    from skillstore.packs.format import read_pack
+    from skillstore.packs.graft import grafted
+
+    data = tmp_path / "ll.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n" for w in ("ab", "xyz")))
+    for name in ("alpha", "general"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"t_{name}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
+    suites = [Suite("alpha", tmp_path / "alpha", ("t_alpha",)), Suite("general", tmp_path / "general", ("t_general",))]
+    model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
+
+    def ppl(m, suite):
+        return next(r.value for r in run_tasks(m, tok, list(suite.tasks), include_path=suite.include_path)
+                    if r.metric == "perplexity")
+
+    with grafted(model, read_pack(tiny_world.packs["alpha"])):
+        want_alpha = ppl(model, suites[0])
+    want_general = ppl(model, suites[1])
+    with catalog.session() as s:
+        base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
+        packs = [make_pack(s, base, k, blob_digest=catalog.blobs.put_file(p)) for k, p in tiny_world.packs.items()]
+        state = get_or_create_state(s, base=base, packs=[(p, 1.0) for p in packs], router="tag")
+        rows = evaluate_state(s, state, suites, state_loader(model, tok, load_view(s, state), catalog.blobs))
+    got = {r.suite: r.value for r in rows if r.metric == "perplexity"}
+    assert got["alpha"] == pytest.approx(want_alpha, rel=1e-4)
+    assert got["general"] == pytest.approx(want_general, rel=1e-4)
+    assert want_alpha != pytest.approx(want_general, rel=1e-4)

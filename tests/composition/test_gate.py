@@ -1,0 +1,183 @@
+"""The promotion gate: decisions on constructed results, the audited transaction, racing promotions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from skillstore.catalog import advance_head, current_state, promotions_of
+from skillstore.catalog.schema import PackStatus
+from skillstore.errors import EvaluationError, PromotionConflictError
+from skillstore.gate import (
+    GatePolicy,
+    Score,
+    Thresholds,
+    decide,
+    gate_pack,
+    head_of,
+    record_decision,
+)
+from skillstore.states import base_state, extend_state
+
+from .conftest import make_base, make_pack
+
+POLICY = GatePolicy(min_gain=0.10, max_drop=0.02, max_general_drop=0.01, z=1.96)
+BEFORE = {"reverse": Score(0.90, 0.02, 200), "add": Score(0.10, 0.02, 200), "general": Score(0.80, 0.02, 300)}
+
+
+def judge(after, policy=POLICY):
+    return decide(policy, new_skill="add", before=BEFORE, after=after, earlier_skills=["reverse"])
+
+
+def test_gate_promotes_a_gain_without_forgetting():
+    d = judge({"reverse": Score(0.89, 0.02, 200), "add": Score(0.85, 0.02, 200),
+               "general": Score(0.80, 0.02, 300)})
+    assert d.promote and d.verdict == "promoted"
+    assert [c.passed for c in d.checks] == [True, True, True]
+
+
+def test_gate_rejects_too_little_gain():
+    d = judge({"reverse": Score(0.90, 0.02, 200), "add": Score(0.15, 0.02, 200),
+               "general": Score(0.80, 0.02, 300)})
+    assert not d.promote
+    assert any("too little gain" in r for r in d.reasons)
+
+
+def test_gate_rejects_forgetting_beyond_tolerance_plus_margin():
+    # margin = 1.96 * sqrt(0.02^2 + 0.02^2) = 0.0554; allowed drop on reverse = 0.02 + 0.0554
+    d = judge({"reverse": Score(0.80, 0.02, 200), "add": Score(0.85, 0.02, 200),
+               "general": Score(0.80, 0.02, 300)})
+    assert not d.promote
+    (failed,) = [c for c in d.checks if not c.passed]
+    assert failed.suite == "reverse" and failed.margin == pytest.approx(1.96 * (0.02 ** 2 * 2) ** 0.5)
+    assert d.reasons[0].startswith("forgot reverse")
+
+
+def test_a_drop_inside_the_confidence_margin_is_noise_not_forgetting():
+    after = {"reverse": Score(0.86, 0.02, 200), "add": Score(0.85, 0.02, 200),
+             "general": Score(0.80, 0.02, 300)}
+    assert judge(after).promote  # 0.04 drop < 0.02 + 0.055
+    exact = GatePolicy(min_gain=0.10, max_drop=0.02, z=0.0)
+    assert not judge(after, exact).promote  # same drop, no margin
+
+
+def test_general_suite_drop_rejects():
+    d = judge({"reverse": Score(0.90, 0.0, 200), "add": Score(0.85, 0.0, 200),
+               "general": Score(0.70, 0.0, 300)})
+    assert not d.promote and "general" in d.reasons[0]
+
+
+def test_per_skill_thresholds_override_the_global_ones():
+    lenient = POLICY.model_copy(update={"per_skill": {"add": Thresholds(min_gain=0.01)}})
+    after = {"reverse": Score(0.90, 0.02, 200), "add": Score(0.15, 0.02, 200), "general": Score(0.80, 0.02, 300)}
+    assert not judge(after).promote and judge(after, lenient).promote
+
+
+def test_policy_is_frozen_and_validated():
+    with pytest.raises(ValidationError):
+        GatePolicy(min_gain=-0.1)
+    with pytest.raises(ValidationError):
+        POLICY.min_gain = 0.5  # type: ignore[misc]
+
+
+def test_missing_scores_name_the_suite():
+    with pytest.raises(EvaluationError, match="'reverse'"):
+        judge({"add": Score(0.85), "general": Score(0.8)})
+
+
+def _setup(session):
+    base = make_base(session)
+    start = base_state(session, base)
+    advance_head(session, base.id, start.id, expected_version=None)
+    return base
+
+
+def test_promotion_moves_head_and_audits_in_one_transaction(catalog):
+    with catalog.session() as s:
+        base = _setup(s)
+        pack = make_pack(s, base, "add")
+        current, version = head_of(s, base)
+        cand = extend_state(s, base, current, pack)
+        good = judge({"reverse": Score(0.9), "add": Score(0.9), "general": Score(0.8)})
+        audit = record_decision(s, pack, good, candidate=cand, expected_version=version,
+                                report_ref="sha256:report", actor="tester")
+    with catalog.session() as s:
+        assert current_state(s, base.id).id == cand.id
+        trail = promotions_of(s, pack.id)
+        assert [(p.from_status, p.to_status) for p in trail][-1] == (PackStatus.candidate, PackStatus.promoted)
+        assert trail[-1].report_ref == "sha256:report" and trail[-1].state_id == cand.id
+        assert "all checks passed" in audit.reason
+
+
+def test_rejection_keeps_the_head_and_records_the_reason(catalog):
+    with catalog.session() as s:
+        base = _setup(s)
+        pack = make_pack(s, base, "add")
+        current, version = head_of(s, base)
+        cand = extend_state(s, base, current, pack)
+        bad = judge({"reverse": Score(0.5), "add": Score(0.9), "general": Score(0.8)})
+        record_decision(s, pack, bad, candidate=cand, expected_version=version)
+    with catalog.session() as s:
+        assert current_state(s, base.id).id == current.id
+        last = promotions_of(s, pack.id)[-1]
+        assert last.to_status == PackStatus.rejected and "forgot reverse" in last.reason
+
+
+def test_a_stale_promotion_is_refused(catalog):
+    with catalog.session() as s:
+        base = _setup(s)
+        first, second = make_pack(s, base, "add"), make_pack(s, base, "reverse")
+        current, version = head_of(s, base)
+        good = judge({"reverse": Score(0.9), "add": Score(0.9), "general": Score(0.8)})
+        record_decision(s, first, good, candidate=extend_state(s, base, current, first), expected_version=version)
+        with pytest.raises(PromotionConflictError, match="re-evaluate"):
+            record_decision(s, second, good, candidate=extend_state(s, base, current, second),
+                            expected_version=version)
+
+
+def test_racing_promotions_are_serialised_and_lose_nothing(db_engine):
+    """Two workers judge different packs against the same head at the same moment."""
+    with Session(db_engine) as s:
+        base = _setup(s)
+        packs = [make_pack(s, base, "add"), make_pack(s, base, "reverse")]
+        s.commit()
+        base_id, pack_ids = base.id, [p.id for p in packs]
+    barrier = threading.Barrier(2, timeout=30)
+    outcomes, errors = {}, []
+
+    def worker(pack_id: int) -> None:
+        from skillstore.catalog import get_pack
+
+        first = [True]
+
+        def judge_fn(session, current, version):
+            if first[0]:
+                first[0] = False
+                barrier.wait()  # both have read the same head before either writes
+            b = session.get(type(base), base_id)
+            cand = extend_state(session, b, current, get_pack(session, pack_id))
+            return cand, judge({"reverse": Score(0.9), "add": Score(0.9), "general": Score(0.8)}), None
+
+        try:
+            with Session(db_engine, expire_on_commit=False) as session:
+                outcomes[pack_id] = gate_pack(session, get_pack(session, pack_id), judge_fn)
+        except Exception as exc:  # reported below with its type
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(pid,)) for pid in pack_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(o.attempts for o in outcomes.values()) == [1, 2]
+    with Session(db_engine) as s:
+        state = current_state(s, base_id)
+        assert sorted(m.pack_id for m in state.members) == sorted(pack_ids)
+        head, version = head_of(s, s.get(type(base), base_id))
+        assert version == 3
+        for pid in pack_ids:
+            assert promotions_of(s, pid)[-1].to_status == PackStatus.promoted

@@ -1,0 +1,163 @@
+"""Routers: hooked per-sample deltas equal grafting, routed lm-eval requests, learned router accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skillstore.errors import ConfigError, CorruptPackError, RoutingError
+from skillstore.models import load_causal_lm
+from skillstore.packs.format import read_pack
+from skillstore.packs.graft import grafted
+from skillstore.routing import (
+    NONE_CLASS,
+    DeltaBank,
+    PackDeltas,
+    RoutedModel,
+    get_router,
+    load_router,
+    save_router,
+    train_router,
+)
+from skillstore.routing.learned import prompt_features
+from skillstore.states.materialise import grafted_all
+
+PROMPTS = ["copy ab: ", "reverse xyz = ", "copy hello: ", "reverse q = "]
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world):
+    model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
+    tok.padding_side = "left"
+    packs = {k: read_pack(v) for k, v in tiny_world.packs.items()}
+    return model, tok, packs
+
+
+def deltas(packs, scales=None):
+    scales = scales or {}
+    return [PackDeltas(name, {p.name: p for p in pf.decoded()}, scales.get(name, 1.0)) for name, pf in packs.items()]
+
+
+def logits(model, tok, prompts=PROMPTS):
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def test_hooked_deltas_equal_grafted_weights_per_sample(world):
+    model, tok, packs = world
+    base = logits(model, tok)
+    with grafted(model, packs["alpha"]):
+        with_alpha = logits(model, tok)
+    with grafted_all(model, [packs["alpha"], packs["beta"]], [1.0, 0.5]):
+        with_both = logits(model, tok)
+    assert not torch.allclose(with_alpha, base, atol=1e-3)  # the packs do change outputs
+    bank = DeltaBank(model, deltas(packs, {"beta": 0.5}))
+    with bank:
+        bank.weights = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.5], [1.0, 0.0]])
+        routed = logits(model, tok)
+    torch.testing.assert_close(routed[0], with_alpha[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(routed[1], base[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(routed[2], with_both[2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(routed[3], with_alpha[3], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits(model, tok), base)  # hooks gone, base untouched
+
+
+def _toy_router(model, tok):
+    train = {"alpha": [f"copy {w}: " for w in ("ab", "cd", "hello", "xy", "mno", "pq")],
+             "beta": [f"reverse {w} = " for w in ("xyz", "q", "abc", "lm", "uvw", "rs")],
+             NONE_CLASS: [f"next letter: {c} =" for c in "abcdef"]}
+    return train_router(model, tok, train, steps=200).classifier
+
+
+def test_learned_routing_generates_what_each_grafted_model_generates(world):
+    model, tok, packs = world
+    clf = _toy_router(model, tok)
+    assert clf.predict(prompt_features(model, tok, PROMPTS)) == ["alpha", "beta", "alpha", "beta"]
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = []
+    for i, name in enumerate(["alpha", "beta", "alpha", "beta"]):
+        with grafted(model, packs[name]):
+            expected.append(model.generate(input_ids=enc["input_ids"][i:i + 1],
+                                           attention_mask=enc["attention_mask"][i:i + 1], **kw)[0])
+    bank = DeltaBank(model, deltas(packs))
+    with RoutedModel(model, bank, "learned", classifier=clf, pad_token_id=tok.pad_token_id) as routed:
+        out = model.generate(**enc, **kw)
+    assert torch.equal(out, torch.stack(expected))
+    assert routed.last_weights.argmax(-1).tolist() == [0, 1, 0, 1]
+
+
+def test_routed_loglikelihood_requests_through_lm_eval(world, tmp_path):
+    """lm-eval's loglikelihood path (HFLM._model_call) sees the tagged pack, like a grafted model."""
+    import json
+
+    from skillstore.evaluation.runner import run_tasks
+
+    from .test_eval_cache import LL_YAML
+
+    model, tok, packs = world
+    data = tmp_path / "ll.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n" for w in ("ab", "xyz")))
+    (tmp_path / "t_ll.yaml").write_text(LL_YAML.format(data=data))
+    with grafted(model, packs["beta"]):
+        want = {r.metric: r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tmp_path)}
+    with RoutedModel(model, DeltaBank(model, deltas(packs)), "tag", tag="beta", pad_token_id=tok.pad_token_id):
+        got = {r.metric: r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tmp_path)}
+    assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
+
+
+def test_learned_router_accuracy_on_the_tiny_curriculum(world, tmp_path):
+    from skillstore.curriculum.build import write_curriculum
+    from skillstore.curriculum.validate import load_rows
+
+    model, tok, _ = world
+    cur = write_curriculum(tmp_path / "cur", n_train=60, n_eval=50)
+
+    def prompts(files, split):
+        return [r["prompt"] for r in load_rows(files.split(split))]
+
+    train = {n: prompts(f, "train") for n, f in cur.skills.items()} | {NONE_CLASS: prompts(cur.general, "train")}
+    test = {n: prompts(f, "test") for n, f in cur.skills.items()} | {NONE_CLASS: prompts(cur.general, "test")}
+    clf = train_router(model, tok, train).classifier
+    texts = [t for v in test.values() for t in v]
+    truth = [k for k, v in test.items() for _ in v]
+    predicted = clf.predict(prompt_features(model, tok, texts))
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    assert len(set(truth)) == 6 and accuracy >= 0.98
+
+
+def test_router_file_round_trips_without_pickle(world, tmp_path):
+    model, tok, _ = world
+    clf = _toy_router(model, tok)
+    path = save_router(clf, tmp_path / "router.safetensors")
+    assert path.read_bytes()[:8] != b"\x80\x04\x95"[:8]  # not a pickle stream
+    again = load_router(path)
+    feats = prompt_features(model, tok, PROMPTS)
+    torch.testing.assert_close(again.probs(feats), clf.probs(feats))
+    assert again.classes == clf.classes and again.top_k == clf.top_k
+    (tmp_path / "bad.safetensors").write_bytes(b"not a router")
+    with pytest.raises(CorruptPackError, match="not a skillstore router"):
+        load_router(tmp_path / "bad.safetensors")
+
+
+def test_top_k_mixes_packs_with_normalised_weights(world):
+    model, tok, packs = world
+    clf = _toy_router(model, tok)
+    clf.top_k = 2
+    w = clf.class_weights(prompt_features(model, tok, PROMPTS))
+    assert torch.allclose(w.sum(-1), torch.ones(len(PROMPTS)))
+    assert ((w > 0).sum(-1) == 2).all()
+
+
+def test_unknown_router_and_tag_are_refused(world):
+    model, tok, packs = world
+    with pytest.raises(ConfigError, match="Did you mean 'learned'"):
+        get_router("learnd")
+    enc = tok(PROMPTS[:1], return_tensors="pt")
+    with RoutedModel(model, DeltaBank(model, deltas(packs)), "tag", tag="gamma"):
+        with pytest.raises(ConfigError, match="Unknown skill tag 'gamma'"):
+            model(**enc)
+    with RoutedModel(model, DeltaBank(model, deltas(packs)), "learned"):
+        with pytest.raises(RoutingError, match="no classifier"):
+            model(**enc)
