@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from celery import Celery
 from kombu import Queue
@@ -25,6 +26,7 @@ QUEUES = (GPU_QUEUE, CPU_QUEUE)
 # Redis redelivers an unacknowledged task once its visibility timeout passes, so the timeout
 # must outlast the longest task (training a real model on one GPU) with margin to spare.
 LONGEST_TASK_S = 6 * 3600
+WORKER_THREADS = "1"
 VISIBILITY_TIMEOUT_S = 2 * LONGEST_TASK_S
 
 TASK_ROUTES = {
@@ -100,6 +102,10 @@ def worker_command(queues: Sequence[str], concurrency: int, *, pool: str = "pref
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that hands these settings to a child process."""
     env = dict(os.environ)
+    # One intra-op thread per worker process unless the user says otherwise: scale with
+    # --concurrency instead. Several processes each spinning a full OpenMP pool on a shared
+    # CPU run tiny models 20x slower than one thread each.
+    env.setdefault("OMP_NUM_THREADS", WORKER_THREADS)
     env.update({
         "SKILLSTORE_HOME": str(settings.home),
         "SKILLSTORE_DATABASE_URL": settings.database_url,
@@ -110,8 +116,37 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def spawn_worker(settings: Settings, queues: Sequence[str] = QUEUES, concurrency: int = 1,
-                 **kwargs) -> subprocess.Popen:
-    """Start a worker as a child process (used by the demo and the tests)."""
-    return subprocess.Popen(worker_command(queues, concurrency, **kwargs),
-                            env=settings_env(settings))
+def spawn_worker(settings: Settings, queues: Sequence[str] = QUEUES, concurrency: int = 1, *,
+                 log_path: str | os.PathLike[str] | None = None, **kwargs) -> subprocess.Popen:
+    """Start a worker as a child process in its own process group (used by the demo and tests).
+
+    Its own group lets `stop_worker` end the worker and its pool children together; with
+    ``log_path`` its output goes to that file instead of the caller's terminal.
+    """
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(worker_command(queues, concurrency, **kwargs),
+                                env=settings_env(settings), start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def stop_worker(proc: subprocess.Popen, *, kill: bool = False, timeout: float = 30) -> None:
+    """End a spawned worker and its pool: SIGTERM (a warm shutdown) or SIGKILL (a crash)."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)

@@ -7,7 +7,7 @@ from celery import Celery
 from skillstore.jobqueue import celery_config
 from skillstore.settings import Settings, get_settings
 
-TASK_MODULES = ("workers.ops",)
+TASK_MODULES = ("workers.ops", "workers.learn")
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -12,3 +12,9 @@ from celery import shared_task
 def ping() -> dict:
     """Answer with who ran the task, so a caller can tell which worker and queue served it."""
     return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+@shared_task(name="workers.ops.noop", acks_late=True, reject_on_worker_lost=True)
+def noop(job_id: int) -> int:
+    """A step that does nothing: the benchmark's pipelines measure pure orchestration with it."""
+    return job_id

@@ -1,13 +1,80 @@
-"""CLI for the job queue: start a worker (learn, wait, cancel, retry and demo join it later)."""
+"""CLI for learning jobs: queue one, start a worker, wait with a progress bar, cancel, retry, demo."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
 from ..jobqueue import QUEUES, parse_queues, settings_env, worker_command
 from ..settings import get_settings
+from ._common import JSON_OPTION, print_json, workspace_session
+from ._groups import JOB
+
+
+def learn(skill: str = typer.Argument(..., help="Skill name or id."),
+          base: str = typer.Option(..., "--base", help="Target base model (name or id)."),
+          source: str | None = typer.Option(None, "--source", help="Source model for distill/dpo."),
+          method: str = typer.Option("sft", help="sft, distill or dpo."),
+          policy: str = typer.Option("balanced", help="Compression preset or policy JSON file."),
+          start_from: str = typer.Option("base", "--start-from", help="base or current."),
+          budget: float | None = typer.Option(None, help="Fit the pack in this fraction of the "
+                                                         "dense fp16 delta (budget mode)."),
+          general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
+          max_steps: int | None = typer.Option(None, min=1, help="Training steps (default: trainer's)."),
+          as_json: bool = JSON_OPTION) -> None:
+    """Queue a learning job (prepare, train, compress, evaluate, gate) and print its id."""
+    from ..pipeline import queue_learning_job
+
+    settings = get_settings()
+    options = {"general_suite": str(general_suite)} if general_suite else {}
+    train = {"max_steps": max_steps} if max_steps else {}
+    with workspace_session() as (_, session):
+        job_id = queue_learning_job(session, settings, skill, base, source=source, method=method,
+                                    policy=policy, start_from=start_from, budget=budget,
+                                    train=train,
+                                    options=options)
+    if as_json:
+        print_json({"job_id": job_id})
+    else:
+        typer.echo(job_id)
+
+
+@JOB.app.command("wait")
+def job_wait(job_ids: list[int] = typer.Argument(..., help="Job id(s)."),
+             timeout: float | None = typer.Option(None, help="Give up after this many seconds."),
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
+    """Wait for jobs with a live progress bar; exits 1 unless every job succeeded."""
+    from ..catalog import JobStatus, open_catalog
+    from .job_watch import follow_jobs
+
+    with open_catalog() as catalog:
+        final = follow_jobs(catalog, job_ids, timeout=timeout, quiet=quiet)
+    bad = {j: s for j, s in final.items() if s != JobStatus.succeeded}
+    if bad:
+        typer.echo("; ".join(f"job {j} {s.value}" for j, s in bad.items()), err=True)
+        raise typer.Exit(1)
+
+
+@JOB.app.command("cancel")
+def job_cancel(job_id: str = typer.Argument(..., help="Job id.")) -> None:
+    """Cancel a queued or running job; a running step stops at its next progress report."""
+    from ..pipeline import cancel
+
+    with workspace_session() as (catalog, session):
+        job = cancel(session, catalog.settings, job_id)
+        typer.echo(f"job {job.id} cancelled at stage {job.stage or 'queued'}")
+
+
+@JOB.app.command("retry")
+def job_retry(job_id: str = typer.Argument(..., help="Job id.")) -> None:
+    """Queue a failed or cancelled job again, from the stage where it stopped."""
+    from ..pipeline import retry
+
+    with workspace_session() as (catalog, session):
+        job = retry(session, catalog.settings, job_id)
+        typer.echo(f"job {job.id} queued again from {job.stage or 'prepare'}")
 
 
 def worker(
@@ -24,6 +91,16 @@ def worker(
     os.execvpe(argv[0], argv, settings_env(settings))
 
 
+def demo(skills: str = typer.Option("", help="Comma-separated curriculum skills (default: all)."),
+         timeout: float = typer.Option(1800, help="Give up after this many seconds.")) -> None:
+    """The whole service on the embedded default: zoo, worker, jobs, lineage and forgetting report."""
+    from .demo import run_demo
+
+    run_demo(get_settings(), skills=[s for s in skills.split(",") if s] or None, timeout=timeout)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the job-queue commands to the root app."""
+    app.command("learn")(learn)
     app.command("worker")(worker)
+    app.command("demo")(demo)

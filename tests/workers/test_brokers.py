@@ -7,8 +7,15 @@ import uuid
 
 import pytest
 
-from skillstore.jobqueue import CPU_QUEUE, GPU_QUEUE, parse_queues, producer, spawn_worker
 from skillstore.errors import ConfigError
+from skillstore.jobqueue import (
+    CPU_QUEUE,
+    GPU_QUEUE,
+    parse_queues,
+    producer,
+    spawn_worker,
+    stop_worker,
+)
 from skillstore.settings import Settings
 from tests.conftest import require_service
 
@@ -40,8 +47,7 @@ def test_worker_answers_on_both_queues(tmp_path, broker):
             assert answer["pid"] != os.getpid()
             assert answer["pid"] == worker.pid
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_worker(worker)
 
 
 def test_queue_names_are_checked():

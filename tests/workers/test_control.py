@@ -1,0 +1,124 @@
+"""Cancelling a running job, and refusing bad job parameters at `learn` time."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+from safetensors.torch import load_file, save_file
+
+from skillstore.catalog import JobStatus
+from skillstore.catalog.models import BaseHead, Job, SkillPack
+from skillstore.errors import ConfigError, JobError, NotFoundError, SkillstoreError
+from skillstore.jobqueue import settings_env
+from skillstore.pipeline import cancel, queue_learning_job, retry
+from skillstore.pipeline.zoo_setup import register_checkpoint
+
+from .conftest import FAST_OPTIONS, FAST_TRAIN, make_env
+
+
+def test_cancel_stops_training_and_the_next_job_runs(sqlite_env):
+    env = sqlite_env
+    with env.catalog.session() as s:
+        endless = queue_learning_job(s, env.settings, "reverse", "tiny-llama",
+                                     train={"max_steps": 100_000, "batch_size": 8,
+                                            "eval_every": 10_000}, options=FAST_OPTIONS)
+        after = queue_learning_job(s, env.settings, "sort", "tiny-llama", train=FAST_TRAIN,
+                                   options=FAST_OPTIONS)
+        diverges = queue_learning_job(s, env.settings, "reverse", "tiny-llama",
+                                      train={**FAST_TRAIN, "lr": 1e30}, options=FAST_OPTIONS)
+    with env.worker():
+        env.wait(endless, until=lambda j: j.stage == "train" and j.progress > 0.2)
+        assert env.job(after).params["out"].get("train") is None  # it waits for the first job
+        with env.catalog.session() as s:
+            cancel(s, env.settings, endless)
+        env.wait(after, timeout=150)  # only possible once the endless training stopped
+        with env.catalog.session() as s:
+            head_before = s.execute(sa.select(BaseHead.state_id, BaseHead.version)).all()
+        failed = env.wait(diverges, timeout=150)
+    # A job that fails is marked failed with its stage and error; nothing else changed.
+    assert failed.status == JobStatus.failed and failed.stage == "train"
+    assert "loss" in failed.error and "\n" not in failed.error
+    with env.catalog.session() as s:
+        assert s.execute(sa.select(BaseHead.state_id, BaseHead.version)).all() == head_before
+    assert env.job(endless).status == JobStatus.cancelled
+    assert env.job(endless).pack_id is None
+    assert env.job(after).status == JobStatus.succeeded
+    with env.catalog.session() as s:
+        packs = list(s.scalars(sa.select(SkillPack)))
+    assert [p.skill_id for p in packs] == [env.job(after).skill_id]
+    # A cancelled job can be queued again from where it stopped; a finished one cannot.
+    with env.catalog.session() as s:
+        retry(s, env.settings, endless)
+        with pytest.raises(JobError, match="only failed or cancelled"):
+            retry(s, env.settings, after)
+    job = env.job(endless)
+    assert job.status == JobStatus.queued and job.stage == "train" and job.celery_task_id
+
+
+@pytest.fixture
+def no_tokenizer_source(sqlite_env, tiny_zoo, tmp_path):
+    folder = tmp_path / "bare-source"
+    shutil.copytree(tiny_zoo.sources["gpt2"], folder)
+    for f in folder.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
+            f.unlink()
+    # Other weights too, so the catalog sees a new checkpoint rather than the zoo's source.
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with sqlite_env.catalog.session() as s:
+        register_checkpoint(s, "bare", folder)
+    return "bare"
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"skill": "nope"}, NotFoundError, "No skill named 'nope'"),
+    ({"base": "nobase"}, NotFoundError, "No base named 'nobase'"),
+    ({"policy": "superdense"}, ConfigError, "Unknown policy preset 'superdense'"),
+    ({"budget": 2.0}, ConfigError, "Budget 2.0"),
+    ({"method": "magic"}, ConfigError, "Unknown learning method 'magic'"),
+    ({"method": "distill"}, ConfigError, "pass --source"),
+    ({"method": "distill", "source": "bare"}, NotFoundError, "no tokenizer files"),
+])
+def test_bad_parameters_fail_at_learn_time_and_queue_nothing(sqlite_env, no_tokenizer_source,
+                                                            kwargs, error, words):
+    env = sqlite_env
+    args = {"skill": "reverse", "base": "tiny-llama", **kwargs}
+    with env.catalog.session() as s, pytest.raises(error) as caught:
+        queue_learning_job(s, env.settings, args.pop("skill"), args.pop("base"), **args)
+    message = str(caught.value)
+    assert words in message and "\n" not in message
+    with env.catalog.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+    assert not (env.settings.home / "broker.db").exists()  # no producer ever connected
+
+
+def test_bad_policy_file_is_one_line_from_the_cli(sqlite_env, tmp_path):
+    bad = tmp_path / "policy.json"
+    bad.write_text('{"attention": {"codec": "nosuchcodec"}}')
+    done = subprocess.run([sys.executable, "-m", "skillstore.cli", "learn", "reverse", "--base",
+                           "tiny-llama", "--policy", str(bad)], capture_output=True, text=True,
+                          env=settings_env(sqlite_env.settings), timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "policy" in lines[0].lower()
+    with sqlite_env.catalog.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+    assert issubclass(ConfigError, SkillstoreError)
+
+
+def test_unreachable_broker_fails_the_job_with_one_line(tmp_path, tiny_zoo):
+    env = make_env(tmp_path, tiny_zoo, broker_url="redis://127.0.0.1:1/0", skills=("reverse",))
+    try:
+        with env.catalog.session() as s, pytest.raises(JobError, match="could not be sent to the broker"):
+            queue_learning_job(s, env.settings, "reverse", "tiny-llama")
+        job = env.job(1)
+        assert job.status == JobStatus.failed and "broker" in job.error
+    finally:
+        env.catalog.close()

@@ -1,0 +1,82 @@
+"""A learning job runs end to end through a real worker on each broker and catalog database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import sqlalchemy as sa
+
+from skillstore.catalog import JobStatus, PackStatus, current_head, get_state, promotions_of
+from skillstore.catalog.models import EvalResult, LineageEdge, SkillPack
+from skillstore.jobqueue import settings_env
+from skillstore.pipeline import queue_learning_job
+
+from .conftest import FAST_OPTIONS, FAST_TRAIN, make_env
+
+
+def _queue(env, skill: str, **kw) -> int:
+    with env.catalog.session() as s:
+        return queue_learning_job(s, env.settings, skill, "tiny-llama", train=FAST_TRAIN,
+                                  options=FAST_OPTIONS, **kw)
+
+
+def assert_learned(env, job_id: int, skill: str) -> SkillPack:
+    """What a user would check: the job succeeded, one pack with lineage and a readable blob,
+    a promotion that names its report, eval results for the candidate, and the head moved."""
+    job = env.job(job_id)
+    assert job.status == JobStatus.succeeded, (job.stage, job.error)
+    assert job.progress == 1.0 and set(job.params["out"]) == {"prepare", "train", "compress",
+                                                               "evaluate", "gate"}
+    with env.catalog.session() as s:
+        packs = list(s.scalars(sa.select(SkillPack).where(SkillPack.id == job.pack_id)))
+        assert len(packs) == 1
+        pack = packs[0]
+        assert pack.status == PackStatus.promoted
+        env.catalog.blobs.verify(pack.blob_digest)
+        edges = list(s.scalars(sa.select(LineageEdge).where(LineageEdge.child_id == pack.id)))
+        assert edges and edges[0].parent_base_id == pack.base_id
+        audit = promotions_of(s, pack.id)
+        assert [a.to_status for a in audit] == [PackStatus.candidate, PackStatus.promoted]
+        env.catalog.blobs.verify(audit[-1].report_ref)
+        head = current_head(s, pack.base_id)
+        state = get_state(s, head.state_id)
+        assert pack.id in [m.pack_id for m in state.members]
+        evals = list(s.scalars(sa.select(EvalResult).where(EvalResult.state_id == state.id)))
+        assert {e.suite for e in evals} >= {skill, "general"}
+    return pack
+
+
+def test_learn_in_sequence_on_embedded_sqlite_broker(sqlite_env):
+    env = sqlite_env
+    first = _queue(env, "reverse")
+    second = _queue(env, "sort", start_from="current")
+    assert env.job(first).status == JobStatus.queued
+    with env.worker(concurrency=2):  # two processes: only the sequencing keeps them in order
+        env.wait(first)
+        waited = subprocess.run([sys.executable, "-m", "skillstore.cli", "job", "wait", str(second),
+                                 "--timeout", "300"], env={**settings_env(env.settings), "COLUMNS": "200"},
+                                capture_output=True, text=True, timeout=360)
+    assert waited.returncode == 0, waited.stderr
+    assert f"job {second} sort" in waited.stdout and "100%" in waited.stdout
+    assert_learned(env, first, "reverse")
+    pack = assert_learned(env, second, "sort")
+    # The second job trained only after the first had finished, on top of what it promoted.
+    assert env.job(second).params["out"]["train"]["started"] >= env.job(first).finished_at.timestamp()
+    with env.catalog.session() as s:
+        state = get_state(s, current_head(s, pack.base_id).state_id)
+        skills = [s.get(SkillPack, m.pack_id).skill_id for m in state.members]
+        assert skills == [env.job(first).skill_id, env.job(second).skill_id]
+        assert state.router == "learned" and state.router_blob_digest
+
+
+def test_learn_on_redis_broker_with_postgres_catalog(tmp_path, tiny_zoo, redis_url, postgres_url):
+    env = make_env(tmp_path, tiny_zoo, database_url=postgres_url, broker_url=redis_url,
+                   result_backend=redis_url)
+    try:
+        job_id = _queue(env, "sort")
+        with env.worker():
+            env.wait(job_id)
+        assert_learned(env, job_id, "sort")
+    finally:
+        env.catalog.close()

@@ -1,0 +1,201 @@
+"""The learning job's Celery tasks: thin wrappers that open a session, run one step and commit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import sqlalchemy as sa
+from celery import shared_task
+from celery.exceptions import Ignore
+from celery.signals import worker_ready
+from sqlalchemy.orm import Session
+
+from skillstore.catalog import fail_job, get_job, open_catalog, set_progress, start_job
+from skillstore.catalog.db import sqlite_path
+from skillstore.errors import DatabaseUnavailableError, PromotionConflictError, SkillstoreError
+from skillstore.pipeline import (
+    STAGES,
+    STEPS,
+    JobCancelled,
+    earlier_unfinished,
+    orphaned_jobs,
+    send_chain,
+)
+from skillstore.pipeline.context import is_stopped, record_timing, set_owner
+from skillstore.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Retried by name, a few times: the database or broker blinked, or another promotion won a race.
+TRANSIENT = (sa.exc.OperationalError, DatabaseUnavailableError, PromotionConflictError,
+             ConnectionError, TimeoutError)
+MAX_TRANSIENT_RETRIES = 3
+RETRY_BACKOFF_S = 2
+# A later job on the same base re-checks this often whether the earlier ones finished.
+WAIT_FOR_EARLIER_S = 2
+WAIT_RETRIES = 1_000_000
+PROGRESS_EVERY_S = 1.0
+_per_process: dict[int, dict] = {}  # engines are never shared across a fork
+
+
+def catalog():
+    """One opened catalog per worker process."""
+    mine = _per_process.setdefault(os.getpid(), {})
+    if "catalog" not in mine:
+        mine["catalog"] = open_catalog(get_settings())
+    return mine["catalog"]
+
+
+def progress_engine() -> sa.Engine:
+    """A second engine whose writes give up at once when the step's transaction holds the lock:
+    progress is best effort and must never stall the work it reports on."""
+    mine = _per_process.setdefault(os.getpid(), {})
+    if "progress" not in mine:
+        url = catalog().settings.database_url
+        mine["progress"] = (sa.create_engine(url, connect_args={"timeout": 0.2})
+                            if sqlite_path(url) is not None else catalog().engine)
+    return mine["progress"]
+
+
+def _reporter(job_id: int, stage: str):
+    index, last = STAGES.index(stage), [0.0]
+
+    def report(sub_stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_EVERY_S and fraction < 1.0:
+            return
+        last[0] = now
+        try:
+            with Session(progress_engine()) as s:
+                job = get_job(s, job_id)
+                if is_stopped(job):
+                    raise JobCancelled(f"Job {job_id} was {job.status.value} during {stage}.")
+                set_progress(s, job, stage, (index + fraction) / len(STAGES))
+                s.commit()
+        except sa.exc.OperationalError:
+            pass  # the step's own transaction holds the lock; the next report will land
+
+    return report
+
+
+def _begin(task, stage: str, job_id: int) -> bool:
+    """Mark the job running at this stage; False when there is nothing to do."""
+    with catalog().session() as s:
+        job = get_job(s, job_id, lock=True)
+        if is_stopped(job):
+            return False
+        if stage == "train":
+            blocker = earlier_unfinished(s, job)
+            if blocker is not None:  # jobs on one base learn in order
+                raise task.retry(countdown=WAIT_FOR_EARLIER_S, max_retries=WAIT_RETRIES)
+        start_job(s, job, stage)
+        set_owner(job, socket.gethostname(), os.getpid())
+    return True
+
+
+def _fail(job_id: int, stage: str, message: str) -> None:
+    with catalog().session() as s:
+        job = get_job(s, job_id, lock=True)
+        if not is_stopped(job):
+            fail_job(s, job, message, stage=stage)
+
+
+def run_step(task, stage: str, job_id: int) -> dict:
+    """Run one step of a job exactly as the library defines it, with the job row kept honest."""
+    if not _begin(task, stage, job_id):
+        return {"job_id": job_id, "stage": stage, "skipped": True}
+    settings = catalog().settings
+    try:
+        with catalog().session() as s:
+            started = time.perf_counter()
+            out = STEPS[stage](s, job_id, settings, _reporter(job_id, stage))
+            job = get_job(s, job_id)
+            record_timing(job, stage, time.perf_counter() - started)
+            if not is_stopped(job):
+                set_progress(s, job, stage, (STAGES.index(stage) + 1) / len(STAGES))
+        return {"job_id": job_id, "stage": stage, "out": out}
+    except JobCancelled:
+        return {"job_id": job_id, "stage": stage, "cancelled": True}
+    except TRANSIENT as exc:
+        tries = task.request.retries
+        if tries < MAX_TRANSIENT_RETRIES:
+            log.warning("job %s %s: transient error, retrying: %s", job_id, stage, exc)
+            raise task.retry(exc=exc, countdown=RETRY_BACKOFF_S * (tries + 1),
+                             max_retries=MAX_TRANSIENT_RETRIES) from None
+        _fail(job_id, stage, f"{stage} failed after {tries} retries: {exc}")
+        raise Ignore() from None
+    except SkillstoreError as exc:
+        _fail(job_id, stage, str(exc))
+        raise Ignore() from None
+    except Exception as exc:  # out of memory, a library bug: recorded on the job, never retried
+        log.exception("job %s failed in %s", job_id, stage)
+        _fail(job_id, stage, f"{type(exc).__name__}: {exc}")
+        raise Ignore() from None
+
+
+TASK_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True,
+                "max_retries": MAX_TRANSIENT_RETRIES}
+
+
+@shared_task(name="workers.learn.prepare", **TASK_OPTIONS)
+def prepare(self, job_id: int) -> dict:
+    return run_step(self, "prepare", job_id)
+
+
+@shared_task(name="workers.learn.train", **TASK_OPTIONS)
+def train(self, job_id: int) -> dict:
+    return run_step(self, "train", job_id)
+
+
+@shared_task(name="workers.learn.compress", **TASK_OPTIONS)
+def compress(self, job_id: int) -> dict:
+    return run_step(self, "compress", job_id)
+
+
+@shared_task(name="workers.learn.evaluate", **TASK_OPTIONS)
+def evaluate(self, job_id: int) -> dict:
+    return run_step(self, "evaluate", job_id)
+
+
+@shared_task(name="workers.learn.gate", **TASK_OPTIONS)
+def gate(self, job_id: int) -> dict:
+    return run_step(self, "gate", job_id)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs; a zombie (killed, not yet reaped by whoever inherited it) is dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # no /proc: ask the kernel instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@worker_ready.connect
+def resume_orphans(**_kwargs) -> None:
+    """A job whose worker died on this host (SIGKILL, power cut) is sent again from its stage.
+
+    Brokers that keep unacknowledged messages (Redis, RabbitMQ) redeliver on their own; the
+    embedded SQL broker loses a message its consumer took, so this sweep is what finishes
+    the job there. The steps are idempotent, so a job sent twice still finishes once.
+    """
+    try:
+        cat = catalog()
+        with cat.session() as s:
+            for job in orphaned_jobs(s, socket.gethostname(), _alive):
+                log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
+                send_chain(s, cat.settings, job, job.stage if job.stage in STAGES else STAGES[0])
+    except SkillstoreError as exc:
+        log.warning("cannot look for orphaned jobs: %s", exc)
