@@ -210,4 +210,3 @@ def run(out_dir: Path) -> None:
     (out / "composition.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
-main = run  # `main(out_dir)` as well, for callers that expect that name

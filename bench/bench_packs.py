@@ -247,4 +247,3 @@ def run(out_dir: Path) -> None:
     (out / "packs.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
-main = run

@@ -96,7 +96,7 @@ def _redis_up() -> bool:
         return False
 
 
-def main(out_dir: Path) -> None:
+def run(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skillstore-pipeline-bench-") as tmp:
         result = {"overhead": orchestration_overhead(Path(tmp) / "job")}
@@ -128,4 +128,3 @@ def main(out_dir: Path) -> None:
     print("\n".join(lines))
 
 
-run = main  # bench/__main__.py calls run(out_dir)
