@@ -208,5 +208,3 @@ def run(out_dir: Path) -> None:
     print(text)
     (out / "composition.md").write_text(text)
     (out / "composition.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-
-

@@ -245,5 +245,3 @@ def run(out_dir: Path) -> None:
     print(table)
     (out / "packs.md").write_text(table + "\n")
     (out / "packs.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-
-

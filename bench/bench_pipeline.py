@@ -126,5 +126,3 @@ def run(out_dir: Path) -> None:
                   f"| no-op tasks on Redis (tasks/s) | {n['tasks_per_s']:.1f} |"]
     (out_dir / "pipeline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-

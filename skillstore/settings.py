@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     result_backend: str = Field(default="", description="Celery result backend URL.")
 
     @model_validator(mode="after")
-    def _fill_defaults(self) -> "Settings":
+    def _fill_defaults(self) -> Settings:
         home = self.home.expanduser().absolute()
         object.__setattr__(self, "home", home)
         if not self.database_url:
