@@ -51,3 +51,27 @@ def workspace(tmp_path, monkeypatch: pytest.MonkeyPatch):
     for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
         monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
     return home
+
+
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def fresh_postgres_database(prefix: str = "skillstore_test"):
+    """Create a PostgreSQL database with a unique name; yield its URL; drop it afterwards."""
+    import uuid
+
+    from skillstore.catalog.db import create_database, drop_database
+
+    require_service("postgres")
+    url = f"{PG_SERVER}/{prefix}_{uuid.uuid4().hex[:10]}"
+    create_database(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A PostgreSQL database of this test run's own, dropped at the end of the run."""
+    yield from fresh_postgres_database()

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from factories import require_service
 
 from skillstore.catalog import migrate
-from skillstore.catalog.db import create_database, drop_database, make_engine, session_scope
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(scope="session")
-def pg_server_url():
-    """A PostgreSQL database of its own for this test run, dropped at the end."""
-    require_service("postgres")
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/skillstore_test_{uuid.uuid4().hex[:10]}"
-    create_database(url)
-    yield url
-    drop_database(url)
+from skillstore.catalog.db import make_engine, session_scope
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -28,7 +13,7 @@ def db_url(request, tmp_path):
     """An empty database: a SQLite file, or the run's PostgreSQL database wiped clean."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
-    url = request.getfixturevalue("pg_server_url")
+    url = request.getfixturevalue("pg_url")
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")

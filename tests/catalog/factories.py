@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
 
 from skillstore.catalog import add_skill, create_pack, register_base
-
-
-def _root_conftest():
-    # Both conftest files are named `conftest`; load the root one by path, not by name.
-    spec = importlib.util.spec_from_file_location(
-        "_skillstore_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-require_service = _root_conftest().require_service
+from tests.conftest import require_service  # noqa: F401  (re-exported for the catalog tests)
 
 
 def digest(text: str) -> str:

@@ -48,31 +48,6 @@ def catalog(workspace):
     cat.close()
 
 
-def _root_conftest():
-    import importlib.util
-
-    # Several conftest files share the name; load the root one by path.
-    spec = importlib.util.spec_from_file_location(
-        "_skillstore_root_conftest_composition", Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def pg_url():
-    """A PostgreSQL database of this run's own, dropped at the end."""
-    import uuid
-
-    from skillstore.catalog.db import create_database, drop_database
-
-    _root_conftest().require_service("postgres")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/skillstore_test_{uuid.uuid4().hex[:10]}"
-    create_database(url)
-    yield url
-    drop_database(url)
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_engine(request, tmp_path):
     """A migrated catalog engine on SQLite and on PostgreSQL (wiped per test)."""

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from skillstore.catalog import Catalog, JobStatus, get_job, init_workspace
-from skillstore.catalog.db import create_database, drop_database
 from skillstore.jobqueue import spawn_worker, stop_worker
 from skillstore.pipeline.zoo_setup import register_zoo
 from skillstore.settings import Settings
-from tests.conftest import require_service
+from tests.conftest import fresh_postgres_database, require_service
 
 PG_ROOT = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
@@ -107,8 +106,4 @@ def redis_url():
 @pytest.fixture
 def postgres_url():
     """A PostgreSQL database made for this test and dropped after it."""
-    require_service("postgres")
-    url = f"{PG_ROOT}/skillstore_workers_{uuid.uuid4().hex[:10]}"
-    create_database(url)
-    yield url
-    drop_database(url)
+    yield from fresh_postgres_database("skillstore_workers")
