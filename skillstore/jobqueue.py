@@ -56,6 +56,9 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Pool processes import the ML stack at start-up (workers.learn), which takes longer
+        # than Celery's 4 s default allowance for a new process to report alive.
+        "worker_proc_alive_timeout": 120,
         "task_track_started": True,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,

@@ -10,7 +10,7 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 from celery.exceptions import Ignore
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.orm import Session
 
 from skillstore.catalog import fail_job, get_job, open_catalog, set_progress, start_job
@@ -39,6 +39,15 @@ WAIT_FOR_EARLIER_S = 2
 WAIT_RETRIES = 1_000_000
 PROGRESS_EVERY_S = 1.0
 _per_process: dict[int, dict] = {}  # engines are never shared across a fork
+
+
+@worker_process_init.connect
+def _preload_ml_stack(**_) -> None:
+    """Import torch, transformers and lm-eval as a pool process starts, not inside the first job:
+    they take seconds to import, and a job should pay only for its own work."""
+    import lm_eval.evaluator  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
 
 
 def catalog():

@@ -19,8 +19,9 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
           method: str = typer.Option("sft", help="sft, distill or dpo."),
           policy: str = typer.Option("balanced", help="Compression preset or policy JSON file."),
           start_from: str = typer.Option("base", "--start-from", help="base or current."),
-          budget: float | None = typer.Option(None, help="Fit the pack in this fraction of the "
-                                                         "dense fp16 delta (budget mode)."),
+          budget: float | None = typer.Option(None, min=0.01, max=100,
+                                              help="Fit the pack in this percent of the dense "
+                                                   "fp16 delta (budget mode, e.g. 25)."),
           general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
           max_steps: int | None = typer.Option(None, min=1, help="Training steps (default: trainer's)."),
           as_json: bool = JSON_OPTION) -> None:
@@ -32,7 +33,8 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
     train = {"max_steps": max_steps} if max_steps else {}
     with workspace_session() as (_, session):
         job_id = queue_learning_job(session, settings, skill, base, source=source, method=method,
-                                    policy=policy, start_from=start_from, budget=budget,
+                                    policy=policy, start_from=start_from,
+                                    budget=None if budget is None else budget / 100,
                                     train=train,
                                     options=options)
     if as_json:
