@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import DatasetError
 from .data import IGNORE_INDEX, batches, collate, encode_example, pad_id_of
 from .generate import generate_answers
-from .sft import Progress, TrainResult, check_finite, lr_lambda
+from .sft import Progress, TrainResult, check_finite, lr_lambda, optimizer_step
 
 
 class DPOConfig(BaseModel):
@@ -97,11 +97,7 @@ def train_dpo(model, reference, tokenizer, pairs: list[dict], config: DPOConfig 
             loss = dpo_loss(sequence_logprobs(model, chosen), sequence_logprobs(model, rejected),
                             ref_c, ref_r, cfg.beta)
             check_finite(loss, step, "DPO")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, sched, params, cfg.grad_clip)
             step += 1
             losses.append(float(loss.detach()))
             if progress:

@@ -61,6 +61,15 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "SFT") -> None:
 
 
 @torch.no_grad()
+def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float) -> None:
+    """One update: backward, clip the global gradient norm, step the optimizer and schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+
+
 def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
     """Token-weighted mean loss over ``examples`` (answer tokens only)."""
     device = next(model.parameters()).device
@@ -107,11 +116,7 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
             batch = collate(chunk, pad, device)
             loss = model(**batch).loss
             check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, sched, params, cfg.grad_clip)
             step += 1
             running += float(loss.detach())
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
