@@ -12,7 +12,9 @@ from skillstore.pipeline import queue_learning_job
 from .conftest import FAST_OPTIONS
 from .test_pipeline import assert_learned
 
-LONG_TRAIN = {"max_steps": 150, "batch_size": 8, "eval_every": 100}
+# Long enough that a kill seen at a quarter of training lands well before it ends, even on an
+# idle machine where progress is written at most once a second.
+LONG_TRAIN = {"max_steps": 800, "batch_size": 8, "eval_every": 100, "patience": 100}
 
 
 def _kill_when(env, job_id, until, poll=0.02):
