@@ -19,14 +19,14 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_causal_lm(model_dir: str | Path, *, dtype: torch.dtype | None = None,
-                   device: str | None = None, fingerprint: bool = True):
-    """Load (model, tokenizer) from a checkpoint folder; no network, no pickle.
+def load_model(model_dir: str | Path, *, dtype: torch.dtype | None = None,
+               device: str | None = None, fingerprint: bool = True):
+    """Load a causal LM from a checkpoint folder, without its tokenizer; no network, no pickle.
 
     The model carries the checkpoint fingerprint as ``model.skillstore_fingerprint`` so that
     grafting can check a pack's base without rehashing the weights.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     root = Path(model_dir)
     if not (root / "config.json").is_file():
@@ -39,9 +39,18 @@ def load_causal_lm(model_dir: str | Path, *, dtype: torch.dtype | None = None,
     )
     model.to(pick_device(device))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if fingerprint:
         setattr(model, FINGERPRINT_ATTR, fingerprint_checkpoint(root))
+    return model
+
+
+def load_causal_lm(model_dir: str | Path, *, dtype: torch.dtype | None = None,
+                   device: str | None = None, fingerprint: bool = True):
+    """Load (model, tokenizer) from a checkpoint folder; see load_model for the model."""
+    from transformers import AutoTokenizer
+
+    model = load_model(model_dir, dtype=dtype, device=device, fingerprint=fingerprint)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import ConfigError, NotFoundError
-from ..fingerprint import TOKENIZER_FILES, fingerprint_checkpoint
-from ..models import FINGERPRINT_ATTR
+from ..errors import ConfigError
+from ..fingerprint import TOKENIZER_FILES
+from ..models import FINGERPRINT_ATTR, load_model
 from .format import PackFile, read_pack
 from .graft import apply_pack, check_base
 from .parts import LowRankPart
@@ -22,18 +22,8 @@ PROVENANCE_FILE = "skillstore_export.json"
 
 
 def load_base(base_dir: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """The base model from its folder (no tokenizer needed), with its fingerprint attached."""
-    from transformers import AutoModelForCausalLM
-
-    root = Path(base_dir)
-    if not (root / "config.json").is_file():
-        raise NotFoundError(f"{str(root)!r} is not a Hugging Face model folder (no config.json); "
-                            "pass the base checkpoint directory.")
-    model = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype or "auto",
-                                                 use_safetensors=True, local_files_only=True)
-    model.eval()
-    setattr(model, FINGERPRINT_ATTR, fingerprint_checkpoint(root))
-    return model
+    """The base model on the CPU (no tokenizer needed), with its fingerprint attached."""
+    return load_model(base_dir, dtype=dtype, device="cpu")
 
 
 def _copy_tokenizer(base_dir: Path, out_dir: Path) -> None:
