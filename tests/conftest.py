@@ -75,3 +75,31 @@ def fresh_postgres_database(prefix: str = "skillstore_test"):
 def pg_url():
     """A PostgreSQL database of this test run's own, dropped at the end of the run."""
     yield from fresh_postgres_database()
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """One tiny zoo per test run, shared by every test that runs real workers."""
+    from tests.workerenv import build_tiny_zoo
+
+    return build_tiny_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture
+def redis_url():
+    """A Redis database of its own, emptied before and after."""
+    require_service("redis")
+    import redis
+
+    url = "redis://127.0.0.1:6379/12"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL database made for this test and dropped after it."""
+    yield from fresh_postgres_database("skillstore_workers")
