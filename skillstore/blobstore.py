@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import BlobCorruptError, BlobNotFoundError, ConfigError, NotFoundError
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 DIGEST_PREFIX = "sha256:"
 CHUNK = 1 << 20
 # Object stores publish an object only when its upload completes, so a direct write is atomic.
 COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+S3 = {"s3", "s3a"}
+# s3fs sends a file below this size as one PutObject, which can carry the SHA-256 for the server
+# to check; above it, a multipart upload (each part checksummed by botocore) that aborts on error.
+S3_SINGLE_PUT_MAX = 2 * 50 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,17 @@ def _mtime(info: dict) -> datetime | None:
 class BlobStore:
     """Blobs live at `<root>/sha256/<2 hex>/<62 hex>`; the name is the sha256 of the bytes."""
 
-    def __init__(self, url: str | os.PathLike[str]):
+    def __init__(self, url: str | os.PathLike[str], options: dict | None = None, *,
+                 cache_dir: str | os.PathLike[str] | None = None):
         self.url = str(url)
+        self.cache_dir = cache_dir
+        options = dict(options or {})
+        if fsspec.core.split_protocol(self.url)[0] in COMMIT_ON_CLOSE:
+            # Other processes add and delete blobs: a cached listing would answer "exists"
+            # for a blob that gc removed, and a writer would then skip uploading it.
+            options.setdefault("use_listings_cache", False)
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.url)
+            self.fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"Blob store URL {self.url!r} cannot be opened ({exc}); "
                               "for s3:// install the s3 extra (pip install 'skillstore[s3]').") \
@@ -62,6 +78,7 @@ class BlobStore:
         self.root = root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.protocol = protocol
         self.commit_on_close = protocol in COMMIT_ON_CLOSE
 
     def __repr__(self) -> str:
@@ -82,26 +99,61 @@ class BlobStore:
     def put_file(self, path: str | os.PathLike[str]) -> str:
         """Store a local file; returns its digest. The file itself is left alone."""
         try:
+            if self.commit_on_close:
+                return self._upload(os.fspath(path))
             with open(path, "rb") as src:
                 return self.put_stream(src)
         except FileNotFoundError:
             raise NotFoundError(f"File {str(path)!r} does not exist.") from None
 
+    def _upload(self, local: str) -> str:
+        """Upload a local file to an object store under its digest; whole or not at all.
+
+        The upload is one PutObject or a multipart upload completed only at the end (and aborted
+        on error), so no reader ever sees part of an object under its digest name. S3 also
+        gets the SHA-256 with a single PutObject and refuses bytes that do not match it.
+        """
+        h, size = hashlib.sha256(), 0
+        with open(local, "rb") as f:
+            while block := f.read(CHUNK):
+                h.update(block)
+                size += len(block)
+        digest = DIGEST_PREFIX + h.hexdigest()
+        final = self.path(digest)
+        if self._size(final) == size:
+            return digest  # already there (same name, same bytes): nothing to do
+        extra = {}
+        if self.protocol in S3:
+            extra["ContentType"] = "application/octet-stream"
+            if size < S3_SINGLE_PUT_MAX:
+                extra["ChecksumSHA256"] = base64.b64encode(h.digest()).decode("ascii")
+        self.fs.put_file(local, final, **extra)
+        stored = self._size(final)
+        if stored != size:
+            raise BlobCorruptError(f"Blob {digest} in {self.url!r} was stored with {stored} bytes "
+                                   f"instead of {size}; check the object store and write it again.")
+        return digest
+
+    def _size(self, path: str) -> int | None:
+        try:
+            return int(self.fs.info(path).get("size") or 0)
+        except FileNotFoundError:
+            return None
+
     def put_stream(self, src: BinaryIO) -> str:
         """Copy a stream into the store, hashing as it goes; a blob appears whole or not at all."""
-        h = hashlib.sha256()
         if self.commit_on_close:
-            # The name is the digest, which is known only at the end: stage, then copy once.
-            staged = self._tmp_path()
-            with self.fs.open(staged, "wb") as dst:
+            # The name is the digest, known only at the end: spool locally, then upload once.
+            spool_dir = None
+            if self.cache_dir is not None:
+                spool_dir = Path(self.cache_dir)
+                spool_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(prefix=".spool-", dir=spool_dir) as spool:
                 while block := src.read(CHUNK):
-                    h.update(block)
-                    dst.write(block)
-            final = self.path(DIGEST_PREFIX + h.hexdigest())
-            if not self.fs.exists(final):
-                self.fs.copy(staged, final)
-            self.fs.rm(staged)
-            return DIGEST_PREFIX + h.hexdigest()
+                    spool.write(block)
+                spool.flush()
+                return self._upload(spool.name)
+        h = hashlib.sha256()
         tmp = self._tmp_path()
         self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
         try:
@@ -169,11 +221,12 @@ class BlobStore:
         """A verified local file with the blob's bytes (for readers such as safetensors).
 
         A local store returns its own file after hashing it; a remote one downloads into
-        `cache_dir` (verified, atomically) and reuses that copy on the next call.
+        `cache_dir` (or the store's own, verified, atomically) and reuses that copy next time.
         """
         if self.local:
             self.verify(digest)
             return Path(self.path(digest))
+        cache_dir = cache_dir or self.cache_dir
         if cache_dir is None:
             raise ConfigError(f"Blob store {self.url!r} is remote; pass a cache_dir for local copies.")
         target = Path(cache_dir) / check_digest(digest)
@@ -223,3 +276,9 @@ class BlobStore:
         if not self.fs.exists(path):
             raise self._missing(digest)
         self.fs.rm(path)
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob store these settings name, with their storage options and a local read cache."""
+    return BlobStore(settings.blob_url, settings.blob_storage_options,
+                     cache_dir=settings.home / "cache" / "blobs")

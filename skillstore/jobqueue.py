@@ -115,6 +115,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SKILLSTORE_BLOB_URL": settings.blob_url,
         "SKILLSTORE_BROKER_URL": settings.broker_url,
         "SKILLSTORE_RESULT_BACKEND": settings.result_backend,
+        **settings.s3_env(),
     })
     return env
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..blobstore import BlobStore
+from ..blobstore import BlobStore, open_blob_store
 from ..errors import WorkspaceError
 from ..settings import Settings, get_settings
 from . import migrate
@@ -65,7 +65,7 @@ def init_workspace(settings: Settings | None = None) -> Catalog:
     engine = make_engine(settings.database_url)
     check_reachable(engine)
     migrate.upgrade(settings.database_url)
-    return Catalog(settings, engine, BlobStore(settings.blob_url))
+    return Catalog(settings, engine, open_blob_store(settings))
 
 
 def open_catalog(settings: Settings | None = None) -> Catalog:
@@ -84,4 +84,4 @@ def open_catalog(settings: Settings | None = None) -> Catalog:
     except BaseException:
         engine.dispose()
         raise
-    return Catalog(settings, engine, BlobStore(settings.blob_url))
+    return Catalog(settings, engine, open_blob_store(settings))

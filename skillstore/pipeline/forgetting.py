@@ -51,9 +51,9 @@ def routed_matrix(session: Session, settings, base, *, limit: int | None = None)
 
 
 def _blobs(settings):
-    from ..blobstore import BlobStore
+    from ..blobstore import open_blob_store
 
-    return BlobStore(settings.blob_url)
+    return open_blob_store(settings)
 
 
 def naive_sequential(settings, base_dir: str | Path, skills: list[Skill], train: dict, *,

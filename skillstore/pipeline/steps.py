@@ -174,8 +174,31 @@ def train(session: Session, job_id: int, settings: Settings,
     shutil.rmtree(tmp.parent, ignore_errors=True)
     out = {"tuned_dir": str(final), "fingerprint": fingerprint, "started": started,
            "finished": time.time(), "metrics": {k: v for k, v in metrics.items() if k != "history"}}
+    if not store.local:  # compress may run on another host: hand the checkpoint over as blobs
+        out["tuned_blobs"] = {f.name: store.put_file(f) for f in sorted(final.iterdir()) if f.is_file()}
     record_output(job, "train", out)
     return out
+
+
+def tuned_checkpoint(store, settings: Settings, job_id: int, tuned: dict) -> Path:
+    """The train step's checkpoint: its folder when train ran on this host, else a verified copy
+    fetched from the blob store into this host's own checkpoints folder."""
+    folder = Path(tuned["tuned_dir"])
+    if (folder / "config.json").is_file() or not tuned.get("tuned_blobs"):
+        return folder
+    local = work_dir(settings, "checkpoints") / folder.name
+    if (local / "config.json").is_file():
+        return local
+    tmp = scratch(settings, job_id)
+    try:
+        for name, digest in tuned["tuned_blobs"].items():
+            with open(tmp / name, "wb") as f:
+                for block in store.iter_chunks(digest):  # raises on a missing or corrupt blob
+                    f.write(block)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_dir(tmp, local)
 
 
 def compress(session: Session, job_id: int, settings: Settings,
@@ -194,7 +217,7 @@ def compress(session: Session, job_id: int, settings: Settings,
     report = (lambda i, n, _name: progress("compress", 0.9 * i / max(1, n))) if progress else None
     try:
         policy = load_policy(job.params["policy"], budget=job.params.get("budget"))
-        summary = compress_checkpoint(base.uri, tuned["tuned_dir"], policy,
+        summary = compress_checkpoint(base.uri, tuned_checkpoint(store, settings, job.id, tuned), policy,
                                       tmp / "pack.safetensors", base_fingerprint=base.fingerprint,
                                       progress=report)
         digest = store.put_file(summary.path)  # whole or absent: named by its digest
