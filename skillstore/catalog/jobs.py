@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, JobError, NotFoundError
 from .models import Job
-from .schema import JobStatus, utcnow
+from .schema import JobStatus, fits_row_id, utcnow
 
 
 def create_job(session: Session, *, kind: str, params: dict, base_id: int | None = None,
@@ -25,21 +27,43 @@ def get_job(session: Session, job_id: int | str, *, lock: bool = False) -> Job:
     if not str(job_id).isdigit():
         raise ConfigError(f"{job_id!r} is not a job id; job ids are numbers.")
     q = sa.select(Job).where(Job.id == int(job_id))
-    job = session.scalar(q.with_for_update() if lock else q)
+    job = session.scalar(q.with_for_update() if lock else q) if fits_row_id(job_id) else None
     if job is None:
         raise NotFoundError(f"No job with id {job_id}; list them with `skillstore job list`.")
     return job
 
 
-def list_jobs(session: Session, *, status: JobStatus | str | None = None, base_id: int | None = None,
-              limit: int = 50, offset: int = 0) -> list[Job]:
-    """Jobs, newest first."""
-    q = sa.select(Job)
+def _job_filters(status: JobStatus | str | None, base_id: int | None, skill_id: int | None,
+                 created_after: datetime | None, created_before: datetime | None) -> list:
+    where = []
     if status is not None:
-        q = q.where(Job.status == JobStatus(status))
+        where.append(Job.status == JobStatus(status))
     if base_id is not None:
-        q = q.where(Job.base_id == base_id)
+        where.append(Job.base_id == base_id)
+    if skill_id is not None:
+        where.append(Job.skill_id == skill_id)
+    if created_after is not None:
+        where.append(Job.created_at >= created_after)
+    if created_before is not None:
+        where.append(Job.created_at < created_before)
+    return where
+
+
+def list_jobs(session: Session, *, status: JobStatus | str | None = None, base_id: int | None = None,
+              skill_id: int | None = None, created_after: datetime | None = None,
+              created_before: datetime | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+    """Jobs, newest first, filtered by status, base, skill and creation time [after, before)."""
+    where = _job_filters(status, base_id, skill_id, created_after, created_before)
+    q = sa.select(Job).where(*where)
     return list(session.scalars(q.order_by(Job.id.desc()).limit(limit).offset(offset)))
+
+
+def count_jobs(session: Session, *, status: JobStatus | str | None = None, base_id: int | None = None,
+               skill_id: int | None = None, created_after: datetime | None = None,
+               created_before: datetime | None = None) -> int:
+    """How many jobs `list_jobs` pages through with the same filters."""
+    where = _job_filters(status, base_id, skill_id, created_after, created_before)
+    return session.scalar(sa.select(sa.func.count()).select_from(Job).where(*where))
 
 
 def attach_task(session: Session, job: Job, celery_task_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +15,7 @@ from ..errors import ConfigError, NotFoundError
 from .lineage import add_edge
 from .models import BaseCheckpoint, Promotion, Skill, SkillPack
 from .registry import get_skill
-from .schema import EdgeKind, PackStatus
+from .schema import EdgeKind, PackStatus, fits_row_id
 
 PACK_REF_RE = re.compile(r"^(?P<skill>[A-Za-z][A-Za-z0-9_.-]*)@v?(?P<version>\d+)$")
 # Manual overrides may move a pack anywhere except back to candidate.
@@ -40,7 +41,7 @@ def get_pack(session: Session, ref: str | int) -> SkillPack:
     """A pack by id (`12`) or by skill and version (`arith@v2`), with skill and bases loaded."""
     text = str(ref)
     if text.isdigit():
-        pack = session.scalar(_loaded().where(SkillPack.id == int(text)))
+        pack = session.scalar(_loaded().where(SkillPack.id == int(text))) if fits_row_id(text) else None
         if pack is None:
             raise NotFoundError(f"No pack with id {text}; list them with `skillstore pack list`.")
         return pack
@@ -101,8 +102,9 @@ class PackPage:
 
 def list_packs(session: Session, *, skill: Skill | None = None, status: PackStatus | str | None = None,
                base: BaseCheckpoint | None = None, limit: int = 50, offset: int = 0,
-               count: bool = True) -> PackPage:
-    """One page of packs, newest first, filtered by skill, status and base."""
+               count: bool = True, created_after: datetime | None = None,
+               created_before: datetime | None = None) -> PackPage:
+    """One page of packs, newest first, filtered by skill, status, base and creation time."""
     if limit < 1 or offset < 0:
         raise ConfigError("limit must be at least 1 and offset at least 0.")
     where = []
@@ -112,6 +114,10 @@ def list_packs(session: Session, *, skill: Skill | None = None, status: PackStat
         where.append(SkillPack.status == PackStatus(status))
     if base is not None:
         where.append(SkillPack.base_id == base.id)
+    if created_after is not None:
+        where.append(SkillPack.created_at >= created_after)
+    if created_before is not None:
+        where.append(SkillPack.created_at < created_before)
     ids = list(session.scalars(sa.select(SkillPack.id).where(*where)
                                .order_by(SkillPack.id.desc()).limit(limit).offset(offset)))
     packs = list(session.scalars(_loaded().where(SkillPack.id.in_(ids))

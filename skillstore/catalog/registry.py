@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, NotFoundError, did_you_mean
 from .models import BaseCheckpoint, Skill
+from .schema import fits_row_id
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 
@@ -23,7 +24,7 @@ def check_name(kind: str, name: str) -> str:
 
 def _lookup(session: Session, model, kind: str, ref: str | int):
     if isinstance(ref, int) or str(ref).isdigit():
-        row = session.get(model, int(ref))
+        row = session.get(model, int(ref)) if fits_row_id(ref) else None
         if row is None:
             raise NotFoundError(f"No {kind} with id {ref}; list them with `skillstore {kind} list`.")
         return row

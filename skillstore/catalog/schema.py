@@ -18,6 +18,17 @@ NAMING_CONVENTION = {
 }
 
 
+# Primary keys are 32-bit integers on every backend; a bigger number names no row, and
+# PostgreSQL refuses to even compare it with an int4 column.
+MAX_ROW_ID = 2**31 - 1
+
+
+def fits_row_id(ref: int | str) -> bool:
+    """Whether ``ref`` could be a row id: all digits and within the primary keys' range."""
+    text = str(ref)
+    return text.isdigit() and int(text) <= MAX_ROW_ID
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

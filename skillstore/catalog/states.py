@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
 from ..errors import ConfigError, NotFoundError, PromotionConflictError
 from .models import BaseCheckpoint, BaseHead, EvalResult, ModelState, SkillPack, StatePack
+from .schema import fits_row_id
 
 
 def state_fingerprint(base_fingerprint: str, packs: Sequence[tuple[str, float]], router: str,
@@ -32,9 +34,10 @@ def _loaded():
 def get_state(session: Session, ref: int | str) -> ModelState:
     """A state by id or by fingerprint, with its members loaded."""
     text = str(ref)
-    q = _loaded().where(ModelState.id == int(text)) if text.isdigit() else \
-        _loaded().where(ModelState.fingerprint == text)
-    state = session.scalar(q)
+    if text.isdigit():
+        state = session.scalar(_loaded().where(ModelState.id == int(text))) if fits_row_id(text) else None
+    else:
+        state = session.scalar(_loaded().where(ModelState.fingerprint == text))
     if state is None:
         raise NotFoundError(f"No model state {text!r}; list them with `skillstore state list`.")
     return state
@@ -61,9 +64,32 @@ def get_or_create_state(session: Session, *, base: BaseCheckpoint,
                        description=description, parent_id=parent_id,
                        members=[StatePack(position=i, pack_id=p.id, scale=float(s))
                                 for i, (p, s) in enumerate(packs)])
-    session.add(state)
-    session.flush()
+    try:
+        with session.begin_nested():  # a racing writer (another attempt) may add it first
+            session.add(state)
+            session.flush()
+    except sa.exc.IntegrityError:
+        existing = session.scalar(_loaded().where(ModelState.fingerprint == fp))
+        if existing is None:
+            raise
+        return existing
     return state
+
+
+def list_states(session: Session, *, base_id: int | None = None, created_after: datetime | None = None,
+                created_before: datetime | None = None, limit: int | None = None,
+                offset: int = 0) -> tuple[list[ModelState], int]:
+    """(one page of states newest first, with members loaded; how many match the filters)."""
+    where = []
+    if base_id is not None:
+        where.append(ModelState.base_id == base_id)
+    if created_after is not None:
+        where.append(ModelState.created_at >= created_after)
+    if created_before is not None:
+        where.append(ModelState.created_at < created_before)
+    q = _loaded().where(*where).order_by(ModelState.id.desc()).limit(limit).offset(offset)
+    total = session.scalar(sa.select(sa.func.count()).select_from(ModelState).where(*where))
+    return list(session.scalars(q)), total
 
 
 def current_head(session: Session, base_id: int, *, lock: bool = False) -> BaseHead | None:

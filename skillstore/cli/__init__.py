@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "pack_cmds",      # pack compress/inspect/apply/export
     "state_cmds",     # state ..., report, pack promote/reject/retire
     "job_cmds",       # learn, worker, job wait/cancel/retry, demo
+    "serve_cmds",     # serve (the HTTP API), api-token new/hash
 )
 
 for _group in GROUPS:

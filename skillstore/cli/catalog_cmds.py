@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import re
 from datetime import timedelta
 from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError, NotFoundError
+from ..errors import NotFoundError
 from ._common import JSON_OPTION, print_json, print_record, print_rows, short, workspace_session
 from ._groups import BASE, SKILL
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*"]
 
 
 def init(as_json: bool = JSON_OPTION) -> None:
@@ -63,57 +58,20 @@ def gc(yes: bool = typer.Option(False, "--yes", help="Delete; without it this is
                + ("" if yes else " Run with --yes to delete."))
 
 
-def _checkpoint_dir(path_or_id: str) -> tuple[Path, str]:
-    """A local checkpoint folder and the uri to record: a path, or a hub id fetched to the cache."""
-    path = Path(path_or_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotFoundError(f"{path_or_id!r} is a file; pass the checkpoint folder.")
-        return path.resolve(), str(path.resolve())
-    if not HUB_ID_RE.match(path_or_id) or path_or_id.startswith((".", "/", "~")):
-        raise NotFoundError(f"Checkpoint folder {path_or_id!r} does not exist.")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(path_or_id, allow_patterns=HUB_PATTERNS)
-    except Exception as exc:  # the hub client raises many types; all mean "not available"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NotFoundError(f"{path_or_id!r} is not a local folder and could not be fetched "
-                            f"from the hub ({reason}); pass a local checkpoint folder.") from None
-    return Path(local), path_or_id
-
-
-def _architecture(folder: Path) -> str:
-    config = folder / "config.json"
-    if not config.is_file():
-        raise NotFoundError(f"{str(folder)!r} is not a Hugging Face model folder (no config.json).")
-    try:
-        doc = json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{str(config)!r} is not valid JSON ({exc}).") from None
-    return (doc.get("architectures") or [doc.get("model_type") or "unknown"])[0]
-
-
 @BASE.app.command("add")
 def base_add(name: str = typer.Argument(..., help="A short name, e.g. tiny-llama."),
              path: str = typer.Argument(..., help="Checkpoint folder, or a hub id (needs network)."),
              as_json: bool = JSON_OPTION) -> None:
     """Register a checkpoint as a target or source base model (hashes its weights)."""
+    from dataclasses import asdict
+
     from ..catalog import register_base
     from ..catalog.serialize import base_dict
-    from ..fingerprint import fingerprint_checkpoint, fingerprint_tokenizer
+    from ..intake import checkpoint_info
 
-    folder, uri = _checkpoint_dir(path)
-    architecture = _architecture(folder)
-    fingerprint = fingerprint_checkpoint(folder)
-    try:
-        tok = fingerprint_tokenizer(folder)
-    except NotFoundError:
-        tok = None  # a source without a tokenizer is refused when a job needs it
+    info = checkpoint_info(path)  # hashed before the session opens
     with workspace_session() as (_, session):
-        row = register_base(session, name=name, uri=uri, architecture=architecture,
-                            fingerprint=fingerprint, tokenizer_fingerprint=tok)
-        doc = base_dict(row)
+        doc = base_dict(register_base(session, name=name, **asdict(info)))
     print_record(doc, as_json=as_json, title=f"base {name}")
 
 
@@ -152,16 +110,15 @@ def skill_add(name: str = typer.Argument(..., help="A unique skill name, e.g. ar
               store: bool = typer.Option(True, help="Copy the data into the blob store."),
               as_json: bool = JSON_OPTION) -> None:
     """Register a skill with its training data (hashed) and its eval suite."""
-    from ..catalog import add_skill
     from ..catalog.serialize import skill_dict
-    from ..fingerprint import sha256_file
+    from ..intake import register_skill_dataset
 
     if not data.is_file():
         raise NotFoundError(f"Training data file {str(data)!r} does not exist.")
     with workspace_session() as (catalog, session):
-        digest = catalog.blobs.put_file(data) if store else sha256_file(data)
-        row = add_skill(session, name=name, suite=suite or name, description=description,
-                        data_uri=str(data.resolve()), data_sha256=digest)
+        # Every line is validated (DatasetError names file and line) before anything is stored.
+        row = register_skill_dataset(session, catalog.blobs, name=name, data=data, suite=suite,
+                                     description=description, store=store)
         doc = skill_dict(row)
     print_record(doc, as_json=as_json, title=f"skill {name}")
 

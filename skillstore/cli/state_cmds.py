@@ -25,13 +25,10 @@ def _state_row(session, state) -> dict:
 @STATE.app.command("list")
 def state_list(as_json: bool = JSON_OPTION) -> None:
     """Every model state, newest first."""
-    import sqlalchemy as sa
-
-    from ..catalog import ModelState, get_state
+    from ..catalog.states import list_states
 
     with workspace_session() as (_, session):
-        ids = session.scalars(sa.select(ModelState.id).order_by(ModelState.id.desc())).all()
-        rows = [_state_row(session, get_state(session, i)) for i in ids]
+        rows = [_state_row(session, state) for state in list_states(session)[0]]
     print_rows(rows, ["id", "base", "router", "packs", "parent_id", "description"], as_json=as_json,
                title="Model states", empty="No model states yet.")
 

@@ -104,7 +104,7 @@ def test_base_and_skill_registration(ready, capsys, checkpoint, tmp_path):
     assert "tiny" in run(capsys, "base", "list")[1]
 
     data = tmp_path / "arith.jsonl"
-    data.write_text('{"prompt": "1+1=", "completion": "2"}\n')
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')  # the format skill add checks
     code, out, _ = run(capsys, "skill", "add", "arith", "--data", str(data), "--json")
     assert code == 0
     skill = json.loads(out)

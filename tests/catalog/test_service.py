@@ -170,3 +170,17 @@ def test_racing_head_updates_lose_nothing(engine):
     assert outcome == {"racer": "conflict"}
     with session_scope(engine) as s:
         assert current_state(s, base_id).id == first
+
+
+@pytest.mark.parametrize("ref", ["99999999999", str(2**31), "1" + "0" * 30])
+def test_ids_beyond_the_primary_key_range_are_not_found(session, ref):
+    """PostgreSQL refuses to compare such a number with an int4 key; it must read as 'no row'."""
+    from skillstore.catalog import get_base, get_job, get_skill, get_state
+
+    b, s = base(session), skill(session)
+    pack(session, s, b)
+    for lookup in (get_pack, get_base, get_skill, get_job, get_state):
+        with pytest.raises(NotFoundError):
+            lookup(session, ref)
+    # None of the lookups reached the database with the number: the transaction still works.
+    assert get_pack(session, "arith@v1").version == 1

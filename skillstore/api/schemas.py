@@ -1,0 +1,191 @@
+"""Request and response bodies: frozen pydantic models with bounded fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..catalog.schema import JobStatus, PackStatus
+from .params import NAME_PATTERN
+
+T = TypeVar("T")
+NameField = Field(pattern=NAME_PATTERN, max_length=128)
+PATH_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # a server path: no NUL or other control characters
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused, strings are bounded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class BaseIn(Body):
+    name: str = NameField
+    path: str = Field(min_length=1, max_length=4096, pattern=PATH_PATTERN,
+                      description="Checkpoint folder on the server (hub ids are not fetched).")
+
+
+class SkillIn(Body):
+    name: str = NameField
+    path: str = Field(min_length=1, max_length=4096, pattern=PATH_PATTERN,
+                      description="JSONL dataset on the server.")
+    suite: str = Field(default="", max_length=256, pattern=r"^[\w.,:-]*$",
+                       description="The lm-eval suite that measures it (default: the name).")
+    description: str = Field(default="", max_length=2000)
+
+
+class JobIn(Body):
+    skill: str = NameField
+    base: str = NameField
+    method: Literal["sft", "distill", "dpo"] = "sft"
+    source: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128)
+    policy: str = Field(default="balanced", pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+                        description="A compression preset name (lossless, balanced, compact).")
+    start_from: Literal["base", "current"] = "base"
+    budget: float | None = Field(default=None, gt=0, le=100,
+                                 description="Percent of the dense fp16 delta to fit the pack in.")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+class OverrideIn(Body):
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S",
+                        description="Why; kept in the audit trail.")
+
+
+class ErrorDetail(Out):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorOut(Out):
+    error: ErrorDetail
+
+
+class Page(Out, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class BaseOut(Out):
+    id: int
+    name: str
+    uri: str
+    architecture: str
+    fingerprint: str
+    tokenizer_fingerprint: str | None
+    created_at: datetime
+
+
+class SkillOut(Out):
+    id: int
+    name: str
+    description: str
+    suite: str
+    data_uri: str | None
+    data_sha256: str | None
+    created_at: datetime
+
+
+class PackOut(Out):
+    id: int
+    name: str
+    skill: str
+    version: int
+    base: str
+    status: PackStatus
+    blob_digest: str
+    size_bytes: int
+    format_version: int
+    compression_ratio: float | None
+    codecs: dict[str, Any]
+    method: str
+    source: str | None
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class PromotionOut(Out):
+    id: int
+    pack_id: int
+    from_: PackStatus | None = Field(alias="from")
+    to: PackStatus
+    reason: str
+    report_ref: str | None
+    state_id: int | None
+    actor: str
+    at: datetime
+
+
+class PackDetail(PackOut):
+    parents: list[dict[str, Any]]
+    history: list[PromotionOut]
+
+
+class JobOut(Out):
+    id: int
+    kind: str
+    status: JobStatus
+    stage: str | None
+    progress: float
+    attempts: int
+    error: str | None
+    celery_task_id: str | None
+    params: dict[str, Any]
+    base_id: int | None
+    skill_id: int | None
+    pack_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class StateMember(Out):
+    position: int
+    pack_id: int
+    name: str
+    scale: float
+
+
+class StateOut(Out):
+    id: int
+    fingerprint: str
+    base: str
+    base_id: int
+    parent_id: int | None
+    router: str
+    router_config: dict[str, Any]
+    description: str
+    packs: list[StateMember]
+    current: bool
+    created_at: datetime
+
+
+class LineageNode(Out):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    id: str
+    depth: int
+    type: str | None = None
+    name: str | None = None
+
+
+class LineageEdge(Out):
+    child: str
+    parent: str
+    kind: str
+
+
+class LineageOut(Out):
+    root: str
+    direction: Literal["ancestors", "descendants"]
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
