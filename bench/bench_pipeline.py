@@ -46,7 +46,9 @@ def orchestration_overhead(home: Path, zoo_home: Path | None = None, broker_url:
         register_zoo(s, catalog.blobs, zoo, skills=["reverse"])
     worker = spawn_worker(settings, log_path=home / "worker.log")
     try:
-        time.sleep(5)  # the worker's own start-up is not the job's overhead
+        # The worker's own start-up (a pool process imports torch, transformers and lm-eval)
+        # is not the job's overhead: wait until a pool process has answered a ping.
+        producer(settings).send_task("workers.ops.ping").get(timeout=600, interval=0.05)
         with catalog.session() as s:
             job_id = queue_learning_job(s, settings, "reverse", "tiny-llama", train=TRAIN,
                                         options={"eval_limit": 100})

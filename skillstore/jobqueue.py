@@ -41,10 +41,13 @@ TASK_ROUTES = {
 
 def celery_config(settings: Settings) -> dict:
     """Celery settings shared by producers and workers: JSON only, long-job safety."""
+    from .sqlbroker import split_url
+
     if settings.broker_url.startswith("sqla+sqlite"):
         settings.home.mkdir(parents=True, exist_ok=True)
+    broker_url, transport = split_url(settings.broker_url)
     config = {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
         "result_backend": settings.result_backend,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -61,10 +64,17 @@ def celery_config(settings: Settings) -> dict:
         "worker_proc_alive_timeout": 120,
         "task_track_started": True,
         "broker_connection_retry_on_startup": True,
+        # A worker that finishes a step while the broker restarts must still hand the chain on:
+        # retry the publish for about two minutes (Celery's default gives up within a second,
+        # which left the job running forever). `skillstore learn` passes its own short policy.
+        "task_publish_retry_policy": {"max_retries": 60, "interval_start": 0.5,
+                                      "interval_step": 0.5, "interval_max": 2},
         "worker_hijack_root_logger": False,
         "enable_utc": True,
         "timezone": "UTC",
     }
+    if transport:
+        config["broker_transport"] = transport
     if settings.broker_url.startswith(("redis", "rediss", "sqs")):
         config["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     if settings.result_backend.startswith(("redis", "rediss")):

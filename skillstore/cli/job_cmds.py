@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import ConfigError
 from ..jobqueue import QUEUES, parse_queues, settings_env, worker_command
 from ..settings import get_settings
 from ._common import JSON_OPTION, print_json, workspace_session
@@ -24,13 +25,22 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
                                                    "fp16 delta (budget mode, e.g. 25)."),
           general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
           max_steps: int | None = typer.Option(None, min=1, help="Training steps (default: trainer's)."),
+          lr: float | None = typer.Option(None, min=0, help="Peak learning rate (default: trainer's)."),
+          batch_size: int | None = typer.Option(None, min=1, help="Batch size (default: trainer's)."),
+          seed: int | None = typer.Option(None, help="Training seed (default: trainer's)."),
+          train_options: list[str] = typer.Option(
+              [], "--train", metavar="KEY=VALUE",
+              help="Any other trainer setting, e.g. --train warmup_frac=0.1 (repeatable; "
+                   "docs/learning.md lists them)."),
           as_json: bool = JSON_OPTION) -> None:
     """Queue a learning job (prepare, train, compress, evaluate, gate) and print its id."""
     from ..pipeline import queue_learning_job
 
     settings = get_settings()
     options = {"general_suite": str(general_suite)} if general_suite else {}
-    train = {"max_steps": max_steps} if max_steps else {}
+    train = parse_key_values(train_options, "--train")
+    train.update({k: v for k, v in (("max_steps", max_steps), ("lr", lr),
+                                    ("batch_size", batch_size), ("seed", seed)) if v is not None})
     with workspace_session() as (_, session):
         job_id = queue_learning_job(session, settings, skill, base, source=source, method=method,
                                     policy=policy, start_from=start_from,
@@ -41,6 +51,24 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
         print_json({"job_id": job_id})
     else:
         typer.echo(job_id)
+
+
+def parse_key_values(items: list[str], flag: str) -> dict:
+    """``["lr=0.01", "patience=3"]`` -> ``{"lr": 0.01, "patience": 3}``; values are JSON when
+    they parse as JSON (numbers, booleans), plain strings otherwise. The trainer's own config
+    validates names and types when the job is queued."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} lr=0.001.")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
 
 
 @JOB.app.command("wait")

@@ -122,3 +122,32 @@ def test_unreachable_broker_fails_the_job_with_one_line(tmp_path, tiny_zoo):
         assert job.status == JobStatus.failed and "broker" in job.error
     finally:
         env.catalog.close()
+
+
+def _learn(env, *args):
+    return subprocess.run([sys.executable, "-m", "skillstore.cli", "learn", "reverse", "--base",
+                           "tiny-llama", *args], capture_output=True, text=True,
+                          env=settings_env(env.settings), timeout=120)
+
+
+def test_trainer_options_from_the_cli_reach_the_job(sqlite_env):
+    done = _learn(sqlite_env, "--max-steps", "7", "--lr", "0.002", "--batch-size", "4",
+                  "--seed", "3", "--train", "warmup_frac=0.2", "--train", "patience=2")
+    assert done.returncode == 0, done.stderr
+    job = sqlite_env.job(int(done.stdout.strip()))
+    assert job.params["train"] == {"max_steps": 7, "lr": 0.002, "batch_size": 4, "seed": 3,
+                                   "warmup_frac": 0.2, "patience": 2}
+
+
+@pytest.mark.parametrize("option, words", [
+    ("nosuch=1", "nosuch"),            # not a trainer setting
+    ("lr=fast", "lr"),                 # the wrong type
+    ("warmup_frac", "KEY=VALUE"),      # not KEY=VALUE
+])
+def test_bad_trainer_option_is_one_line_and_queues_nothing(sqlite_env, option, words):
+    done = _learn(sqlite_env, "--train", option)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    with sqlite_env.catalog.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
