@@ -10,10 +10,10 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import task_received, worker_process_init, worker_ready
 from sqlalchemy.orm import Session
 
-from skillstore.catalog import fail_job, get_job, open_catalog, set_progress, start_job
+from skillstore.catalog import JobStatus, fail_job, get_job, open_catalog, set_progress, start_job
 from skillstore.catalog.db import sqlite_path
 from skillstore.errors import DatabaseUnavailableError, PromotionConflictError, SkillstoreError
 from skillstore.pipeline import (
@@ -24,7 +24,7 @@ from skillstore.pipeline import (
     orphaned_jobs,
     send_chain,
 )
-from skillstore.pipeline.context import is_stopped, record_timing, set_owner
+from skillstore.pipeline.context import is_stopped, record_timing, set_owner, sweep_scratch
 from skillstore.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,15 @@ _per_process: dict[int, dict] = {}  # engines are never shared across a fork
 @worker_process_init.connect
 def _preload_ml_stack(**_) -> None:
     """Import torch, transformers and lm-eval as a pool process starts, not inside the first job:
-    they take seconds to import, and a job should pay only for its own work."""
+    they take seconds to import, and a job should pay only for its own work. matplotlib is
+    here for the same reason: the gate step draws the report's heatmap with it."""
     import lm_eval.evaluator  # noqa: F401
+    import matplotlib
     import torch  # noqa: F401
     import transformers  # noqa: F401
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
 
 def catalog():
@@ -112,10 +117,25 @@ def _fail(job_id: int, stage: str, message: str) -> None:
             fail_job(s, job, message, stage=stage)
 
 
-def run_step(task, stage: str, job_id: int) -> dict:
+def _retry_or_fail(task, stage: str, job_id: int, exc: Exception, transient: int):
+    """Retry a transient error a few times, then record it on the job. Counted in the task's
+    own ``transient`` argument: ``request.retries`` also counts the waits for earlier jobs."""
+    if transient < MAX_TRANSIENT_RETRIES:
+        log.warning("job %s %s: transient error, retrying: %s", job_id, stage, exc)
+        # Celery's own limit is lifted (None would mean the task default), ours applies.
+        raise task.retry(exc=exc, countdown=RETRY_BACKOFF_S * (transient + 1),
+                         max_retries=WAIT_RETRIES, kwargs={"transient": transient + 1}) from None
+    _fail(job_id, stage, f"{stage} failed after {transient} retries: {exc}")
+    raise Ignore() from None
+
+
+def run_step(task, stage: str, job_id: int, transient: int = 0) -> dict:
     """Run one step of a job exactly as the library defines it, with the job row kept honest."""
-    if not _begin(task, stage, job_id):
-        return {"job_id": job_id, "stage": stage, "skipped": True}
+    try:  # the database may be away when the step begins, too
+        if not _begin(task, stage, job_id):
+            return {"job_id": job_id, "stage": stage, "skipped": True}
+    except TRANSIENT as exc:
+        _retry_or_fail(task, stage, job_id, exc, transient)
     settings = catalog().settings
     try:
         with catalog().session() as s:
@@ -129,13 +149,7 @@ def run_step(task, stage: str, job_id: int) -> dict:
     except JobCancelled:
         return {"job_id": job_id, "stage": stage, "cancelled": True}
     except TRANSIENT as exc:
-        tries = task.request.retries
-        if tries < MAX_TRANSIENT_RETRIES:
-            log.warning("job %s %s: transient error, retrying: %s", job_id, stage, exc)
-            raise task.retry(exc=exc, countdown=RETRY_BACKOFF_S * (tries + 1),
-                             max_retries=MAX_TRANSIENT_RETRIES) from None
-        _fail(job_id, stage, f"{stage} failed after {tries} retries: {exc}")
-        raise Ignore() from None
+        _retry_or_fail(task, stage, job_id, exc, transient)
     except SkillstoreError as exc:
         _fail(job_id, stage, str(exc))
         raise Ignore() from None
@@ -150,28 +164,28 @@ TASK_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True,
 
 
 @shared_task(name="workers.learn.prepare", **TASK_OPTIONS)
-def prepare(self, job_id: int) -> dict:
-    return run_step(self, "prepare", job_id)
+def prepare(self, job_id: int, transient: int = 0) -> dict:
+    return run_step(self, "prepare", job_id, transient)
 
 
 @shared_task(name="workers.learn.train", **TASK_OPTIONS)
-def train(self, job_id: int) -> dict:
-    return run_step(self, "train", job_id)
+def train(self, job_id: int, transient: int = 0) -> dict:
+    return run_step(self, "train", job_id, transient)
 
 
 @shared_task(name="workers.learn.compress", **TASK_OPTIONS)
-def compress(self, job_id: int) -> dict:
-    return run_step(self, "compress", job_id)
+def compress(self, job_id: int, transient: int = 0) -> dict:
+    return run_step(self, "compress", job_id, transient)
 
 
 @shared_task(name="workers.learn.evaluate", **TASK_OPTIONS)
-def evaluate(self, job_id: int) -> dict:
-    return run_step(self, "evaluate", job_id)
+def evaluate(self, job_id: int, transient: int = 0) -> dict:
+    return run_step(self, "evaluate", job_id, transient)
 
 
 @shared_task(name="workers.learn.gate", **TASK_OPTIONS)
-def gate(self, job_id: int) -> dict:
-    return run_step(self, "gate", job_id)
+def gate(self, job_id: int, transient: int = 0) -> dict:
+    return run_step(self, "gate", job_id, transient)
 
 
 def _alive(pid: int) -> bool:
@@ -192,6 +206,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@task_received.connect
+def claim_received(request=None, **_kwargs) -> None:
+    """A queued job belongs to this worker from the moment its message arrives, so that a worker
+    killed before a pool process begins the step leaves a job that resume_orphans finds (Redis
+    keeps that message unacknowledged for the whole visibility timeout). Best effort."""
+    if request is None or not request.name.startswith("workers.learn.") or not request.args:
+        return
+    try:
+        with Session(progress_engine()) as s:
+            job = get_job(s, request.args[0])
+            if job.status == JobStatus.queued:
+                set_owner(job, socket.gethostname(), os.getpid())
+                s.commit()
+    except (sa.exc.OperationalError, SkillstoreError) as exc:
+        log.warning("cannot claim job %s: %s", request.args[0], exc)
+
+
 @worker_ready.connect
 def resume_orphans(**_kwargs) -> None:
     """A job whose worker died on this host (SIGKILL, power cut) is sent again from its stage.
@@ -203,6 +234,8 @@ def resume_orphans(**_kwargs) -> None:
     try:
         cat = catalog()
         with cat.session() as s:
+            for folder in sweep_scratch(s, cat.settings, socket.gethostname(), _alive):
+                log.warning("removed %s: its job's worker is gone", folder)
             for job in orphaned_jobs(s, socket.gethostname(), _alive):
                 log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
                 send_chain(s, cat.settings, job, job.stage if job.stage in STAGES else STAGES[0])

@@ -37,8 +37,9 @@ def export_merged(base_dir: str | Path,
                   out_dir: str | Path) -> Path:
     """Write base + sum of scale * pack delta as a folder AutoModelForCausalLM loads."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    model = load_base(base_dir)
+    # A damaged pack is refused before the base is even loaded.
     packs = [(p if isinstance(p, PackFile) else read_pack(p), float(s)) for p, s in packs_with_scales]
+    model = load_base(base_dir)
     for pack, _ in packs:
         check_base(model, pack)  # all checks before any weight changes
     for pack, scale in packs:

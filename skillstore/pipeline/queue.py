@@ -143,8 +143,10 @@ def earlier_unfinished(session: Session, job: Job) -> Job | None:
 
 
 def orphaned_jobs(session: Session, host: str, alive) -> list[Job]:
-    """Running jobs whose recorded worker process on ``host`` is gone (``alive(pid)`` is False)."""
-    rows = session.scalars(sa.select(Job).where(Job.kind == KIND, Job.status == JobStatus.running))
+    """Unfinished jobs whose recorded worker process on ``host`` is gone (``alive(pid)`` is
+    False): running ones, and queued ones whose message a worker took before it died."""
+    rows = session.scalars(sa.select(Job).where(
+        Job.kind == KIND, Job.status.in_([JobStatus.queued, JobStatus.running])))
     out = []
     for job in rows:
         owner = (job.params or {}).get("owner") or {}

@@ -55,4 +55,8 @@ def test_sigkill_mid_train_and_mid_compress_finishes_once(sqlite_env):
         env.catalog.blobs.verify(info.digest)
     staged = env.settings.home / "blobs" / "tmp"
     assert not staged.exists() or not any(staged.iterdir())
+    # The killed attempts' scratch folders (a half-saved checkpoint, a half-written pack) are
+    # swept by the next worker; finished steps remove their own.
+    scratch = env.settings.home / "work" / "tmp"
+    assert not scratch.exists() or sorted(p.name for p in scratch.iterdir()) == []
     assert env.job(job_id).attempts > 5  # steps really ran again after each kill
