@@ -18,7 +18,8 @@ def pack_bits(values: torch.Tensor, width: int) -> torch.Tensor:
         raise ValueError(f"bit width {width} is outside 1..{MAX_WIDTH}")
     flat = values.reshape(-1).to(torch.int64)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= (1 << width)):
-        raise ValueError(f"values do not fit in {width} bits")
+        raise ValueError(f"values do not fit in {width} bits (they span {int(flat.min())}.."
+                         f"{int(flat.max())}; a NaN cast to an integer is a large negative)")
     if width == 8:
         return flat.to(torch.uint8)
     shifts = torch.arange(width, dtype=torch.int64)

@@ -21,7 +21,12 @@ KEEPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 class Candidate:
     codec: object
     encoded: Encoded
-    err2: float  # squared Frobenius reconstruction error
+    err2: float  # what the allocation minimises: squared weight error, or output error
+    weight_err2: float | None = None  # the squared weight error when err2 is an output error
+
+    @property
+    def weight_error2(self) -> float:
+        return self.err2 if self.weight_err2 is None else self.weight_err2
 
     @property
     def nbytes(self) -> int:
@@ -45,15 +50,37 @@ def _front(found: list[Candidate]) -> list[Candidate]:
     return front
 
 
-def candidates(name: str, role: str, delta: torch.Tensor) -> list[Candidate]:
+def output_err2(err: torch.Tensor, sensitivity: torch.Tensor) -> float:
+    """Squared output error of a weight error on the calibration inputs: tr(E H E^T) for a
+    linear layer's input second moment H, or sum_i count_i ||E_i||^2 for an embedding's
+    token counts (a 1-D sensitivity)."""
+    e = err.double()
+    if sensitivity.dim() == 1:
+        return float((e.pow(2).sum(1) * sensitivity.double()).sum())
+    return float(((e @ sensitivity.double()) * e).sum())
+
+
+def sensitivity_fits(sensitivity: torch.Tensor | None, delta: torch.Tensor) -> bool:
+    if sensitivity is None or delta.dim() != 2:
+        return False
+    if sensitivity.dim() == 1:
+        return sensitivity.shape[0] == delta.shape[0]
+    return tuple(sensitivity.shape) == (delta.shape[1], delta.shape[1])
+
+
+def candidates(name: str, role: str, delta: torch.Tensor,
+               sensitivity: torch.Tensor | None = None) -> list[Candidate]:
     """The Pareto front (fewer bytes or less error) of the operators tried for one module.
 
     Low-rank candidates are first ranked by a cheap estimate (SVD tail energy plus the
     quantization error of the kept directions); the exact error is computed for the
-    survivors only.
+    survivors only. With a ``sensitivity`` (calibration statistics, see
+    quant.collect_hessians) the error is the layer's output error on the calibration
+    inputs instead of the weight error, so the budget goes where the outputs move most.
     """
     d = delta.float()
     norm2 = float((d.double() ** 2).sum())
+    weigh = sensitivity if sensitivity_fits(sensitivity, d) else None
     sparse = []
     if role == EMBEDDING:  # sparse layouts, competing with the low-rank ones below
         codecs = [MagnitudePrune(keep=k, layout="entries") for k in KEEPS]
@@ -61,7 +88,9 @@ def candidates(name: str, role: str, delta: torch.Tensor) -> list[Candidate]:
         for codec in codecs:
             enc = codec.encode(name, d)
             rec = codec.decode(name, tuple(d.shape), enc.info, enc.tensors).to_dense()
-            sparse.append(Candidate(codec, enc, float(((d - rec) ** 2).sum())))
+            w_err2 = float(((d - rec) ** 2).sum())
+            sparse.append(Candidate(codec, enc, output_err2(d - rec, weigh), w_err2)
+                          if weigh is not None else Candidate(codec, enc, w_err2))
     u, s, vh = svd(d)
     energy = torch.cumsum((s.double() ** 2).flip(0), 0).flip(0)  # energy[k] = tail from k
     top = min(d.shape)
@@ -83,7 +112,9 @@ def candidates(name: str, role: str, delta: torch.Tensor) -> list[Candidate]:
     exact = []
     for c in _front(estimated):
         part = c.codec.decode(name, tuple(d.shape), c.encoded.info, c.encoded.tensors)
-        exact.append(Candidate(c.codec, c.encoded, _lowrank_err2(d, norm2, part)))
+        w_err2 = _lowrank_err2(d, norm2, part)
+        exact.append(Candidate(c.codec, c.encoded, output_err2(d - part.to_dense(), weigh), w_err2)
+                     if weigh is not None else Candidate(c.codec, c.encoded, w_err2))
     return _front(exact + sparse)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ConfigError, unknown_name
 from . import quant
-from .bitpack import pack_bits, unpack_bits
+from .bitpack import pack_bits, packed_nbytes, unpack_bits
 from .parts import DensePart, LowRankPart, Part, SparsePart
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -159,34 +159,44 @@ class MixedPrecisionLowRank:
             return Encoded({}, {"blocks": []})
         sq = s[:k].sqrt()
         a, b = (u[:, :k] * sq).T.contiguous(), (sq[:, None] * vh[:k]).contiguous()
-        use_h = self.calibrated and hessian is not None and hessian.shape[0] == delta.shape[1]
+        use_h = self.calibrated and hessian is not None and hessian.dim() == 2 and \
+            hessian.shape[0] == delta.shape[1]
         if use_h:
             a, b = _gptq_factors(delta.float(), a, b, hessian.float(), blocks, self.group_size)
-        tensors = {}
-        for tag, mat in (("A", a), ("B", b)):
+        # Three payload tensors per matrix (every block's codes, every grid, both gains), so
+        # that a small model's pack is not mostly safetensors header.
+        codes, grids, gains = [], [], []
+        for mat in (a, b):
             gain = mat.abs().max().clamp_min(1e-30)
-            tensors[f"{tag}.gain"] = gain.reshape(1).float()
-            for i, (rows, bits) in enumerate(_row_ranges(blocks)):
+            gains.append(gain.float())
+            for rows, bits in _row_ranges(blocks):
                 x = mat[rows] / gain
                 grid = quant.make_grid(x, bits, self.group_size)
-                tensors[f"{tag}{i}.codes"] = pack_bits(quant.quantize(x, grid), bits)
-                tensors[f"{tag}{i}.scale"], tensors[f"{tag}{i}.low"] = grid.scale, grid.low
-        return Encoded(tensors, {"blocks": [list(x) for x in blocks], "calibrated": use_h})
+                codes.append(pack_bits(quant.quantize(x, grid), bits))
+                grids += [grid.scale.reshape(-1), grid.low.reshape(-1)]
+        return Encoded({"codes": torch.cat(codes), "grid": torch.cat(grids),
+                        "gain": torch.stack(gains)},
+                       {"blocks": [list(x) for x in blocks], "calibrated": use_h})
 
     def decode(self, name, shape, info, t) -> Part:
         blocks = [tuple(x) for x in info["blocks"]]
         if not blocks:
             return LowRankPart(name, torch.zeros(shape[0], 0), torch.zeros(0, shape[1]))
-        mats = {}
-        for tag, cols in (("A", shape[0]), ("B", shape[1])):
+        code_at = grid_at = 0
+        mats = []
+        for j, cols in enumerate((shape[0], shape[1])):
+            groups = -(-cols // self.group_size)
             rows_out = []
-            for i, (count, bits) in enumerate(blocks):
-                grid = quant.Grid(t[f"{tag}{i}.scale"], t[f"{tag}{i}.low"], bits, self.group_size)
-                codes = unpack_bits(t[f"{tag}{i}.codes"], bits, count * cols,
+            for count, bits in blocks:
+                n_codes, n_grid = packed_nbytes(count * cols, bits), count * groups
+                codes = unpack_bits(t["codes"][code_at:code_at + n_codes], bits, count * cols,
                                     torch.uint8).reshape(count, cols)
-                rows_out.append(quant.dequantize(codes, grid))
-            mats[tag] = torch.cat(rows_out) * t[f"{tag}.gain"].float()
-        return LowRankPart(name, mats["A"].T.contiguous(), mats["B"])
+                grid = t["grid"][grid_at:grid_at + 2 * n_grid].reshape(2, count, groups)
+                rows_out.append(quant.dequantize(codes, quant.Grid(grid[0], grid[1], bits,
+                                                                    self.group_size)))
+                code_at, grid_at = code_at + n_codes, grid_at + 2 * n_grid
+            mats.append(torch.cat(rows_out).mul_(t["gain"][j].float()))
+        return LowRankPart(name, mats[0].T, mats[1])
 
 
 def _row_ranges(blocks):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelMismatchError
 from ..fingerprint import fingerprint_checkpoint
 from . import budget as budget_mode
 from .codecs import Encoded, codec_params
 from .delta import check_compatible, iter_deltas
-from .format import SEP, write_pack
+from .format import SEP, header_nbytes, write_pack
 from .policy import CompressionPolicy, load_policy
 from .roles import ATTENTION, EMBEDDING, MLP, module_role
 
@@ -58,7 +60,6 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
     meta: dict[str, dict] = {}
     options: dict[str, list[budget_mode.Candidate]] = {}
     dense_elems = fixed_bytes = 0
-    err_num = err_den = 0.0
     for i, (name, delta, dtype) in enumerate(iter_deltas(base_dir, tuned_dir)):
         if progress:
             progress(i, total, name)
@@ -66,10 +67,15 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
         norm2 = float((delta.double() ** 2).sum())
         if norm2 == 0.0:
             continue
+        if not math.isfinite(norm2):  # NaN codes cannot be packed into any bit width
+            bad = int((~torch.isfinite(delta)).sum())
+            raise ModelMismatchError(
+                f"Tensor {name!r} of tuned {str(tuned_dir)!r} has {bad} NaN or infinite values "
+                "(the training diverged); retrain it, e.g. with a lower learning rate.")
         role = module_role(name, delta.shape, policy.role_table)
         meta[name] = {"shape": list(delta.shape), "dtype": dtype, "role": role, "norm2": norm2}
         if policy.budget is not None and role in (EMBEDDING, ATTENTION, MLP):
-            options[name] = budget_mode.candidates(name, role, delta)
+            options[name] = budget_mode.candidates(name, role, delta, calibration.get(name))
             continue
         codec = policy.spec_for(role).build()
         enc = codec.encode(name, delta, hessian=calibration.get(name))
@@ -78,15 +84,33 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
         meta[name]["err2"] = _err2(codec, name, delta, enc)
     if progress:
         progress(total, total, "")
+    budget_total = policy.budget * 2 * dense_elems if policy.budget is not None else None
     if options:
-        budget_bytes = policy.budget * 2 * dense_elems - fixed_bytes
-        for name, cand in budget_mode.choose(options, budget_bytes).items():
+        for name, cand in budget_mode.choose(options, budget_total - fixed_bytes).items():
             chosen[name] = (cand.codec, cand.encoded)
-            meta[name]["err2"] = cand.err2
+            meta[name]["err2"] = cand.weight_error2
+    manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir)
+    overhead = header_nbytes(manifest, tensors)
+    if options and fixed_bytes + summary["payload"] + overhead > budget_total:
+        # the budget is for the whole file: on a small model the header is a few percent
+        for name, cand in budget_mode.choose(options, budget_total - fixed_bytes - overhead).items():
+            chosen[name] = (cand.codec, cand.encoded)
+            meta[name]["err2"] = cand.weight_error2
+        manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir)
+    size = write_pack(out_path, manifest, tensors)
+    err_num, err_den = summary["err2"]
+    return PackSummary(Path(out_path), size, summary["payload"], 2 * dense_elems,
+                       summary["by_role"], summary["rel"], time.perf_counter() - start,
+                       (err_num / max(err_den, 1e-300)) ** 0.5)
+
+
+def _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir):
+    """The manifest, the payload tensors and a summary for one selection of encodings."""
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     rel: dict[str, float] = {}
     by_role: dict[str, set[str]] = {}
+    err_num = err_den = 0.0
     for name in sorted(chosen):
         codec, enc = chosen[name]
         m = meta[name]
@@ -96,16 +120,15 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
         entries[name] = {"codec": codec.name, "params": codec_params(codec), "info": enc.info,
                          "shape": m["shape"], "dtype": m["dtype"], "role": m["role"],
                          "payload": sorted(enc.tensors), "nbytes": enc.nbytes,
-                         "rel_error": rel[name]}
+                         "rel_error": float(f"{rel[name]:.4g}")}
         for key, t in enc.tensors.items():
             tensors[f"{name}{SEP}{key}"] = t
     manifest = {"base_fingerprint": fingerprint, "tensors": entries,
                 "policy": policy.model_dump(mode="json"),
                 "created_from": {"base": str(base_dir), "tuned": str(tuned_dir)}}
-    size = write_pack(out_path, manifest, tensors)
-    return PackSummary(Path(out_path), size, sum(e["nbytes"] for e in entries.values()),
-                       2 * dense_elems, {r: sorted(c) for r, c in by_role.items()}, rel,
-                       time.perf_counter() - start, (err_num / max(err_den, 1e-300)) ** 0.5)
+    return manifest, tensors, {"payload": sum(e["nbytes"] for e in entries.values()),
+                               "by_role": {r: sorted(c) for r, c in by_role.items()},
+                               "rel": rel, "err2": (err_num, err_den)}
 
 
 def _err2(codec, name: str, delta: torch.Tensor, enc: Encoded) -> float:

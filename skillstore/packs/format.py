@@ -51,6 +51,17 @@ def write_pack(path: str | Path, manifest: dict[str, Any], tensors: dict[str, to
     return path.stat().st_size
 
 
+def header_nbytes(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
+    """About how many bytes the file holds besides the payload: the safetensors header
+    (one JSON entry per tensor) with the manifest, the fields write_pack adds and the digest."""
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
+            "producer_version": __version__, "payload_digest": "sha256:" + "0" * 64, **manifest}
+    header = {k: {"dtype": str(t.dtype), "shape": list(t.shape), "data_offsets": [2**31, 2**31]}
+              for k, t in tensors.items()}
+    header["__metadata__"] = {MANIFEST_KEY: json.dumps(full, sort_keys=True)}
+    return 8 + len(json.dumps(header, separators=(",", ":"))) + 8
+
+
 @dataclass
 class PackFile:
     """A verified pack in memory: its manifest and payload (packs are small)."""

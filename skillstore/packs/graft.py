@@ -11,20 +11,57 @@ from ..errors import FingerprintMismatchError, ModelMismatchError
 from ..fingerprint import fingerprint_module
 from ..models import FINGERPRINT_ATTR
 from .format import PackFile, read_pack
+from .parts import Part, SparsePart
 
 STATE_ATTR = "_skillstore_grafts"
 
 
 @dataclass
+class Snapshot:
+    """The base value of one grafted tensor, kept without copying the tensor.
+
+    ``full`` is the base storage itself: the first dense or low-rank graft writes its sum
+    into a new tensor (one pass, as fast as adding in place) and keeps the old one. A sparse
+    graft changes a few entries in place and keeps only their base values in ``entries``.
+    """
+
+    full: torch.Tensor | None = None
+    entries: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def restore(self, weight: torch.Tensor) -> None:
+        if self.full is not None:
+            weight.data = self.full
+            return
+        flat = weight.data.view(-1)
+        for idx, values in reversed(self.entries):  # the oldest record holds the base value
+            flat[idx] = values
+
+
+@dataclass
 class GraftState:
-    """Per model: the base values of every tensor a pack touched, and the active grafts.
+    """Per model: a snapshot of the base value of every tensor a pack touched, and the
+    active grafts.
 
     Keeping the originals makes unapply exact (floating-point add then subtract is not);
     with packs still active the tensor is recomputed from the base in application order.
     """
 
-    originals: dict[str, torch.Tensor] = field(default_factory=dict)
+    originals: dict[str, Snapshot] = field(default_factory=dict)
     active: list[tuple[PackFile, float]] = field(default_factory=list)
+    # Storage that unapply released, reused by the next graft of a tensor of that shape:
+    # fresh memory costs a page fault per 4 KB, which was most of an apply's time.
+    spare: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
+
+    def take_spare(self, like: torch.Tensor) -> torch.Tensor | None:
+        pool = self.spare.get(_spare_key(like))
+        return pool.pop() if pool else None
+
+    def give_spare(self, t: torch.Tensor) -> None:
+        self.spare.setdefault(_spare_key(t), []).append(t)
+
+
+def _spare_key(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), t.dtype, t.device
 
 
 def _as_pack(pack: PackFile | str | Path) -> PackFile:
@@ -76,26 +113,52 @@ def apply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: float
     """Add ``scale`` times the pack's delta to the model's weights, in place.
 
     Every check (digest, base fingerprint, names, shapes) runs before any weight changes.
-    ``exact=False`` skips the copy of the touched base tensors (faster, less memory); unapply
-    then subtracts the delta, which restores the base only up to float rounding.
+    With ``exact`` (the default) the base value of each touched tensor is kept for unapply
+    without a copy: a dense or low-rank delta is added out of place (the new sum becomes the
+    weight's data and the old storage is the snapshot), a sparse one in place with the base
+    values of its entries saved. ``exact=False`` adds everything in place and keeps nothing
+    (less memory); unapply then subtracts the delta, which restores the base only up to
+    float rounding.
     """
     pack = _as_pack(pack)
     targets = check_base(model, pack)
     state: GraftState = getattr(model, STATE_ATTR, None) or GraftState()
     setattr(model, STATE_ATTR, state)
     for part in pack.decoded():
-        weight = targets[part.name]
-        if exact and part.name not in state.originals:
-            state.originals[part.name] = weight.detach().clone()
-        part.add_to(weight, scale)
+        _graft(state, targets[part.name], part, scale, exact)
     state.active.append((pack, float(scale)))
     return pack
 
 
+def _graft(state: GraftState, weight: torch.Tensor, part: Part, scale: float, exact: bool) -> None:
+    """Add one part, first recording what unapply needs to restore the base bit for bit."""
+    snap = state.originals.get(part.name)  # once a tensor has one, every graft records
+    sparse = isinstance(part, SparsePart)
+    if exact and snap is None:
+        snap = state.originals[part.name] = Snapshot()
+        if not sparse:  # out of place: the old storage is the snapshot, no copy is made
+            snap.full = weight.data
+            weight.data = part.added(weight, scale, out=state.take_spare(weight.data))
+            return
+    if snap is not None and snap.full is None:
+        if sparse:
+            idx = part.indices.to(weight.device)
+            snap.entries.append((idx, weight.data.view(-1)[idx].clone()))
+        else:  # a dense graft over sparse ones: rebuild the base once
+            base = weight.data.clone()
+            snap.restore(base)
+            snap.full, snap.entries = base, []
+    part.add_to(weight, scale)
+
+
 @torch.no_grad()
-def unapply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: float = 1.0) -> None:
+def unapply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: float = 1.0, *,
+                 keep_buffers: bool = True) -> None:
     """Remove a pack applied with ``scale``. Tensors no other active pack touches get their
-    base values back bit for bit; the others are recomputed from the base."""
+    base values back bit for bit; the others are recomputed from the base.
+
+    The grafted tensors' storage is kept for the next apply (``keep_buffers``; the memory
+    an applied pack used stays in use); ``release_buffers(model)`` frees it."""
     pack = _as_pack(pack)
     state: GraftState | None = getattr(model, STATE_ATTR, None)
     match = [i for i, (p, s) in enumerate(state.active if state else [])
@@ -111,11 +174,22 @@ def unapply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: flo
         if name not in state.originals:  # applied with exact=False
             pack.decode(name).add_to(weight, -float(scale))
             continue
-        weight.copy_(state.originals[name])
+        snap = state.originals.pop(name)
+        if snap.full is not None and keep_buffers:
+            state.give_spare(weight.data)
+        snap.restore(weight)
         for other, s in still[name]:
-            other.decode(name).add_to(weight, s)
-        if not still[name]:
-            del state.originals[name]
+            _graft(state, weight, other.decode(name), s, exact=True)
+
+
+def release_buffers(model: torch.nn.Module) -> int:
+    """Free the storage unapply kept for reuse; returns how many bytes were released."""
+    state: GraftState | None = getattr(model, STATE_ATTR, None)
+    if state is None:
+        return 0
+    freed = sum(t.numel() * t.element_size() for pool in state.spare.values() for t in pool)
+    state.spare.clear()
+    return freed
 
 
 def active_packs(model: torch.nn.Module) -> list[tuple[PackFile, float]]:

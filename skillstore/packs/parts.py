@@ -34,6 +34,17 @@ class LowRankPart:
         else:
             _add(weight, self.to_dense(), scale)
 
+    def added(self, weight: torch.Tensor, scale: float = 1.0,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """weight + scale * U @ V in a new tensor, or in ``out`` (a spare of the same shape and
+        dtype): one pass over the weight, which is left untouched."""
+        w = weight.data
+        u, v = self.U.to(w.device), self.V.to(w.device)
+        if w.dtype == torch.float32 and w.dim() == 2:
+            return torch.addmm(w, u, v, alpha=scale, out=out)
+        return torch.addmm(w.float().reshape(self.shape), u, v, alpha=scale
+                           ).reshape(w.shape).to(w.dtype)
+
 
 @dataclass(frozen=True)
 class SparsePart:
@@ -50,10 +61,16 @@ class SparsePart:
         return out.reshape(self.shape)
 
     def add_to(self, weight: torch.Tensor, scale: float = 1.0) -> None:
-        flat = weight.data.reshape(-1)
+        flat = weight.data.view(-1)
         idx = self.indices.to(flat.device)
         new = flat[idx].float() + scale * self.values.to(flat.device)
         flat[idx] = new.to(flat.dtype)
+
+    def added(self, weight: torch.Tensor, scale: float = 1.0,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        out = weight.data.clone() if out is None else out.copy_(weight.data)
+        self.add_to(out, scale)
+        return out
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,14 @@ class DensePart:
 
     def add_to(self, weight: torch.Tensor, scale: float = 1.0) -> None:
         _add(weight, self.tensor, scale)
+
+    def added(self, weight: torch.Tensor, scale: float = 1.0,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        w = weight.data
+        delta = self.tensor.to(w.device).reshape(w.shape)
+        if w.dtype == torch.float32:
+            return torch.add(w, delta, alpha=scale, out=out)
+        return torch.add(w.float(), delta, alpha=scale).to(w.dtype)
 
 
 Part = LowRankPart | SparsePart | DensePart

