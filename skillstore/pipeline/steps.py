@@ -161,9 +161,10 @@ def train(session: Session, job_id: int, settings: Settings,
     base = session.get(BaseCheckpoint, job.base_id)
     packs, scales = _start_packs(session, job, store, settings)
     model, tok = load_causal_lm(base.uri, fingerprint=bool(packs))
-    with grafted_all(model, packs, scales):
-        # Training moves the grafted weights; unapplying the packs afterwards leaves
-        # base + (the new skill's delta), which is what the pack must hold.
+    with grafted_all(model, packs, scales, exact=False):
+        # Training moves the grafted weights; subtracting the packs afterwards leaves
+        # base + (the new skill's delta), which is what the pack must hold. An exact unapply
+        # would restore the base on every tensor a pack touched and lose the training there.
         metrics = _train_model(model, tok, prep, store, job, scaled(progress, "train", 0.0, 0.95))
     tmp = scratch(settings, job.id) / "model"
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -26,12 +26,19 @@ def pack_deltas(view: StateView, packs: list[PackFile]) -> list[PackDeltas]:
 
 
 @contextmanager
-def grafted_all(model: nn.Module, packs: list[PackFile], scales: list[float]) -> Iterator[nn.Module]:
-    """Task arithmetic in place: every pack added at its scale; the base comes back exactly after."""
+def grafted_all(model: nn.Module, packs: list[PackFile], scales: list[float], *,
+                exact: bool = True) -> Iterator[nn.Module]:
+    """Task arithmetic in place: every pack added at its scale, removed again after.
+
+    With ``exact`` the touched tensors get their base values back bit for bit, which also
+    throws away anything done to them inside the block. Training inside the block needs
+    ``exact=False``: each pack's delta is subtracted again, so the weights end as the base plus
+    what training changed (up to float rounding).
+    """
     applied: list[tuple[PackFile, float]] = []
     try:
         for pack, scale in zip(packs, scales, strict=True):
-            apply_pack(model, pack, scale)
+            apply_pack(model, pack, scale, exact=exact)
             applied.append((pack, scale))
         yield model
     finally:

@@ -50,3 +50,30 @@ def test_materialise_refuses_foreign_packs_and_untrained_routers(tiny_world, cat
     with materialise(model, plain, catalog.blobs) as grafted:
         assert any(not (grafted.state_dict()[k] == v).all() for k, v in before.items())
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())  # base restored exactly
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_training_inside_grafted_packs_keeps_its_changes_only_when_not_exact(tiny_world, exact):
+    """--start-from current trains on base + packs, then stores what training changed; an
+    exact unapply restores the base on the packs' tensors and would throw that change away."""
+    import torch
+
+    from skillstore.models import load_causal_lm
+    from skillstore.packs import read_pack
+    from skillstore.states import grafted_all
+
+    model, _ = load_causal_lm(tiny_world.base_dir, fingerprint=True)
+    packs = [read_pack(p) for p in tiny_world.packs.values()]
+    params = dict(model.named_parameters())
+    touched = "model.layers.0.self_attn.q_proj.weight"  # changed by pack alpha
+    assert touched in packs[0].names
+    base = params[touched].detach().clone()
+    update = torch.randn_like(base, generator=torch.Generator().manual_seed(0)) * 0.01
+    with torch.no_grad(), grafted_all(model, packs, [1.0, 1.0], exact=exact):
+        assert not torch.equal(params[touched], base)
+        params[touched].add_(update)  # what an optimiser step does
+    after = dict(model.named_parameters())[touched].detach()
+    if exact:
+        assert torch.equal(after, base)  # the documented trade-off: exact means base again
+    else:
+        torch.testing.assert_close(after, base + update, rtol=0, atol=1e-5)
