@@ -7,21 +7,29 @@ import os
 import time
 from pathlib import Path
 
-# Recipes of the measured runs; the zoo's own recipe is the default ZooRecipe.
-SFT_STEPS = int(os.environ.get("SKILLSTORE_BENCH_SFT_STEPS", "500"))
+# The measured runs use the library's SFTConfig defaults (what `skillstore learn` and `make demo`
+# use); SKILLSTORE_BENCH_SFT_STEPS overrides max_steps for a quicker, weaker run.
+SFT_STEPS = os.environ.get("SKILLSTORE_BENCH_SFT_STEPS")
 LORA_RANKS = (8, 64)
+LORA_LR = 5e-3
+# The issue's targets.
+SFT_TARGET, SFT_SKILLS_NEEDED, DISTILL_RATIO, SKILL_SECONDS, ZOO_SECONDS = 0.95, 4, 0.90, 120, 120
 
 
 def _sft_config():
     from skillstore.training.sft import SFTConfig
 
-    return SFTConfig(lr=3e-3, max_steps=SFT_STEPS, batch_size=32, eval_every=100, patience=3)
+    return SFTConfig(max_steps=int(SFT_STEPS)) if SFT_STEPS else SFTConfig()
 
 
 def _acc(model, tok, rows) -> float:
     from skillstore.training.generate import exact_match
 
     return exact_match(model, tok, rows).accuracy
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 def _timed(fn):
@@ -44,8 +52,10 @@ def _per_skill(zoo, cur, name: str) -> dict:
     general = load_rows(cur.general.test)
     model, tok = load_causal_lm(zoo.target, fingerprint=False)
     source, source_tok = load_causal_lm(zoo.sources["gpt2"], fingerprint=False)
-    row = {"skill": name, "base": _acc(model, tok, test), "source": _acc(source, source_tok, test)}
+    row = {"skill": name, "base": _acc(model, tok, test), "source": _acc(source, source_tok, test),
+           "load_before": _load()}
     result, row["sft_seconds"] = _timed(lambda: train_sft(model, tok, train, val, _sft_config()))
+    row["load_after_sft"] = _load()
     row["sft"] = _acc(result.model, tok, test)
     row["sft_steps"] = result.metrics["steps"]
     row["general_after_sft"] = _acc(result.model, tok, general)
@@ -60,9 +70,10 @@ def _per_skill(zoo, cur, name: str) -> dict:
         row.update(distill=0.0, distill_acceptance=0.0, distill_seconds=0.0)
     for rank in LORA_RANKS:
         model, _ = load_causal_lm(zoo.target, fingerprint=False)
-        cfg = LoRAConfig(rank=rank, sft=_sft_config().model_copy(update={"lr": 5e-3}))
+        cfg = LoRAConfig(rank=rank, sft=_sft_config().model_copy(update={"lr": LORA_LR}))
         result, row[f"lora{rank}_seconds"] = _timed(lambda cfg=cfg, model=model: train_lora(model, tok, train, val, cfg))
         row[f"lora{rank}"] = _acc(result.model, tok, test)
+    row["load_after"] = _load()
     return row
 
 
@@ -77,21 +88,24 @@ def _sequential(zoo, cur) -> dict:
     _, matrix = train_sequential(model, tok, stages, _sft_config())
     general_final = _acc(model, tok, load_rows(cur.general.test))
     model, tok = load_causal_lm(zoo.target, fingerprint=False)
-    joint, seconds = _timed(lambda: train_joint(model, tok, stages, _sft_config().model_copy(
-        update={"max_steps": SFT_STEPS * 2})))
+    cfg = _sft_config()
+    joint, seconds = _timed(lambda: train_joint(model, tok, stages, cfg.model_copy(
+        update={"max_steps": cfg.max_steps * 2})))
     return {"skills": [s.name for s in stages], "matrix": matrix, "general_final": general_final,
             "joint": {s.name: _acc(joint.model, tok, s.test) for s in stages}, "joint_seconds": seconds}
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| skill | base | source | SFT | SFT s | distill | distill/SFT | accept | LoRA r8 | LoRA r64 | general after SFT |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ("| skill | base | source | SFT | SFT s | distill | distill/SFT | accept | distill s "
+            "| LoRA r8 | LoRA r64 | general after SFT | load |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
     for r in rows:
         ratio = r["distill"] / r["sft"] if r["sft"] else float("nan")
         lines.append(f"| {r['skill']} | {r['base']:.2f} | {r['source']:.2f} | {r['sft']:.3f} | {r['sft_seconds']:.0f} | "
-                     f"{r['distill']:.3f} | {ratio:.2f} | {r['distill_acceptance']:.2f} | {r['lora8']:.3f} | "
-                     f"{r['lora64']:.3f} | {r['general_after_sft']:.2f} |")
+                     f"{r['distill']:.3f} | {ratio:.2f} | {r['distill_acceptance']:.2f} | {r['distill_seconds']:.0f} | "
+                     f"{r['lora8']:.3f} | {r['lora64']:.3f} | {r['general_after_sft']:.2f} | "
+                     f"{r['load_before']}-{r['load_after']} |")
     return "\n".join(lines)
 
 
@@ -102,6 +116,24 @@ def _matrix_table(seq: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     lines.append("| joint | " + " | ".join(f"{seq['joint'][n]:.2f}" for n in names) + " |")
     return "\n".join(lines)
+
+
+def targets(rows: list[dict], zoo_seconds: float) -> list[tuple[str, bool, str]]:
+    """The issue's targets as (name, met, measured) from the per-skill rows."""
+    at_95 = [r["skill"] for r in rows if r["sft"] >= SFT_TARGET]
+    ratios = {r["skill"]: (r["distill"] / r["sft"] if r["sft"] else 0.0) for r in rows}
+    distilled = [s for s, v in ratios.items() if v >= DISTILL_RATIO]
+    slowest = max(rows, key=lambda r: r["sft_seconds"])
+    return [
+        (f"SFT >= {SFT_TARGET:.0%} on >= {SFT_SKILLS_NEEDED} of {len(rows)} skills",
+         len(at_95) >= min(SFT_SKILLS_NEEDED, len(rows)), f"{len(at_95)} ({', '.join(at_95) or 'none'})"),
+        (f"distillation >= {DISTILL_RATIO:.0%} of SFT", len(distilled) == len(rows),
+         f"{len(distilled)} of {len(rows)}: " + ", ".join(f"{s} {v:.2f}" for s, v in ratios.items())),
+        (f"one skill trains in < {SKILL_SECONDS} s", slowest["sft_seconds"] < SKILL_SECONDS,
+         f"slowest SFT {slowest['sft_seconds']:.0f} s ({slowest['skill']}, load "
+         f"{slowest['load_before']}-{slowest['load_after_sft']})"),
+        (f"zoo builds in < {ZOO_SECONDS} s", zoo_seconds < ZOO_SECONDS, f"{zoo_seconds:.0f} s"),
+    ]
 
 
 def run(out_dir: Path) -> None:
@@ -117,6 +149,7 @@ def run(out_dir: Path) -> None:
         torch.set_num_threads(int(os.environ["SKILLSTORE_BENCH_THREADS"]))
 
     home = Path(os.environ.get("SKILLSTORE_BENCH_HOME") or tempfile.mkdtemp(prefix="skillstore-bench-"))
+    load_start = _load()
     (zoo, zoo_seconds) = _timed(lambda: build_zoo(home))
     manifest = zoo_manifest(zoo)
     cur = zoo.load_curriculum()
@@ -126,17 +159,24 @@ def run(out_dir: Path) -> None:
         rows.append(_per_skill(zoo, cur, name))
         print(json.dumps(rows[-1]), flush=True)
     seq = _sequential(zoo, cur) if os.environ.get("SKILLSTORE_BENCH_SEQUENTIAL", "1") == "1" else None
+    checks = targets(rows, manifest["seconds"])
     report = {"zoo_build_seconds": manifest["seconds"], "zoo_cached_call_seconds": zoo_seconds,
+              "zoo_digest": manifest["digest"], "sft_config": _sft_config().model_dump(),
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "load_average": {"start": load_start, "end": _load()},
               "per_skill": rows, "sequential": seq,
-              "sft_at_95": sum(r["sft"] >= 0.95 for r in rows),
-              "distill_over_sft": {r["skill"]: (r["distill"] / r["sft"] if r["sft"] else None) for r in rows}}
-    print(f"\nzoo build: {manifest['seconds']:.0f} s ({torch.get_num_threads()} torch threads; "
-          "the CPUs were shared with other jobs, so times are pessimistic)\n")
+              "targets": [{"target": t, "met": met, "measured": m} for t, met, m in checks]}
+    print(f"\nzoo build: {manifest['seconds']:.0f} s; SFT: {_sft_config().max_steps} max steps, lr "
+          f"{_sft_config().lr}; {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs; "
+          f"load average {load_start} at the start, {_load()} at the end\n")
     print(_table(rows))
     if seq:
         print("\nNaive sequential fine-tuning, exact match on each skill's test split after each stage:\n")
         print(_matrix_table(seq))
         print(f"\ngeneral suite after the last stage: {seq['general_final']:.2f}")
+    print("\n| target | met | measured |\n| --- | --- | --- |")
+    for name, met, measured in checks:
+        print(f"| {name} | {'met' if met else 'missed'} | {measured} |")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "learning.json").write_text(json.dumps(report, indent=2) + "\n")
+    tag = os.environ.get("SKILLSTORE_BENCH_TAG", "")
+    (out_dir / f"learning{'-' + tag if tag else ''}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -22,7 +22,7 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(default=1.0, gt=0)
     samples: int = Field(default=1, ge=1, description="Sampled attempts per prompt (sampling only).")
     max_new_tokens: int = Field(default=32, gt=0)
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=256, gt=0)
     seed: int = 0
 
 

@@ -22,15 +22,15 @@ class SFTConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    lr: float = Field(default=1e-3, gt=0)
-    max_steps: int = Field(default=600, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
+    max_steps: int = Field(default=1200, gt=0)
     batch_size: int = Field(default=32, gt=0)
     warmup_frac: float = Field(default=0.05, ge=0, lt=1)
     min_lr_frac: float = Field(default=0.1, ge=0, le=1)
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
-    eval_every: int = Field(default=50, gt=0)
-    patience: int = Field(default=4, ge=1, description="Evaluations without improvement before stopping.")
+    eval_every: int = Field(default=100, gt=0)
+    patience: int = Field(default=5, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(default=1e-4, ge=0)
     max_length: int = Field(default=128, gt=1)
     seed: int = 0
@@ -70,6 +70,7 @@ def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float) -> 
     sched.step()
 
 
+@torch.no_grad()
 def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
     """Token-weighted mean loss over ``examples`` (answer tokens only)."""
     device = next(model.parameters()).device
