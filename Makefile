@@ -13,14 +13,22 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: setup demo test test-reliability bench lint clean
+.PHONY: setup setup-dev demo test test-reliability bench lint clean
 
+# `setup` installs what the service needs; `setup-dev` adds the test tools (schemathesis, moto,
+# s3fs, flower, ruff), which take as long to install again as the service itself, so `make demo`
+# on a fresh clone does not wait for them.
 setup: $(VENV)/.setup-stamp
+setup-dev: $(VENV)/.setup-dev-stamp
 
 $(VENV)/.setup-stamp: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.setup-dev-stamp: $(VENV)/.setup-stamp
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
@@ -29,16 +37,16 @@ demo: setup
 
 # The reliability suite (tests/reliability: worker kills, broker restarts, database outages,
 # corrupt files) has its own target; `make test` leaves it out to stay well inside 20 minutes.
-test: setup
+test: setup-dev
 	$(PY) -m pytest -m "not reliability" $(PYTEST_ARGS)
 
-test-reliability: setup
+test-reliability: setup-dev
 	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check skillstore workers migrations tests bench
 
 clean:
