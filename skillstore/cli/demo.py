@@ -19,7 +19,7 @@ from ..settings import Settings
 
 BASE = "tiny-llama"
 DISTILLED = "knowledge"  # the one skill taught by the heterogeneous GPT-2 source
-TRAIN = {"max_steps": 600, "batch_size": 32, "eval_every": 100, "patience": 5, "lr": 3e-3}
+TRAIN = {"max_steps": 600, "batch_size": 32, "eval_every": 100, "patience": 3, "lr": 3e-3}
 EVAL_LIMIT = 100
 OPTIONS = {"eval_limit": EVAL_LIMIT, "distill_rows": 400}
 # Budget mode picks rank and bits per module to fit a quarter of the dense fp16 delta; a fixed

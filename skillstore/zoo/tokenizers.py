@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import string
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -36,21 +35,12 @@ def char_tokenizer(max_length: int = 128):
     return _wrap(tok, max_length)
 
 
-def bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 320, max_length: int = 128,
-                  whole_words: Iterable[str] = ()):
-    """A byte-level BPE trained on ``corpus`` whose merges can only build ``whole_words``.
-
-    The pre-tokenizer isolates each of ``whole_words`` (the skills' keywords) and every other
-    character, so merges form the keywords and never join the letters or digits of a payload:
-    a model that must reverse, sort or add them sees one token per character, as it needs to.
-    With no ``whole_words`` every character is its own piece and the BPE learns no merges.
-    """
-    words = sorted(set(whole_words), key=len, reverse=True)
-    pattern = "|".join([*(re.escape(w) for w in words), "."])
+def bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 320, max_length: int = 128):
+    """A byte-level BPE trained on ``corpus``; digits stay single tokens so sums stay learnable."""
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -37,22 +37,6 @@ def test_models_load_with_auto_classes_offline(mini_zoo):
     assert len(kinds["gpt2"](prompt, add_special_tokens=False)["input_ids"]) < len(prompt)
 
 
-def test_source_bpe_merges_keywords_and_keeps_payload_characters_single(mini_zoo):
-    """Reversing, sorting or adding needs one token per payload character; keywords are whole."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(mini_zoo.sources["gpt2"], local_files_only=True)
-    for prompt, keyword, payload in (("reverse: kbpfl =", "reverse", "kbpfl"),
-                                     ("add: 64+35 =", "add", "64+35"),
-                                     ("capital of: peru =", "capital of", "peru")):
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        pieces = [tok.decode([i]) for i in ids]
-        assert pieces[0] == keyword
-        assert "".join(pieces) == prompt
-        assert pieces[3:3 + len(payload)] == list(payload)
-        assert len(ids) == len(prompt) - len(keyword) + 1
-
-
 def test_cache_is_reused_by_recipe(mini_zoo, make_recipe):
     stamp = (mini_zoo.target / "model.safetensors").stat().st_mtime_ns
     again = build_zoo(mini_zoo.root.parent.parent, recipe=make_recipe())
