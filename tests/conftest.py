@@ -103,3 +103,21 @@ def redis_url():
 def postgres_url():
     """A PostgreSQL database made for this test and dropped after it."""
     yield from fresh_postgres_database("skillstore_workers")
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The console entry point in-process: (exit status, stdout, stderr)."""
+    import sys
+
+    from skillstore.cli import main
+
+    old, sys.argv = sys.argv, ["skillstore", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -21,22 +21,7 @@ from skillstore.catalog import (
     open_catalog,
     set_pack_status,
 )
-from skillstore.cli import main
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the real entry point in-process: (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["skillstore", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli as run
 
 
 def fails(capsys, *args: str, match: str) -> str:

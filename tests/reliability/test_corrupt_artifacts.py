@@ -9,7 +9,6 @@ base model all left exactly as they were.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,12 @@ import sqlalchemy as sa
 import torch
 
 from skillstore.catalog import init_workspace
-from skillstore.cli import main
 from skillstore.errors import SkillstoreError
 from skillstore.packs import apply_pack, compress_checkpoint, export_merged, export_peft
 from skillstore.packs.export import load_base
 from skillstore.pipeline.zoo_setup import register_checkpoint
 from skillstore.settings import Settings
+from tests.conftest import run_cli as cli
 from tests.packs.conftest import save_pair, tiny_llama
 
 from .faults import tree_files
@@ -84,20 +83,6 @@ def workspace_state(tmp_path, monkeypatch, artifacts):
 
     yield catalog, snapshot
     catalog.close()
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """The console entry point in-process: (exit status, stdout, stderr)."""
-    old, sys.argv = sys.argv, ["skillstore", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(capsys, *args: str) -> str:
