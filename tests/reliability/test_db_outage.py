@@ -19,7 +19,10 @@ from .checks import assert_nothing_lost, queue
 from .faults import TcpProxy
 
 OUTAGE_S = 4.0
-TRAIN = {"max_steps": 60, "batch_size": 8, "eval_every": 20, "patience": 100}
+# Long enough that "a quarter into training" is seen (progress lands at most once a second)
+# and the cut falls inside training even on an idle machine: 60 steps ended within a second
+# there, and both cuts fell after the job had finished.
+TRAIN = {"max_steps": 800, "batch_size": 8, "eval_every": 100, "patience": 100}
 
 
 @pytest.fixture
