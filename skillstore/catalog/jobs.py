@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, JobError, NotFoundError
 from .models import Job
-from .schema import JobStatus, fits_row_id, utcnow
+from .schema import JobStatus, created_window, fits_row_id, utcnow
 
 
 def create_job(session: Session, *, kind: str, params: dict, base_id: int | None = None,
@@ -42,10 +42,7 @@ def _job_filters(status: JobStatus | str | None, base_id: int | None, skill_id: 
         where.append(Job.base_id == base_id)
     if skill_id is not None:
         where.append(Job.skill_id == skill_id)
-    if created_after is not None:
-        where.append(Job.created_at >= created_after)
-    if created_before is not None:
-        where.append(Job.created_at < created_before)
+    where += created_window(Job.created_at, created_after, created_before)
     return where
 
 

@@ -15,7 +15,7 @@ from ..errors import ConfigError, NotFoundError
 from .lineage import add_edge
 from .models import BaseCheckpoint, Promotion, Skill, SkillPack
 from .registry import get_skill
-from .schema import EdgeKind, PackStatus, fits_row_id
+from .schema import EdgeKind, PackStatus, created_window, fits_row_id
 
 PACK_REF_RE = re.compile(r"^(?P<skill>[A-Za-z][A-Za-z0-9_.-]*)@v?(?P<version>\d+)$")
 # Manual overrides may move a pack anywhere except back to candidate.
@@ -114,10 +114,7 @@ def list_packs(session: Session, *, skill: Skill | None = None, status: PackStat
         where.append(SkillPack.status == PackStatus(status))
     if base is not None:
         where.append(SkillPack.base_id == base.id)
-    if created_after is not None:
-        where.append(SkillPack.created_at >= created_after)
-    if created_before is not None:
-        where.append(SkillPack.created_at < created_before)
+    where += created_window(SkillPack.created_at, created_after, created_before)
     ids = list(session.scalars(sa.select(SkillPack.id).where(*where)
                                .order_by(SkillPack.id.desc()).limit(limit).offset(offset)))
     packs = list(session.scalars(_loaded().where(SkillPack.id.in_(ids))

@@ -29,6 +29,12 @@ def fits_row_id(ref: int | str) -> bool:
     return text.isdigit() and int(text) <= MAX_ROW_ID
 
 
+def created_window(column, after: datetime | None, before: datetime | None) -> list:
+    """Filters for ``after <= column < before``; a missing bound is no filter."""
+    return ([column >= after] if after is not None else []) + \
+        ([column < before] if before is not None else [])
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

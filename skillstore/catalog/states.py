@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..errors import ConfigError, NotFoundError, PromotionConflictError
 from .models import BaseCheckpoint, BaseHead, EvalResult, ModelState, SkillPack, StatePack
-from .schema import fits_row_id
+from .schema import created_window, fits_row_id
 
 
 def state_fingerprint(base_fingerprint: str, packs: Sequence[tuple[str, float]], router: str,
@@ -83,10 +83,7 @@ def list_states(session: Session, *, base_id: int | None = None, created_after: 
     where = []
     if base_id is not None:
         where.append(ModelState.base_id == base_id)
-    if created_after is not None:
-        where.append(ModelState.created_at >= created_after)
-    if created_before is not None:
-        where.append(ModelState.created_at < created_before)
+    where += created_window(ModelState.created_at, created_after, created_before)
     q = _loaded().where(*where).order_by(ModelState.id.desc()).limit(limit).offset(offset)
     total = session.scalar(sa.select(sa.func.count()).select_from(ModelState).where(*where))
     return list(session.scalars(q)), total
