@@ -7,8 +7,12 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..curriculum.build import Curriculum, load_curriculum, write_curriculum
 from ..curriculum.validate import load_rows
+from ..errors import TrainingError
 from ..settings import get_settings
 from ..training.sft import SFTConfig
 
 Progress = Callable[[str, float], None]
 #: Bump when the builder's code changes what a recipe produces.
-ZOO_FORMAT = 1
+ZOO_FORMAT = 2  # 2: the source trains in its own process, on its share of the threads
 MANIFEST = "zoo.json"
 
 
@@ -44,7 +49,9 @@ class ZooRecipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seed: int = 0
-    n_train: int = Field(default=2000, gt=0)
+    # 8,000 distinct rows per open-ended skill (addition has 8,100 prompts in all): with fewer,
+    # batch-128 runs see each row dozens of times and sort and add stop generalising (bench).
+    n_train: int = Field(default=8000, gt=0)
     n_eval: int = Field(default=200, gt=0)
     # Two layers at width 128 learn the copy pattern fastest per CPU second of the sizes tried.
     target: ModelSpec = ModelSpec(train=SFTConfig(lr=5e-3, max_steps=1000, batch_size=32, eval_every=100, patience=3))
@@ -132,6 +139,100 @@ def _train_and_save(model, tokenizer, train, val, spec: ModelSpec, out: Path, st
     return {k: v for k, v in result.metrics.items() if k != "history"}
 
 
+def build_source(recipe: ZooRecipe, paths: ZooPaths, progress: Progress | None = None) -> dict:
+    """Train the GPT-2 source on every curriculum skill, with a BPE fitted to that text."""
+    import torch
+
+    from .tokenizers import bpe_tokenizer
+
+    cur = paths.load_curriculum()
+    train_all = _rows(cur, None, "train", general=True)
+    bpe = bpe_tokenizer((r["prompt"] + " " + r["answer"] + "\n" for r in train_all),
+                        recipe.bpe_vocab, recipe.source.max_positions)
+    torch.manual_seed(recipe.seed + 1)
+    source = _source_model(recipe.source, bpe)
+    return _train_and_save(source, bpe, train_all, _rows(cur, None, "validation", general=False),
+                           recipe.source, paths.sources["gpt2"], "train-source", progress)
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (unchanged when ``n`` is None)."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _SourceBuild:
+    """The source's build in a child process (``python -m skillstore.zoo.source_worker``),
+    with the CPU threads split between the two.
+
+    A plain subprocess, not multiprocessing: a spawned child would re-run the caller's main
+    script, which a user's script without a ``__main__`` guard cannot survive. A thread relays
+    the child's progress lines as they come. On a single core (or under
+    ``SKILLSTORE_ZOO_PARALLEL=0``) the source is built in this process after the target.
+    """
+
+    def __init__(self, recipe: ZooRecipe, paths: ZooPaths, progress: Progress | None):
+        import torch
+
+        self.recipe, self.paths, self.progress = recipe, paths, progress
+        parallel = os.environ.get("SKILLSTORE_ZOO_PARALLEL", "1") != "0"
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.parallel = parallel and cores >= 2
+        self.threads = max(1, min(torch.get_num_threads(), cores) // 2) if self.parallel else None
+        self.proc: subprocess.Popen | None = None
+        self.outcome: dict | None = None
+        self.stderr: list[str] = []
+        self.relay: threading.Thread | None = None
+
+    def __enter__(self) -> _SourceBuild:
+        if self.parallel:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "skillstore.zoo.source_worker", str(self.paths.root),
+                 str(self.threads)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.proc.stdin.write(self.recipe.model_dump_json())
+            self.proc.stdin.close()
+            self.relay = threading.Thread(target=self._relay, daemon=True)
+            self.relay.start()
+            threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        return self
+
+    def _relay(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            if "progress" in msg:
+                if self.progress:
+                    self.progress(*msg["progress"])
+            else:
+                self.outcome = msg
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def result(self) -> dict:
+        if not self.parallel:
+            return build_source(self.recipe, self.paths, self.progress)
+        code = self.proc.wait()
+        self.relay.join()
+        if self.outcome and "metrics" in self.outcome:
+            return self.outcome["metrics"]
+        why = (self.outcome or {}).get("error") or "".join(self.stderr[-5:]).strip() or f"exit code {code}"
+        raise TrainingError(f"The zoo's source build failed: {why}. Nothing was cached; rerun "
+                            "`skillstore zoo build`, or set SKILLSTORE_ZOO_PARALLEL=0 to build in one process.")
+
+
 def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None, seed: int | None = None,
               progress: Progress | None = None, force: bool = False) -> ZooPaths:
     """Build the zoo under ``<home>/zoo/<recipe hash>`` or return the cached one.
@@ -143,7 +244,7 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     import torch
 
     from ..fingerprint import fingerprint_checkpoint
-    from .tokenizers import bpe_tokenizer, char_tokenizer
+    from .tokenizers import char_tokenizer
 
     recipe = recipe or ZooRecipe()
     if seed is not None:
@@ -160,20 +261,17 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     if progress:
         progress("curriculum", 1.0)
 
-    char_tok = char_tokenizer(recipe.target.max_positions)
-    torch.manual_seed(recipe.seed)
-    target = _target_model(recipe.target, char_tok)
-    gen_train, gen_val = load_rows(cur.general.train), load_rows(cur.general.validation)
-    t_metrics = _train_and_save(target, char_tok, gen_train, gen_val, recipe.target,
-                                paths.target, "pretrain-target", progress)
-
-    train_all = _rows(cur, None, "train", general=True)
-    bpe = bpe_tokenizer((r["prompt"] + " " + r["answer"] + "\n" for r in train_all),
-                        recipe.bpe_vocab, recipe.source.max_positions)
-    torch.manual_seed(recipe.seed + 1)
-    source = _source_model(recipe.source, bpe)
-    s_metrics = _train_and_save(source, bpe, train_all, _rows(cur, None, "validation", general=False),
-                                recipe.source, paths.sources["gpt2"], "train-source", progress)
+    # The two models share nothing but the curriculum, so the source trains in a second
+    # process while this one pretrains the target: on 2 cores that halves the build.
+    with _SourceBuild(recipe, paths, progress) as source_build:
+        with _threads(source_build.threads):
+            char_tok = char_tokenizer(recipe.target.max_positions)
+            torch.manual_seed(recipe.seed)
+            target = _target_model(recipe.target, char_tok)
+            gen_train, gen_val = load_rows(cur.general.train), load_rows(cur.general.validation)
+            t_metrics = _train_and_save(target, char_tok, gen_train, gen_val, recipe.target,
+                                        paths.target, "pretrain-target", progress)
+        s_metrics = source_build.result()
 
     # Folder names inside the curriculum are absolute; rewrite them for the final location.
     final = _paths(root)

@@ -94,3 +94,16 @@ def test_lm_eval_generates_what_our_greedy_helper_generates(mini_zoo):
     assert [s["resps"][0][0].strip() for s in samples] == ours
     em = sum(a == s["target"] for a, s in zip(ours, samples, strict=True)) / len(samples)
     assert out["results"][task]["exact_match,none"] == em
+
+
+def test_source_build_failure_in_its_process_is_reported(make_recipe, tmp_path):
+    """The source trains in a spawned process; when it fails, the parent says so plainly."""
+    import pytest
+
+    from skillstore.errors import TrainingError
+    from skillstore.zoo.build import _paths, _SourceBuild
+
+    with pytest.raises(TrainingError, match="source build failed: FileNotFoundError"):
+        with _SourceBuild(make_recipe(), _paths(tmp_path / "no-zoo"), None) as build:
+            assert build.parallel, "this test needs 2 cores to take the two-process path"
+            build.result()
