@@ -32,6 +32,9 @@ class SFTConfig(BaseModel):
     eval_every: int = Field(default=100, gt=0)
     patience: int = Field(default=5, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(default=1e-4, ge=0)
+    stop_loss: float = Field(default=0.005, ge=0, description=(
+        "Stop once the validation loss per answer token is at or below this: the skill is "
+        "learned, and waiting out the patience would only spend time. 0 turns it off."))
     max_length: int = Field(default=128, gt=1)
     seed: int = 0
 
@@ -108,7 +111,7 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, cfg.max_steps, warmup, cfg.min_lr_frac))
     model.train()
-    best, best_state, bad, step, stopped_early = math.inf, None, 0, 0, False
+    best, best_state, bad, step, stopped_early, reason = math.inf, None, 0, 0, False, None
     history: list[dict] = []
     t0 = time.perf_counter()
     running = 0.0
@@ -133,7 +136,10 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
                         best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
                     else:
                         bad += 1
-                        stopped_early = bad >= cfg.patience
+                        if bad >= cfg.patience:
+                            stopped_early, reason = True, "patience"
+                    if v <= cfg.stop_loss:
+                        stopped_early, reason = True, "stop_loss"
                 history.append(entry)
             if progress:
                 progress("train", step / cfg.max_steps)
@@ -143,6 +149,7 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
         model.load_state_dict(best_state)
     model.eval()
     metrics = {"steps": step, "seconds": time.perf_counter() - t0, "stopped_early": stopped_early,
+               "stop_reason": reason,
                "best_val_loss": best if best_state is not None else None,
                "n_train": len(train), "n_val": len(val), "history": history}
     return TrainResult(model, metrics)

@@ -77,6 +77,18 @@ def test_nan_loss_stops_training_and_saves_nothing(mini_zoo, tmp_path):
     assert not list(tmp_path.glob(".out*"))
 
 
+@pytest.mark.parametrize("stop_loss", [0.0, 50.0])
+def test_training_stops_once_the_validation_loss_reaches_stop_loss(mini_zoo, stop_loss):
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    rows = [{"prompt": "copy: ab =", "answer": "ab"}] * 8
+    cfg = SFTConfig(max_steps=12, batch_size=4, eval_every=3, patience=100, stop_loss=stop_loss)
+    metrics = train_sft(model, tok, rows, rows, cfg).metrics
+    if stop_loss:  # any loss is under 50: it stops at the first evaluation
+        assert (metrics["steps"], metrics["stop_reason"]) == (3, "stop_loss")
+    else:
+        assert (metrics["steps"], metrics["stop_reason"], metrics["stopped_early"]) == (12, None, False)
+
+
 def test_empty_data_is_refused(mini_zoo):
     model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
     with pytest.raises(DatasetError, match="no rows"):
