@@ -187,25 +187,52 @@ def _load_full(tuned: Path) -> None:
 
 
 REPEATS = 3
+MODES = ("merge", "hooks")
 
 
-def apply_vs_load(model, pack: Path, tuned: Path, repeats: int = REPEATS) -> dict:
+def apply_vs_load(model, pack: Path, tuned: Path, repeats: int = REPEATS,
+                  modes: tuple[str, ...] = MODES) -> dict:
     """Medians of ``repeats`` warm-cache runs of each, interleaved in one process: apply
-    (read + verify + decode + add, exact unapply kept) on the loaded base, and
-    ``from_pretrained`` of the fine-tuned folder. One run of each warms the caches first; the
-    first apply (no spare storage from an unapply yet) is reported on its own."""
-    apply_s, load_s = [], []
+    (read + verify + decode + graft, exact unapply kept) on the loaded base in each of
+    ``modes``, and ``from_pretrained`` of the fine-tuned folder. One run of each warms the
+    caches first; the first merged apply (no spare storage from an unapply yet) is reported
+    on its own. Keys without a mode prefix are the merged apply's; ``hooks_`` ones the
+    hooked apply's (weights untouched, the delta added to module outputs)."""
+    runs: dict[str, list[float]] = {m: [] for m in modes}
+    load_s = []
     release_buffers(model)
     for _ in range(repeats + 1):
-        apply_s.append(_timed(lambda: apply_pack(model, read_pack(pack))))
-        unapply_pack(model, pack)
+        for mode in modes:
+            runs[mode].append(_timed(lambda m=mode: apply_pack(model, read_pack(pack), mode=m)))
+            unapply_pack(model, pack)
         load_s.append(_timed(lambda: _load_full(tuned)))
-    first = apply_s.pop(0)  # no spare storage yet: it pays a page fault per 4 KB it writes
-    load_s.pop(0)
+    first = {m: r.pop(0) for m, r in runs.items()}  # merged: no spare storage yet, it pays
+    load_s.pop(0)                                    # a page fault per 4 KB it writes
     release_buffers(model)
-    apply_m, load_m = statistics.median(apply_s), statistics.median(load_s)
-    return {"apply_s": apply_m, "load_full_s": load_m, "load_over_apply": load_m / apply_m,
-            "first_apply_s": first, "apply_runs_s": apply_s, "load_runs_s": load_s}
+    load_m = statistics.median(load_s)
+    out = {"load_full_s": load_m, "load_runs_s": load_s}
+    for mode, r in runs.items():
+        pre = "" if mode == "merge" else f"{mode}_"
+        out.update({f"{pre}apply_s": statistics.median(r), f"{pre}first_apply_s": first[mode],
+                    f"{pre}load_over_apply": load_m / statistics.median(r),
+                    f"{pre}apply_runs_s": r})
+    return out
+
+
+def forward_cost(model, pack: Path, tokens: int = 128, repeats: int = REPEATS) -> dict:
+    """Median time of one forward pass (1 x ``tokens``) with the pack merged and hooked."""
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens),
+                        generator=torch.Generator().manual_seed(0))
+    out = {}
+    with torch.no_grad():
+        for mode in MODES:
+            apply_pack(model, pack, mode=mode)
+            model(input_ids=ids)  # warm-up
+            out[f"forward_{mode}_s"] = statistics.median(
+                _timed(lambda: model(input_ids=ids)) for _ in range(repeats))
+            unapply_pack(model, pack)
+    release_buffers(model)
+    return out
 
 
 def synthetic_pair(out: Path, cfg: dict = BIG) -> dict:
@@ -221,11 +248,14 @@ def synthetic_pair(out: Path, cfg: dict = BIG) -> dict:
     model = load_base(base)
     for row in rows:
         row.update(apply_vs_load(model, Path(row["path"]), tuned))
+        row.update(forward_cost(model, Path(row["path"])))
         row["loadavg"] = os.getloadavg()[0]
     return {"pair": f"synthetic Llama, {n_params / 1e6:.0f}M parameters", "rows": rows,
             "timing": f"medians of {REPEATS} warm-cache runs each, interleaved; load = "
                       "AutoModelForCausalLM.from_pretrained(tuned dir) + touching every weight; "
-                      "apply = read_pack + apply_pack (exact) on the loaded base"}
+                      "merge = read_pack + apply_pack (exact unapply kept) on the loaded base; "
+                      "hooks = read_pack + apply_pack(mode='hooks') (weights untouched, delta "
+                      "added to module outputs); fwd = one forward pass of 1 x 128 tokens"}
 
 
 def markdown(results: dict) -> str:
@@ -241,16 +271,19 @@ def markdown(results: dict) -> str:
             f" (exact match: base {res['base_accuracy']:.3f}, fine-tuned {res['tuned_accuracy']:.3f})"
             if tiny else "") + "\n")
         head = ["policy", "file bytes", "file % of dense fp16", "payload %", "rel. error"]
-        head += ["norm. accuracy"] if tiny else ["apply s", "first apply s", "load tuned s",
-                                                 "load/apply"]
+        head += ["norm. accuracy"] if tiny else [
+            "merge apply s", "first merge s", "hooks apply s", "load tuned s",
+            "load/merge", "load/hooks", "fwd merged s", "fwd hooked s"]
         head += ["compress s"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in res["rows"]:
             cells = [r["policy"], f"{r['bytes']:,}", f"{100 * r['ratio']:.2f}",
                      f"{100 * r.get('payload_ratio', float('nan')):.2f}", f"{r['rel_error']:.4f}"]
             cells += [f"{r['normalised_accuracy']:.3f}"] if tiny else [
-                f"{r['apply_s']:.3f}", f"{r['first_apply_s']:.3f}", f"{r['load_full_s']:.3f}",
-                f"{r['load_over_apply']:.2f}x"]
+                f"{r['apply_s']:.3f}", f"{r['first_apply_s']:.3f}", f"{r['hooks_apply_s']:.3f}",
+                f"{r['load_full_s']:.3f}", f"{r['load_over_apply']:.2f}x",
+                f"{r['hooks_load_over_apply']:.2f}x", f"{r['forward_merge_s']:.3f}",
+                f"{r['forward_hooks_s']:.3f}"]
             cells += [f"{r['compress_s']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         if "timing" in res:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .. import __version__
@@ -28,6 +29,7 @@ REQUIRED = ("format", "format_version", "producer", "producer_version", "base_fi
             "tensors", "payload_digest")
 KNOWN = (*REQUIRED, "policy", "created_from")
 TENSOR_REQUIRED = ("codec", "params", "shape", "dtype", "role", "info")
+READ_WHOLE_BYTES = 64 << 20  # packs up to this size are read into memory in one call
 
 
 def payload_digest(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
@@ -95,9 +97,27 @@ class PackFile:
         return codec.decode(name, tuple(entry["shape"]), entry["info"], self.payload_of(name))
 
     def decoded(self) -> Iterator[Part]:
-        """Each tensor's delta as LowRankPart, SparsePart or DensePart, sorted by name."""
+        """Each tensor's delta as LowRankPart, SparsePart or DensePart, sorted by name.
+
+        Tensors whose codec can decode several at once (``decode_many``: the small factors of
+        mplr) are decoded up front in groups of the same codec, shape and blocks; the others,
+        which may be as large as the weights, one at a time as they are asked for."""
+        groups: dict[str, list[str]] = {}
         for name in self.names:
-            yield self.decode(name)
+            entry = self.manifest["tensors"][name]
+            if hasattr(get_codec(entry["codec"]), "decode_many"):
+                key = json.dumps([entry[k] for k in ("codec", "params", "shape", "info")],
+                                 sort_keys=True)
+                groups.setdefault(key, []).append(name)
+        ready: dict[str, Part] = {}
+        for names in groups.values():
+            entry = self.manifest["tensors"][names[0]]
+            codec = get_codec(entry["codec"], entry["params"])
+            parts = codec.decode_many(names, tuple(entry["shape"]), entry["info"],
+                                      [self.payload_of(n) for n in names])
+            ready.update(zip(names, parts, strict=True))
+        for name in self.names:
+            yield ready.pop(name) if name in ready else self.decode(name)
 
     def dense_deltas(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, dense float32 delta) per tensor, one at a time."""
@@ -116,9 +136,7 @@ def read_pack(path: str | Path) -> PackFile:
     if not path.is_file():
         raise _corrupt(path, "the file does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = _read_tensors(path)
     except Exception as exc:  # safetensors raises several types for damaged headers
         raise _corrupt(path, f"the safetensors file cannot be read ({type(exc).__name__}: {exc})") from None
     if path.stat().st_size != _expected_size(path):
@@ -144,6 +162,19 @@ def read_pack(path: str | Path) -> PackFile:
         if lacking := [k for k in TENSOR_REQUIRED if k not in entry]:
             raise _corrupt(path, f"tensor {name!r} lacks {', '.join(lacking)} in the manifest")
     return PackFile(path, manifest, tensors)
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and every tensor. A small file is read in one call and parsed from
+    memory (a compact pack holds hundreds of tiny tensors, and one lookup per tensor in an
+    open file cost several times as much); a large one is mapped, tensor by tensor."""
+    if path.stat().st_size <= READ_WHOLE_BYTES:
+        data = path.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        return meta, load_safetensors(data)
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 
 def _expected_size(path: Path) -> int:

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from ..errors import FingerprintMismatchError, ModelMismatchError
+from ..errors import FingerprintMismatchError, ModelMismatchError, unknown_name
 from ..fingerprint import fingerprint_module
 from ..models import FINGERPRINT_ATTR
 from .format import PackFile, read_pack
+from .hooks import PackHooks
 from .parts import Part, SparsePart
 
 STATE_ATTR = "_skillstore_grafts"
+MODES = ("merge", "hooks")
+
+
+class Graft(NamedTuple):
+    """One applied pack: merged into the weights (``hooks`` is None) or held by hooks."""
+
+    pack: PackFile
+    scale: float
+    hooks: PackHooks | None = None
 
 
 @dataclass
@@ -47,7 +58,7 @@ class GraftState:
     """
 
     originals: dict[str, Snapshot] = field(default_factory=dict)
-    active: list[tuple[PackFile, float]] = field(default_factory=list)
+    active: list[Graft] = field(default_factory=list)
     # Storage that unapply released, reused by the next graft of a tensor of that shape:
     # fresh memory costs a page fault per 4 KB, which was most of an apply's time.
     spare: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
@@ -73,7 +84,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     (before any graft, since grafting changes the weights)."""
     fp = getattr(model, FINGERPRINT_ATTR, None)
     if fp is None:
-        if getattr(model, STATE_ATTR, None) and getattr(model, STATE_ATTR).active:
+        state = getattr(model, STATE_ATTR, None)
+        if state and any(g.hooks is None for g in state.active):
             raise FingerprintMismatchError("The model has grafts but no base fingerprint; "
                                            "load it with skillstore.models.load_causal_lm.")
         fp = fingerprint_module(model)
@@ -109,7 +121,7 @@ def check_base(model: torch.nn.Module, pack: PackFile) -> dict[str, torch.Tensor
 
 @torch.no_grad()
 def apply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: float = 1.0, *,
-               exact: bool = True) -> PackFile:
+               exact: bool = True, mode: str = "merge") -> PackFile:
     """Add ``scale`` times the pack's delta to the model's weights, in place.
 
     Every check (digest, base fingerprint, names, shapes) runs before any weight changes.
@@ -119,14 +131,26 @@ def apply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: float
     values of its entries saved. ``exact=False`` adds everything in place and keeps nothing
     (less memory); unapply then subtracts the delta, which restores the base only up to
     float rounding.
+
+    ``mode="hooks"`` leaves every weight as it is and adds the delta to the outputs of the
+    modules that own the changed tensors, through forward hooks (low-rank parts as
+    ``(x V^T) U^T``, LoRA-style; other parts as dense float32 tensors kept beside the
+    model). Applying costs little more than reading the pack; each forward pass pays for the
+    extra products. Unapply removes the hooks, so it is exact by construction (``exact`` is
+    not used). Hooked and merged packs stack.
     """
+    if mode not in MODES:
+        raise unknown_name("apply mode", mode, MODES)
     pack = _as_pack(pack)
     targets = check_base(model, pack)
     state: GraftState = getattr(model, STATE_ATTR, None) or GraftState()
     setattr(model, STATE_ATTR, state)
+    if mode == "hooks":
+        state.active.append(Graft(pack, float(scale), PackHooks(model, targets, pack.decoded(), scale)))
+        return pack
     for part in pack.decoded():
         _graft(state, targets[part.name], part, scale, exact)
-    state.active.append((pack, float(scale)))
+    state.active.append(Graft(pack, float(scale)))
     return pack
 
 
@@ -161,14 +185,18 @@ def unapply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: flo
     an applied pack used stays in use); ``release_buffers(model)`` frees it."""
     pack = _as_pack(pack)
     state: GraftState | None = getattr(model, STATE_ATTR, None)
-    match = [i for i, (p, s) in enumerate(state.active if state else [])
-             if p.digest == pack.digest and s == float(scale)]
+    match = [i for i, g in enumerate(state.active if state else [])
+             if g.pack.digest == pack.digest and g.scale == float(scale)]
     if not match:
         raise ModelMismatchError(f"Pack {str(pack.path)!r} at scale {scale} is not applied to "
                                  "this model; nothing to unapply.")
-    state.active.pop(match[-1])
+    gone = state.active.pop(match[-1])
+    if gone.hooks is not None:  # the weights were never written
+        gone.hooks.remove()
+        return
     targets = _targets(model, pack)
-    still = {name: [(p, s) for p, s in state.active if name in p.manifest["tensors"]]
+    still = {name: [(g.pack, g.scale) for g in state.active
+                    if g.hooks is None and name in g.pack.manifest["tensors"]]
              for name in pack.names}
     for name, weight in targets.items():
         if name not in state.originals:  # applied with exact=False
@@ -193,19 +221,20 @@ def release_buffers(model: torch.nn.Module) -> int:
 
 
 def active_packs(model: torch.nn.Module) -> list[tuple[PackFile, float]]:
-    """The packs applied to the model, in order, with their scales."""
+    """The packs applied to the model (merged or hooked), in order, with their scales."""
     state = getattr(model, STATE_ATTR, None)
-    return list(state.active) if state else []
+    return [(g.pack, g.scale) for g in state.active] if state else []
 
 
 class grafted:
     """Context manager: ``with grafted(model, pack, 0.5): ...`` applies, then unapplies."""
 
-    def __init__(self, model: torch.nn.Module, pack: PackFile | str | Path, scale: float = 1.0):
-        self.model, self.pack, self.scale = model, _as_pack(pack), scale
+    def __init__(self, model: torch.nn.Module, pack: PackFile | str | Path, scale: float = 1.0,
+                 *, mode: str = "merge"):
+        self.model, self.pack, self.scale, self.mode = model, _as_pack(pack), scale, mode
 
     def __enter__(self) -> torch.nn.Module:
-        apply_pack(self.model, self.pack, self.scale)
+        apply_pack(self.model, self.pack, self.scale, mode=self.mode)
         return self.model
 
     def __exit__(self, *exc) -> None:

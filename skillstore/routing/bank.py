@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import FingerprintMismatchError, RoutingError
-from ..packs.parts import DensePart, LowRankPart, Part
+from ..packs.hooks import contribution, owners, prepare
+from ..packs.parts import Part
 
 
 @dataclass(frozen=True)
@@ -20,30 +20,6 @@ class PackDeltas:
     name: str
     parts: Mapping[str, Part]
     scale: float = 1.0
-
-
-def _contribution(module: nn.Module, attr: str, part: Part, x: torch.Tensor) -> torch.Tensor:
-    """The module's output change when parameter ``attr`` moves by ``part`` (outputs are linear in params)."""
-    if isinstance(module, nn.Linear) and attr == "weight":
-        if isinstance(part, LowRankPart):
-            return (x.to(part.V.dtype) @ part.V.T) @ part.U.T
-        return F.linear(x.to(torch.float32), part.to_dense())
-    if isinstance(module, nn.Linear) and attr == "bias":
-        return part.to_dense().expand(*x.shape[:-1], -1)
-    if isinstance(module, nn.Embedding) and attr == "weight":
-        if isinstance(part, LowRankPart):
-            return F.embedding(x, part.U) @ part.V
-        return F.embedding(x, part.to_dense())
-    # Norms and other modules: evaluate the module with the delta as its only parameter.
-    params = {n: torch.zeros_like(p) for n, p in module.named_parameters(recurse=False)}
-    params[attr] = part.to_dense().to(params[attr].dtype)
-    return torch.func.functional_call(module, params, (x,)).float()
-
-
-def _prepare(part: Part, device: torch.device) -> Part:
-    if isinstance(part, LowRankPart):
-        return LowRankPart(part.name, part.U.to(device, torch.float32), part.V.to(device, torch.float32))
-    return DensePart(part.name, part.to_dense().to(device, torch.float32))
 
 
 class DeltaBank:
@@ -61,11 +37,8 @@ class DeltaBank:
         self._busy = False  # functional_call re-enters the hooked module
         self._handles: list = []
         device = next(model.parameters()).device
-        owners: dict[int, list[tuple[nn.Module, str]]] = {}
         # Tied parameters (embeddings and head) have several owners; each owner gets the delta.
-        for module in model.modules():
-            for attr, param in module.named_parameters(recurse=False):
-                owners.setdefault(id(param), []).append((module, attr))
+        by_param = owners(model)
         self._entries: dict[nn.Module, list[tuple[int, str, Part]]] = {}
         for index, pack in enumerate(self.packs):
             for tensor_name, part in pack.parts.items():
@@ -81,8 +54,8 @@ class DeltaBank:
                         f"Pack {pack.name!r} has shape {tuple(part.shape)} for {tensor_name!r} but the "
                         f"model has {tuple(param.shape)}; load the pack's own base model."
                     )
-                for module, attr in owners[id(param)]:
-                    self._entries.setdefault(module, []).append((index, attr, _prepare(part, device)))
+                for module, attr in by_param[id(param)]:
+                    self._entries.setdefault(module, []).append((index, attr, prepare(part, device)))
 
     @property
     def names(self) -> list[str]:
@@ -142,7 +115,7 @@ class DeltaBank:
                 continue
             self._busy = True
             try:
-                change = _contribution(module, attr, part, x[rows])
+                change = contribution(module, attr, part, x[rows])
             finally:
                 self._busy = False
             scale = column[rows].view(-1, *([1] * (change.dim() - 1)))

@@ -239,3 +239,21 @@ def test_budget_candidates_weigh_errors_by_output_sensitivity():
         assert c.weight_error2 == pytest.approx(float(((d - rec) ** 2).sum()), rel=1e-3)
     counts = torch.tensor([0.0] * 39 + [5.0])
     assert output_err2(torch.ones(40, 64), counts) == 5 * 64  # only rows that were seen count
+
+
+@pytest.mark.parametrize("shape,schedule", [
+    ((64, 128), ((0.25, 8), (0.25, 4), (0.5, 2))),  # batched: columns tile the groups
+    ((64, 192), ((0.5, 3), (0.5, 1))),              # batched: 3-bit codes straddle bytes
+    ((40, 80), ((0.5, 4), (0.5, 2))),               # 40 and 80 columns: per-tensor
+])
+def test_mplr_decode_many_equals_decode_bit_for_bit(shape, schedule):
+    codec = get_codec("mplr", {"rank": 8, "schedule": [list(x) for x in schedule]})
+    encs = [codec.encode("w", realistic_delta(*shape, seed=s)) for s in range(3)]
+    assert all(e.info == encs[0].info for e in encs)  # same blocks: one batch
+    names = [f"layers.{i}.weight" for i in range(3)]
+    many = codec.decode_many(names, shape, encs[0].info, [e.tensors for e in encs])
+    for name, enc, part in zip(names, encs, many, strict=True):
+        one = codec.decode(name, shape, enc.info, enc.tensors)
+        assert part.name == name
+        assert torch.equal(part.U, one.U) and torch.equal(part.V, one.V)
+    assert not torch.equal(many[0].U, many[1].U)  # each tensor gets its own factors

@@ -112,6 +112,24 @@ def test_bit_flip_refused_in_payload_and_in_header(compact_pack, tmp_path):
             read_pack(bad)
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_small_packs_read_whole_and_large_ones_mapped_give_the_same_pack(
+        compact_pack, tmp_path, monkeypatch, whole):
+    from skillstore.packs import format as pack_format
+
+    expected = read_pack(compact_pack)
+    monkeypatch.setattr(pack_format, "READ_WHOLE_BYTES", 1 << 40 if whole else 0)
+    pack = read_pack(compact_pack)
+    assert pack.manifest == expected.manifest and pack.tensors.keys() == expected.tensors.keys()
+    assert all(torch.equal(pack.tensors[k], expected.tensors[k]) for k in pack.tensors)
+    data = bytearray(compact_pack.read_bytes())
+    data[-3] ^= 0x04
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CorruptPackError, match="digest"):
+        read_pack(bad)
+
+
 def test_foreign_safetensors_refused(tmp_path):
     foreign = tmp_path / "model.safetensors"
     save_file({"w": torch.zeros(3)}, str(foreign), metadata={"format": "pt"})

@@ -1,0 +1,83 @@
+"""Hooked (unmerged) grafts: the merged model's outputs, weights never written, exact removal."""
+
+import pytest
+import torch
+
+from skillstore.errors import ConfigError, FingerprintMismatchError
+from skillstore.packs import active_packs, apply_pack, compress_checkpoint, grafted, unapply_pack
+from skillstore.packs.export import load_base
+
+from .conftest import finetune_like, logits, tiny_llama
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(model, snap):
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snap[k]), k
+
+
+def hook_count(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("policy", ["compact", "balanced", "lossless"])
+def test_hooked_llama_matches_merged_and_leaves_weights_alone(llama_pair, policy, tmp_path):
+    pack = compress_checkpoint(*llama_pair, policy, tmp_path / "p.safetensors").path
+    merged, hooked = load_base(llama_pair[0]), load_base(llama_pair[0])
+    base_logits, snap = logits(hooked), snapshot(hooked)
+    apply_pack(merged, pack, 0.7)
+    apply_pack(hooked, pack, 0.7, mode="hooks")
+    assert hook_count(hooked) > 0
+    assert_same(hooked, snap)  # no weight was written
+    want = logits(merged)
+    assert (want - base_logits).abs().max() > 1e-3  # the pack does change the outputs
+    assert torch.allclose(logits(hooked), want, atol=1e-5)
+    unapply_pack(hooked, pack, 0.7)
+    assert hook_count(hooked) == 0 and active_packs(hooked) == []
+    assert torch.equal(logits(hooked), base_logits)
+
+
+@pytest.mark.parametrize("policy", ["compact", "balanced"])
+def test_hooked_gpt2_with_tied_head_and_conv1d_matches_merged(gpt2_pair, policy, tmp_path):
+    pack = compress_checkpoint(*gpt2_pair, policy, tmp_path / "g.safetensors").path
+    merged, hooked = load_base(gpt2_pair[0]), load_base(gpt2_pair[0])
+    apply_pack(merged, pack)
+    with grafted(hooked, pack, mode="hooks"):
+        # the tied head is hooked as well as the embedding, or the logits would differ
+        assert torch.allclose(logits(hooked), logits(merged), atol=1e-5)
+    assert hook_count(hooked) == 0
+
+
+def test_hooked_and_merged_packs_stack_and_unapply_in_any_order(llama_pair, tmp_path):
+    other_dir = tmp_path / "other"
+    finetune_like(tiny_llama(0), seed=7).save_pretrained(str(other_dir))
+    a = compress_checkpoint(*llama_pair, "compact", tmp_path / "a.safetensors").path
+    b = compress_checkpoint(llama_pair[0], other_dir, "compact", tmp_path / "b.safetensors").path
+    both, model = load_base(llama_pair[0]), load_base(llama_pair[0])
+    snap, base_logits = snapshot(model), logits(model)
+    apply_pack(both, a)
+    apply_pack(both, b, 0.5)
+    apply_pack(model, a, mode="hooks")
+    apply_pack(model, b, 0.5)  # merged on top of a hooked pack
+    assert torch.allclose(logits(model), logits(both), atol=1e-5)
+    unapply_pack(model, a)  # the hooked one out first: b stays merged
+    unapply_pack(both, a)
+    assert hook_count(model) == 0
+    assert torch.allclose(logits(model), logits(both), atol=1e-5)
+    unapply_pack(model, b, 0.5)
+    assert_same(model, snap)
+    assert torch.equal(logits(model), base_logits)
+
+
+def test_unknown_mode_and_foreign_base_are_refused_before_any_hook(llama_pair, compact_pack):
+    model = load_base(llama_pair[0])
+    with pytest.raises(ConfigError, match="Unknown apply mode 'hook'.*hooks"):
+        apply_pack(model, compact_pack, mode="hook")
+    stranger = tiny_llama(seed=5)
+    with pytest.raises(FingerprintMismatchError, match="apply it to its own base"):
+        apply_pack(stranger, compact_pack, mode="hooks")
+    assert hook_count(model) == hook_count(stranger) == 0
+    assert active_packs(model) == active_packs(stranger) == []
