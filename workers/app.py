@@ -7,6 +7,8 @@ from celery import Celery
 from skillstore.jobqueue import celery_config
 from skillstore.settings import Settings, get_settings
 
+from .reconnect import Consumer, PutBackStranded
+
 TASK_MODULES = ("workers.ops", "workers.learn")
 
 
@@ -15,4 +17,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("skillstore", include=list(TASK_MODULES))
     app.conf.update(celery_config(settings))
+    # After a broker restart, put back the messages this worker held unstarted (reconnect.py).
+    app.conf.worker_consumer = Consumer
+    app.steps["consumer"].add(PutBackStranded)
     return app

@@ -7,18 +7,23 @@ import time
 import pytest
 
 from skillstore.catalog import JobStatus
-from skillstore.jobqueue import spawn_worker, stop_worker
+from skillstore.jobqueue import CPU_QUEUE, producer, spawn_worker, stop_worker
+from skillstore.settings import Settings
 from tests.workerenv import make_env
 
 from .checks import add_bases, assert_nothing_lost, queue
 
 SKILLS = ("reverse", "sort")
 DOWN_S = 3.0
-# A message the worker had reserved when Redis died stays unacknowledged there until the
-# visibility timeout (12 h); only a worker restart resumes such a job sooner (docs/reliability.md).
-STALL_S = 120
-# Long enough that both restarts land while the first job trains or evaluates.
+# No job may stand still this long: a step reports progress every second, and a job waiting
+# for an earlier one on its base moves when that one does. A message stranded in Redis would
+# stand still for the whole visibility timeout (12 h), so this only bounds how long a failure
+# takes to report; it is not a time the test needs to be fast enough for.
+STALL_S = 300
+# Long enough that the first restart usually lands while the first job trains (where each
+# restart landed is in the figures; the checks hold wherever it lands).
 TRAIN = {"max_steps": 60, "batch_size": 8, "eval_every": 20, "patience": 100}
+PUT_BACK = "put back workers."
 
 
 def _snapshot(env, jobs) -> list:
@@ -26,62 +31,93 @@ def _snapshot(env, jobs) -> list:
             for j in map(env.job, jobs)]
 
 
-def _finish(env, jobs, worker, stall_s: float = STALL_S) -> int:
-    """Wait for every job; when none moves for ``stall_s``, restart the worker (the documented
-    recovery, see docs/reliability.md) and count it. Returns the number of such restarts."""
-    restarts, last, since = 0, None, time.monotonic()
-    deadline = time.monotonic() + 1200
-    while time.monotonic() < deadline:
+def _done(job, stage: str) -> bool:
+    """The job recorded ``stage``'s output or ended: never goes back to False (outputs stay,
+    while a duplicate attempt may move the ``stage`` column back)."""
+    return stage in (job.params or {}).get("out", {}) or JobStatus(job.status).finished
+
+
+def _finish(env, jobs, stall_s: float = STALL_S) -> None:
+    """Wait until every job ended; fail when none of them moves for ``stall_s``."""
+    last, since = None, time.monotonic()
+    while True:
         now = _snapshot(env, jobs)
         if all(JobStatus(status).finished for status, *_ in now):
-            return restarts
+            return
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since > stall_s:
-            stop_worker(worker[0])
-            worker[0] = spawn_worker(env.settings, concurrency=2,
-                                     log_path=env.logs / f"after-stall-{restarts}.log")
-            restarts, since = restarts + 1, time.monotonic()
+            tail = "".join(p.read_text(errors="replace")[-4000:] for p in env.logs.glob("*.log"))
+            raise AssertionError(f"no job moved for {stall_s} s: {now}\n{tail}")
         time.sleep(1)
-    raise AssertionError(f"jobs never finished: {_snapshot(env, jobs)}")
 
 
-@pytest.mark.timeout(1800)  # 4 real jobs, two restarts, maybe a worker restart: busy boxes are slow
+@pytest.mark.timeout(1800)  # 4 real jobs and two restarts: busy boxes are slow
 def test_jobs_complete_across_broker_restarts(tmp_path, tiny_zoo, postgres_url, private_redis,
                                               figures):
     env = make_env(tmp_path, tiny_zoo, database_url=postgres_url, broker_url=private_redis.url(0),
                    result_backend=private_redis.url(1), skills=SKILLS)
-    worker = [None]
+    worker = None
     try:
         bases = add_bases(env, tiny_zoo, 2)
         jobs = [queue(env, skill, base, train=TRAIN) for skill in SKILLS for base in bases]
         at = []
-        worker[0] = first = spawn_worker(env.settings, concurrency=2, log_path=env.logs / "w.log")
-        # First restart mid-train, with later jobs still queued in the broker.
-        env.wait(jobs[0], until=lambda j: j.stage == "train" and j.progress > 0.25, timeout=600)
+        worker = spawn_worker(env.settings, concurrency=2, log_path=env.logs / "w.log")
+        # First restart once the first job trains, with later jobs still queued in the broker.
+        env.wait(jobs[0], until=lambda j: j.stage == "train" or _done(j, "train"), timeout=600)
         at.append([f"{j.id}:{j.status.value}:{j.stage}" for j in map(env.job, jobs)])
         private_redis.restart(DOWN_S)
-        # Second restart once the first job is past training (chains hand over steps via Redis).
-        env.wait(jobs[0], until=lambda j: j.stage in ("evaluate", "gate")
-                 or JobStatus(j.status).finished, timeout=600)
+        # Second restart once the first job is past compress: the jobs behind it on its base
+        # then cycle their `train` through the worker, waiting for their turn.
+        env.wait(jobs[0], until=lambda j: _done(j, "compress"), timeout=600)
         at.append([f"{j.id}:{j.status.value}:{j.stage}" for j in map(env.job, jobs)])
         private_redis.restart(DOWN_S)
-        # The same worker reconnects by itself after each restart.
-        log = env.logs / "w.log"
-        deadline = time.monotonic() + 120
-        while log.read_text(errors="replace").count("] Connected to redis") < 3:
-            assert time.monotonic() < deadline, "the worker did not reconnect twice"
-            time.sleep(0.5)
-        assert first.poll() is None, "the worker died instead of reconnecting"
-        stalls = _finish(env, jobs, worker)
+        # Every job completes with the same worker: no restart, no 12 h visibility timeout.
+        _finish(env, jobs)
+        log = (env.logs / "w.log").read_text(errors="replace")
+        assert worker.poll() is None, "the worker died instead of reconnecting"
+        assert log.count("] Connected to redis") >= 3, "the worker did not reconnect twice"
         summary = assert_nothing_lost(env, jobs, f"broker restarts at {at}")
         assert summary["succeeded"] == len(jobs), summary
         figures.update(restarts=private_redis.restarts, down_s=DOWN_S, states_at_restart=at,
-                       worker_restarts_needed=stalls, **summary)
+                       messages_put_back=log.count(PUT_BACK), **summary)
     finally:
-        if worker[0] is not None:
-            stop_worker(worker[0])
+        if worker is not None:
+            stop_worker(worker)
         env.catalog.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_held_message_is_put_back_after_a_restart(tmp_path, private_redis, figures):
+    """A message the worker had taken but not started when Redis died (here one held for its
+    countdown, as a later job's `train` waits for its turn) runs once the worker reconnects,
+    not after Redis's 12 h visibility timeout."""
+    import redis
+
+    settings = Settings(home=tmp_path / "ws", broker_url=private_redis.url(0),
+                        result_backend=private_redis.url(1))
+    settings.home.mkdir(parents=True)
+    app, log = producer(settings), tmp_path / "worker.log"
+    worker = spawn_worker(settings, concurrency=1, log_path=log)
+    try:
+        app.send_task("workers.ops.ping").get(timeout=300)  # the worker consumes
+        # Far enough ahead that it cannot start before the crash, however slow the box.
+        held = app.send_task("workers.ops.noop", args=(7,), countdown=30)
+        broker = redis.Redis.from_url(private_redis.url(0))
+        deadline = time.monotonic() + 30
+        while broker.hlen("unacked") != 1 or broker.llen(CPU_QUEUE):  # taken, held, unacked
+            assert time.monotonic() < deadline, "the worker never took the message"
+            time.sleep(0.05)
+        broker.close()
+        private_redis.restart(DOWN_S)
+        assert held.get(timeout=300) == 7
+        text = log.read_text(errors="replace")
+        assert f"{PUT_BACK}ops.noop[7]" in text, text[-3000:]
+        assert worker.poll() is None
+        figures.update(restarts=private_redis.restarts, down_s=DOWN_S,
+                       messages_put_back=text.count(PUT_BACK))
+    finally:
+        stop_worker(worker)
 
 
 def test_queued_messages_survive_a_restart_before_any_worker(tmp_path, tiny_zoo, postgres_url,
