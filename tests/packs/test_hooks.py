@@ -81,3 +81,27 @@ def test_unknown_mode_and_foreign_base_are_refused_before_any_hook(llama_pair, c
         apply_pack(stranger, compact_pack, mode="hooks")
     assert hook_count(model) == hook_count(stranger) == 0
     assert active_packs(model) == active_packs(stranger) == []
+
+
+class _TupleLinear(torch.nn.Linear):
+    """A layer that returns a tuple, as some custom modules do."""
+
+    def forward(self, x):
+        return (super().forward(x),)
+
+
+def test_hooks_refuse_buffers_and_non_tensor_outputs_with_the_fix():
+    from skillstore.errors import ModelMismatchError
+    from skillstore.packs.hooks import PackHooks
+    from skillstore.packs.parts import DensePart
+
+    model = torch.nn.Sequential(_TupleLinear(4, 4))
+    model.register_buffer("table", torch.zeros(4))
+    with pytest.raises(ModelMismatchError, match="'table' is a buffer.*mode='merge'"):
+        PackHooks(model, {"table": model.table}, [DensePart("table", torch.ones(4))], 1.0)
+    hooks = PackHooks(model, {"0.weight": model[0].weight},
+                      [DensePart("0.weight", torch.ones(4, 4))], 1.0)
+    with pytest.raises(ModelMismatchError, match="returns tuple, not a tensor.*mode='merge'"):
+        model(torch.ones(1, 4))
+    hooks.remove()
+    assert isinstance(model(torch.ones(1, 4)), tuple)  # removed: the layer is itself again
