@@ -1,10 +1,18 @@
-"""SkillPack on-disk format: one safetensors file with a JSON manifest in its metadata."""
+"""SkillPack on-disk format: one safetensors file with a JSON manifest in its metadata.
+
+Version 2 (written now) stores the payload as one flat tensor per dtype and the per-tensor
+part of the manifest (entries, payload layout, policy) as zlib-compressed JSON: on a small
+model the version-1 header (a JSON entry per payload tensor, plus the manifest escaped inside
+the safetensors header) was 1.6% of a compact pack. Version 1 files are still read.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +30,16 @@ from .codecs import get_codec
 from .parts import Part
 
 FORMAT = "skillstore.pack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_KEY = "skillstore.manifest"
 SEP = "::"  # payload key = "<base tensor name>::<codec's local key>"
 REQUIRED = ("format", "format_version", "producer", "producer_version", "base_fingerprint",
             "tensors", "payload_digest")
 KNOWN = (*REQUIRED, "policy", "created_from")
+# Version 2: these manifest keys travel compressed under PACKED_KEY, beside the payload layout.
+PACKED = ("tensors", "policy", "created_from")
+PACKED_KEY = "packed"  # base64(zlib(JSON {"tensors", "policy", "created_from", "layout"}))
+FLAT_PREFIX = "payload."  # one flat tensor per dtype: payload.uint8, payload.float16, ...
 TENSOR_REQUIRED = ("codec", "params", "shape", "dtype", "role", "info")
 READ_WHOLE_BYTES = 64 << 20  # packs up to this size are read into memory in one call
 
@@ -40,27 +52,73 @@ def payload_digest(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     return "sha256:" + h.hexdigest()
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _fold(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The version-2 metadata and flat tensors for a full manifest and its payload tensors."""
+    layout: dict[str, list] = {}
+    chunks: dict[str, list[torch.Tensor]] = {}
+    sizes: dict[str, int] = {}
+    for key in sorted(tensors):
+        t = tensors[key]
+        dt = _dtype_name(t.dtype)
+        layout[key] = [dt, sizes.get(dt, 0), list(t.shape)]
+        chunks.setdefault(dt, []).append(t.reshape(-1))
+        sizes[dt] = sizes.get(dt, 0) + t.numel()
+    packed = {k: manifest[k] for k in PACKED if k in manifest}
+    packed["layout"] = layout
+    blob = zlib.compress(json.dumps(packed, sort_keys=True, separators=(",", ":")).encode(), 9)
+    plain = {k: v for k, v in manifest.items() if k not in PACKED}
+    plain[PACKED_KEY] = base64.b64encode(blob).decode()
+    flat = {FLAT_PREFIX + dt: torch.cat(parts).contiguous() for dt, parts in chunks.items()}
+    return {MANIFEST_KEY: json.dumps(plain, sort_keys=True, separators=(",", ":"))}, flat
+
+
+def _unfold(plain: dict[str, Any], flat: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The full manifest and payload tensors of a version-2 file (views into the flat ones)."""
+    packed = json.loads(zlib.decompress(base64.b64decode(plain[PACKED_KEY], validate=True)))
+    layout = packed.pop("layout")
+    manifest = {k: v for k, v in plain.items() if k != PACKED_KEY} | packed
+    tensors = {}
+    for key, (dt, start, shape) in layout.items():
+        buf = flat[FLAT_PREFIX + dt]
+        n = 1
+        for d in shape:
+            n *= d
+        if start < 0 or start + n > buf.numel():
+            raise ValueError(f"payload tensor {key!r} lies outside the {dt} payload")
+        tensors[key] = buf[start:start + n].view(shape)
+    return manifest, tensors
+
+
+def _full_manifest(manifest: dict[str, Any], digest: str) -> dict[str, Any]:
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
+            "producer_version": __version__, **manifest}
+    full["payload_digest"] = digest
+    return full
+
+
 def write_pack(path: str | Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
     """Write the pack atomically (temp file, then rename); returns its size in bytes."""
     path = Path(path)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
-                "producer_version": __version__, **manifest}
+    manifest = _full_manifest(manifest, "")
     manifest["payload_digest"] = payload_digest(manifest, tensors)
+    meta, flat = _fold(manifest, tensors)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+    save_file(flat, str(tmp), metadata=meta)
     tmp.replace(path)
     return path.stat().st_size
 
 
 def header_nbytes(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
-    """About how many bytes the file holds besides the payload: the safetensors header
-    (one JSON entry per tensor) with the manifest, the fields write_pack adds and the digest."""
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
-            "producer_version": __version__, "payload_digest": "sha256:" + "0" * 64, **manifest}
-    header = {k: {"dtype": str(t.dtype), "shape": list(t.shape), "data_offsets": [2**31, 2**31]}
-              for k, t in tensors.items()}
-    header["__metadata__"] = {MANIFEST_KEY: json.dumps(full, sort_keys=True)}
+    """How many bytes the file holds besides the payload: the safetensors header with the
+    (partly compressed) manifest, the fields write_pack adds and the digest."""
+    meta, flat = _fold(_full_manifest(manifest, "sha256:" + "0" * 64), tensors)
+    header = {k: {"dtype": "F16", "shape": [t.numel()], "data_offsets": [t.numel(), t.numel()]}
+              for k, t in flat.items()}
+    header["__metadata__"] = meta
     return 8 + len(json.dumps(header, separators=(",", ":"))) + 8
 
 
@@ -136,10 +194,10 @@ def read_pack(path: str | Path) -> PackFile:
     if not path.is_file():
         raise _corrupt(path, "the file does not exist")
     try:
-        meta, tensors = _read_tensors(path)
+        meta, tensors, declared = _read_tensors(path)
     except Exception as exc:  # safetensors raises several types for damaged headers
         raise _corrupt(path, f"the safetensors file cannot be read ({type(exc).__name__}: {exc})") from None
-    if path.stat().st_size != _expected_size(path):
+    if path.stat().st_size != declared:
         raise _corrupt(path, "the file size does not match its header (truncated or padded)")
     if MANIFEST_KEY not in meta:
         raise _corrupt(path, "it is a safetensors file without a SkillPack manifest")
@@ -147,6 +205,13 @@ def read_pack(path: str | Path) -> PackFile:
         manifest = json.loads(meta[MANIFEST_KEY])
     except json.JSONDecodeError:
         raise _corrupt(path, "the manifest is not valid JSON") from None
+    if isinstance(manifest, dict) and PACKED_KEY in manifest:
+        try:
+            manifest, tensors = _unfold(manifest, tensors)
+        except Exception as exc:  # zlib, base64, JSON or layout damage
+            raise _corrupt(path, f"its packed manifest cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(manifest, dict):
+        raise _corrupt(path, "the manifest is not a JSON object")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing or manifest.get("format") != FORMAT:
         raise _corrupt(path, f"the manifest lacks {', '.join(missing) or 'the SkillPack format tag'}")
@@ -164,23 +229,21 @@ def read_pack(path: str | Path) -> PackFile:
     return PackFile(path, manifest, tensors)
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The metadata and every tensor. A small file is read in one call and parsed from
-    memory (a compact pack holds hundreds of tiny tensors, and one lookup per tensor in an
-    open file cost several times as much); a large one is mapped, tensor by tensor."""
-    if path.stat().st_size <= READ_WHOLE_BYTES:
-        data = path.read_bytes()
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-        return meta, load_safetensors(data)
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-
-
-def _expected_size(path: Path) -> int:
-    """8-byte header length + header + the end of the last tensor's data."""
+def _read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], int]:
+    """The metadata, every tensor, and the file size the header declares (8-byte length +
+    header + the end of the last tensor's data). A small file is read in one call and parsed
+    from memory; a large one is mapped, tensor by tensor."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        data = f.read() if size <= READ_WHOLE_BYTES else None
+        head = data[:8] if data is not None else f.read(8)
+        n = int.from_bytes(head, "little")
+        if n > size:
+            raise ValueError(f"header length {n} exceeds the file size {size}")
+        header = json.loads(data[8:8 + n] if data is not None else f.read(n))
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    return 8 + n + end
+    meta = header.get("__metadata__") or {}
+    if data is not None:
+        return meta, load_safetensors(data), 8 + n + end
+    with safe_open(str(path), framework="pt") as f:
+        return meta, {k: f.get_tensor(k) for k in f.keys()}, 8 + n + end

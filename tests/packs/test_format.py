@@ -24,7 +24,7 @@ def true_deltas(pair):
 def test_manifest_says_what_the_pack_is(compact_pack, llama_pair):
     pack = read_pack(compact_pack)
     m = pack.manifest
-    assert m["format"] == "skillstore.pack" and m["format_version"] == 1
+    assert m["format"] == "skillstore.pack" and m["format_version"] == 2
     assert m["producer_version"] == __version__
     assert pack.base_fingerprint == fingerprint_checkpoint(llama_pair[0])
     entry = m["tensors"]["model.layers.0.self_attn.q_proj.weight"]
@@ -128,6 +128,61 @@ def test_small_packs_read_whole_and_large_ones_mapped_give_the_same_pack(
     bad.write_bytes(bytes(data))
     with pytest.raises(CorruptPackError, match="digest"):
         read_pack(bad)
+
+
+def _as_version_1(pack, path):
+    """Rewrite a pack as format version 1 did: a tensor per payload key, the manifest as plain JSON."""
+    from skillstore.packs.format import payload_digest
+
+    manifest = {**pack.manifest, "format_version": 1}
+    manifest["payload_digest"] = payload_digest(manifest, pack.tensors)
+    save_file({k: t.contiguous() for k, t in pack.tensors.items()}, str(path),
+              metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+    return path
+
+
+def test_version_1_packs_are_still_read(compact_pack, tmp_path):
+    pack = read_pack(compact_pack)
+    old = read_pack(_as_version_1(pack, tmp_path / "v1.safetensors"))
+    assert old.manifest["format_version"] == 1
+    assert {k: v for k, v in old.manifest.items() if k not in ("format_version", "payload_digest")} == \
+        {k: v for k, v in pack.manifest.items() if k not in ("format_version", "payload_digest")}
+    for (name, new_d), (old_name, old_d) in zip(pack.dense_deltas(), old.dense_deltas(), strict=True):
+        assert name == old_name and torch.equal(new_d, old_d)
+
+
+def test_version_2_folds_the_payload_and_packs_the_manifest(compact_pack, tmp_path):
+    from safetensors import safe_open
+
+    pack = read_pack(compact_pack)
+    with safe_open(str(compact_pack), framework="pt") as f:
+        keys = sorted(f.keys())
+        plain = json.loads(f.metadata()[MANIFEST_KEY])
+    assert all(k.startswith("payload.") for k in keys) and len(keys) < len(pack.tensors)
+    # what a reader without skillstore sees: what the pack is, against which base, its digest
+    assert plain["base_fingerprint"] == pack.base_fingerprint and "tensors" not in plain
+    v1 = _as_version_1(pack, tmp_path / "v1.safetensors")
+    payload = sum(t.numel() * t.element_size() for t in pack.tensors.values())
+    header_v1 = v1.stat().st_size - payload
+    header_v2 = compact_pack.stat().st_size - payload
+    assert header_v2 * 3 < header_v1, (header_v1, header_v2)
+
+
+def test_damaged_packed_manifest_refused(compact_pack, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(compact_pack), framework="pt") as f:
+        plain = json.loads(f.metadata()[MANIFEST_KEY])
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    cases = {"not base64": "@@" + plain["packed"][2:],
+             "not zlib": __import__("base64").b64encode(b"plain bytes").decode(),
+             "outside": __import__("base64").b64encode(__import__("zlib").compress(json.dumps(
+                 {"tensors": {}, "layout": {"x::codes": ["uint8", 10**9, [4]]}}).encode())).decode()}
+    for why, packed in cases.items():
+        bad = tmp_path / f"{why.replace(' ', '_')}.safetensors"
+        save_file(flat, str(bad), metadata={MANIFEST_KEY: json.dumps({**plain, "packed": packed})})
+        with pytest.raises(CorruptPackError, match="packed manifest cannot be read"):
+            read_pack(bad)
 
 
 def test_foreign_safetensors_refused(tmp_path):
