@@ -182,17 +182,15 @@ class MixedPrecisionLowRank:
         blocks = [tuple(x) for x in info["blocks"]]
         if not blocks:
             return LowRankPart(name, torch.zeros(shape[0], 0), torch.zeros(0, shape[1]))
-        # Each block is dequantised straight into its rows of one preallocated matrix, with
-        # the grid converted to float32 once per tensor: a pack of small matrices spends its
-        # decode time in per-operation overhead, not in arithmetic (same values as
-        # quant.dequantize, bit for bit).
+        if self._batchable(shape, blocks):
+            return self._decode_batch([name], shape, blocks, [t])[0]
+        # Rows not a whole number of groups, or blocks not whole bytes: block by block.
         k = sum(c for c, _ in blocks)
         grid_all, gains = t["grid"].float(), t["gain"].float()
         code_at = grid_at = 0
         mats = []
         for j, cols in enumerate((shape[0], shape[1])):
             groups = -(-cols // self.group_size)
-            tiled = cols == groups * self.group_size
             mat = torch.empty(k, cols)
             row = 0
             for count, bits in blocks:
@@ -200,14 +198,8 @@ class MixedPrecisionLowRank:
                 codes = unpack_bits(t["codes"][code_at:code_at + n_codes], bits, count * cols,
                                     torch.uint8)
                 grid = grid_all[grid_at:grid_at + 2 * n_grid].view(2, count, groups)
-                if tiled:
-                    out = mat[row:row + count].view(count, groups, self.group_size)
-                    torch.mul(codes.view(count, groups, self.group_size), grid[0, :, :, None],
-                              out=out)
-                    out.add_(grid[1, :, :, None])
-                else:
-                    mat[row:row + count] = quant.dequantize(
-                        codes.view(count, cols), quant.Grid(grid[0], grid[1], bits, self.group_size))
+                mat[row:row + count] = quant.dequantize(
+                    codes.view(count, cols), quant.Grid(grid[0], grid[1], bits, self.group_size))
                 code_at, grid_at, row = code_at + n_codes, grid_at + 2 * n_grid, row + count
             mats.append(mat.mul_(gains[j]))
         return LowRankPart(name, mats[0].T, mats[1])
@@ -217,18 +209,26 @@ class MixedPrecisionLowRank:
         same values bit for bit, with one set of operations instead of one per tensor (a
         model has dozens of same-shaped projections, and each operation has a fixed cost)."""
         blocks = [tuple(x) for x in info["blocks"]]
-        rows = (shape[0], shape[1])
-        if len(names) == 1 or not blocks or any(
-                cols % self.group_size or count * cols * bits % 8
-                for cols in rows for count, bits in blocks):
+        if not blocks or not self._batchable(shape, blocks):
             return [self.decode(n, shape, info, t) for n, t in zip(names, payloads, strict=True)]
+        return self._decode_batch(names, shape, blocks, payloads)
+
+    def _batchable(self, shape, blocks) -> bool:
+        """Whether every row is whole groups and every block whole bytes, so the payloads of
+        several tensors can be stacked and each block dequantised in place, in one operation."""
+        return not any(cols % self.group_size or count * cols * bits % 8
+                       for cols in (shape[0], shape[1]) for count, bits in blocks)
+
+    def _decode_batch(self, names, shape, blocks, payloads) -> list[Part]:
+        # Each block is dequantised straight into its rows of one preallocated matrix per
+        # side, with the grids converted to float32 once (same values as quant.dequantize).
         n, k, gs = len(names), sum(c for c, _ in blocks), self.group_size
         codes = torch.stack([t["codes"] for t in payloads])
         grid_all = torch.stack([t["grid"] for t in payloads]).float()
         gains = torch.stack([t["gain"] for t in payloads]).float()
         code_at = grid_at = 0
         mats = []
-        for j, cols in enumerate(rows):
+        for j, cols in enumerate((shape[0], shape[1])):
             groups = cols // gs
             mat = torch.empty(n, k, cols)
             row = 0

@@ -257,3 +257,18 @@ def test_mplr_decode_many_equals_decode_bit_for_bit(shape, schedule):
         assert part.name == name
         assert torch.equal(part.U, one.U) and torch.equal(part.V, one.V)
     assert not torch.equal(many[0].U, many[1].U)  # each tensor gets its own factors
+
+
+@pytest.mark.parametrize("shape,schedule", [
+    ((64, 128), ((0.25, 8), (0.25, 4), (0.5, 2))),
+    ((64, 192), ((0.5, 3), (0.5, 1))),
+])
+def test_mplr_batched_decode_equals_block_by_block_dequantize(shape, schedule, monkeypatch):
+    from skillstore.packs.codecs import MixedPrecisionLowRank
+
+    codec = get_codec("mplr", {"rank": 8, "schedule": [list(x) for x in schedule]})
+    enc = codec.encode("w", realistic_delta(*shape, seed=7))
+    batched = codec.decode("w", shape, enc.info, enc.tensors)
+    monkeypatch.setattr(MixedPrecisionLowRank, "_batchable", lambda self, shape, blocks: False)
+    reference = codec.decode("w", shape, enc.info, enc.tensors)  # quant.dequantize per block
+    assert torch.equal(batched.U, reference.U) and torch.equal(batched.V, reference.V)
