@@ -49,10 +49,11 @@ def test_presets_and_their_operators():
     assert set(PRESETS) == {"lossless", "balanced", "compact"}
     assert all(PRESETS["lossless"].spec_for(r).codec == "dense" for r in (EMBEDDING, ATTENTION, MLP))
     compact = PRESETS["compact"]
-    assert compact.embedding.codec == "mplr" and compact.embedding.build().rank == 32
+    assert compact.embedding.codec == "mplr" and compact.embedding.build().rank == 20
     assert PRESETS["balanced"].embedding.codec == "magnitude"
-    assert compact.attention.build().rank == 16
-    assert compact.mlp.build().energy == 0.9
+    assert compact.attention.build().rank == 20
+    assert compact.attention.build().schedule == ((0.5, 3), (0.5, 2))  # rank over bits
+    assert compact.mlp.build().energy == 0.8
     with pytest.raises(ValidationError):
         compact.budget = 0.1  # frozen
 
