@@ -28,6 +28,7 @@ from skillstore.packs.export import load_base
 BIG = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
        "num_key_value_heads": 12, "intermediate_size": 2048, "vocab_size": 16000}
 TINY_SKILL = "knowledge"
+SKILL_SFT = {"lr": 2e-3, "batch_size": 128, "max_steps": 2000, "eval_every": 100}
 
 
 def _baseline(name: str, codec: str, **params) -> CompressionPolicy:
@@ -85,24 +86,35 @@ def _measure(base: Path, tuned: Path, policy, out: Path, evaluate=None, **kw) ->
 
 # ---- tiny pair: the zoo's target fine-tuned on one curriculum skill -------------------------
 
+def _tiny_tuned(zoo, cur, skill: str, out: Path, cfg=None, kind: str = "tiny") -> Path:
+    """The zoo target fine-tuned on one skill, cached per zoo recipe (a retuned zoo retrains)."""
+    from skillstore.curriculum.validate import load_rows
+    from skillstore.models import load_causal_lm
+    from skillstore.training.sft import SFTConfig, train_sft
+
+    files = cur.skills[skill]
+    tuned_dir = out / f"{kind}-tuned-{skill}-{zoo.root.name}"
+    if not (tuned_dir / "config.json").is_file():
+        model, tok = load_causal_lm(zoo.target)
+        train_sft(model, tok, load_rows(files.train), load_rows(files.validation),
+                  cfg or SFTConfig(lr=3e-3, max_steps=400, batch_size=32, eval_every=100))
+        model.save_pretrained(str(tuned_dir))
+        tok.save_pretrained(str(tuned_dir))
+    return tuned_dir
+
+
 def tiny_pair(out: Path) -> dict:
     from skillstore.curriculum.validate import load_rows
     from skillstore.models import load_causal_lm
     from skillstore.packs.quant import collect_hessians
     from skillstore.training.generate import exact_match
-    from skillstore.training.sft import SFTConfig, train_sft
     from skillstore.zoo.build import build_zoo
 
     zoo = build_zoo()  # the workspace zoo (SKILLSTORE_HOME), shared with `skillstore zoo build`
     cur = zoo.load_curriculum()
     files = cur.skills[TINY_SKILL]
-    train, val, test = (load_rows(files.split(s)) for s in ("train", "validation", "test"))
-    tuned_dir = out / f"tiny-tuned-{zoo.root.name}"  # one per zoo recipe: a retuned zoo retrains
-    if not (tuned_dir / "config.json").is_file():
-        model, tok = load_causal_lm(zoo.target)
-        train_sft(model, tok, train, val, SFTConfig(lr=3e-3, max_steps=400, batch_size=32, eval_every=100))
-        model.save_pretrained(str(tuned_dir))
-        tok.save_pretrained(str(tuned_dir))
+    train, test = load_rows(files.train), load_rows(files.test)
+    tuned_dir = _tiny_tuned(zoo, cur, TINY_SKILL, out)
     base_model, tok = load_causal_lm(zoo.target)
     tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
     test = test[:200]
@@ -135,6 +147,43 @@ def tiny_pair(out: Path) -> dict:
         r["normalised_accuracy"] = r["accuracy"] / max(acc_tuned, 1e-9)
     return {"pair": f"zoo target + SFT on '{TINY_SKILL}'", "base_accuracy": acc_base,
             "tuned_accuracy": acc_tuned, "rows": rows}
+
+
+def tiny_skills(out: Path) -> dict:
+    """The compact preset on every curriculum skill's fine-tune, not only TINY_SKILL's.
+
+    Each skill is trained at the learning bench's rate (batch 128, lr 2e-3) for up to 2,000
+    steps, so sort and add are learned (400 steps at batch 32 leave add at 0.05, which makes
+    a normalised accuracy meaningless)."""
+    from skillstore.curriculum.validate import load_rows
+    from skillstore.models import load_causal_lm
+    from skillstore.training.generate import exact_match
+    from skillstore.training.sft import SFTConfig
+    from skillstore.zoo.build import build_zoo
+
+    zoo = build_zoo()
+    cur = zoo.load_curriculum()
+    base_model, tok = load_causal_lm(zoo.target)
+    packs = out / "tiny-packs"
+    packs.mkdir(exist_ok=True)
+    rows = []
+    for skill, files in cur.skills.items():
+        tuned_dir = _tiny_tuned(zoo, cur, skill, out, SFTConfig(**SKILL_SFT), kind="skill")
+        test = load_rows(files.test)[:200]
+        tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
+        acc_tuned = exact_match(tuned_model, tok, test).accuracy
+        s = compress_checkpoint(zoo.target, tuned_dir, load_policy("compact"),
+                                packs / f"compact-{skill}.safetensors")
+        apply_pack(base_model, s.path)
+        try:
+            acc = exact_match(base_model, tok, test).accuracy
+        finally:
+            unapply_pack(base_model, s.path)
+        rows.append({"skill": skill, "n_test": len(test), "base_accuracy": exact_match(base_model, tok, test).accuracy,
+                     "tuned_accuracy": acc_tuned, "compact_accuracy": acc, "bytes": s.bytes,
+                     "ratio": s.ratio, "rel_error": s.rel_error,
+                     "normalised_accuracy": acc / max(acc_tuned, 1e-9)})
+    return {"pair": "zoo target + SFT on each skill, compact preset", "skills": rows}
 
 
 # ---- ~100M synthetic Llama pair -------------------------------------------------------------
@@ -266,6 +315,16 @@ def markdown(results: dict) -> str:
         if "error" in res:
             lines.append(f"\n**{key}**: not run ({res['error']})\n")
             continue
+        if "skills" in res:
+            lines.append(f"\n**{key}**: {res['pair']}\n")
+            lines += ["| skill | test prompts | base | fine-tuned | compact | norm. accuracy "
+                      "| file % of dense fp16 | rel. error |", "|---|---|---|---|---|---|---|---|"]
+            for r in res["skills"]:
+                lines.append(f"| {r['skill']} | {r['n_test']} | {r['base_accuracy']:.3f} | "
+                             f"{r['tuned_accuracy']:.3f} | {r['compact_accuracy']:.3f} | "
+                             f"{r['normalised_accuracy']:.3f} | {100 * r['ratio']:.2f} | "
+                             f"{r['rel_error']:.4f} |")
+            continue
         tiny = "tuned_accuracy" in res
         lines.append(f"\n**{key}**: {res['pair']}" + (
             f" (exact match: base {res['base_accuracy']:.3f}, fine-tuned {res['tuned_accuracy']:.3f})"
@@ -300,7 +359,7 @@ def run(out_dir: Path) -> None:
     torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 2)))))
     results = {}
     load_before = os.getloadavg()
-    for key, fn in (("tiny", tiny_pair), ("synthetic_100m", synthetic_pair)):
+    for key, fn in (("tiny", tiny_pair), ("tiny_skills", tiny_skills), ("synthetic_100m", synthetic_pair)):
         try:
             results[key] = fn(out)
         except ImportError as exc:  # the zoo is another part of the project
