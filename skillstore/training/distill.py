@@ -20,7 +20,10 @@ class GenerationConfig(BaseModel):
 
     do_sample: bool = False
     temperature: float = Field(default=1.0, gt=0)
-    samples: int = Field(default=1, ge=1, description="Sampled attempts per prompt (sampling only).")
+    samples: int = Field(default=1, ge=1, description="Attempts per prompt (sampling only).")
+    greedy_first: bool = Field(default=True, description=(
+        "With sampling, make the first attempt greedy and sample only the retries: the "
+        "source's greedy answer is its best guess, and sampling then finds answers it missed."))
     max_new_tokens: int = Field(default=32, gt=0)
     batch_size: int = Field(default=256, gt=0)
     seed: int = 0
@@ -32,7 +35,8 @@ def source_rows(source, source_tokenizer, prompts: list[str], *, checker: Checke
 
     Returns (rows, stats) where rows are plain-text prompt/answer pairs: the only thing that
     crosses from the source's tokenizer to the target's. With sampling, each prompt gets up to
-    ``samples`` attempts and the first verified one is kept.
+    ``samples`` attempts (the first greedy unless ``greedy_first`` is off) and the first
+    verified one is kept.
     """
     cfg = config or GenerationConfig()
     if not prompts:
@@ -42,9 +46,10 @@ def source_rows(source, source_tokenizer, prompts: list[str], *, checker: Checke
     generated = 0
     pending = list(dict.fromkeys(prompts))
     for attempt in range(attempts):
+        sample = cfg.do_sample and not (cfg.greedy_first and attempt == 0)
         answers = generate_answers(
             source, source_tokenizer, pending, max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
+            batch_size=cfg.batch_size, do_sample=sample, temperature=cfg.temperature,
             seed=cfg.seed + attempt,
             progress=(lambda s, f, a=attempt: progress("generate", (a + f) / attempts)) if progress else None)
         generated += len(answers)

@@ -55,6 +55,33 @@ def test_checker_filters_the_source_answers(mini_zoo):
     assert {r["prompt"] for r in some} <= first_two
 
 
+def test_sampled_retries_start_from_the_greedy_answer(monkeypatch):
+    import importlib
+
+    from skillstore.training.distill import GenerationConfig
+
+    distill_mod = importlib.import_module("skillstore.training.distill")  # the module, not the function
+    calls = []
+
+    def fake(model, tok, pending, *, do_sample, seed, **kw):  # greedy says G, samples say S<seed>
+        calls.append((list(pending), do_sample))
+        return [f"S{seed}" if do_sample else "G" for _ in pending]
+
+    monkeypatch.setattr(distill_mod, "generate_answers", fake)
+    prompts = ["p0", "p1", "p2"]
+    wanted = {"p0": "G", "p1": "S2"}  # p0 right at once, p1 on the second sampled retry, p2 never
+    cfg = GenerationConfig(do_sample=True, samples=3, temperature=0.7)
+    rows, stats = source_rows(None, None, prompts, checker=lambda p, a: wanted.get(p) == a, config=cfg)
+    assert [sample for _, sample in calls] == [False, True, True]
+    assert [pending for pending, _ in calls] == [prompts, ["p1", "p2"], ["p1", "p2"]]
+    assert rows == [{"prompt": "p0", "answer": "G"}, {"prompt": "p1", "answer": "S2"}]
+    assert stats["n_generated"] == 7 and stats["acceptance"] == 2 / 3
+    calls.clear()
+    source_rows(None, None, prompts, checker=lambda p, a: False,
+                config=cfg.model_copy(update={"greedy_first": False}))
+    assert [sample for _, sample in calls] == [True, True, True]
+
+
 def _last_letter_rows(strings: list[str]) -> list[dict]:
     return [{"prompt": f"last: {s} =", "answer": s[-1]} for s in strings]
 
