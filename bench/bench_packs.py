@@ -28,7 +28,6 @@ from skillstore.packs.export import load_base
 BIG = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
        "num_key_value_heads": 12, "intermediate_size": 2048, "vocab_size": 16000}
 TINY_SKILL = "knowledge"
-SKILL_SFT = {"lr": 2e-3, "batch_size": 128, "max_steps": 2000, "eval_every": 100}
 
 
 def _baseline(name: str, codec: str, **params) -> CompressionPolicy:
@@ -161,6 +160,8 @@ def tiny_skills(out: Path) -> dict:
     from skillstore.training.sft import SFTConfig
     from skillstore.zoo.build import build_zoo
 
+    from .bench_learning import BENCH_SFT
+
     zoo = build_zoo()
     cur = zoo.load_curriculum()
     base_model, tok = load_causal_lm(zoo.target)
@@ -168,7 +169,7 @@ def tiny_skills(out: Path) -> dict:
     packs.mkdir(exist_ok=True)
     rows = []
     for skill, files in cur.skills.items():
-        tuned_dir = _tiny_tuned(zoo, cur, skill, out, SFTConfig(**SKILL_SFT), kind="skill")
+        tuned_dir = _tiny_tuned(zoo, cur, skill, out, SFTConfig(**BENCH_SFT), kind="skill")
         test = load_rows(files.test)[:200]
         tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
         acc_tuned = exact_match(tuned_model, tok, test).accuracy
