@@ -1,4 +1,4 @@
-"""`skillstore pack compress|inspect|apply|export`: SkillPacks from the command line."""
+"""`skillstore pack compress|tune|inspect|apply|export`: SkillPacks from the command line."""
 
 from __future__ import annotations
 
@@ -48,6 +48,41 @@ def compress(
                f"dense fp16 delta, relative error {summary.rel_error:.4f}, {summary.seconds:.1f}s)")
     for role, codecs in sorted(summary.codecs_by_role.items()):
         typer.echo(f"  {role}: {', '.join(codecs)}")
+
+
+def tune(
+    pack: Path = typer.Argument(..., help="Pack file to tune (it is not changed)."),
+    train: Path = typer.Option(..., "--train", help="The skill's training rows (JSONL with prompt and answer)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Tuned pack file to write (.safetensors)."),
+    base: Path | None = typer.Option(None, "--base", help="Base folder; default: the one recorded in the pack."),
+    steps: int = typer.Option(200, "--steps", min=1, help="Optimiser steps."),
+    lr: float = typer.Option(1e-2, "--lr", min=0.0, help="Adam step on each value's relative change."),
+) -> None:
+    """Tune a pack's float payload (group scales, gains, norms) on the skill's training loss;
+    the codes stay fixed, so the tuned pack has the same size."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..curriculum.validate import load_rows
+    from ..models import load_causal_lm
+    from ..packs import read_pack
+    from ..packs.tune import TuneConfig, tune_pack
+
+    rows = load_rows(train)
+    base = base or Path(read_pack(pack).manifest.get("created_from", {}).get("base", ""))
+    if not str(base) or not base.is_dir():
+        raise ConfigError(f"The base folder of {str(pack)!r} is unknown or gone ({str(base)!r}); "
+                          "pass --base.")
+    model, tok = load_causal_lm(base)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("tuning", total=steps)
+
+        def report(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, description=f"tuning, loss {loss:.4f}")
+
+        result = tune_pack(pack, model, tok, rows, out, TuneConfig(steps=steps, lr=lr), report)
+    typer.echo(f"wrote {result.path} ({result.bytes:,} bytes; training loss {result.loss_before:.4f} -> "
+               f"{result.loss_after:.4f} in {result.steps} steps, {result.seconds:.1f}s)")
 
 
 def inspect(
@@ -128,5 +163,5 @@ def export(
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the shared `pack` group."""
-    for fn in (compress, inspect, apply, export):
+    for fn in (compress, tune, inspect, apply, export):
         PACK.app.command(fn.__name__)(fn)

@@ -182,8 +182,8 @@ class MixedPrecisionLowRank:
         blocks = [tuple(x) for x in info["blocks"]]
         if not blocks:
             return LowRankPart(name, torch.zeros(shape[0], 0), torch.zeros(0, shape[1]))
-        if self._batchable(shape, blocks):
-            return self._decode_batch([name], shape, blocks, [t])[0]
+        if self._batchable(shape, blocks) and not any(v.requires_grad for v in t.values()):
+            return self._decode_batch([name], shape, blocks, [t])[0]  # in place: no autograd
         # Rows not a whole number of groups, or blocks not whole bytes: block by block.
         k = sum(c for c, _ in blocks)
         grid_all, gains = t["grid"].float(), t["gain"].float()

@@ -35,9 +35,9 @@ MANIFEST_KEY = "skillstore.manifest"
 SEP = "::"  # payload key = "<base tensor name>::<codec's local key>"
 REQUIRED = ("format", "format_version", "producer", "producer_version", "base_fingerprint",
             "tensors", "payload_digest")
-KNOWN = (*REQUIRED, "policy", "created_from")
+KNOWN = (*REQUIRED, "policy", "created_from", "tuned")
 # Version 2: these manifest keys travel compressed under PACKED_KEY, beside the payload layout.
-PACKED = ("tensors", "policy", "created_from")
+PACKED = ("tensors", "policy", "created_from", "tuned")
 PACKED_KEY = "packed"  # base64(zlib(JSON {"tensors", "policy", "created_from", "layout"}))
 FLAT_PREFIX = "payload."  # one flat tensor per dtype: payload.uint8, payload.float16, ...
 TENSOR_REQUIRED = ("codec", "params", "shape", "dtype", "role", "info")

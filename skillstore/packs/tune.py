@@ -1,0 +1,161 @@
+"""Task-aware tuning of a pack's float payload: the bits stay, the grids move.
+
+A compressed pack keeps integer codes (the quantised singular vectors, sparse indices) and a
+few floating-point tensors beside them: group scales and offsets, gains, dense norms. Those
+floats were chosen to minimise weight error; :func:`tune_pack` moves them instead to minimise
+the skill's own training loss on the base model with the pack applied, with every code fixed.
+The tuned pack has the same tensors, dtypes and bytes; it is a new pack (new digest) whose
+manifest records how it was tuned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import TrainingError
+from .codecs import get_codec
+from .format import SEP, read_pack, write_pack
+from .graft import check_base
+
+Progress = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+class TuneConfig(BaseModel):
+    """How the float payload is tuned; updates are relative to each value's own magnitude."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(default=200, gt=0)
+    lr: float = Field(default=1e-2, gt=0, description="Adam step on the relative change of each value.")
+    batch_size: int = Field(default=64, gt=0)
+    max_length: int = Field(default=128, gt=1)
+    seed: int = 0
+
+
+@dataclass
+class TuneResult:
+    path: Path
+    bytes: int
+    loss_before: float
+    loss_after: float
+    steps: int
+    seconds: float
+
+
+def _is_float(t: torch.Tensor) -> bool:
+    return t.is_floating_point()
+
+
+def _rows_digest(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["prompt"], r["answer"]]).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], out_path: str | Path,
+              config: TuneConfig | None = None, progress: Progress | None = None) -> TuneResult:
+    """Tune the float payload of ``pack_path`` on ``train_rows`` and write it to ``out_path``.
+
+    ``model`` is the pack's base (checked by fingerprint) and is left unchanged. Training
+    minimises the SFT loss (answer tokens only) of the base plus the decoded pack, through
+    ``torch.func.functional_call``; integer payloads (codes, indices) never change.
+    """
+    from torch.func import functional_call
+
+    from ..training.data import batches, collate, encode_rows, pad_id_of
+    from ..training.sft import check_finite
+
+    cfg = config or TuneConfig()
+    pack = read_pack(pack_path)
+    targets = check_base(model, pack)
+    if not train_rows:
+        raise TrainingError(f"Tuning {str(pack_path)!r} got no training rows; pass the skill's train split.")
+    examples = encode_rows(tokenizer, train_rows, cfg.max_length, "pack tuning data")
+    device = next(model.parameters()).device
+    base = {n: t.detach() for n, t in targets.items()}
+
+    # one relative-change parameter per float payload entry: value = stored * (1 + delta),
+    # with the stored magnitude floored so exact zeros can move too
+    stored = {k: t.float() for k, t in pack.tensors.items() if _is_float(t)}
+    floors = {k: t.abs().clamp_min(float(t.abs().mean()) * 0.1 + 1e-12) for k, t in stored.items()}
+    deltas = {k: torch.zeros_like(t, requires_grad=True) for k, t in stored.items()}
+    codecs = {n: get_codec(e["codec"], e["params"]) for n, e in pack.manifest["tensors"].items()}
+
+    def payload(name: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in pack.manifest["tensors"][name]["payload"]:
+            full = f"{name}{SEP}{key}"
+            out[key] = stored[full] + deltas[full] * floors[full] if full in stored else pack.tensors[full]
+        return out
+
+    def weights() -> dict[str, torch.Tensor]:
+        w = {}
+        for name, entry in pack.manifest["tensors"].items():
+            part = codecs[name].decode(name, tuple(entry["shape"]), entry["info"], payload(name))
+            w[name] = base[name] + part.to_dense().reshape(base[name].shape).to(base[name].dtype)
+        return w
+
+    pad = pad_id_of(tokenizer)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.Adam(list(deltas.values()), lr=cfg.lr)
+    was_training = model.training
+    model.eval()  # no dropout: the loss is the packed model's, as it will be served
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            w = weights()
+            total = count = 0.0
+            for chunk in batches(examples[:512], cfg.batch_size, None):
+                batch = collate(chunk, pad, device)
+                total += float(functional_call(model, w, args=(), kwargs=batch).loss) * len(chunk)
+                count += len(chunk)
+            return total / max(count, 1)
+
+    t0 = time.perf_counter()
+    before = mean_loss()
+    step = 0
+    try:
+        while step < cfg.steps:
+            for chunk in batches(examples, cfg.batch_size, gen):
+                batch = collate(chunk, pad, device)
+                loss = functional_call(model, weights(), args=(), kwargs=batch).loss
+                check_finite(loss, step, "Pack tuning")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if progress:
+                    progress(step, cfg.steps, float(loss.detach()))
+                if step >= cfg.steps:
+                    break
+    finally:
+        model.train(was_training)
+    after = mean_loss()
+    if not math.isfinite(after):
+        raise TrainingError(f"Tuning {str(pack_path)!r} ended with loss {after}; nothing was written.")
+
+    tensors = dict(pack.tensors)
+    with torch.no_grad():
+        for k, t in stored.items():
+            tensors[k] = (t + deltas[k] * floors[k]).to(pack.tensors[k].dtype).contiguous()
+    entries = {n: {k: v for k, v in e.items() if k != "rel_error"}  # the weight error moved
+               for n, e in pack.manifest["tensors"].items()}
+    manifest = {k: v for k, v in pack.manifest.items()
+                if k not in ("format", "format_version", "producer", "producer_version", "payload_digest")}
+    manifest["tensors"] = entries
+    manifest["tuned"] = {"from": pack.digest, "steps": step, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                         "rows": len(examples), "rows_digest": _rows_digest(train_rows),
+                         "loss_before": before, "loss_after": after}
+    size = write_pack(out_path, manifest, tensors)
+    return TuneResult(Path(out_path), size, before, after, step, time.perf_counter() - t0)

@@ -1,0 +1,79 @@
+"""Pack tuning: the codes stay, the float payload moves, and the skill's loss goes down."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skillstore.curriculum.validate import load_rows
+from skillstore.errors import FingerprintMismatchError, TrainingError
+from skillstore.models import load_causal_lm
+from skillstore.packs import compress_checkpoint, read_pack
+from skillstore.packs.tune import TuneConfig, tune_pack
+from skillstore.training.sft import SFTConfig, train_sft
+
+
+@pytest.fixture(scope="module")
+def case_pack(mini_zoo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    rows = load_rows(mini_zoo.load_curriculum().skills["case"].train)
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    train_sft(model, tok, rows, None, SFTConfig(lr=1e-2, max_steps=60, batch_size=16, eval_every=30))
+    model.save_pretrained(root / "tuned")
+    tok.save_pretrained(root / "tuned")
+    summary = compress_checkpoint(mini_zoo.target, root / "tuned", "compact", root / "case.safetensors")
+    return summary.path, rows
+
+
+def test_tuning_moves_only_the_floats_and_lowers_the_loss(mini_zoo, case_pack, tmp_path):
+    path, rows = case_pack
+    model, tok = load_causal_lm(mini_zoo.target)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    result = tune_pack(path, model, tok, rows, tmp_path / "tuned.safetensors", TuneConfig(steps=30, lr=3e-2))
+    assert result.loss_after < result.loss_before
+    old, new = read_pack(path), read_pack(result.path)  # verified digest and manifest
+    assert new.manifest["tuned"]["from"] == old.digest and new.manifest["tuned"]["steps"] == 30
+    assert old.tensors.keys() == new.tensors.keys()
+    moved = 0
+    for key, t in old.tensors.items():
+        assert new.tensors[key].dtype == t.dtype and new.tensors[key].shape == t.shape
+        if t.is_floating_point():
+            moved += not torch.equal(new.tensors[key], t)
+        else:  # codes and indices are the pack's bits: never touched
+            assert torch.equal(new.tensors[key], t), key
+    assert moved > 0
+    assert abs(result.bytes - path.stat().st_size) < 512  # same payload; the manifest grows a little
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # base untouched
+
+
+def test_tuning_refuses_a_foreign_base_and_empty_rows(mini_zoo, case_pack, tmp_path):
+    path, rows = case_pack
+    source, source_tok = load_causal_lm(mini_zoo.sources["gpt2"])
+    with pytest.raises(FingerprintMismatchError, match="was made for base"):
+        tune_pack(path, source, source_tok, rows, tmp_path / "x.safetensors")
+    model, tok = load_causal_lm(mini_zoo.target)
+    with pytest.raises(TrainingError, match="no training rows"):
+        tune_pack(path, model, tok, [], tmp_path / "y.safetensors")
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
+def test_pack_tune_command(mini_zoo, case_pack, tmp_path):
+    from typer.testing import CliRunner
+
+    from skillstore.cli import app
+
+    path, _ = case_pack
+    train = mini_zoo.load_curriculum().skills["case"].train
+    out = tmp_path / "cli-tuned.safetensors"
+    res = CliRunner().invoke(app, ["pack", "tune", str(path), "--train", str(train), "--base",
+                                   str(mini_zoo.target), "--steps", "5", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "training loss" in res.output and read_pack(out).manifest["tuned"]["steps"] == 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    res = CliRunner().invoke(app, ["pack", "tune", str(path), "--train", str(bad), "--base",
+                                   str(mini_zoo.target), "-o", str(tmp_path / "no.safetensors")])
+    from skillstore.errors import DatasetError
+
+    assert isinstance(res.exception, DatasetError) and "missing field 'answer'" in str(res.exception)
+    assert not (tmp_path / "no.safetensors").exists()
