@@ -156,6 +156,7 @@ def tiny_skills(out: Path) -> dict:
     a normalised accuracy meaningless)."""
     from skillstore.curriculum.validate import load_rows
     from skillstore.models import load_causal_lm
+    from skillstore.packs import TuneConfig, tune_pack
     from skillstore.training.generate import exact_match
     from skillstore.training.sft import SFTConfig
     from skillstore.zoo.build import build_zoo
@@ -175,15 +176,23 @@ def tiny_skills(out: Path) -> dict:
         acc_tuned = exact_match(tuned_model, tok, test).accuracy
         s = compress_checkpoint(zoo.target, tuned_dir, load_policy("compact"),
                                 packs / f"compact-{skill}.safetensors")
-        apply_pack(base_model, s.path)
-        try:
-            acc = exact_match(base_model, tok, test).accuracy
-        finally:
-            unapply_pack(base_model, s.path)
+        # then the same pack with its float payload tuned on the skill's training rows
+        healed = tune_pack(s.path, base_model, tok, load_rows(files.train),
+                           packs / f"compact-tuned-{skill}.safetensors", TuneConfig())
+        accs = []
+        for path in (s.path, healed.path):
+            apply_pack(base_model, path)
+            try:
+                accs.append(exact_match(base_model, tok, test).accuracy)
+            finally:
+                unapply_pack(base_model, path)
         rows.append({"skill": skill, "n_test": len(test), "base_accuracy": exact_match(base_model, tok, test).accuracy,
-                     "tuned_accuracy": acc_tuned, "compact_accuracy": acc, "bytes": s.bytes,
+                     "tuned_accuracy": acc_tuned, "compact_accuracy": accs[0], "bytes": s.bytes,
                      "ratio": s.ratio, "rel_error": s.rel_error,
-                     "normalised_accuracy": acc / max(acc_tuned, 1e-9)})
+                     "normalised_accuracy": accs[0] / max(acc_tuned, 1e-9),
+                     "healed_accuracy": accs[1], "healed_bytes": healed.bytes,
+                     "healed_ratio": healed.bytes / s.dense_fp16_bytes, "heal_seconds": healed.seconds,
+                     "healed_normalised_accuracy": accs[1] / max(acc_tuned, 1e-9)})
     return {"pair": "zoo target + SFT on each skill, compact preset", "skills": rows}
 
 
@@ -319,12 +328,15 @@ def markdown(results: dict) -> str:
         if "skills" in res:
             lines.append(f"\n**{key}**: {res['pair']}\n")
             lines += ["| skill | test prompts | base | fine-tuned | compact | norm. accuracy "
-                      "| file % of dense fp16 | rel. error |", "|---|---|---|---|---|---|---|---|"]
+                      "| file % of dense fp16 | rel. error | compact + tune_pack | norm. accuracy "
+                      "| file % | tune s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in res["skills"]:
                 lines.append(f"| {r['skill']} | {r['n_test']} | {r['base_accuracy']:.3f} | "
                              f"{r['tuned_accuracy']:.3f} | {r['compact_accuracy']:.3f} | "
                              f"{r['normalised_accuracy']:.3f} | {100 * r['ratio']:.2f} | "
-                             f"{r['rel_error']:.4f} |")
+                             f"{r['rel_error']:.4f} | {r['healed_accuracy']:.3f} | "
+                             f"{r['healed_normalised_accuracy']:.3f} | {100 * r['healed_ratio']:.2f} | "
+                             f"{r['heal_seconds']:.0f} |")
             continue
         tiny = "tuned_accuracy" in res
         lines.append(f"\n**{key}**: {res['pair']}" + (
