@@ -51,6 +51,8 @@ class JobIn(Body):
     budget: float | None = Field(default=None, gt=0, le=100,
                                  description="Percent of the dense fp16 delta to fit the pack in.")
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    tune_steps: int = Field(default=0, ge=0, le=100_000,
+                            description="Steps of tune_pack on the skill's training rows after compressing; 0: off.")
 
 
 class OverrideIn(Body):

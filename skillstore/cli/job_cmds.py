@@ -23,6 +23,10 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
           budget: float | None = typer.Option(None, min=0.01, max=100,
                                               help="Fit the pack in this percent of the dense "
                                                    "fp16 delta (budget mode, e.g. 25)."),
+          tune_steps: int = typer.Option(0, "--tune-steps", min=0,
+                                         help="After compressing, tune the pack's grids on the "
+                                              "skill's training rows for this many steps (same "
+                                              "bytes; docs/skillpack.md). 0: off."),
           general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
           max_steps: int | None = typer.Option(None, min=1, help="Training steps (default: trainer's)."),
           lr: float | None = typer.Option(None, min=0, help="Peak learning rate (default: trainer's)."),
@@ -45,7 +49,7 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
         job_id = queue_learning_job(session, settings, skill, base, source=source, method=method,
                                     policy=policy, start_from=start_from,
                                     budget=None if budget is None else budget / 100,
-                                    train=train,
+                                    train=train, tune_steps=tune_steps,
                                     options=options)
     if as_json:
         print_json({"job_id": job_id})

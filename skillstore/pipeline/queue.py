@@ -44,7 +44,7 @@ def _check_source(source) -> None:
 def queue_learning_job(session: Session, settings: Settings, skill: str, base: str, *,
                        source: str | None = None, method: str = "sft", policy: str = "balanced",
                        start_from: str = "base", budget: float | None = None,
-                       train: dict | None = None,
+                       train: dict | None = None, tune_steps: int = 0,
                        options: dict | None = None, send: bool = True) -> int:
     """Validate a learning job, store it as queued, send its chain and return the job id.
 
@@ -54,6 +54,8 @@ def queue_learning_job(session: Session, settings: Settings, skill: str, base: s
     """
     if method not in METHODS:
         raise unknown_name("learning method", method, METHODS)
+    if not isinstance(tune_steps, int) or tune_steps < 0:
+        raise ConfigError(f"tune_steps must be a whole number of steps, 0 or more; got {tune_steps!r}.")
     if start_from not in START_FROM:
         raise unknown_name("start point", start_from, START_FROM)
     skill_row, base_row = get_skill(session, skill), get_base(session, base)
@@ -74,7 +76,7 @@ def queue_learning_job(session: Session, settings: Settings, skill: str, base: s
             raise ConfigError(f"Training options {train} are invalid: "
                               f"{str(exc).splitlines()[1:3]}") from None
     params = {"skill": skill_row.name, "base": base_row.name, "method": method, "policy": policy,
-              "budget": budget,
+              "budget": budget, "tune_steps": tune_steps,
               "start_from": start_from, "source": source_row.name if source_row else None,
               "source_id": source_row.id if source_row else None, "train": dict(train or {}),
               "options": dict(options or {}), "out": {}}

@@ -202,6 +202,25 @@ def tuned_checkpoint(store, settings: Settings, job_id: int, tuned: dict) -> Pat
     return publish_dir(tmp, local)
 
 
+def _tune(base: BaseCheckpoint, store, job: Job, pack_file: Path, tmp: Path, steps: int,
+          progress: Progress | None) -> tuple[Path, dict]:
+    """Tune the fresh pack's float payload on the job's training rows (``tune_steps``)."""
+    from ..models import load_causal_lm
+    from ..packs.tune import TuneConfig, tune_pack
+
+    prep = output(job, "prepare")
+    # DPO's rows are preference pairs: its chosen answers are what the pack should produce
+    rows = read_rows(store, prep["train"], prep["kind"])
+    if prep["kind"] == "dpo":
+        rows = [{"prompt": r["prompt"], "answer": r["chosen"]} for r in rows]
+    model, tok = load_causal_lm(base.uri)
+    report = (lambda i, n, _loss: progress("compress", 0.5 + 0.4 * i / max(1, n))) if progress else None
+    result = tune_pack(pack_file, model, tok, rows, tmp / "tuned.safetensors", TuneConfig(steps=steps),
+                       report)
+    return result.path, {"steps": result.steps, "loss_before": result.loss_before,
+                         "loss_after": result.loss_after, "seconds": result.seconds}
+
+
 def compress(session: Session, job_id: int, settings: Settings,
              progress: Progress | None = None) -> dict:
     """Compress tuned - base with the job's policy, store the pack as a blob, and create the
@@ -215,13 +234,20 @@ def compress(session: Session, job_id: int, settings: Settings,
     tuned = output(job, "train")
     base = session.get(BaseCheckpoint, job.base_id)
     tmp = scratch(settings, job.id)
-    report = (lambda i, n, _name: progress("compress", 0.9 * i / max(1, n))) if progress else None
+    tune_steps = job.params.get("tune_steps") or 0
+    share = 0.5 if tune_steps else 0.9
+    report = (lambda i, n, _name: progress("compress", share * i / max(1, n))) if progress else None
+    tune_info = None
     try:
         policy = load_policy(job.params["policy"], budget=job.params.get("budget"))
         summary = compress_checkpoint(base.uri, tuned_checkpoint(store, settings, job.id, tuned), policy,
                                       tmp / "pack.safetensors", base_fingerprint=base.fingerprint,
                                       progress=report)
-        digest = store.put_file(summary.path)  # whole or absent: named by its digest
+        pack_file, size = summary.path, summary.bytes
+        if tune_steps:
+            pack_file, tune_info = _tune(base, store, job, summary.path, tmp, tune_steps, progress)
+            size = pack_file.stat().st_size
+        digest = store.put_file(pack_file)  # whole or absent: named by its digest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # Take the write lock on the job row first, then look again: two attempts racing past
@@ -234,15 +260,18 @@ def compress(session: Session, job_id: int, settings: Settings,
     skill = session.get(Skill, job.skill_id)
     source = session.get(BaseCheckpoint, job.params["source_id"]) if job.params.get("source_id") else None
     parents = [(base, EdgeKind.trained_on)] + ([(source, EdgeKind.distilled_from)] if source else [])
-    ratio = summary.dense_fp16_bytes / max(1, summary.bytes)
-    pack = create_pack(session, skill=skill, base=base, blob_digest=digest, size_bytes=summary.bytes,
+    ratio = summary.dense_fp16_bytes / max(1, size)
+    metrics = {"rel_error": summary.rel_error, "dense_fp16_bytes": summary.dense_fp16_bytes,
+               "train": tuned.get("metrics", {}), "job_id": job.id}
+    if tune_info:
+        metrics["tune"] = tune_info
+    pack = create_pack(session, skill=skill, base=base, blob_digest=digest, size_bytes=size,
                        format_version=FORMAT_VERSION, method=job.params["method"], parents=parents,
                        source=source, compression_ratio=ratio, codecs=summary.codecs_by_role,
-                       metrics={"rel_error": summary.rel_error, "dense_fp16_bytes": summary.dense_fp16_bytes,
-                                "train": tuned.get("metrics", {}), "job_id": job.id},
-                       actor=f"job:{job.id}")
+                       metrics=metrics, actor=f"job:{job.id}")
     job.pack_id = pack.id
-    out = {"pack_id": pack.id, "blob": digest, "bytes": summary.bytes,
-           "dense_fp16_bytes": summary.dense_fp16_bytes, "ratio": ratio, "rel_error": summary.rel_error}
+    out = {"pack_id": pack.id, "blob": digest, "bytes": size,
+           "dense_fp16_bytes": summary.dense_fp16_bytes, "ratio": ratio, "rel_error": summary.rel_error,
+           **({"tune": tune_info} if tune_info else {})}
     record_output(job, "compress", out)
     return out

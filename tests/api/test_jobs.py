@@ -26,7 +26,7 @@ def queued(api, skills, fake_base):
     for skill in skills:
         r = api.client.post("/jobs", headers=AUTH,
                             json={"skill": skill, "base": fake_base, "policy": "compact",
-                                  "budget": 25, "max_steps": 3})
+                                  "budget": 25, "max_steps": 3, "tune_steps": 7})
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     return ids
@@ -38,6 +38,7 @@ def test_queue_stores_the_job_and_sends_it(api, queued, fake_base):
     assert job["celery_task_id"]  # sent to the broker: a worker started later picks it up
     assert job["params"]["skill"] == "sums" and job["params"]["base"] == fake_base
     assert job["params"]["budget"] == 0.25 and job["params"]["train"] == {"max_steps": 3}
+    assert job["params"]["tune_steps"] == 7
 
 
 def test_job_list_pages_and_filters(api, queued, fake_base):

@@ -151,3 +151,27 @@ def test_bad_trainer_option_is_one_line_and_queues_nothing(sqlite_env, option, w
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
     with sqlite_env.catalog.session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
+
+
+def test_tune_steps_tune_the_jobs_pack_before_it_is_stored(sqlite_env):
+    from skillstore.blobstore import open_blob_store
+    from skillstore.packs import read_pack
+    from skillstore.pipeline import steps
+
+    env = sqlite_env
+    with env.catalog.session() as s:
+        job_id = queue_learning_job(s, env.settings, "reverse", "tiny-llama", train=FAST_TRAIN,
+                                    policy="compact", tune_steps=4, send=False)
+    with env.catalog.session() as s:
+        for step in (steps.prepare, steps.train):
+            step(s, job_id, env.settings)
+            s.commit()
+        out = steps.compress(s, job_id, env.settings)
+        s.commit()
+        pack = s.get(SkillPack, out["pack_id"])
+        assert pack.metrics["tune"]["steps"] == 4 and pack.size_bytes == out["bytes"]
+        path = env.settings.home / "tuned-pack.safetensors"
+        path.write_bytes(b"".join(open_blob_store(env.settings).iter_chunks(out["blob"])))
+    assert read_pack(path).manifest["tuned"]["steps"] == 4  # the stored blob is the tuned pack
+    with env.catalog.session() as s, pytest.raises(ConfigError, match="tune_steps"):
+        queue_learning_job(s, env.settings, "reverse", "tiny-llama", tune_steps=-1, send=False)

@@ -29,7 +29,8 @@ def queue_job(body: JobIn, ctx: Ctx) -> dict:
         job_id = queue_learning_job(
             session, ctx.settings, body.skill, body.base, source=body.source, method=body.method,
             policy=body.policy, start_from=body.start_from,
-            budget=None if body.budget is None else body.budget / 100, train=train)
+            budget=None if body.budget is None else body.budget / 100, train=train,
+            tune_steps=body.tune_steps)
         return job_dict(get_job(session, job_id))
 
 
