@@ -27,6 +27,7 @@ from .format import SEP, read_pack, write_pack
 from .graft import check_base
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
+FLOOR = 0.1  # a value moves in steps of at least this fraction of its tensor's mean magnitude
 
 
 class TuneConfig(BaseModel):
@@ -87,7 +88,7 @@ def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], o
     # one relative-change parameter per float payload entry: value = stored * (1 + delta),
     # with the stored magnitude floored so exact zeros can move too
     stored = {k: t.float() for k, t in pack.tensors.items() if _is_float(t)}
-    floors = {k: t.abs().clamp_min(float(t.abs().mean()) * 0.1 + 1e-12) for k, t in stored.items()}
+    floors = {k: t.abs().clamp_min(float(t.abs().mean()) * FLOOR + 1e-12) for k, t in stored.items()}
     deltas = {k: torch.zeros_like(t, requires_grad=True) for k, t in stored.items()}
     codecs = {n: get_codec(e["codec"], e["params"]) for n, e in pack.manifest["tensors"].items()}
 
