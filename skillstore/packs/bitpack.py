@@ -46,6 +46,17 @@ def unpack_bits(packed: torch.Tensor, width: int, count: int,
         shifts = torch.arange(0, 8, width, dtype=torch.uint8)
         vals = (flat.unsqueeze(1) >> shifts) & ((1 << width) - 1)
         return vals.reshape(-1)[:count].to(dtype)
+    if width < 8:  # 3, 5, 6, 7 bits: eight values fill exactly ``width`` bytes
+        pad = (-flat.numel()) % width
+        if pad:
+            flat = torch.cat([flat, flat.new_zeros(pad)])
+        groups = flat.reshape(-1, width).to(torch.int64)
+        word = groups[:, 0].clone()
+        for i in range(1, width):  # up to 56 bits: an int64 holds the eight values
+            word |= groups[:, i] << (8 * i)
+        shifts = torch.arange(0, 8 * width, width, dtype=torch.int64)
+        vals = (word.unsqueeze(1) >> shifts) & ((1 << width) - 1)
+        return vals.reshape(-1)[:count].to(dtype)
     bits = ((flat.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)
     bits = bits[: count * width].reshape(count, width)
     out = torch.zeros(count, dtype=torch.int64)
