@@ -38,7 +38,7 @@ REQUIRED = ("format", "format_version", "producer", "producer_version", "base_fi
 KNOWN = (*REQUIRED, "policy", "created_from", "tuned")
 # Version 2: these manifest keys travel compressed under PACKED_KEY, beside the payload layout.
 PACKED = ("tensors", "policy", "created_from", "tuned")
-PACKED_KEY = "packed"  # base64(zlib(JSON {"tensors", "policy", "created_from", "layout"}))
+PACKED_KEY = "packed"  # base64(zlib(JSON of the PACKED keys present, plus "layout"))
 FLAT_PREFIX = "payload."  # one flat tensor per dtype: payload.uint8, payload.float16, ...
 TENSOR_REQUIRED = ("codec", "params", "shape", "dtype", "role", "info")
 READ_WHOLE_BYTES = 64 << 20  # packs up to this size are read into memory in one call
@@ -56,24 +56,31 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _fold(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """The version-2 metadata and flat tensors for a full manifest and its payload tensors."""
+def _packed_meta(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, int]]:
+    """The version-2 metadata for a full manifest and its payload, and the element count of
+    each dtype's flat tensor (payload keys in sorted order, each dtype's run back to back)."""
     layout: dict[str, list] = {}
-    chunks: dict[str, list[torch.Tensor]] = {}
     sizes: dict[str, int] = {}
     for key in sorted(tensors):
         t = tensors[key]
         dt = _dtype_name(t.dtype)
         layout[key] = [dt, sizes.get(dt, 0), list(t.shape)]
-        chunks.setdefault(dt, []).append(t.reshape(-1))
         sizes[dt] = sizes.get(dt, 0) + t.numel()
     packed = {k: manifest[k] for k in PACKED if k in manifest}
     packed["layout"] = layout
     blob = zlib.compress(json.dumps(packed, sort_keys=True, separators=(",", ":")).encode(), 9)
     plain = {k: v for k, v in manifest.items() if k not in PACKED}
     plain[PACKED_KEY] = base64.b64encode(blob).decode()
-    flat = {FLAT_PREFIX + dt: torch.cat(parts).contiguous() for dt, parts in chunks.items()}
-    return {MANIFEST_KEY: json.dumps(plain, sort_keys=True, separators=(",", ":"))}, flat
+    return {MANIFEST_KEY: json.dumps(plain, sort_keys=True, separators=(",", ":"))}, sizes
+
+
+def _fold(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The version-2 metadata and flat tensors (one per dtype) for a manifest and its payload."""
+    meta, _ = _packed_meta(manifest, tensors)
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for key in sorted(tensors):
+        chunks.setdefault(_dtype_name(tensors[key].dtype), []).append(tensors[key].reshape(-1))
+    return meta, {FLAT_PREFIX + dt: torch.cat(parts).contiguous() for dt, parts in chunks.items()}
 
 
 def _unfold(plain: dict[str, Any], flat: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -115,9 +122,9 @@ def write_pack(path: str | Path, manifest: dict[str, Any], tensors: dict[str, to
 def header_nbytes(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
     """How many bytes the file holds besides the payload: the safetensors header with the
     (partly compressed) manifest, the fields write_pack adds and the digest."""
-    meta, flat = _fold(_full_manifest(manifest, "sha256:" + "0" * 64), tensors)
-    header = {k: {"dtype": "F16", "shape": [t.numel()], "data_offsets": [t.numel(), t.numel()]}
-              for k, t in flat.items()}
+    meta, sizes = _packed_meta(_full_manifest(manifest, "sha256:" + "0" * 64), tensors)
+    header = {FLAT_PREFIX + dt: {"dtype": "F16", "shape": [n], "data_offsets": [4 * n, 4 * n]}
+              for dt, n in sizes.items()}  # offsets in bytes: at most 4 per element here
     header["__metadata__"] = meta
     return 8 + len(json.dumps(header, separators=(",", ":"))) + 8
 
