@@ -16,6 +16,7 @@ from skillstore.packs import (
     CompressionPolicy,
     apply_pack,
     compress_checkpoint,
+    grafted,
     load_policy,
     read_pack,
     release_buffers,
@@ -121,11 +122,8 @@ def tiny_pair(out: Path) -> dict:
     acc_base = exact_match(base_model, tok, test).accuracy
 
     def evaluate(path: Path) -> float:
-        apply_pack(base_model, path)
-        try:
+        with grafted(base_model, path):
             return exact_match(base_model, tok, test).accuracy
-        finally:
-            unapply_pack(base_model, path)
 
     packs = out / "tiny-packs"
     packs.mkdir(exist_ok=True)
@@ -181,11 +179,8 @@ def tiny_skills(out: Path) -> dict:
                            packs / f"compact-tuned-{skill}.safetensors", TuneConfig())
         accs = []
         for path in (s.path, healed.path):
-            apply_pack(base_model, path)
-            try:
+            with grafted(base_model, path):
                 accs.append(exact_match(base_model, tok, test).accuracy)
-            finally:
-                unapply_pack(base_model, path)
         rows.append({"skill": skill, "n_test": len(test), "base_accuracy": exact_match(base_model, tok, test).accuracy,
                      "tuned_accuracy": acc_tuned, "compact_accuracy": accs[0], "bytes": s.bytes,
                      "ratio": s.ratio, "rel_error": s.rel_error,

@@ -22,6 +22,15 @@ def _parse_pack_arg(arg: str) -> tuple[Path, float]:
         raise ConfigError(f"Scale {scale!r} in {arg!r} is not a number; write PACK@0.5.") from None
 
 
+def _base_of(pf, base: Path | None) -> Path:
+    """``--base``, or the base folder the pack records; a clear error when neither exists."""
+    base = base or Path(pf.manifest.get("created_from", {}).get("base", ""))
+    if not str(base) or not base.is_dir():
+        raise ConfigError(f"The base folder of {str(pf.path)!r} is unknown or gone ({str(base)!r}); "
+                          "pass --base.")
+    return base
+
+
 def compress(
     base: Path = typer.Option(..., "--base", help="Base model folder (safetensors)."),
     tuned: Path = typer.Option(..., "--tuned", help="Fine-tuned model folder."),
@@ -68,11 +77,8 @@ def tune(
     from ..packs.tune import TuneConfig, tune_pack
 
     rows = load_rows(train)
-    base = base or Path(read_pack(pack).manifest.get("created_from", {}).get("base", ""))
-    if not str(base) or not base.is_dir():
-        raise ConfigError(f"The base folder of {str(pack)!r} is unknown or gone ({str(base)!r}); "
-                          "pass --base.")
-    model, tok = load_causal_lm(base)
+    pf = read_pack(pack)
+    model, tok = load_causal_lm(_base_of(pf, base))
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("tuning", total=steps)
@@ -80,7 +86,7 @@ def tune(
         def report(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, description=f"tuning, loss {loss:.4f}")
 
-        result = tune_pack(pack, model, tok, rows, out, TuneConfig(steps=steps, lr=lr), report)
+        result = tune_pack(pf, model, tok, rows, out, TuneConfig(steps=steps, lr=lr), report)
     typer.echo(f"wrote {result.path} ({result.bytes:,} bytes; training loss {result.loss_before:.4f} -> "
                f"{result.loss_after:.4f} in {result.steps} steps, {result.seconds:.1f}s)")
 
@@ -150,10 +156,7 @@ def export(
     if fmt not in FORMATS:
         raise unknown_name("export format", fmt, list(FORMATS))
     pf = read_pack(pack)
-    base = base or Path(pf.manifest.get("created_from", {}).get("base", ""))
-    if not str(base) or not base.is_dir():
-        raise ConfigError(f"The base folder of {str(pack)!r} is unknown or gone ({str(base)!r}); "
-                          "pass --base.")
+    base = _base_of(pf, base)
     if fmt == "merged":
         export_merged(base, [(pf, scale)], out)
     else:

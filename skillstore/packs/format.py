@@ -101,10 +101,10 @@ def _unfold(plain: dict[str, Any], flat: dict[str, torch.Tensor]) -> tuple[dict[
 
 
 def _full_manifest(manifest: dict[str, Any], digest: str) -> dict[str, Any]:
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
-            "producer_version": __version__, **manifest}
-    full["payload_digest"] = digest
-    return full
+    """``manifest`` with this writer's format, producer and ``digest`` stamped over whatever it
+    had (a manifest read from another pack carries that pack's)."""
+    return {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
+            "producer_version": __version__, "payload_digest": digest}
 
 
 def write_pack(path: str | Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:

@@ -23,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TrainingError
 from .codecs import get_codec
-from .format import SEP, read_pack, write_pack
-from .graft import check_base
+from .format import SEP, PackFile, write_pack
+from .graft import _as_pack, check_base
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
 FLOOR = 0.1  # a value moves in steps of at least this fraction of its tensor's mean magnitude
+LOSS_ROWS = 512  # the loss reported before and after tuning is the mean over this many rows
 
 
 class TuneConfig(BaseModel):
@@ -52,10 +53,6 @@ class TuneResult:
     seconds: float
 
 
-def _is_float(t: torch.Tensor) -> bool:
-    return t.is_floating_point()
-
-
 def _rows_digest(rows: list[dict]) -> str:
     h = hashlib.sha256()
     for r in rows:
@@ -63,7 +60,7 @@ def _rows_digest(rows: list[dict]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], out_path: str | Path,
+def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: list[dict], out_path: str | Path,
               config: TuneConfig | None = None, progress: Progress | None = None) -> TuneResult:
     """Tune the float payload of ``pack_path`` on ``train_rows`` and write it to ``out_path``.
 
@@ -77,17 +74,17 @@ def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], o
     from ..training.sft import check_finite
 
     cfg = config or TuneConfig()
-    pack = read_pack(pack_path)
+    pack = _as_pack(pack_path)
     targets = check_base(model, pack)
     if not train_rows:
-        raise TrainingError(f"Tuning {str(pack_path)!r} got no training rows; pass the skill's train split.")
+        raise TrainingError(f"Tuning {str(pack.path)!r} got no training rows; pass the skill's train split.")
     examples = encode_rows(tokenizer, train_rows, cfg.max_length, "pack tuning data")
     device = next(model.parameters()).device
     base = {n: t.detach() for n, t in targets.items()}
 
     # one relative-change parameter per float payload entry: value = stored * (1 + delta),
     # with the stored magnitude floored so exact zeros can move too
-    stored = {k: t.float() for k, t in pack.tensors.items() if _is_float(t)}
+    stored = {k: t.float() for k, t in pack.tensors.items() if t.is_floating_point()}
     floors = {k: t.abs().clamp_min(float(t.abs().mean()) * FLOOR + 1e-12) for k, t in stored.items()}
     deltas = {k: torch.zeros_like(t, requires_grad=True) for k, t in stored.items()}
     codecs = {n: get_codec(e["codec"], e["params"]) for n, e in pack.manifest["tensors"].items()}
@@ -117,7 +114,7 @@ def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], o
         with torch.no_grad():
             w = weights()
             total = count = 0.0
-            for chunk in batches(examples[:512], cfg.batch_size, None):
+            for chunk in batches(examples[:LOSS_ROWS], cfg.batch_size, None):
                 batch = collate(chunk, pad, device)
                 total += float(functional_call(model, w, args=(), kwargs=batch).loss) * len(chunk)
                 count += len(chunk)
@@ -144,7 +141,7 @@ def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], o
         model.train(was_training)
     after = mean_loss()
     if not math.isfinite(after):
-        raise TrainingError(f"Tuning {str(pack_path)!r} ended with loss {after}; nothing was written.")
+        raise TrainingError(f"Tuning {str(pack.path)!r} ended with loss {after}; nothing was written.")
 
     tensors = dict(pack.tensors)
     with torch.no_grad():
@@ -152,9 +149,7 @@ def tune_pack(pack_path: str | Path, model, tokenizer, train_rows: list[dict], o
             tensors[k] = (t + deltas[k] * floors[k]).to(pack.tensors[k].dtype).contiguous()
     entries = {n: {k: v for k, v in e.items() if k != "rel_error"}  # the weight error moved
                for n, e in pack.manifest["tensors"].items()}
-    manifest = {k: v for k, v in pack.manifest.items()
-                if k not in ("format", "format_version", "producer", "producer_version", "payload_digest")}
-    manifest["tensors"] = entries
+    manifest = {**pack.manifest, "tensors": entries}  # write_pack stamps format and digest
     manifest["tuned"] = {"from": pack.digest, "steps": step, "lr": cfg.lr, "batch_size": cfg.batch_size,
                          "rows": len(examples), "rows_digest": _rows_digest(train_rows),
                          "loss_before": before, "loss_after": after}
