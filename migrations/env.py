@@ -2,6 +2,8 @@
 
 The database is, in order: a connection or URL handed over by skillstore
 (`config.attributes`), `-x url=...` on the alembic command line, else the skillstore settings.
+It runs from this folder in a checkout and from skillstore/_migrations in an installed wheel,
+so it imports only the installed `skillstore` package and reads no path of its own.
 """
 
 from __future__ import annotations

@@ -15,12 +15,20 @@ from ..errors import WorkspaceError
 from .db import make_engine, normalize_url, redact
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+# An installed wheel carries the top-level migrations/ as skillstore/_migrations (setup.py maps
+# it); a checkout (editable install) has only the top-level folder, beside alembic.ini.
+PACKAGED_MIGRATIONS = Path(__file__).resolve().parents[1] / "_migrations"
+MIGRATIONS_DIR = (PACKAGED_MIGRATIONS if (PACKAGED_MIGRATIONS / "env.py").is_file()
+                  else REPO_ROOT / "migrations")
 
 
 def alembic_config(url: str | None = None) -> Config:
     """The alembic Config of the catalog, pointed at `url` when given."""
-    ini = REPO_ROOT / "alembic.ini"
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise WorkspaceError(f"This skillstore install has no schema migrations at "
+                             f"{MIGRATIONS_DIR}; reinstall it from a wheel or a full checkout.")
+    # The ini only exists in a checkout; its options matter to `alembic revision`, not upgrades.
+    ini = MIGRATIONS_DIR.parent / "alembic.ini"
     cfg = Config(str(ini)) if ini.is_file() else Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url:
