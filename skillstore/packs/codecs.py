@@ -9,24 +9,14 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry
 from . import quant
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
+from .codec_protocol import Codec, Encoded
 from .parts import DensePart, LowRankPart, Part, SparsePart
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """A codec's output for one tensor: payload tensors (local keys) and JSON-able facts."""
-
-    tensors: dict[str, torch.Tensor]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 def _index_width(count: int) -> int:
@@ -375,18 +365,17 @@ def _sparse_part(name, shape, info, t) -> SparsePart:
     return SparsePart(name, idx, t["values"].float(), tuple(shape))
 
 
-CODECS = {c.name: c for c in (Dense(), LowRank(), MixedPrecisionLowRank(), BitDelta(), DARE(),
-                               MagnitudePrune())}
+CODECS: Registry[Codec] = Registry("codec", [Dense(), LowRank(), MixedPrecisionLowRank(), BitDelta(),
+                                              DARE(), MagnitudePrune()])
 
 
-def get_codec(name: str, params: dict[str, Any] | None = None):
+def get_codec(name: str, params: dict[str, Any] | None = None) -> Codec:
     """The registered codec ``name`` with ``params`` replacing its defaults."""
-    if name not in CODECS:
-        raise unknown_name("codec", name, list(CODECS))
+    codec = CODECS[name]
     try:
-        return dataclasses.replace(CODECS[name], **(params or {}))
+        return dataclasses.replace(codec, **(params or {}))
     except TypeError as exc:
-        valid = [f.name for f in dataclasses.fields(CODECS[name]) if f.init]
+        valid = [f.name for f in dataclasses.fields(codec) if f.init]
         raise ConfigError(f"Codec {name!r} got bad parameters {sorted(params or {})}: {exc}. "
                           f"Valid parameters: {', '.join(valid) or 'none'}.") from None
 

@@ -6,9 +6,23 @@ import base64
 import html
 import io
 import json
+from typing import Protocol, runtime_checkable
 
-from ..errors import unknown_name
+from ..registry import Registry
 from .data import ReportData
+
+
+@runtime_checkable
+class ReportFormat(Protocol):
+    """One way to write a ReportData out: a complete document of ``media_type`` as text."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def media_type(self) -> str: ...
+
+    def render(self, data: ReportData) -> str: ...
 
 
 def _f(v: float | None, digits: int = 3) -> str:
@@ -80,7 +94,10 @@ def _decision_lines(data: ReportData) -> list[str]:
 
 
 class Markdown:
+    """A Markdown document: headings and pipe tables."""
+
     name = "md"
+    media_type = "text/markdown; charset=utf-8"
 
     def render(self, data: ReportData) -> str:
         lines = [f"# {data.title}", "",
@@ -93,7 +110,10 @@ class Markdown:
 
 
 class Html:
+    """One self-contained HTML page, the heatmap embedded as a data URI."""
+
     name = "html"
+    media_type = "text/html; charset=utf-8"
 
     def render(self, data: ReportData) -> str:
         e = html.escape
@@ -118,18 +138,17 @@ class Html:
 
 
 class Json:
+    """The report's facts as one JSON object (``ReportData.as_json``)."""
+
     name = "json"
+    media_type = "application/json"
 
     def render(self, data: ReportData) -> str:
         return json.dumps(data.as_json(), indent=2, sort_keys=True) + "\n"
 
 
-REPORT_FORMATS = {f.name: f for f in (Markdown(), Html(), Json())}
+REPORT_FORMATS: Registry[ReportFormat] = Registry("report format", [Markdown(), Html(), Json()])
 
 
 def render_report(data: ReportData, fmt: str = "md") -> str:
-    try:
-        renderer = REPORT_FORMATS[fmt]
-    except KeyError:
-        raise unknown_name("report format", fmt, list(REPORT_FORMATS)) from None
-    return renderer.render(data)
+    return REPORT_FORMATS[fmt].render(data)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..errors import RoutingError, unknown_name
+from ..registry import Registry
 from .bank import DeltaBank
 from .learned import NONE_CLASS, RouterClassifier, pooled_features
 
@@ -32,6 +34,21 @@ class RouteInputs:
             finally:
                 bank.enabled = enabled
         return self._features
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Decides, per input, how much of each pack of a DeltaBank to add.
+
+    ``select`` returns a float (batch, n_packs) tensor for ``inputs.input_ids``: row b, column i
+    is the weight of ``bank.packs[i]`` for sample b, between 0 and that pack's scale (0: off).
+    It is called once per sequence, on the first forward pass, and must not change the bank.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def select(self, inputs: RouteInputs) -> torch.Tensor: ...
 
 
 class SumAll:
@@ -84,14 +101,11 @@ class Learned:
         return w
 
 
-ROUTERS = {r.name: r for r in (SumAll(), Tagged(), Learned())}
+ROUTERS: Registry[Router] = Registry("router", [SumAll(), Tagged(), Learned()])
 
 
-def get_router(name: str):
-    try:
-        return ROUTERS[name]
-    except KeyError:
-        raise unknown_name("router", name, list(ROUTERS)) from None
+def get_router(name: str) -> Router:
+    return ROUTERS[name]
 
 
 def _continuing(kwargs: dict) -> bool:

@@ -5,13 +5,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..errors import ConfigError, FingerprintMismatchError, unknown_name
+from ..errors import ConfigError, FingerprintMismatchError
 from ..packs.codecs import codec_params, get_codec
 from ..packs.format import SEP, PackFile, write_pack
 from ..packs.roles import module_role
+from ..registry import Registry
+
+
+@runtime_checkable
+class FusionMethod(Protocol):
+    """A way to combine packs into one state.
+
+    A method that ``merges`` turns the packs' deltas for one tensor (same shape, each with its
+    scale) into one delta of that shape; ``merge`` must not depend on the order of the packs,
+    must give zero when every scale is zero, and must keep the signs of identical deltas.
+    A method that does not merge keeps the packs apart behind the learned router, and its
+    ``merge`` raises ConfigError.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def merges(self) -> bool: ...
+
+    def merge(self, deltas: Sequence[torch.Tensor], scales: Sequence[float]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -70,17 +92,16 @@ class Ties:
         return self.lam * total / count
 
 
-FUSION_METHODS = {m.name: m for m in (LearnedRouting(), TaskArithmetic(), Ties())}
+FUSION_METHODS: Registry[FusionMethod] = Registry("fusion method", [LearnedRouting(), TaskArithmetic(),
+                                                                     Ties()])
 
 
-def get_fusion(name: str):
-    try:
-        return FUSION_METHODS[name]
-    except KeyError:
-        raise unknown_name("fusion method", name, list(FUSION_METHODS)) from None
+def get_fusion(name: str) -> FusionMethod:
+    return FUSION_METHODS[name]
 
 
-def merged_deltas(packs: Sequence[PackFile], scales: Sequence[float], method) -> dict[str, torch.Tensor]:
+def merged_deltas(packs: Sequence[PackFile], scales: Sequence[float],
+                  method: FusionMethod) -> dict[str, torch.Tensor]:
     """The merged dense delta per tensor over the union of the packs' tensors, one name at a time."""
     if not method.merges:
         raise ConfigError(f"Fusion method {method.name!r} does not merge; build a routed state instead.")
