@@ -90,7 +90,8 @@ class Settings(BaseSettings):
         for digest in value:
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError("api_token_hashes holds sha256 hex digests (64 lowercase hex "
-                                 "digits), not tokens; hash a token with `skillstore api-token hash`.")
+                                 "digits), not tokens; hash a token with "
+                                 "`skillstore api-token hash`.")
         return value
 
     @model_validator(mode="after")
@@ -106,10 +107,6 @@ class Settings(BaseSettings):
         if not self.result_backend:
             object.__setattr__(self, "result_backend", f"db+sqlite:///{home / 'results.db'}")
         return self
-
-    @property
-    def is_embedded_database(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 def get_settings(**overrides: object) -> Settings:

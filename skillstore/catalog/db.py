@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from ..errors import ConfigError, DatabaseUnavailableError, WorkspaceError
 
@@ -93,10 +93,6 @@ def check_reachable(engine: sa.Engine, label: str | None = None) -> None:
             f"Cannot reach the catalog database {label or redact(str(engine.url))!r} ({reason}); "
             "start the server or fix SKILLSTORE_DATABASE_URL."
         ) from None
-
-
-def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager

@@ -1,7 +1,12 @@
-"""True bit-packing of small unsigned integers into uint8 tensors (a 2-bit value takes 2 bits)."""
+"""True bit-packing of small unsigned integers into uint8 tensors (a 2-bit value takes 2 bits).
+
+Bit ``j`` of value ``k`` is bit ``(k * width + j) % 8`` (least significant first) of byte
+``(k * width + j) // 8``: NumPy's ``packbits(..., bitorder="little")`` of the values' bits.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MAX_WIDTH = 32
@@ -22,13 +27,12 @@ def pack_bits(values: torch.Tensor, width: int) -> torch.Tensor:
                          f"{int(flat.max())}; a NaN cast to an integer is a large negative)")
     if width == 8:
         return flat.to(torch.uint8)
-    shifts = torch.arange(width, dtype=torch.int64)
-    bits = ((flat.unsqueeze(1) >> shifts) & 1).to(torch.uint8).reshape(-1)
-    pad = (-bits.numel()) % 8
-    if pad:
-        bits = torch.cat([bits, bits.new_zeros(pad)])
-    weights = (1 << torch.arange(8, dtype=torch.int32)).to(torch.int32)
-    return (bits.reshape(-1, 8).to(torch.int32) * weights).sum(1).to(torch.uint8)
+    nbytes = 1 if width < 8 else 2 if width <= 16 else 4
+    raw = flat.numpy().astype(f"<u{nbytes}")
+    if width > 1:  # each value's bits, least significant first; keep the low ``width``
+        bits = np.unpackbits(raw.view(np.uint8), bitorder="little")
+        raw = bits.reshape(-1, 8 * nbytes)[:, :width]
+    return torch.from_numpy(np.packbits(raw, bitorder="little"))
 
 
 def unpack_bits(packed: torch.Tensor, width: int, count: int,
@@ -38,11 +42,15 @@ def unpack_bits(packed: torch.Tensor, width: int, count: int,
     if not 1 <= width <= MAX_WIDTH:
         raise ValueError(f"bit width {width} is outside 1..{MAX_WIDTH}")
     if packed.numel() != packed_nbytes(count, width):
-        raise ValueError(f"{packed.numel()} packed bytes cannot hold {count} values of {width} bits")
+        raise ValueError(
+            f"{packed.numel()} packed bytes cannot hold {count} values of {width} bits")
     flat = packed.reshape(-1)
     if width == 8:
         return flat.to(dtype)
-    if 8 % width == 0:  # 1, 2, 4 bits: values never straddle a byte
+    if width == 1:
+        bits = np.unpackbits(flat.numpy(), count=count, bitorder="little")
+        return torch.from_numpy(bits).to(dtype)
+    if 8 % width == 0:  # 2, 4 bits: values never straddle a byte
         shifts = torch.arange(0, 8, width, dtype=torch.uint8)
         vals = (flat.unsqueeze(1) >> shifts) & ((1 << width) - 1)
         return vals.reshape(-1)[:count].to(dtype)
@@ -57,9 +65,10 @@ def unpack_bits(packed: torch.Tensor, width: int, count: int,
         shifts = torch.arange(0, 8 * width, width, dtype=torch.int64)
         vals = (word.unsqueeze(1) >> shifts) & ((1 << width) - 1)
         return vals.reshape(-1)[:count].to(dtype)
-    bits = ((flat.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)
-    bits = bits[: count * width].reshape(count, width)
-    out = torch.zeros(count, dtype=torch.int64)
-    for j in range(width):
-        out |= bits[:, j].to(torch.int64) << j
-    return out.to(dtype)
+    # Wider than a byte: regroup each value's bits into whole little-endian bytes.
+    nbytes = 2 if width <= 16 else 4
+    bits = np.zeros((count, 8 * nbytes), dtype=np.uint8)
+    bits[:, :width] = np.unpackbits(flat.numpy(), count=count * width,
+                                    bitorder="little").reshape(count, width)
+    words = np.packbits(bits, bitorder="little").view(f"<u{nbytes}")
+    return torch.from_numpy(words.astype(np.int64)).to(dtype)

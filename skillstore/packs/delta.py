@@ -59,9 +59,9 @@ def check_compatible(base_dir: str | Path, tuned_dir: str | Path) -> dict[str, T
             raise ModelMismatchError(f"Tensor {name!r} is in tuned {str(tuned_dir)!r} but not in "
                                      f"base {str(base_dir)!r}; the checkpoints do not match.")
         if base[name].shape != tuned[name].shape:
-            raise ModelMismatchError(f"Tensor {name!r} has shape {list(base[name].shape)} in the base "
-                                     f"but {list(tuned[name].shape)} in the tuned checkpoint; "
-                                     "the checkpoints do not match.")
+            raise ModelMismatchError(f"Tensor {name!r} has shape {list(base[name].shape)} "
+                                     f"in the base but {list(tuned[name].shape)} in the tuned "
+                                     "checkpoint; the checkpoints do not match.")
     return base
 
 
@@ -81,14 +81,3 @@ def iter_deltas(base_dir: str | Path, tuned_dir: str | Path
             delta -= b.float()
         yield name, delta, str(b.dtype).removeprefix("torch.")
         del b, delta
-
-
-def total_elements(base_dir: str | Path) -> int:
-    """Number of weight entries in a checkpoint (the dense fp16 delta is twice this in bytes)."""
-    total = 0
-    for info in checkpoint_index(base_dir).values():
-        n = 1
-        for d in info.shape:
-            n *= d
-        total += n
-    return total

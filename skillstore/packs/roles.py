@@ -17,8 +17,10 @@ ROLES = (EMBEDDING, ATTENTION, MLP, SMALL, UNKNOWN)
 # whatever their name. Covers Llama, Mistral, Qwen2, Gemma and GPT-2 naming.
 DEFAULT_ROLE_TABLE: tuple[tuple[str, str], ...] = (
     (r"(^|\.)(embed_tokens|wte|wpe|lm_head|embed_out|word_embeddings)\.weight$", EMBEDDING),
-    (r"\.(self_attn|attn|attention)\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|c_attn|c_proj|dense)\.weight$", ATTENTION),
-    (r"\.(mlp|feed_forward)\.(gate_proj|up_proj|down_proj|gate_up_proj|c_fc|c_proj|fc1|fc2|w1|w2|w3)\.weight$", MLP),
+    (r"\.(self_attn|attn|attention)"
+     r"\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|c_attn|c_proj|dense)\.weight$", ATTENTION),
+    (r"\.(mlp|feed_forward)"
+     r"\.(gate_proj|up_proj|down_proj|gate_up_proj|c_fc|c_proj|fc1|fc2|w1|w2|w3)\.weight$", MLP),
 )
 
 
@@ -34,11 +36,6 @@ def module_role(name: str, shape: Iterable[int],
                   "Add a (pattern, role) entry to the policy's role_table to compress it.",
                   stacklevel=2)
     return UNKNOWN
-
-
-def is_fused_qkv(name: str) -> bool:
-    """GPT-2 keeps q, k and v in one Conv1D ``c_attn`` whose weight is (in, 3 * out)."""
-    return name.endswith("attn.c_attn.weight")
 
 
 def module_name(tensor_name: str) -> str:
