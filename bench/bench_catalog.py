@@ -24,8 +24,9 @@ SKILLS = 20
 STATUSES = ("candidate", "promoted", "rejected", "retired")
 REPEATS = 30
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/skillstore_bench_{}"
-TARGETS = {"ancestors, depth 1,000, chain only": 20.0, "ancestors, depth 1,000": 20.0, "descendants, depth 1,000": None,
-           "page of 50 / 100k, skill+status": 50.0, "same page + total count": None}
+TARGETS = {"ancestors, depth 1,000, chain only": 20.0, "ancestors, depth 1,000": 20.0,
+           "descendants, depth 1,000": None, "page of 50 / 100k, skill+status": 50.0,
+           "same page + total count": None}
 
 
 def _digest(i: int) -> str:
@@ -52,8 +53,9 @@ def _populate_chain(engine: sa.Engine) -> None:
         conn.execute(sa.insert(Skill), [dict(id=i, name=f"s{i}", suite=f"s{i}", description="",
                                              created_at=now) for i in range(1, SKILLS + 2)])
         # A chain of CHAIN packs in skill 1: pack i is recompressed from pack i-1.
-        conn.execute(sa.insert(SkillPack), [dict(pack, id=i, skill_id=1, version=i, status="promoted",
-                                                 blob_digest=_digest(i)) for i in range(1, CHAIN + 1)])
+        conn.execute(sa.insert(SkillPack), [dict(pack, id=i, skill_id=1, version=i,
+                                                 status="promoted", blob_digest=_digest(i))
+                                            for i in range(1, CHAIN + 1)])
         edges = [dict(child_id=1, parent_pack_id=None, parent_base_id=1, kind="trained_on",
                       created_at=now)]
         edges += [dict(child_id=i, parent_pack_id=i - 1, parent_base_id=None,

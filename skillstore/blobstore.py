@@ -228,7 +228,8 @@ class BlobStore:
             return Path(self.path(digest))
         cache_dir = cache_dir or self.cache_dir
         if cache_dir is None:
-            raise ConfigError(f"Blob store {self.url!r} is remote; pass a cache_dir for local copies.")
+            raise ConfigError(
+                f"Blob store {self.url!r} is remote; pass a cache_dir for local copies.")
         target = Path(cache_dir) / check_digest(digest)
         if target.is_file():
             h = hashlib.sha256()

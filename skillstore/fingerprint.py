@@ -21,7 +21,8 @@ def safetensors_files(model_dir: str | Path) -> list[Path]:
     """The safetensors shards of a Hugging Face checkpoint directory, in a stable order."""
     root = Path(model_dir)
     if not root.is_dir():
-        raise NotFoundError(f"Model directory {str(root)!r} does not exist; pass a Hugging Face checkpoint folder.")
+        raise NotFoundError(f"Model directory {str(root)!r} does not exist; "
+                            "pass a Hugging Face checkpoint folder.")
     files = sorted(root.glob("*.safetensors"))
     if not files:
         raise NotFoundError(
@@ -92,8 +93,8 @@ def fingerprint_tokenizer(model_dir: str | Path) -> str:
             h.update(path.read_bytes())
     if not found:
         raise NotFoundError(
-            f"Model directory {str(root)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
-            "save the tokenizer beside the weights."
+            f"Model directory {str(root)!r} has no tokenizer files "
+            f"({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer beside the weights."
         )
     return FINGERPRINT_PREFIX + h.hexdigest()
 

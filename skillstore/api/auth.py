@@ -1,4 +1,4 @@
-"""Bearer tokens: stored as sha256 digests, compared in constant time, checked before the body is read."""
+"""Bearer tokens: stored as sha256 digests, compared in constant time, checked before the body."""
 
 from __future__ import annotations
 

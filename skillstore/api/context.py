@@ -58,9 +58,11 @@ class ApiContext:
         return path
 
     def server_path(self, text: str, what: str) -> Path:
-        """A server-side path from a request, refused outside `api_path_roots` when those are set."""
+        """A server-side path from a request, refused outside `api_path_roots` when those are
+        set."""
         if any(ord(c) < 32 or c == "\x7f" for c in text):
-            raise ConfigError(f"The {what} {text!r} contains control characters; send a plain path.")
+            raise ConfigError(
+                f"The {what} {text!r} contains control characters; send a plain path.")
         path = Path(text).expanduser()
         roots = self.settings.api_path_roots
         if roots:

@@ -129,7 +129,8 @@ def describe_nodes(session: Session, graph: LineageGraph) -> LineageGraph:
                        SkillPack.method)
              .join(Skill, Skill.id == SkillPack.skill_id).where(SkillPack.id.in_(chunk)))
         for pid, skill, version, status, method in session.execute(q):
-            graph.nodes[node_key(pid)] = {"type": "pack", "pack_id": pid, "name": f"{skill}@v{version}",
+            graph.nodes[node_key(pid)] = {"type": "pack", "pack_id": pid,
+                                          "name": f"{skill}@v{version}",
                                           "status": status.value, "method": method}
     if base_ids:
         q = sa.select(BaseCheckpoint.id, BaseCheckpoint.name).where(BaseCheckpoint.id.in_(base_ids))

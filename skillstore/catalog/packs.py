@@ -41,13 +41,15 @@ def get_pack(session: Session, ref: str | int) -> SkillPack:
     """A pack by id (`12`) or by skill and version (`arith@v2`), with skill and bases loaded."""
     text = str(ref)
     if text.isdigit():
-        pack = session.scalar(_loaded().where(SkillPack.id == int(text))) if fits_row_id(text) else None
+        pack = (session.scalar(_loaded().where(SkillPack.id == int(text)))
+                if fits_row_id(text) else None)
         if pack is None:
             raise NotFoundError(f"No pack with id {text}; list them with `skillstore pack list`.")
         return pack
     m = PACK_REF_RE.match(text)
     if not m:
-        raise ConfigError(f"{text!r} is not a pack reference; use an id (12) or SKILL@vN (arith@v2).")
+        raise ConfigError(
+            f"{text!r} is not a pack reference; use an id (12) or SKILL@vN (arith@v2).")
     skill = get_skill(session, m["skill"])
     pack = session.scalar(_loaded().where(SkillPack.skill_id == skill.id,
                                           SkillPack.version == int(m["version"])))
@@ -100,7 +102,8 @@ class PackPage:
     offset: int
 
 
-def list_packs(session: Session, *, skill: Skill | None = None, status: PackStatus | str | None = None,
+def list_packs(session: Session, *, skill: Skill | None = None,
+               status: PackStatus | str | None = None,
                base: BaseCheckpoint | None = None, limit: int = 50, offset: int = 0,
                count: bool = True, created_after: datetime | None = None,
                created_before: datetime | None = None) -> PackPage:

@@ -92,6 +92,6 @@ class JobStatus(str, enum.Enum):
 
 
 def enum_column(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
-    """A portable enum: VARCHAR plus a named CHECK constraint, identical on SQLite and PostgreSQL."""
+    """A portable enum: VARCHAR and a named CHECK constraint, the same on SQLite and PostgreSQL."""
     return sa.Enum(enum_cls, name=name, native_enum=False, create_constraint=True,
                    length=24, validate_strings=True, values_callable=lambda e: [m.value for m in e])

@@ -1,4 +1,4 @@
-"""Model states (base + ordered packs with scales + router), the current state per base, eval results."""
+"""Model states (base + ordered packs, scales, router), the current state per base, eval results."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .schema import created_window, fits_row_id
 
 
 def state_fingerprint(base_fingerprint: str, packs: Sequence[tuple[str, float]], router: str,
-                      router_config: dict | None = None, router_blob_digest: str | None = None) -> str:
+                      router_config: dict | None = None,
+                      router_blob_digest: str | None = None) -> str:
     """sha256 of the canonical JSON of everything that decides a state's outputs.
 
     `packs` is the ordered list of (pack blob digest, scale).
@@ -35,7 +36,8 @@ def get_state(session: Session, ref: int | str) -> ModelState:
     """A state by id or by fingerprint, with its members loaded."""
     text = str(ref)
     if text.isdigit():
-        state = session.scalar(_loaded().where(ModelState.id == int(text))) if fits_row_id(text) else None
+        state = (session.scalar(_loaded().where(ModelState.id == int(text)))
+                 if fits_row_id(text) else None)
     else:
         state = session.scalar(_loaded().where(ModelState.fingerprint == text))
     if state is None:
@@ -76,7 +78,8 @@ def get_or_create_state(session: Session, *, base: BaseCheckpoint,
     return state
 
 
-def list_states(session: Session, *, base_id: int | None = None, created_after: datetime | None = None,
+def list_states(session: Session, *, base_id: int | None = None,
+                created_after: datetime | None = None,
                 created_before: datetime | None = None, limit: int | None = None,
                 offset: int = 0) -> tuple[list[ModelState], int]:
     """(one page of states newest first, with members loaded; how many match the filters)."""
@@ -108,7 +111,8 @@ def advance_head(session: Session, base_id: int, state_id: int, *,
     """
     if expected_version is None:
         if current_head(session, base_id) is not None:
-            raise PromotionConflictError(f"Base {base_id} already has a current state; reread and retry.")
+            raise PromotionConflictError(
+                f"Base {base_id} already has a current state; reread and retry.")
         head = BaseHead(base_id=base_id, state_id=state_id, version=1)
         session.add(head)
         session.flush()
@@ -123,8 +127,8 @@ def advance_head(session: Session, base_id: int, state_id: int, *,
                           .execution_options(populate_existing=True))
 
 
-def record_eval_result(session: Session, *, state_id: int, suite: str, suite_version: str, task: str,
-                       metric: str, value: float, stderr: float | None, n: int,
+def record_eval_result(session: Session, *, state_id: int, suite: str, suite_version: str,
+                       task: str, metric: str, value: float, stderr: float | None, n: int,
                        lm_eval_version: str, skill_id: int | None = None) -> EvalResult:
     row = EvalResult(state_id=state_id, skill_id=skill_id, suite=suite, suite_version=suite_version,
                      task=task, metric=metric, value=float(value),

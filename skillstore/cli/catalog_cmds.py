@@ -60,7 +60,8 @@ def gc(yes: bool = typer.Option(False, "--yes", help="Delete; without it this is
 
 @BASE.app.command("add")
 def base_add(name: str = typer.Argument(..., help="A short name, e.g. tiny-llama."),
-             path: str = typer.Argument(..., help="Checkpoint folder, or a hub id (needs network)."),
+             path: str = typer.Argument(...,
+                                        help="Checkpoint folder, or a hub id (needs network)."),
              as_json: bool = JSON_OPTION) -> None:
     """Register a checkpoint as a target or source base model (hashes its weights)."""
     from dataclasses import asdict

@@ -26,17 +26,19 @@ def _base_of(pf, base: Path | None) -> Path:
     """``--base``, or the base folder the pack records; a clear error when neither exists."""
     base = base or Path(pf.manifest.get("created_from", {}).get("base", ""))
     if not str(base) or not base.is_dir():
-        raise ConfigError(f"The base folder of {str(pf.path)!r} is unknown or gone ({str(base)!r}); "
-                          "pass --base.")
+        raise ConfigError(f"The base folder of {str(pf.path)!r} is unknown or gone "
+                          f"({str(base)!r}); pass --base.")
     return base
 
 
 def compress(
     base: Path = typer.Option(..., "--base", help="Base model folder (safetensors)."),
     tuned: Path = typer.Option(..., "--tuned", help="Fine-tuned model folder."),
-    policy: str = typer.Option("balanced", "--policy", help="Preset (lossless, balanced, compact) or a JSON policy file."),
+    policy: str = typer.Option("balanced", "--policy",
+                               help="Preset (lossless, balanced, compact) or a JSON policy file."),
     budget: float | None = typer.Option(None, "--budget", min=0.01, max=100,
-                                         help="Fit in this percent of the dense fp16 delta (e.g. 5)."),
+                                         help="Fit in this percent of the dense fp16 delta "
+                                              "(e.g. 5)."),
     out: Path = typer.Option(..., "-o", "--out", help="Pack file to write (.safetensors)."),
 ) -> None:
     """Compress the delta of a fine-tuned checkpoint against its base into one pack file."""
@@ -45,8 +47,9 @@ def compress(
     from ..packs import compress_checkpoint, load_policy
 
     chosen = load_policy(policy, budget=None if budget is None else budget / 100)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=True) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  transient=True) as bar:
         task = bar.add_task("compressing", total=None)
 
         def report(done: int, total: int, name: str) -> None:
@@ -61,11 +64,14 @@ def compress(
 
 def tune(
     pack: Path = typer.Argument(..., help="Pack file to tune (it is not changed)."),
-    train: Path = typer.Option(..., "--train", help="The skill's training rows (JSONL with prompt and answer)."),
+    train: Path = typer.Option(..., "--train",
+                               help="The skill's training rows (JSONL with prompt and answer)."),
     out: Path = typer.Option(..., "-o", "--out", help="Tuned pack file to write (.safetensors)."),
-    base: Path | None = typer.Option(None, "--base", help="Base folder; default: the one recorded in the pack."),
+    base: Path | None = typer.Option(None, "--base",
+                                     help="Base folder; default: the one recorded in the pack."),
     steps: int = typer.Option(200, "--steps", min=1, help="Optimiser steps."),
-    lr: float = typer.Option(1e-2, "--lr", min=0.0, help="Adam step on each value's relative change."),
+    lr: float = typer.Option(1e-2, "--lr", min=0.0,
+                             help="Adam step on each value's relative change."),
 ) -> None:
     """Tune a pack's float payload (group scales, gains, norms) on the skill's training loss;
     the codes stay fixed, so the tuned pack has the same size."""
@@ -79,16 +85,18 @@ def tune(
     rows = load_rows(train)
     pf = read_pack(pack)
     model, tok = load_causal_lm(_base_of(pf, base))
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=True) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  transient=True) as bar:
         task = bar.add_task("tuning", total=steps)
 
         def report(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, description=f"tuning, loss {loss:.4f}")
 
         result = tune_pack(pf, model, tok, rows, out, TuneConfig(steps=steps, lr=lr), report)
-    typer.echo(f"wrote {result.path} ({result.bytes:,} bytes; training loss {result.loss_before:.4f} -> "
-               f"{result.loss_after:.4f} in {result.steps} steps, {result.seconds:.1f}s)")
+    typer.echo(f"wrote {result.path} ({result.bytes:,} bytes; training loss "
+               f"{result.loss_before:.4f} -> {result.loss_after:.4f} in {result.steps} steps, "
+               f"{result.seconds:.1f}s)")
 
 
 def inspect(
@@ -110,7 +118,8 @@ def inspect(
     if not console.is_terminal:  # piped: do not cut tensor names to 80 columns
         console = Console(width=200)
     console.print(f"[bold]{pack}[/bold]  format {m['format_version']}, made by skillstore "
-                  f"{m['producer_version']}\nbase {m['base_fingerprint']}\ndigest {m['payload_digest']}")
+                  f"{m['producer_version']}\nbase {m['base_fingerprint']}\n"
+                  f"digest {m['payload_digest']}")
     table = Table("tensor", "role", "codec", "params", "bytes", "rel. error")
     total = dense = 0
     for name in pf.names:
@@ -146,7 +155,8 @@ def export(
     pack: Path = typer.Argument(..., help="Pack file."),
     fmt: str = typer.Option(..., "--format", help="merged or peft."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    base: Path | None = typer.Option(None, "--base", help="Base folder; default: the one recorded in the pack."),
+    base: Path | None = typer.Option(None, "--base",
+                                     help="Base folder; default: the one recorded in the pack."),
     scale: float = typer.Option(1.0, "--scale", help="Scale of the delta (merged only)."),
 ) -> None:
     """Export a pack as a merged model folder or a PEFT LoRA adapter."""

@@ -38,7 +38,8 @@ def export_merged(base_dir: str | Path,
     """Write base + sum of scale * pack delta as a folder AutoModelForCausalLM loads."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     # A damaged pack is refused before the base is even loaded.
-    packs = [(p if isinstance(p, PackFile) else read_pack(p), float(s)) for p, s in packs_with_scales]
+    packs = [(p if isinstance(p, PackFile) else read_pack(p), float(s))
+             for p, s in packs_with_scales]
     model = load_base(base_dir)
     for pack, _ in packs:
         check_base(model, pack)  # all checks before any weight changes

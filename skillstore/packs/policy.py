@@ -93,7 +93,8 @@ PRESETS: dict[str, CompressionPolicy] = {p.name: p for p in (
 )}
 
 
-def load_policy(spec: str | Path | CompressionPolicy, *, budget: float | None = None) -> CompressionPolicy:
+def load_policy(spec: str | Path | CompressionPolicy, *,
+                budget: float | None = None) -> CompressionPolicy:
     """A preset name, a JSON file or a policy object; ``budget`` switches on the budget mode."""
     if isinstance(spec, CompressionPolicy):
         policy = spec
@@ -104,7 +105,8 @@ def load_policy(spec: str | Path | CompressionPolicy, *, budget: float | None = 
             policy = CompressionPolicy.model_validate(json.loads(Path(spec).read_text()))
         except (ValidationError, json.JSONDecodeError) as exc:
             first = str(exc).splitlines()
-            raise ConfigError(f"Policy file {str(spec)!r} is invalid: {' '.join(first[:3])}") from None
+            raise ConfigError(
+                f"Policy file {str(spec)!r} is invalid: {' '.join(first[:3])}") from None
     else:
         raise unknown_name("policy preset", str(spec), list(PRESETS))
     if budget is not None:
@@ -112,5 +114,6 @@ def load_policy(spec: str | Path | CompressionPolicy, *, budget: float | None = 
             policy = policy.model_copy(update={"budget": budget})
             CompressionPolicy.model_validate(policy.model_dump())
         except ValidationError as exc:
-            raise ConfigError(f"Budget {budget}: {exc.errors()[0]['msg']}; pass a fraction such as 0.05.") from None
+            raise ConfigError(f"Budget {budget}: {exc.errors()[0]['msg']}; "
+                              "pass a fraction such as 0.05.") from None
     return policy

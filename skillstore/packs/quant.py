@@ -76,7 +76,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, grids_per_col, *,
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)),
+                                 upper=True).float()
     out = torch.zeros_like(w)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)

@@ -37,7 +37,8 @@ class TuneConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     steps: int = Field(default=200, gt=0)
-    lr: float = Field(default=1e-2, gt=0, description="Adam step on the relative change of each value.")
+    lr: float = Field(default=1e-2, gt=0,
+                      description="Adam step on the relative change of each value.")
     batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=128, gt=1)
     seed: int = 0
@@ -60,8 +61,9 @@ def _rows_digest(rows: list[dict]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: list[dict], out_path: str | Path,
-              config: TuneConfig | None = None, progress: Progress | None = None) -> TuneResult:
+def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: list[dict],
+              out_path: str | Path, config: TuneConfig | None = None,
+              progress: Progress | None = None) -> TuneResult:
     """Tune the float payload of ``pack_path`` on ``train_rows`` and write it to ``out_path``.
 
     ``model`` is the pack's base (checked by fingerprint) and is left unchanged. Training
@@ -77,7 +79,8 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
     pack = _as_pack(pack_path)
     targets = check_base(model, pack)
     if not train_rows:
-        raise TrainingError(f"Tuning {str(pack.path)!r} got no training rows; pass the skill's train split.")
+        raise TrainingError(f"Tuning {str(pack.path)!r} got no training rows; "
+                            "pass the skill's train split.")
     examples = encode_rows(tokenizer, train_rows, cfg.max_length, "pack tuning data")
     device = next(model.parameters()).device
     base = {n: t.detach() for n, t in targets.items()}
@@ -85,7 +88,8 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
     # one relative-change parameter per float payload entry: value = stored * (1 + delta),
     # with the stored magnitude floored so exact zeros can move too
     stored = {k: t.float() for k, t in pack.tensors.items() if t.is_floating_point()}
-    floors = {k: t.abs().clamp_min(float(t.abs().mean()) * FLOOR + 1e-12) for k, t in stored.items()}
+    floors = {k: t.abs().clamp_min(float(t.abs().mean()) * FLOOR + 1e-12)
+              for k, t in stored.items()}
     deltas = {k: torch.zeros_like(t, requires_grad=True) for k, t in stored.items()}
     codecs = {n: get_codec(e["codec"], e["params"]) for n, e in pack.manifest["tensors"].items()}
 
@@ -93,7 +97,8 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
         out = {}
         for key in pack.manifest["tensors"][name]["payload"]:
             full = f"{name}{SEP}{key}"
-            out[key] = stored[full] + deltas[full] * floors[full] if full in stored else pack.tensors[full]
+            out[key] = (stored[full] + deltas[full] * floors[full] if full in stored
+                        else pack.tensors[full])
         return out
 
     def weights() -> dict[str, torch.Tensor]:
@@ -141,7 +146,8 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
         model.train(was_training)
     after = mean_loss()
     if not math.isfinite(after):
-        raise TrainingError(f"Tuning {str(pack.path)!r} ended with loss {after}; nothing was written.")
+        raise TrainingError(f"Tuning {str(pack.path)!r} ended with loss {after}; "
+                            "nothing was written.")
 
     tensors = dict(pack.tensors)
     with torch.no_grad():
@@ -150,7 +156,8 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
     entries = {n: {k: v for k, v in e.items() if k != "rel_error"}  # the weight error moved
                for n, e in pack.manifest["tensors"].items()}
     manifest = {**pack.manifest, "tensors": entries}  # write_pack stamps format and digest
-    manifest["tuned"] = {"from": pack.digest, "steps": step, "lr": cfg.lr, "batch_size": cfg.batch_size,
+    manifest["tuned"] = {"from": pack.digest, "steps": step, "lr": cfg.lr,
+                         "batch_size": cfg.batch_size,
                          "rows": len(examples), "rows_digest": _rows_digest(train_rows),
                          "loss_before": before, "loss_after": after}
     size = write_pack(out_path, manifest, tensors)

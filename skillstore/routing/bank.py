@@ -1,4 +1,4 @@
-"""Pack deltas kept as factors and added per sample by forward hooks: routing without rewriting weights."""
+"""Pack deltas kept as factors, added per sample by forward hooks: routing without merging."""
 
 from __future__ import annotations
 
@@ -51,11 +51,12 @@ class DeltaBank:
                     ) from None
                 if tuple(param.shape) != tuple(part.shape):
                     raise FingerprintMismatchError(
-                        f"Pack {pack.name!r} has shape {tuple(part.shape)} for {tensor_name!r} but the "
-                        f"model has {tuple(param.shape)}; load the pack's own base model."
+                        f"Pack {pack.name!r} has shape {tuple(part.shape)} for {tensor_name!r} "
+                        f"but the model has {tuple(param.shape)}; load the pack's own base model."
                     )
                 for module, attr in by_param[id(param)]:
-                    self._entries.setdefault(module, []).append((index, attr, prepare(part, device)))
+                    self._entries.setdefault(module, []).append(
+                        (index, attr, prepare(part, device)))
 
     @property
     def names(self) -> list[str]:
@@ -97,12 +98,15 @@ class DeltaBank:
             w = w.repeat_interleave(batch // w.shape[0], dim=0)  # beams / return sequences
         return w
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict,
+              output: torch.Tensor) -> torch.Tensor | None:
         if self._busy or not isinstance(output, torch.Tensor):
             return None
-        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        x = args[0] if args else next(
+            (v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if x is None:
-            raise RoutingError(f"Cannot route {type(module).__name__}: it was called without a tensor input.")
+            raise RoutingError(f"Cannot route {type(module).__name__}: it was called without a "
+                               "tensor input.")
         w = self._batch_weights(x.shape[0])
         if w is None:
             return None

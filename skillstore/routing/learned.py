@@ -48,9 +48,11 @@ class RouterClassifier(nn.Module):
                  top_k: int = 1, base_fingerprint: str | None = None):
         super().__init__()
         if len(set(classes)) != len(classes) or len(classes) < 2:
-            raise RoutingError(f"Router classes {list(classes)} must be at least two distinct names.")
+            raise RoutingError(
+                f"Router classes {list(classes)} must be at least two distinct names.")
         if not 1 <= top_k <= len(classes):
-            raise RoutingError(f"Router top_k={top_k} must be between 1 and {len(classes)} (the classes).")
+            raise RoutingError(
+                f"Router top_k={top_k} must be between 1 and {len(classes)} (the classes).")
         self.classes, self.layer, self.top_k = list(classes), layer, top_k
         self.base_fingerprint = base_fingerprint
         self.register_buffer("mean", torch.zeros(dim))
@@ -65,7 +67,7 @@ class RouterClassifier(nn.Module):
             return self(features.to(self.mean.device)).softmax(-1)
 
     def class_weights(self, features: torch.Tensor) -> torch.Tensor:
-        """(batch, classes): 1 on the argmax for top-1, renormalised top-k probabilities otherwise."""
+        """(batch, classes): 1 on the argmax for top-1, else renormalised top-k probabilities."""
         p = self.probs(features)
         top = p.topk(self.top_k, dim=-1)
         out = torch.zeros_like(p).scatter(-1, top.indices, top.values)
@@ -96,7 +98,8 @@ def train_router(model: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str
     """
     empty = [name for name, items in prompts.items() if not items]
     if empty or len(prompts) < 2:
-        raise RoutingError(f"Router training needs prompts for at least two classes; empty: {empty or 'n/a'}.")
+        raise RoutingError("Router training needs prompts for at least two classes; "
+                           f"empty: {empty or 'n/a'}.")
     classes = list(prompts)
     texts = [t for name in classes for t in prompts[name]]
     labels = torch.tensor([i for i, name in enumerate(classes) for _ in prompts[name]])
@@ -122,7 +125,8 @@ def save_router(clf: RouterClassifier, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
-    save_file(tensors, str(path), metadata={"skillstore_router": json.dumps(clf.config(), sort_keys=True)})
+    save_file(tensors, str(path),
+              metadata={"skillstore_router": json.dumps(clf.config(), sort_keys=True)})
     return path
 
 
@@ -131,7 +135,8 @@ def load_router(path: str | Path) -> RouterClassifier:
 
     path = Path(path)
     if not path.is_file():
-        raise RoutingError(f"Router file {str(path)!r} does not exist; train the router with `skillstore state route`.")
+        raise RoutingError(f"Router file {str(path)!r} does not exist; train the router with "
+                           "`skillstore state route`.")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -140,9 +145,11 @@ def load_router(path: str | Path) -> RouterClassifier:
             raise KeyError("format")
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for damaged headers
-        raise CorruptPackError(f"{str(path)!r} is not a skillstore router file ({exc}); retrain the router.") from None
-    clf = RouterClassifier(config["classes"], config["dim"], hidden=config["hidden"], layer=config["layer"],
-                           top_k=config["top_k"], base_fingerprint=config["base_fingerprint"])
+        raise CorruptPackError(f"{str(path)!r} is not a skillstore router file ({exc}); "
+                               "retrain the router.") from None
+    clf = RouterClassifier(config["classes"], config["dim"], hidden=config["hidden"],
+                           layer=config["layer"], top_k=config["top_k"],
+                           base_fingerprint=config["base_fingerprint"])
     clf.load_state_dict(tensors)
     clf.eval()
     return clf

@@ -28,7 +28,8 @@ class LoRAConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rank: int = Field(default=8, gt=0)
-    alpha: float | None = Field(default=None, description="Scaling numerator; defaults to 2 * rank.")
+    alpha: float | None = Field(default=None,
+                                description="Scaling numerator; defaults to 2 * rank.")
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
     sft: SFTConfig = SFTConfig(lr=3e-3)
@@ -44,8 +45,9 @@ def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     from peft import LoraConfig, get_peft_model
 
     cfg = config or LoRAConfig()
-    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or 2 * cfg.rank, lora_dropout=cfg.dropout,
-                          target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or 2 * cfg.rank,
+                          lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                          task_type="CAUSAL_LM")
     wrapped = get_peft_model(model, peft_cfg)
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     result = train_sft(wrapped, tokenizer, train_rows, val_rows, cfg.sft, progress)
@@ -54,12 +56,14 @@ def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     return TrainResult(merged, {**result.metrics, "rank": cfg.rank, "trainable_params": trainable})
 
 
-def accuracy_row(model, tokenizer, stages: Sequence[Stage], limit: int | None = None) -> dict[str, float]:
+def accuracy_row(model, tokenizer, stages: Sequence[Stage],
+                 limit: int | None = None) -> dict[str, float]:
     return {s.name: exact_match(model, tokenizer, s.test, limit=limit).accuracy for s in stages}
 
 
 def train_sequential(model, tokenizer, stages: Sequence[Stage], config: SFTConfig | None = None,
-                     progress: Progress | None = None, eval_limit: int | None = None) -> tuple[TrainResult, list[list[float]]]:
+                     progress: Progress | None = None, eval_limit: int | None = None
+                     ) -> tuple[TrainResult, list[list[float]]]:
     """Naive sequential full fine-tuning: each skill on top of the previous model.
 
     Returns the final model and the accuracy matrix R[i][j] = test accuracy on skill j after
@@ -68,7 +72,8 @@ def train_sequential(model, tokenizer, stages: Sequence[Stage], config: SFTConfi
     matrix: list[list[float]] = []
     history = []
     for i, stage in enumerate(stages):
-        sub = (lambda s, f, i=i, n=stage.name: progress(f"{n}:{s}", (i + f) / len(stages))) if progress else None
+        sub = ((lambda s, f, i=i, n=stage.name: progress(f"{n}:{s}", (i + f) / len(stages)))
+               if progress else None)
         result = train_sft(model, tokenizer, stage.train, stage.validation, config, sub)
         history.append({k: v for k, v in result.metrics.items() if k != "history"})
         row = accuracy_row(model, tokenizer, stages, eval_limit)

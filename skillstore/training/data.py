@@ -43,7 +43,8 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> Exam
     prompt_ids = encode_text(tokenizer, prompt)
     answer_ids = encode_text(tokenizer, answer + STOP)
     if not answer_ids:
-        raise DatasetError(f"Row with prompt {prompt!r} has an answer that encodes to no tokens; give it a non-empty answer.")
+        raise DatasetError(f"Row with prompt {prompt!r} has an answer that encodes to no "
+                           "tokens; give it a non-empty answer.")
     if len(prompt_ids) + len(answer_ids) > max_length:
         raise DatasetError(
             f"Row with prompt {prompt[:40]!r} is {len(prompt_ids) + len(answer_ids)} tokens, over "
@@ -52,7 +53,8 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> Exam
     return Example(tuple(prompt_ids), tuple(answer_ids))
 
 
-def encode_rows(tokenizer, rows: list[dict], max_length: int, name: str = "training data") -> list[Example]:
+def encode_rows(tokenizer, rows: list[dict], max_length: int,
+                name: str = "training data") -> list[Example]:
     """Tokenise prompt/answer rows; no rows at all is an error, not a no-op."""
     if not rows:
         raise DatasetError(f"{name} has no rows; give the trainer at least one prompt/answer pair.")
@@ -70,7 +72,8 @@ def collate(examples: list[Example], pad_id: int, device: torch.device) -> dict[
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "labels": labels.to(device)}
 
 
 def batches(examples: list[Example], batch_size: int, generator: torch.Generator | None):

@@ -46,7 +46,8 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         for i, c in enumerate(chunk):
             ids[i, width - len(c):] = torch.tensor(c)
             mask[i, width - len(c):] = 1
-        kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0} if do_sample else {"do_sample": False}
+        kwargs = ({"do_sample": True, "temperature": temperature, "top_k": 0} if do_sample
+                  else {"do_sample": False})
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              max_new_tokens=max_new_tokens, pad_token_id=pad,
                              eos_token_id=stop or None, **kwargs)

@@ -57,11 +57,13 @@ class ZooRecipe(BaseModel):
     # At lr 5e-3, batch 32 the target copied 27% of the general suite's strings after 1,000
     # steps (validation loss 0.40); at 3e-3, batch 64 it copies 97% and stops at the SFT
     # stop_loss after about 400 steps (docs/learning.md, "Session 4").
-    target: ModelSpec = ModelSpec(train=SFTConfig(lr=3e-3, max_steps=1000, batch_size=64, eval_every=100, patience=5))
+    target: ModelSpec = ModelSpec(train=SFTConfig(lr=3e-3, max_steps=1000, batch_size=64,
+                                                  eval_every=100, patience=5))
     # The source trains beside the target, so it may take the zoo's time budget: at lr 5e-3,
     # batch 32, 1,200 steps it answered 1-6% of sort, add and reverse (nothing to distil); at
     # 3e-3, batch 64, 1,500 steps it answers 0.56, 0.53 and 0.84.
-    source: ModelSpec = ModelSpec(train=SFTConfig(lr=3e-3, max_steps=1500, batch_size=64, eval_every=100, patience=5))
+    source: ModelSpec = ModelSpec(train=SFTConfig(lr=3e-3, max_steps=1500, batch_size=64,
+                                                  eval_every=100, patience=5))
     bpe_vocab: int = Field(default=320, gt=260)
 
     def digest(self) -> str:
@@ -192,7 +194,8 @@ class _SourceBuild:
 
         self.recipe, self.paths, self.progress = recipe, paths, progress
         parallel = os.environ.get("SKILLSTORE_ZOO_PARALLEL", "1") != "0"
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
         self.parallel = parallel and cores >= 2
         self.threads = max(1, min(torch.get_num_threads(), cores) // 2) if self.parallel else None
         self.proc: subprocess.Popen | None = None
@@ -210,7 +213,8 @@ class _SourceBuild:
             self.proc.stdin.close()
             self.relay = threading.Thread(target=self._relay, daemon=True)
             self.relay.start()
-            threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+            threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr),
+                             daemon=True).start()
         return self
 
     def _relay(self) -> None:
@@ -240,13 +244,16 @@ class _SourceBuild:
         self.relay.join()
         if self.outcome and "metrics" in self.outcome:
             return self.outcome["metrics"]
-        why = (self.outcome or {}).get("error") or "".join(self.stderr[-5:]).strip() or f"exit code {code}"
+        why = ((self.outcome or {}).get("error") or "".join(self.stderr[-5:]).strip()
+               or f"exit code {code}")
         raise TrainingError(f"The zoo's source build failed: {why}. Nothing was cached; rerun "
-                            "`skillstore zoo build`, or set SKILLSTORE_ZOO_PARALLEL=0 to build in one process.")
+                            "`skillstore zoo build`, or set SKILLSTORE_ZOO_PARALLEL=0 to build "
+                            "in one process.")
 
 
-def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None, seed: int | None = None,
-              progress: Progress | None = None, force: bool = False) -> ZooPaths:
+def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None,
+              seed: int | None = None, progress: Progress | None = None,
+              force: bool = False) -> ZooPaths:
     """Build the zoo under ``<home>/zoo/<recipe hash>`` or return the cached one.
 
     The target is a Llama with a char-level tokenizer, pretrained on the general suite
@@ -269,7 +276,8 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     paths = _paths(tmp)
-    cur = write_curriculum(paths.curriculum, seed=recipe.seed, n_train=recipe.n_train, n_eval=recipe.n_eval)
+    cur = write_curriculum(paths.curriculum, seed=recipe.seed, n_train=recipe.n_train,
+                           n_eval=recipe.n_eval)
     if progress:
         progress("curriculum", 1.0)
 
@@ -289,10 +297,12 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     final = _paths(root)
     shutil.rmtree(root, ignore_errors=True)
     os.replace(tmp, root)
-    write_curriculum(final.curriculum, seed=recipe.seed, n_train=recipe.n_train, n_eval=recipe.n_eval)
+    write_curriculum(final.curriculum, seed=recipe.seed, n_train=recipe.n_train,
+                     n_eval=recipe.n_eval)
     manifest = {**final.to_json(), "recipe": recipe.model_dump(), "digest": recipe.digest(),
                 "fingerprints": {"target": fingerprint_checkpoint(final.target),
-                                 **{k: fingerprint_checkpoint(v) for k, v in final.sources.items()}},
+                                 **{k: fingerprint_checkpoint(v)
+                                    for k, v in final.sources.items()}},
                 "metrics": {"target": t_metrics, "gpt2": s_metrics},
                 "seconds": time.perf_counter() - t0}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""`skillstore serve` and `skillstore api-token`: registered, and the digest is the one the API checks."""
+"""`skillstore serve` and `skillstore api-token`: registered; the digest is what the API checks."""
 
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ from .conftest import AUTH, TOKEN_HASH
 MAX_EXAMPLES = 6
 HOME = Path(tempfile.mkdtemp(prefix="skillstore-fuzz-"))
 FENCED = HOME / "fenced"  # server paths may only point here, and it holds nothing
-SETTINGS = Settings(home=HOME / "ws", database_url=f"{PG_SERVER}/skillstore_fuzz_{uuid.uuid4().hex[:10]}",
+SETTINGS = Settings(home=HOME / "ws",
+                    database_url=f"{PG_SERVER}/skillstore_fuzz_{uuid.uuid4().hex[:10]}",
                     api_token_hashes=(TOKEN_HASH,), api_path_roots=(FENCED,),
                     api_max_upload_bytes=65536)
 APP = create_api(SETTINGS)
@@ -42,8 +43,9 @@ APP = create_api(SETTINGS)
 DEEP = os.environ.get("SKILLSTORE_FUZZ_COVERAGE", "") == "1"
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=schemathesis.Config.from_dict(
     {"phases": {"coverage": {"enabled": DEEP}}}))
-unauthenticated = schemathesis.openapi.from_asgi("/openapi.json", APP, config=schemathesis.Config.from_dict(
-    {"phases": {"coverage": {"enabled": False}, "examples": {"enabled": False}}}))
+unauthenticated = schemathesis.openapi.from_asgi(
+    "/openapi.json", APP, config=schemathesis.Config.from_dict(
+        {"phases": {"coverage": {"enabled": False}, "examples": {"enabled": False}}}))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -30,7 +30,8 @@ def test_compress_inspect_apply_export(llama_pair, tmp_path):
     assert json.loads(res.output)["base_fingerprint"] == read_pack(pack).base_fingerprint
 
     merged = tmp_path / "merged"
-    res = runner.invoke(app, ["pack", "apply", "--base", str(base), f"{pack}@0.5", "-o", str(merged)])
+    res = runner.invoke(app, ["pack", "apply", "--base", str(base), f"{pack}@0.5",
+                              "-o", str(merged)])
     assert res.exit_code == 0, res.output
     from transformers import AutoModelForCausalLM
 
@@ -54,7 +55,8 @@ def test_budget_option_is_a_percent(llama_pair, tmp_path):
 
 def test_bad_inputs_are_one_line_errors(llama_pair, compact_pack, tmp_path):
     res = runner.invoke(app, ["pack", "compress", "--base", str(llama_pair[0]), "--tuned",
-                              str(llama_pair[1]), "--policy", "compactt", "-o", str(tmp_path / "x")])
+                              str(llama_pair[1]), "--policy", "compactt",
+                              "-o", str(tmp_path / "x")])
     assert isinstance(res.exception, ConfigError)
     assert "Did you mean 'compact'" in str(res.exception)
     res = runner.invoke(app, ["pack", "export", str(compact_pack), "--format", "gguf", "-o",

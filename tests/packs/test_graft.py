@@ -132,7 +132,8 @@ def test_sparse_then_dense_packs_on_one_tensor_restore_exactly(llama_pair, tmp_p
     only_lossless = load_base(llama_pair[0])
     apply_pack(only_lossless, lossless, 0.25)
     unapply_pack(model, sparse, 0.5)
-    assert torch.equal(model.state_dict()["lm_head.weight"], only_lossless.state_dict()["lm_head.weight"])
+    assert torch.equal(model.state_dict()["lm_head.weight"],
+                       only_lossless.state_dict()["lm_head.weight"])
     unapply_pack(model, lossless, 0.25)
     assert_same(model, snap)
     assert model._skillstore_grafts.originals == {}

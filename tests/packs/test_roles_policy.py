@@ -47,7 +47,8 @@ def test_role_table_covers_an_unknown_architecture():
 
 def test_presets_and_their_operators():
     assert set(PRESETS) == {"lossless", "balanced", "compact"}
-    assert all(PRESETS["lossless"].spec_for(r).codec == "dense" for r in (EMBEDDING, ATTENTION, MLP))
+    assert all(PRESETS["lossless"].spec_for(r).codec == "dense"
+               for r in (EMBEDDING, ATTENTION, MLP))
     compact = PRESETS["compact"]
     assert compact.embedding.codec == "mplr" and compact.embedding.build().rank == 20
     assert PRESETS["balanced"].embedding.codec == "magnitude"
@@ -63,7 +64,8 @@ def test_unknown_preset_and_bad_policy_file(tmp_path):
         load_policy("balancd")
     bad = tmp_path / "policy.json"
     bad.write_text(json.dumps({"attention": {"codec": "svd"}}))
-    with pytest.raises(ConfigError, match="Valid names: bitdelta, dare, dense, lowrank, magnitude, mplr"):
+    with pytest.raises(ConfigError,
+                       match="Valid names: bitdelta, dare, dense, lowrank, magnitude, mplr"):
         load_policy(bad)
     bad.write_text(json.dumps({"budget": 3}))
     with pytest.raises(ConfigError, match="budget"):
@@ -73,7 +75,8 @@ def test_unknown_preset_and_bad_policy_file(tmp_path):
 
 
 def test_policy_file_round_trips(tmp_path):
-    policy = CompressionPolicy(name="mine", attention=CodecSpec(codec="lowrank", params={"rank": 4}))
+    policy = CompressionPolicy(name="mine",
+                               attention=CodecSpec(codec="lowrank", params={"rank": 4}))
     path = tmp_path / "mine.json"
     path.write_text(policy.model_dump_json())
     assert load_policy(path) == policy

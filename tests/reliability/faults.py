@@ -170,7 +170,8 @@ class TcpProxy:
             conns = list(self._conns)
         for s in conns:
             try:  # linger 0: close() sends RST, as a crashed server's kernel would
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             b"\x01\x00\x00\x00\x00\x00\x00\x00")
             except OSError:
                 pass  # a pipe thread closed this socket meanwhile
             self._close(s)

@@ -145,7 +145,8 @@ def test_four_cli_promotions_race_on_a_new_base(tmp_path, postgres_url, figures)
     engine = make_engine(postgres_url)
     with session_scope(engine) as s:
         base = make_base(s, "fresh")
-        ids = [make_pack(s, make_skill(s, f"cli{i}"), base, tag=f"c{i}").id for i in range(PROCESSES)]
+        ids = [make_pack(s, make_skill(s, f"cli{i}"), base, tag=f"c{i}").id
+               for i in range(PROCESSES)]
         base_id = base.id
     env = {"SKILLSTORE_HOME": str(tmp_path / "ws"), "SKILLSTORE_DATABASE_URL": postgres_url}
     ctx = mp.get_context("spawn")

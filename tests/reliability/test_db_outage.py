@@ -48,8 +48,9 @@ def test_job_completes_across_database_outages(tmp_path, tiny_zoo, postgres_url,
         cut_at = []
         try:
             for until in (lambda j: j.stage == "train" and j.progress > 0.25,  # mid-transaction
-                          lambda j: j.stage in ("compress", "evaluate")):   # between, and at connect
-                job = env.wait(job_id, until=lambda j, u=until: u(j) or JobStatus(j.status).finished,
+                          lambda j: j.stage in ("compress", "evaluate")):  # between, and at connect
+                job = env.wait(job_id,
+                               until=lambda j, u=until: u(j) or JobStatus(j.status).finished,
                                timeout=600)
                 cut_at.append(f"{job.stage}:{job.progress:.2f}")
                 proxy.cut()

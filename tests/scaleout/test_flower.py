@@ -43,7 +43,8 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen, log):
                                     pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
 def test_flower_lists_the_workers(request, tmp_path, broker):
     url = request.getfixturevalue("private_redis" if broker == "redis" else "rabbitmq_vhost")
-    settings = Settings(home=tmp_path / "ws", broker_url=url if broker == "rabbitmq" else f"{url}/0")
+    settings = Settings(home=tmp_path / "ws",
+                        broker_url=url if broker == "rabbitmq" else f"{url}/0")
     settings.home.mkdir(parents=True)
     name = f"flower-{uuid.uuid4().hex[:6]}"
     worker = spawn_worker(settings, concurrency=1, pool="solo", hostname=f"{name}@%h",

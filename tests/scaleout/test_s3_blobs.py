@@ -1,4 +1,4 @@
-"""The blob store on a real S3 server (moto, loopback): configured by settings alone, atomic, verified."""
+"""The blob store on a real S3 server (moto, loopback): set by settings alone, atomic, verified."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_a_failed_upload_leaves_nothing_under_the_digest(s3_store, monkeypatch):
 
 
 def test_a_blob_deleted_by_another_process_is_written_again(s3_store):
-    """No stale listing: after another client deletes a blob, `exists` says so and a put restores it."""
+    """No stale listing: once another client deletes a blob, `exists` says so; a put restores it."""
     store, bucket, client = s3_store
     digest = store.put_bytes(b"kept by a pack")
     assert [b.digest for b in store.iter_blobs()] == [digest]  # a listing that s3fs could cache

@@ -29,7 +29,8 @@ COMMON_ERRORS = (400, 401, 413, 422, 503)
 
 def errors(*statuses: int) -> dict:
     """The `responses=` entry that documents the error shape for these and the common codes."""
-    return {s: {"description": "An error", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    return {s: {"description": "An error",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}}}
             for s in sorted({*statuses, *COMMON_ERRORS})}
 
 

@@ -61,7 +61,8 @@ def pack(ref: Ref, ctx: Ctx) -> dict:
 @router.get("/packs/{ref}/lineage", response_model=LineageOut,
             responses=errors(400, 401, 404, 422, 503))
 def lineage(ref: Ref, ctx: Ctx,
-            direction: Annotated[Literal["ancestors", "descendants"], Query()] = "ancestors") -> dict:
+            direction: Annotated[Literal["ancestors", "descendants"], Query()] = "ancestors"
+            ) -> dict:
     """The lineage graph of a pack as JSON: nodes with depths, edges child -> parent."""
     walk = descendants if direction == "descendants" else ancestors
     with ctx.session() as session:
@@ -123,7 +124,8 @@ def _override(action: str):
 
     handler.__name__ = f"{action}_pack"
     handler.__doc__ = (f"Manual override: {action} a pack; the reason and the caller are kept "
-                       "in the audit trail, and the base's current state moves as the gate's would.")
+                       "in the audit trail, and the base's current state moves as the gate's "
+                       "would.")
     return handler
 
 

@@ -54,7 +54,7 @@ def _png(data) -> Response:
 
 @router.get("/states/{ref}/report", response_model=None, responses=REPORT_RESPONSES)
 def state_report(ref: Ref, ctx: Ctx, format: Format = "json") -> Any:
-    """The forgetting report of a state: accuracy matrix, BWT, forgetting, deltas, packs, lineage."""
+    """A state's forgetting report: accuracy matrix, BWT, forgetting, deltas, packs, lineage."""
     return _rendered(_data(ctx, state=ref), format)
 
 

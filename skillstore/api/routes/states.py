@@ -1,4 +1,4 @@
-"""Model states: list and show, with their packs in order and whether each is its base's current one."""
+"""Model states: list and show, with their packs in order and whether each is its base's current."""
 
 from __future__ import annotations
 
