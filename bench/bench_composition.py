@@ -1,5 +1,5 @@
-"""Composition benchmark: routed SkillPack state vs naive sequential fine-tuning on the tiny curriculum,
-and the cost of routed inference against the plain base."""
+"""Composition benchmark: routed SkillPack state vs naive sequential fine-tuning on the tiny
+curriculum, and the cost of routed inference against the plain base."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from skillstore.training.baselines import Stage, train_sequential
 from skillstore.training.generate import exact_match
 from skillstore.training.sft import SFTConfig, train_sft
 
-# Small enough for 2 CPU cores; SKILLSTORE_BENCH_FULL=1 trains and evaluates with the zoo's defaults.
+# Small enough for 2 CPU cores; SKILLSTORE_BENCH_FULL=1 trains and evaluates with the zoo's
+# defaults.
 FULL = os.environ.get("SKILLSTORE_BENCH_FULL", "") == "1"
 STEPS = int(os.environ.get("SKILLSTORE_BENCH_STEPS", "600" if FULL else "120"))
 SFT = SFTConfig(lr=3e-3, max_steps=STEPS, batch_size=32, eval_every=50)
@@ -62,7 +63,8 @@ def _packs(base_dir: Path, base, tok, stages, work: Path) -> tuple[list, dict]:
     return packs, info
 
 
-def _routed_matrix(base, tok, stages, general, packs) -> tuple[list[list[float]], list[float], list[float]]:
+def _routed_matrix(base, tok, stages, general, packs
+                   ) -> tuple[list[list[float]], list[float], list[float]]:
     matrix, general_row, accuracy = [], [], []
     for i in range(len(stages)):
         _log(f"routed state after {stages[i].name}")
@@ -70,8 +72,10 @@ def _routed_matrix(base, tok, stages, general, packs) -> tuple[list[list[float]]
         prompts = {s.name: [r["prompt"] for r in s.train[:400]] for s in learned}
         prompts[NONE_CLASS] = [r["prompt"] for r in general[:400]]
         clf = train_router(base, tok, prompts).classifier
-        deltas = [PackDeltas(s.name, {p.name: p for p in pk.decoded()}) for s, pk in zip(learned, packs, strict=False)]
-        with RoutedModel(base, DeltaBank(base, deltas), "learned", classifier=clf, pad_token_id=tok.pad_token_id):
+        deltas = [PackDeltas(s.name, {p.name: p for p in pk.decoded()})
+                  for s, pk in zip(learned, packs, strict=False)]
+        with RoutedModel(base, DeltaBank(base, deltas), "learned", classifier=clf,
+                         pad_token_id=tok.pad_token_id):
             row, gen = _row(base, tok, stages, general)
         matrix.append(row)
         general_row.append(gen)
@@ -99,13 +103,16 @@ def _overhead(base, tok, stages, general, packs) -> dict:
     base_s = timed(lambda: exact_match(base, tok, prompts))
     with grafted_all(base, packs, [1.0] * len(packs)):
         graft_s = timed(lambda: exact_match(base, tok, prompts))
-    deltas = [PackDeltas(s.name, {p.name: p for p in pk.decoded()}) for s, pk in zip(stages, packs, strict=True)]
-    with RoutedModel(base, DeltaBank(base, deltas), "learned", classifier=clf, pad_token_id=tok.pad_token_id):
+    deltas = [PackDeltas(s.name, {p.name: p for p in pk.decoded()})
+              for s, pk in zip(stages, packs, strict=True)]
+    with RoutedModel(base, DeltaBank(base, deltas), "learned", classifier=clf,
+                     pad_token_id=tok.pad_token_id):
         routed_s = timed(lambda: exact_match(base, tok, prompts))
     n = len(prompts)
-    return {"prompts": n, "base_ms_per_prompt": 1e3 * base_s / n, "grafted_sum_ms_per_prompt": 1e3 * graft_s / n,
-            "routed_learned_ms_per_prompt": 1e3 * routed_s / n, "routed_over_base": routed_s / base_s,
-            "grafted_over_base": graft_s / base_s}
+    return {"prompts": n, "base_ms_per_prompt": 1e3 * base_s / n,
+            "grafted_sum_ms_per_prompt": 1e3 * graft_s / n,
+            "routed_learned_ms_per_prompt": 1e3 * routed_s / n,
+            "routed_over_base": routed_s / base_s, "grafted_over_base": graft_s / base_s}
 
 
 def _fmt(v) -> str:
@@ -127,14 +134,17 @@ def markdown(result: dict) -> str:
     lines += ["| run | average accuracy | BWT | forgetting | FWT |", "|---|---|---|---|---|"]
     for name in ("routed_skillpacks", "sequential_ft"):
         m = result[name]["metrics"]
-        lines.append(f"| {name} | {_fmt(m['average_accuracy'])} | {_fmt(m['bwt'])} | {_fmt(m['forgetting'])} | "
-                     f"{_fmt(m['forward_transfer'])} |")
+        lines.append(f"| {name} | {_fmt(m['average_accuracy'])} | {_fmt(m['bwt'])} | "
+                     f"{_fmt(m['forgetting'])} | {_fmt(m['forward_transfer'])} |")
     o = result["overhead"]
-    lines += ["", f"Router accuracy per stage: {', '.join(f'{a:.3f}' for a in result['router_accuracy'])}", "",
+    per_stage = ", ".join(f"{a:.3f}" for a in result["router_accuracy"])
+    lines += ["", f"Router accuracy per stage: {per_stage}", "",
               "| inference | ms / prompt | x base |", "|---|---|---|",
               f"| base | {o['base_ms_per_prompt']:.2f} | 1.00 |",
-              f"| grafted sum of {len(skills)} packs (router none) | {o['grafted_sum_ms_per_prompt']:.2f} | {o['grafted_over_base']:.2f} |",
-              f"| learned routing over {len(skills)} packs (hooks) | {o['routed_learned_ms_per_prompt']:.2f} | {o['routed_over_base']:.2f} |"]
+              f"| grafted sum of {len(skills)} packs (router none) | "
+              f"{o['grafted_sum_ms_per_prompt']:.2f} | {o['grafted_over_base']:.2f} |",
+              f"| learned routing over {len(skills)} packs (hooks) | "
+              f"{o['routed_learned_ms_per_prompt']:.2f} | {o['routed_over_base']:.2f} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -158,8 +168,9 @@ def routed_part() -> dict:
         routed, routed_general, router_acc = _routed_matrix(base, tok, stages, general, packs)
         _log("routing overhead")
         overhead = _overhead(base, tok, stages, general, packs)
-    return {"skills": [s.name for s in stages], "base_scores": base_row, "base_general": base_general,
-            "packs": pack_info, "router_accuracy": router_acc, "overhead": overhead,
+    return {"skills": [s.name for s in stages], "base_scores": base_row,
+            "base_general": base_general, "packs": pack_info, "router_accuracy": router_acc,
+            "overhead": overhead,
             "routed_skillpacks": {"accuracy_matrix": routed, "general": routed_general,
                                   "metrics": continual_metrics(routed, base_row).as_dict()}}
 
@@ -169,7 +180,8 @@ def sequential_part() -> dict:
     base, tok, stages, general = _setup()
     _log("naive sequential fine-tuning")
     _, seq = train_sequential(base, tok, stages, SFT, eval_limit=EVAL_LIMIT)
-    seq_general = [None] * (len(stages) - 1) + [exact_match(base, tok, general, limit=EVAL_LIMIT).accuracy]
+    final_general = exact_match(base, tok, general, limit=EVAL_LIMIT).accuracy
+    seq_general = [None] * (len(stages) - 1) + [final_general]
     return {"sequential_ft": {"accuracy_matrix": seq, "general": seq_general}}
 
 
@@ -185,7 +197,8 @@ def run(out_dir: Path) -> None:
     SKILLSTORE_BENCH_PART=routed|sequential runs one half (two processes finish sooner on a
     busy machine) and =merge combines the halves already written.
     """
-    torch.set_num_threads(int(os.environ.get("SKILLSTORE_BENCH_THREADS", min(2, os.cpu_count() or 1))))
+    torch.set_num_threads(int(os.environ.get("SKILLSTORE_BENCH_THREADS",
+                                             min(2, os.cpu_count() or 1))))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     part = os.environ.get("SKILLSTORE_BENCH_PART", "all")

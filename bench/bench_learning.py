@@ -77,7 +77,8 @@ def _per_skill(zoo, cur, name: str) -> dict:
     model, _ = load_causal_lm(zoo.target, fingerprint=False)
     try:
         result, row["distill_seconds"] = _timed(lambda: distill(
-            source, source_tok, model, tok, [r["prompt"] for r in train], [r["prompt"] for r in val],
+            source, source_tok, model, tok,
+            [r["prompt"] for r in train], [r["prompt"] for r in val],
             checker=SKILLS[name].check, generation=GenerationConfig(**BENCH_GENERATION),
             sft=_sft_config()))
         row["distill"] = _acc(result.model, tok, test)
@@ -86,8 +87,10 @@ def _per_skill(zoo, cur, name: str) -> dict:
         row.update(distill=0.0, distill_acceptance=0.0, distill_seconds=0.0)
     for rank in LORA_RANKS:
         model, _ = load_causal_lm(zoo.target, fingerprint=False)
-        cfg = LoRAConfig(rank=rank, sft=_sft_config(baseline=True).model_copy(update={"lr": LORA_LR}))
-        result, row[f"lora{rank}_seconds"] = _timed(lambda cfg=cfg, model=model: train_lora(model, tok, train, val, cfg))
+        cfg = LoRAConfig(rank=rank,
+                         sft=_sft_config(baseline=True).model_copy(update={"lr": LORA_LR}))
+        result, row[f"lora{rank}_seconds"] = _timed(
+            lambda cfg=cfg, model=model: train_lora(model, tok, train, val, cfg))
         row[f"lora{rank}"] = _acc(result.model, tok, test)
     row["load_after"] = _load()
     return row
@@ -108,7 +111,8 @@ def _sequential(zoo, cur) -> dict:
     joint, seconds = _timed(lambda: train_joint(model, tok, stages, cfg.model_copy(
         update={"max_steps": cfg.max_steps * 2})))
     return {"skills": [s.name for s in stages], "matrix": matrix, "general_final": general_final,
-            "joint": {s.name: _acc(joint.model, tok, s.test) for s in stages}, "joint_seconds": seconds}
+            "joint": {s.name: _acc(joint.model, tok, s.test) for s in stages},
+            "joint_seconds": seconds}
 
 
 def _table(rows: list[dict]) -> str:
@@ -118,8 +122,9 @@ def _table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         ratio = r["distill"] / r["sft"] if r["sft"] else float("nan")
-        lines.append(f"| {r['skill']} | {r['base']:.2f} | {r['source']:.2f} | {r['sft']:.3f} | {r['sft_seconds']:.0f} | "
-                     f"{r['distill']:.3f} | {ratio:.2f} | {r['distill_acceptance']:.2f} | {r['distill_seconds']:.0f} | "
+        lines.append(f"| {r['skill']} | {r['base']:.2f} | {r['source']:.2f} | {r['sft']:.3f} | "
+                     f"{r['sft_seconds']:.0f} | {r['distill']:.3f} | {ratio:.2f} | "
+                     f"{r['distill_acceptance']:.2f} | {r['distill_seconds']:.0f} | "
                      f"{r['lora8']:.3f} | {r['lora64']:.3f} | {r['general_after_sft']:.2f} | "
                      f"{r['load_before']}-{r['load_after']} |")
     return "\n".join(lines)
@@ -143,9 +148,11 @@ def targets(rows: list[dict], zoo_seconds: float) -> list[tuple[str, bool, str]]
     fastest = min(rows, key=lambda r: r["sft_seconds"])
     return [
         (f"SFT >= {SFT_TARGET:.0%} on >= {SFT_SKILLS_NEEDED} of {len(rows)} skills",
-         len(at_95) >= min(SFT_SKILLS_NEEDED, len(rows)), f"{len(at_95)} ({', '.join(at_95) or 'none'})"),
+         len(at_95) >= min(SFT_SKILLS_NEEDED, len(rows)),
+         f"{len(at_95)} ({', '.join(at_95) or 'none'})"),
         (f"distillation >= {DISTILL_RATIO:.0%} of SFT", len(distilled) == len(rows),
-         f"{len(distilled)} of {len(rows)}: " + ", ".join(f"{s} {v:.2f}" for s, v in ratios.items())),
+         f"{len(distilled)} of {len(rows)}: "
+         + ", ".join(f"{s} {v:.2f}" for s, v in ratios.items())),
         (f"one skill trains in < {SKILL_SECONDS} s", fastest["sft_seconds"] < SKILL_SECONDS,
          f"fastest SFT {fastest['sft_seconds']:.0f} s ({fastest['skill']}, "
          f"{fastest['sft_steps']} steps), slowest {slowest['sft_seconds']:.0f} s "
@@ -168,7 +175,8 @@ def run(out_dir: Path) -> None:
         # On a CPU shared with other jobs one thread per process is several times faster.
         torch.set_num_threads(int(os.environ["SKILLSTORE_BENCH_THREADS"]))
 
-    home = Path(os.environ.get("SKILLSTORE_BENCH_HOME") or tempfile.mkdtemp(prefix="skillstore-bench-"))
+    home = Path(os.environ.get("SKILLSTORE_BENCH_HOME")
+                or tempfile.mkdtemp(prefix="skillstore-bench-"))
     load_start = _load()
     (zoo, zoo_seconds) = _timed(lambda: build_zoo(home))
     manifest = zoo_manifest(zoo)
@@ -178,7 +186,8 @@ def run(out_dir: Path) -> None:
     for name in skills:
         rows.append(_per_skill(zoo, cur, name))
         print(json.dumps(rows[-1]), flush=True)
-    seq = _sequential(zoo, cur) if os.environ.get("SKILLSTORE_BENCH_SEQUENTIAL", "1") == "1" else None
+    sequential = os.environ.get("SKILLSTORE_BENCH_SEQUENTIAL", "1") == "1"
+    seq = _sequential(zoo, cur) if sequential else None
     checks = targets(rows, manifest["seconds"])
     report = {"zoo_build_seconds": manifest["seconds"], "zoo_cached_call_seconds": zoo_seconds,
               "zoo_digest": manifest["digest"], "sft_config": _sft_config().model_dump(),
@@ -194,7 +203,8 @@ def run(out_dir: Path) -> None:
           f"load average {load_start} at the start, {_load()} at the end\n")
     print(_table(rows))
     if seq:
-        print("\nNaive sequential fine-tuning, exact match on each skill's test split after each stage:\n")
+        print("\nNaive sequential fine-tuning, exact match on each skill's test split after "
+              "each stage:\n")
         print(_matrix_table(seq))
         print(f"\ngeneral suite after the last stage: {seq['general_final']:.2f}")
     print("\n| target | met | measured |\n| --- | --- | --- |")
@@ -202,4 +212,5 @@ def run(out_dir: Path) -> None:
         print(f"| {name} | {'met' if met else 'missed'} | {measured} |")
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = os.environ.get("SKILLSTORE_BENCH_TAG", "")
-    (out_dir / f"learning{'-' + tag if tag else ''}.json").write_text(json.dumps(report, indent=2) + "\n")
+    out_path = out_dir / f"learning{'-' + tag if tag else ''}.json"
+    out_path.write_text(json.dumps(report, indent=2) + "\n")

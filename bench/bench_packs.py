@@ -74,7 +74,8 @@ def ablations() -> list[CompressionPolicy]:
 
 
 def _measure(base: Path, tuned: Path, policy, out: Path, evaluate=None, **kw) -> dict:
-    path = out / f"{policy.name.split()[0].replace('%', '')}-{abs(hash(policy.name)) % 10**6}.safetensors"
+    stem = policy.name.split()[0].replace("%", "")
+    path = out / f"{stem}-{abs(hash(policy.name)) % 10**6}.safetensors"
     s = compress_checkpoint(base, tuned, policy, path, **kw)
     row = {"policy": policy.name, "bytes": s.bytes, "ratio": s.ratio, "rel_error": s.rel_error,
            "payload_ratio": s.payload_bytes / s.dense_fp16_bytes,
@@ -136,9 +137,9 @@ def tiny_pair(out: Path) -> dict:
     rows.append(_measure(zoo.target, tuned_dir, load_policy("compact").model_copy(
         update={"name": "compact + GPTQ calibration"}), packs, evaluate, calibration=hess))
     for budget in (0.05, 0.10, 0.20, 0.35):  # accuracy against bytes, output-error allocation
-        rows.append(_measure(zoo.target, tuned_dir, load_policy("compact", budget=budget).model_copy(
-            update={"name": f"budget {100 * budget:.0f}% + calibration"}), packs, evaluate,
-            calibration=hess))
+        policy = load_policy("compact", budget=budget).model_copy(
+            update={"name": f"budget {100 * budget:.0f}% + calibration"})
+        rows.append(_measure(zoo.target, tuned_dir, policy, packs, evaluate, calibration=hess))
     rows += [_measure(zoo.target, tuned_dir, p, packs, evaluate) for p in ablations()]
     for r in rows:
         r["normalised_accuracy"] = r["accuracy"] / max(acc_tuned, 1e-9)
@@ -181,12 +182,14 @@ def tiny_skills(out: Path) -> dict:
         for path in (s.path, healed.path):
             with grafted(base_model, path):
                 accs.append(exact_match(base_model, tok, test).accuracy)
-        rows.append({"skill": skill, "n_test": len(test), "base_accuracy": exact_match(base_model, tok, test).accuracy,
+        rows.append({"skill": skill, "n_test": len(test),
+                     "base_accuracy": exact_match(base_model, tok, test).accuracy,
                      "tuned_accuracy": acc_tuned, "compact_accuracy": accs[0], "bytes": s.bytes,
                      "ratio": s.ratio, "rel_error": s.rel_error,
                      "normalised_accuracy": accs[0] / max(acc_tuned, 1e-9),
                      "healed_accuracy": accs[1], "healed_bytes": healed.bytes,
-                     "healed_ratio": healed.bytes / s.dense_fp16_bytes, "heal_seconds": healed.seconds,
+                     "healed_ratio": healed.bytes / s.dense_fp16_bytes,
+                     "heal_seconds": healed.seconds,
                      "healed_normalised_accuracy": accs[1] / max(acc_tuned, 1e-9)})
     return {"pair": "zoo target + SFT on each skill, compact preset", "skills": rows}
 
@@ -202,7 +205,8 @@ def make_synthetic_pair(root: Path, cfg: dict = BIG, seed: int = 0) -> tuple[Pat
     if (tuned_dir / "config.json").is_file():
         return base_dir, tuned_dir
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False, **cfg))
+    model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False,
+                                         **cfg))
     model.save_pretrained(str(base_dir))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -330,12 +334,14 @@ def markdown(results: dict) -> str:
                              f"{r['tuned_accuracy']:.3f} | {r['compact_accuracy']:.3f} | "
                              f"{r['normalised_accuracy']:.3f} | {100 * r['ratio']:.2f} | "
                              f"{r['rel_error']:.4f} | {r['healed_accuracy']:.3f} | "
-                             f"{r['healed_normalised_accuracy']:.3f} | {100 * r['healed_ratio']:.2f} | "
+                             f"{r['healed_normalised_accuracy']:.3f} | "
+                             f"{100 * r['healed_ratio']:.2f} | "
                              f"{r['heal_seconds']:.0f} |")
             continue
         tiny = "tuned_accuracy" in res
         lines.append(f"\n**{key}**: {res['pair']}" + (
-            f" (exact match: base {res['base_accuracy']:.3f}, fine-tuned {res['tuned_accuracy']:.3f})"
+            f" (exact match: base {res['base_accuracy']:.3f}, "
+            f"fine-tuned {res['tuned_accuracy']:.3f})"
             if tiny else "") + "\n")
         head = ["policy", "file bytes", "file % of dense fp16", "payload %", "rel. error"]
         head += ["norm. accuracy"] if tiny else [
@@ -367,7 +373,8 @@ def run(out_dir: Path) -> None:
     torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 2)))))
     results = {}
     load_before = os.getloadavg()
-    for key, fn in (("tiny", tiny_pair), ("tiny_skills", tiny_skills), ("synthetic_100m", synthetic_pair)):
+    for key, fn in (("tiny", tiny_pair), ("tiny_skills", tiny_skills),
+                    ("synthetic_100m", synthetic_pair)):
         try:
             results[key] = fn(out)
         except ImportError as exc:  # the zoo is another part of the project

@@ -1,4 +1,4 @@
-"""Pipeline benchmark: orchestration overhead of a real learning job, no-op pipeline throughput on Redis."""
+"""Pipeline benchmark: orchestration overhead of a real learning job, no-op throughput on Redis."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ from pathlib import Path
 from celery import chain
 
 from skillstore.catalog import JobStatus, get_job, init_workspace
-from skillstore.jobqueue import TASK_ROUTES, producer, spawn_worker, stop_worker
-from skillstore.pipeline import STAGES, queue_learning_job
-from skillstore.pipeline.zoo_setup import register_zoo
+from skillstore.jobqueue import (
+    LEARN_TASKS,
+    NOOP_TASK,
+    PING_TASK,
+    TASK_ROUTES,
+    producer,
+    spawn_worker,
+    stop_worker,
+)
+from skillstore.pipeline import STAGES, LearnRequest, queue
 from skillstore.settings import Settings
+from skillstore.zoo.register import register_zoo
 
 REDIS = ("127.0.0.1", 6379)
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -48,10 +56,10 @@ def orchestration_overhead(home: Path, zoo_home: Path | None = None, broker_url:
     try:
         # The worker's own start-up (a pool process imports torch, transformers and lm-eval)
         # is not the job's overhead: wait until a pool process has answered a ping.
-        producer(settings).send_task("workers.ops.ping").get(timeout=600, interval=0.05)
+        producer(settings).send_task(PING_TASK).get(timeout=600, interval=0.05)
         with catalog.session() as s:
-            job_id = queue_learning_job(s, settings, "reverse", "tiny-llama", train=TRAIN,
-                                        options={"eval_limit": 100})
+            request = LearnRequest.build("reverse", "tiny-llama", sft=TRAIN, eval_limit=100)
+            job_id = queue(s, settings, request).id
         job = _wait(catalog, job_id)
     finally:
         stop_worker(worker)
@@ -59,7 +67,7 @@ def orchestration_overhead(home: Path, zoo_home: Path | None = None, broker_url:
     if job.status != JobStatus.succeeded:
         raise RuntimeError(f"benchmark job failed in {job.stage}: {job.error}")
     wall = (job.finished_at - job.created_at).total_seconds()
-    timings = job.params["timings"]
+    timings = {step.stage: step.seconds for step in job.steps}
     work = sum(timings[s] for s in WORK_STAGES)
     return {"wall_s": wall, "timings_s": timings, "work_s": work,
             "overhead_s": wall - work, "overhead_pct": 100 * (wall - work) / wall}
@@ -75,10 +83,10 @@ def noop_throughput(home: Path, jobs: int = NOOP_JOBS, concurrency: int = 2) -> 
     app = producer(settings)
     worker = spawn_worker(settings, concurrency=concurrency, log_path=home / "noop-worker.log")
     try:
-        app.send_task("workers.ops.ping").get(timeout=120)  # the worker is up
-        queues = [TASK_ROUTES[f"workers.learn.{s}"]["queue"] for s in STAGES]
+        app.send_task(PING_TASK).get(timeout=120)  # the worker is up
+        queues = [TASK_ROUTES[LEARN_TASKS[s]]["queue"] for s in STAGES]
         t0 = time.perf_counter()
-        results = [chain(*(app.signature("workers.ops.noop", args=(i,), immutable=True, queue=q)
+        results = [chain(*(app.signature(NOOP_TASK, args=(i,), immutable=True, queue=q)
                            for q in queues)).apply_async() for i in range(jobs)]
         for r in results:
             r.get(timeout=600)
@@ -87,7 +95,8 @@ def noop_throughput(home: Path, jobs: int = NOOP_JOBS, concurrency: int = 2) -> 
         stop_worker(worker)
         client.flushdb()
     return {"jobs": jobs, "tasks_per_job": len(STAGES), "concurrency": concurrency,
-            "seconds": seconds, "jobs_per_s": jobs / seconds, "tasks_per_s": jobs * len(STAGES) / seconds}
+            "seconds": seconds, "jobs_per_s": jobs / seconds,
+            "tasks_per_s": jobs * len(STAGES) / seconds}
 
 
 def _redis_up() -> bool:
@@ -124,7 +133,8 @@ def run(out_dir: Path) -> None:
         lines += [f"| job wall time, Redis broker (s) | {r['wall_s']:.1f} |",
                   f"| orchestration overhead (Redis broker) | {r['overhead_pct']:.1f}% |"]
     if "jobs_per_s" in n:
-        lines += [f"| no-op pipelines on Redis (jobs/s, {n['concurrency']} processes) | {n['jobs_per_s']:.1f} |",
+        lines += [f"| no-op pipelines on Redis (jobs/s, {n['concurrency']} processes) | "
+                  f"{n['jobs_per_s']:.1f} |",
                   f"| no-op tasks on Redis (tasks/s) | {n['tasks_per_s']:.1f} |"]
     (out_dir / "pipeline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -16,6 +16,18 @@ class ConfigError(SkillstoreError, ValueError):
     """Settings or a policy that do not parse or do not make sense."""
 
 
+class RequestError(ConfigError):
+    """A request (a learning job's options) with a field that does not validate.
+
+    ``field`` is the dotted path of the first bad field (``sft.max_steps``), so the API can
+    answer 422 naming it.
+    """
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class DatabaseUnavailableError(SkillstoreError, ConnectionError):
     """The catalog database cannot be reached."""
 
@@ -84,3 +96,7 @@ class RoutingError(SkillstoreError, ValueError):
 
 class PromotionConflictError(SkillstoreError, RuntimeError):
     """A promotion whose base moved to a newer state while it was being decided; retry it."""
+
+
+class StaleEvaluationError(PromotionConflictError):
+    """A candidate scored against a head that has moved since; evaluate it again on the new head."""

@@ -1,4 +1,4 @@
-"""Outside files into the catalog: checkpoints, datasets and pack files, checked before anything is stored."""
+"""Outside files into the catalog: checkpoints, datasets and pack files, checked before storing."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def architecture_of(folder: Path) -> str:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{str(config)!r} is not valid JSON ({exc}).") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"{str(config)!r} is not a JSON object; pass a Hugging Face model folder.")
+        raise ConfigError(
+            f"{str(config)!r} is not a JSON object; pass a Hugging Face model folder.")
     return str((doc.get("architectures") or [doc.get("model_type") or "unknown"])[0])
 
 
@@ -80,13 +81,17 @@ def register_skill_dataset(session: Session, blobs, *, name: str, data: Path, su
     """Validate a JSONL dataset (DatasetError names the line), store it as a blob, add the skill.
 
     ``data_uri`` is what the catalog records as the data's location (default: the file itself).
+    ``suite`` is read as skillstore.evaluation.suites reads it: task YAML paths (checked, made
+    absolute) or task names (default: the skill's name).
     """
     from .catalog import add_skill
     from .curriculum.validate import validate_dataset
+    from .evaluation.suites import normalise_suite
 
+    suite = normalise_suite(suite or name)  # a missing task YAML fails before anything is stored
     summary = validate_dataset(data)  # every line, before anything is stored
     digest = blobs.put_file(data) if store else summary.sha256
-    return add_skill(session, name=name, suite=suite or name, description=description,
+    return add_skill(session, name=name, suite=suite, description=description,
                      data_uri=data_uri if data_uri is not None else str(Path(data).resolve()),
                      data_sha256=digest)
 

@@ -29,13 +29,19 @@ LONGEST_TASK_S = 6 * 3600
 WORKER_THREADS = "1"
 VISIBILITY_TIMEOUT_S = 2 * LONGEST_TASK_S
 
+# The learning job's steps in order, and the queue each runs on. Evaluation runs models, so it
+# is never on the CPU queue; the gate only decides (a stale evaluation is sent back to `gpu`).
+LEARN_STAGES = ("prepare", "train", "compress", "evaluate", "gate")
+STAGE_QUEUES = {"prepare": CPU_QUEUE, "train": GPU_QUEUE, "compress": CPU_QUEUE,
+                "evaluate": GPU_QUEUE, "gate": CPU_QUEUE}
+# One name per task, read by the worker that registers it, the routes, and the producer.
+LEARN_TASKS = {stage: f"workers.learn.{stage}" for stage in LEARN_STAGES}
+PING_TASK, NOOP_TASK = "workers.ops.ping", "workers.ops.noop"
+
 TASK_ROUTES = {
-    "workers.learn.prepare": {"queue": CPU_QUEUE},
-    "workers.learn.train": {"queue": GPU_QUEUE},
-    "workers.learn.compress": {"queue": CPU_QUEUE},
-    "workers.learn.evaluate": {"queue": GPU_QUEUE},
-    "workers.learn.gate": {"queue": CPU_QUEUE},
-    "workers.ops.*": {"queue": CPU_QUEUE},
+    **{LEARN_TASKS[stage]: {"queue": STAGE_QUEUES[stage]} for stage in LEARN_STAGES},
+    PING_TASK: {"queue": CPU_QUEUE},
+    NOOP_TASK: {"queue": CPU_QUEUE},
 }
 
 

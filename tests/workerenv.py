@@ -15,14 +15,23 @@ from pathlib import Path
 
 from skillstore.catalog import Catalog, JobStatus, get_job, init_workspace
 from skillstore.jobqueue import spawn_worker, stop_worker
-from skillstore.pipeline.zoo_setup import register_zoo
 from skillstore.settings import Settings
+from skillstore.zoo.register import register_zoo
 
 PG_ROOT = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
 # Fast settings: a few optimiser steps, five eval prompts, a gate that judges but never blocks.
 FAST_TRAIN = {"max_steps": 5, "batch_size": 8, "eval_every": 5}
-FAST_OPTIONS = {"eval_limit": 5, "gate": {"min_gain": 0.0, "max_drop": 1.0, "max_general_drop": 1.0}}
+FAST_OPTIONS = {"eval_limit": 5,
+                "gate": {"min_gain": 0.0, "max_drop": 1.0, "max_general_drop": 1.0}}
+
+
+def queue_job(session, settings, skill: str, base: str = "tiny-llama", *, send: bool = True,
+              **fields) -> int:
+    """Queue a learning job the way `skillstore learn` does: build the request, then queue it."""
+    from skillstore.pipeline import LearnRequest, queue
+
+    return queue(session, settings, LearnRequest.build(skill, base, **fields), send=send).id
 
 
 def build_tiny_zoo(folder: Path):

@@ -7,24 +7,19 @@ import os
 import socket
 import time
 
+import psutil
 import sqlalchemy as sa
 from celery import shared_task
 from celery.exceptions import Ignore
 from celery.signals import task_received, worker_process_init, worker_ready
 from sqlalchemy.orm import Session
 
-from skillstore.catalog import JobStatus, fail_job, get_job, open_catalog, set_progress, start_job
+from skillstore.catalog import JobStatus, get_job, open_catalog
 from skillstore.catalog.db import sqlite_path
 from skillstore.errors import DatabaseUnavailableError, PromotionConflictError, SkillstoreError
-from skillstore.pipeline import (
-    STAGES,
-    STEPS,
-    JobCancelled,
-    earlier_unfinished,
-    orphaned_jobs,
-    send_chain,
-)
-from skillstore.pipeline.context import is_stopped, record_timing, set_owner, sweep_scratch
+from skillstore.jobqueue import LEARN_TASKS
+from skillstore.pipeline import STAGES, STEPS, JobCancelled, WaitForEarlier, lifecycle
+from skillstore.pipeline.workdir import sweep_scratch
 from skillstore.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -84,10 +79,7 @@ def _reporter(job_id: int, stage: str):
         last[0] = now
         try:
             with Session(progress_engine()) as s:
-                job = get_job(s, job_id)
-                if is_stopped(job):
-                    raise JobCancelled(f"Job {job_id} was {job.status.value} during {stage}.")
-                set_progress(s, job, stage, (index + fraction) / len(STAGES))
+                lifecycle.set_progress(s, job_id, stage, (index + fraction) / len(STAGES))
                 s.commit()
         except sa.exc.OperationalError:
             pass  # the step's own transaction holds the lock; the next report will land
@@ -98,23 +90,15 @@ def _reporter(job_id: int, stage: str):
 def _begin(task, stage: str, job_id: int) -> bool:
     """Mark the job running at this stage; False when there is nothing to do."""
     with catalog().session() as s:
-        job = get_job(s, job_id, lock=True)
-        if is_stopped(job):
-            return False
-        if stage == "train":
-            blocker = earlier_unfinished(s, job)
-            if blocker is not None:  # jobs on one base learn in order
-                raise task.retry(countdown=WAIT_FOR_EARLIER_S, max_retries=WAIT_RETRIES)
-        start_job(s, job, stage)
-        set_owner(job, socket.gethostname(), os.getpid())
-    return True
+        try:
+            return lifecycle.begin(s, job_id, stage, socket.gethostname(), os.getpid()) is not None
+        except WaitForEarlier:  # jobs on one base learn in order
+            raise task.retry(countdown=WAIT_FOR_EARLIER_S, max_retries=WAIT_RETRIES) from None
 
 
 def _fail(job_id: int, stage: str, message: str) -> None:
     with catalog().session() as s:
-        job = get_job(s, job_id, lock=True)
-        if not is_stopped(job):
-            fail_job(s, job, message, stage=stage)
+        lifecycle.fail(s, get_job(s, job_id, lock=True), message, stage=stage)
 
 
 def _retry_or_fail(task, stage: str, job_id: int, exc: Exception, transient: int):
@@ -142,9 +126,9 @@ def run_step(task, stage: str, job_id: int, transient: int = 0) -> dict:
             started = time.perf_counter()
             out = STEPS[stage](s, job_id, settings, _reporter(job_id, stage))
             job = get_job(s, job_id)
-            record_timing(job, stage, time.perf_counter() - started)
-            if not is_stopped(job):
-                set_progress(s, job, stage, (STAGES.index(stage) + 1) / len(STAGES))
+            lifecycle.record_seconds(s, job, stage, time.perf_counter() - started)
+            if not lifecycle.is_stopped(job) and stage in job.outputs:
+                job.stage, job.progress = stage, (STAGES.index(stage) + 1) / len(STAGES)
         return {"job_id": job_id, "stage": stage, "out": out}
     except JobCancelled:
         return {"job_id": job_id, "stage": stage, "cancelled": True}
@@ -163,47 +147,27 @@ TASK_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True,
                 "max_retries": MAX_TRANSIENT_RETRIES}
 
 
-@shared_task(name="workers.learn.prepare", **TASK_OPTIONS)
-def prepare(self, job_id: int, transient: int = 0) -> dict:
-    return run_step(self, "prepare", job_id, transient)
+def _step_task(stage: str):
+    """The Celery task of one stage: a thin wrapper that runs the library's step."""
+    def step(self, job_id: int, transient: int = 0) -> dict:
+        return run_step(self, stage, job_id, transient)
+
+    step.__name__ = step.__qualname__ = stage
+    step.__doc__ = f"Run the {stage!r} step of a learning job ({STEPS[stage].__module__})."
+    return shared_task(name=LEARN_TASKS[stage], **TASK_OPTIONS)(step)
 
 
-@shared_task(name="workers.learn.train", **TASK_OPTIONS)
-def train(self, job_id: int, transient: int = 0) -> dict:
-    return run_step(self, "train", job_id, transient)
-
-
-@shared_task(name="workers.learn.compress", **TASK_OPTIONS)
-def compress(self, job_id: int, transient: int = 0) -> dict:
-    return run_step(self, "compress", job_id, transient)
-
-
-@shared_task(name="workers.learn.evaluate", **TASK_OPTIONS)
-def evaluate(self, job_id: int, transient: int = 0) -> dict:
-    return run_step(self, "evaluate", job_id, transient)
-
-
-@shared_task(name="workers.learn.gate", **TASK_OPTIONS)
-def gate(self, job_id: int, transient: int = 0) -> dict:
-    return run_step(self, "gate", job_id, transient)
+TASKS = {stage: _step_task(stage) for stage in STAGES}
 
 
 def _alive(pid: int) -> bool:
     """Whether a process runs; a zombie (killed, not yet reaped by whoever inherited it) is dead."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except OSError:
-        pass  # no /proc: ask the kernel instead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 @task_received.connect
@@ -211,13 +175,13 @@ def claim_received(request=None, **_kwargs) -> None:
     """A queued job belongs to this worker from the moment its message arrives, so that a worker
     killed before a pool process begins the step leaves a job that resume_orphans finds (Redis
     keeps that message unacknowledged for the whole visibility timeout). Best effort."""
-    if request is None or not request.name.startswith("workers.learn.") or not request.args:
+    if request is None or request.name not in LEARN_TASKS.values() or not request.args:
         return
     try:
         with Session(progress_engine()) as s:
             job = get_job(s, request.args[0])
             if job.status == JobStatus.queued:
-                set_owner(job, socket.gethostname(), os.getpid())
+                lifecycle.set_owner(job, socket.gethostname(), os.getpid())
                 s.commit()
     except (sa.exc.OperationalError, SkillstoreError) as exc:
         log.warning("cannot claim job %s: %s", request.args[0], exc)
@@ -236,8 +200,7 @@ def resume_orphans(**_kwargs) -> None:
         with cat.session() as s:
             for folder in sweep_scratch(s, cat.settings, socket.gethostname(), _alive):
                 log.warning("removed %s: its job's worker is gone", folder)
-            for job in orphaned_jobs(s, socket.gethostname(), _alive):
-                log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
-                send_chain(s, cat.settings, job, job.stage if job.stage in STAGES else STAGES[0])
+            for job in lifecycle.resume_orphans(s, cat.settings, socket.gethostname(), _alive):
+                log.warning("resumed job %s from %s: its worker is gone", job.id, job.stage)
     except SkillstoreError as exc:
         log.warning("cannot look for orphaned jobs: %s", exc)

@@ -1,4 +1,4 @@
-"""One JSON error shape for every failure: SkillstoreError subclasses, bad requests, a lost database."""
+"""One JSON error shape for every failure: SkillstoreError subclasses, bad requests, lost DB."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ ERROR_KINDS = (
     ErrorKind(e.WorkspaceError, 503, "workspace_not_ready"),
     ErrorKind(e.NotFoundError, 404, "not_found"),
     ErrorKind(e.DatasetError, 422, "invalid_dataset"),
+    ErrorKind(e.RequestError, 422, "invalid_request"),
     ErrorKind(e.CorruptPackError, 422, "corrupt_pack"),
     ErrorKind(e.FingerprintMismatchError, 422, "base_mismatch"),
     ErrorKind(e.ModelMismatchError, 422, "model_mismatch"),
@@ -73,7 +74,9 @@ async def _skillstore_error(_: Request, exc: e.SkillstoreError) -> JSONResponse:
     kind = kind_of(exc)
     if kind.status >= 500:
         log.error("%s: %s", type(exc).__name__, exc)
-    return error_response(kind.status, kind.code, str(exc))
+    field = getattr(exc, "field", "")  # a RequestError names the field that failed
+    details = [{"loc": field.split("."), "msg": str(exc)}] if field else None
+    return error_response(kind.status, kind.code, str(exc), details=details)
 
 
 async def _database_error(_: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
@@ -83,7 +86,8 @@ async def _database_error(_: Request, exc: sa.exc.SQLAlchemyError) -> JSONRespon
                               f"({str(exc.orig).splitlines()[0]}); check the ids and numbers sent.")
     if isinstance(exc, sa.exc.IntegrityError):
         return error_response(409, "conflict", "The change conflicts with a concurrent one "
-                              f"({str(exc.orig).splitlines()[0]}); read the object again and retry.")
+                              f"({str(exc.orig).splitlines()[0]}); read the object again and "
+                              "retry.")
     if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)) \
             or getattr(exc, "connection_invalidated", False):
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -10,11 +10,13 @@ from fastapi import Depends, Path, Query
 # A name starts with a letter and has no '/', '\' or '..': it can never leave a folder.
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
 # An id (12; 9 digits at most, inside the catalog's 32-bit ids), SKILL@vN, or sha256:<hex>.
-REF_PATTERN = r"^([0-9]{1,9}|[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(@v?[0-9]{1,9})?|sha256:[0-9a-f]{64})$"
+REF_PATTERN = (r"^([0-9]{1,9}|[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(@v?[0-9]{1,9})?"
+               r"|sha256:[0-9a-f]{64})$")
 
 Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=128, description="A name or an id.")]
 Ref = Annotated[str, Path(pattern=REF_PATTERN, max_length=200,
-                          description="An id, a name, SKILL@vN for a pack, or a state fingerprint.")]
+                          description="An id, a name, SKILL@vN for a pack, or a state "
+                                      "fingerprint.")]
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Job id.")]
 FilterRef = Annotated[str | None, Query(pattern=REF_PATTERN, max_length=200)]
 
@@ -23,7 +25,9 @@ def _utc(value: datetime | None) -> datetime | None:
     """Dates without a zone are UTC; the catalog compares aware timestamps."""
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 class Page:

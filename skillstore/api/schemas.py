@@ -35,12 +35,16 @@ class SkillIn(Body):
     name: str = NameField
     path: str = Field(min_length=1, max_length=4096, pattern=PATH_PATTERN,
                       description="JSONL dataset on the server.")
-    suite: str = Field(default="", max_length=256, pattern=r"^[\w.,:-]*$",
-                       description="The lm-eval suite that measures it (default: the name).")
+    suite: str = Field(default="", max_length=4096, pattern=PATH_PATTERN.replace("+", "*"),
+                       description="The lm-eval suite that measures it: task YAML paths on the "
+                                   "server or task names, comma-separated (default: the name).")
     description: str = Field(default="", max_length=2000)
 
 
 class JobIn(Body):
+    """A learning job, as `skillstore learn` takes it; the server validates the whole request
+    (every trainer setting included) before queueing, and answers 422 naming a bad field."""
+
     skill: str = NameField
     base: str = NameField
     method: Literal["sft", "distill", "dpo"] = "sft"
@@ -50,9 +54,25 @@ class JobIn(Body):
     start_from: Literal["base", "current"] = "base"
     budget: float | None = Field(default=None, gt=0, le=100,
                                  description="Percent of the dense fp16 delta to fit the pack in.")
-    max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000,
+                                  description="Steps of every training stage the method runs.")
+    lr: float | None = Field(default=None, gt=0, description="Peak learning rate of every stage.")
+    batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     tune_steps: int = Field(default=0, ge=0, le=100_000,
-                            description="Steps of tune_pack on the skill's training rows after compressing; 0: off.")
+                            description="Steps of tune_pack on the skill's training rows after "
+                                        "compressing; 0: off.")
+    eval_limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    distill_prompts: int | None = Field(default=None, ge=1, le=100_000_000)
+    verify: bool = True
+    train: dict[str, Any] = Field(default_factory=dict, max_length=64,
+                                  description="Other SFT settings (docs/learning.md).")
+    dpo: dict[str, Any] = Field(default_factory=dict, max_length=64,
+                                description="DPO settings (method dpo only).")
+    generation: dict[str, Any] = Field(default_factory=dict, max_length=64,
+                                       description="How the source answers (distill, dpo).")
+    gate: dict[str, Any] = Field(default_factory=dict, max_length=64,
+                                 description="Gate policy settings (min_gain, max_drop, ...).")
 
 
 class OverrideIn(Body):
@@ -141,7 +161,9 @@ class JobOut(Out):
     attempts: int
     error: str | None
     celery_task_id: str | None
-    params: dict[str, Any]
+    request: dict[str, Any]
+    steps: dict[str, dict[str, Any]]
+    owner: dict[str, Any] | None
     base_id: int | None
     skill_id: int | None
     pack_id: int | None

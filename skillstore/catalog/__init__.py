@@ -1,23 +1,14 @@
 """The skill-store catalog: tables, migrations, lineage queries and the service functions."""
 
 from .gc import BLOB_REFERENCES, GcReport, collect_garbage, referenced_digests
-from .jobs import (
-                   attach_task,
-                   cancel_job,
-                   create_job,
-                   fail_job,
-                   finish_job,
-                   get_job,
-                   list_jobs,
-                   set_progress,
-                   start_job,
-)
+from .jobs import attach_task, create_job, get_job, list_jobs
 from .lineage import LineageGraph, add_edge, ancestors, descendants, describe_nodes
 from .models import (
                    BaseCheckpoint,
                    BaseHead,
                    EvalResult,
                    Job,
+                   JobStep,
                    LineageEdge,
                    ModelState,
                    Promotion,
@@ -50,13 +41,13 @@ from .workspace import Catalog, init_workspace, open_catalog
 
 __all__ = [
     "BLOB_REFERENCES", "BaseCheckpoint", "BaseHead", "Catalog", "EdgeKind", "EvalResult",
-    "GcReport", "Job", "JobStatus", "LineageEdge", "LineageGraph", "ModelState", "PackPage",
-    "PackStatus", "Promotion", "Record", "Skill", "SkillPack", "StatePack", "add_edge",
-    "add_skill", "advance_head", "ancestors", "attach_task", "cancel_job", "collect_garbage",
+    "GcReport", "Job", "JobStep", "JobStatus", "LineageEdge", "LineageGraph", "ModelState",
+    "PackPage", "PackStatus", "Promotion", "Record", "Skill", "SkillPack", "StatePack", "add_edge",
+    "add_skill", "advance_head", "ancestors", "attach_task", "collect_garbage",
     "create_job", "create_pack", "current_head", "current_state", "describe_nodes",
-    "descendants", "eval_results", "fail_job", "finish_job", "get_base", "get_job",
+    "descendants", "eval_results", "get_base", "get_job",
     "get_or_create_state", "get_pack", "get_skill", "get_state", "init_workspace", "list_bases",
     "list_jobs", "list_packs", "list_skills", "open_catalog", "pack_name", "promotions_of",
     "record_eval_result", "referenced_digests", "register_base", "set_pack_status",
-    "set_progress", "start_job", "state_fingerprint", "utcnow",
+    "state_fingerprint", "utcnow",
 ]

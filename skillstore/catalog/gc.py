@@ -37,8 +37,8 @@ class GcReport:
 def referenced_digests(session: Session) -> set[str]:
     refs: set[str] = set()
     for column in BLOB_REFERENCES:
-        refs.update(v for v in session.scalars(sa.select(column).where(column.is_not(None)).distinct())
-                    if v)
+        q = sa.select(column).where(column.is_not(None)).distinct()
+        refs.update(v for v in session.scalars(q) if v)
     return refs
 
 

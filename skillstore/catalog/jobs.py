@@ -1,4 +1,5 @@
-"""Job rows: queue, start, report progress, finish, fail, cancel; a job's state lives here."""
+"""Job rows: create, look up, list and count. A job's life (begin, fail, cancel, retry) is in
+skillstore.pipeline.lifecycle."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..errors import ConfigError, JobError, NotFoundError
+from ..errors import ConfigError, NotFoundError
 from .models import Job
-from .schema import JobStatus, created_window, fits_row_id, utcnow
+from .schema import JobStatus, created_window, fits_row_id
 
 
-def create_job(session: Session, *, kind: str, params: dict, base_id: int | None = None,
+def create_job(session: Session, *, kind: str, request: dict, base_id: int | None = None,
                skill_id: int | None = None) -> Job:
     """A queued job; the caller sends the Celery task and stores its id with `attach_task`."""
-    job = Job(kind=kind, params=params, base_id=base_id, skill_id=skill_id,
+    job = Job(kind=kind, request=request, base_id=base_id, skill_id=skill_id,
               status=JobStatus.queued, progress=0.0, attempts=0)
     session.add(job)
     session.flush()
@@ -65,50 +66,4 @@ def count_jobs(session: Session, *, status: JobStatus | str | None = None, base_
 
 def attach_task(session: Session, job: Job, celery_task_id: str) -> None:
     job.celery_task_id = celery_task_id
-    session.flush()
-
-
-def start_job(session: Session, job: Job, stage: str) -> None:
-    """Mark a job running (again): one more attempt, at `stage`."""
-    if job.status in (JobStatus.cancelled, JobStatus.succeeded):
-        raise JobError(f"Job {job.id} is {job.status.value}; it cannot start again.")
-    job.status = JobStatus.running
-    job.attempts += 1
-    job.stage = stage
-    job.error = None
-    job.started_at = job.started_at or utcnow()
-    session.flush()
-
-
-def set_progress(session: Session, job: Job, stage: str, fraction: float) -> None:
-    """Record how far a running job is: a stage name and a fraction in [0, 1]."""
-    job.stage = stage
-    job.progress = min(1.0, max(0.0, float(fraction)))
-    session.flush()
-
-
-def finish_job(session: Session, job: Job, *, pack_id: int | None = None) -> None:
-    job.status = JobStatus.succeeded
-    job.progress = 1.0
-    if pack_id is not None:
-        job.pack_id = pack_id
-    job.finished_at = utcnow()
-    session.flush()
-
-
-def fail_job(session: Session, job: Job, error: str, *, stage: str | None = None) -> None:
-    """Mark a job failed with a one-line error and the stage it failed in."""
-    job.status = JobStatus.failed
-    job.error = error.strip().splitlines()[0] if error.strip() else "failed"
-    if stage:
-        job.stage = stage
-    job.finished_at = utcnow()
-    session.flush()
-
-
-def cancel_job(session: Session, job: Job) -> None:
-    if JobStatus(job.status).finished:
-        raise JobError(f"Job {job.id} already {job.status.value}; nothing to cancel.")
-    job.status = JobStatus.cancelled
-    job.finished_at = utcnow()
     session.flush()

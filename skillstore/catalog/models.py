@@ -121,7 +121,11 @@ class Job(Record):
     status: Mapped[JobStatus] = mapped_column(
         enum_column(JobStatus, "job_status"), default=JobStatus.queued)
     celery_task_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
-    params: Mapped[dict] = mapped_column(default=dict)
+    # What was asked (a LearnRequest's JSON), never written after the job is queued; what the
+    # steps produced lives in `job_steps`.
+    request: Mapped[dict] = mapped_column(default=dict)
+    owner_host: Mapped[str | None] = mapped_column(sa.String(255))  # the worker that holds it
+    owner_pid: Mapped[int | None]
     base_id: Mapped[int | None] = mapped_column(sa.ForeignKey("base_models.id", ondelete="SET NULL"))
     skill_id: Mapped[int | None] = mapped_column(sa.ForeignKey("skills.id", ondelete="SET NULL"))
     stage: Mapped[str | None] = mapped_column(sa.String(64))
@@ -133,6 +137,32 @@ class Job(Record):
     started_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None]
+
+    steps: Mapped[list[JobStep]] = relationship(
+        lazy="selectin", order_by="JobStep.id", cascade="all, delete-orphan",
+        back_populates="job")
+
+    @property
+    def outputs(self) -> dict[str, dict]:
+        """stage -> what that step recorded, for the steps that finished."""
+        return {step.stage: step.output for step in self.steps}
+
+
+class JobStep(Record):
+    """One finished step of a job: what it produced and how long its library call took."""
+
+    __tablename__ = "job_steps"
+    __table_args__ = (sa.UniqueConstraint("job_id", "stage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(sa.String(64))
+    output: Mapped[dict] = mapped_column(default=dict)
+    seconds: Mapped[float | None]
+    attempt: Mapped[int] = mapped_column(default=1)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="raise", back_populates="steps")
 
 
 class ModelState(Record):

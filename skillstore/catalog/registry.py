@@ -26,12 +26,14 @@ def _lookup(session: Session, model, kind: str, ref: str | int):
     if isinstance(ref, int) or str(ref).isdigit():
         row = session.get(model, int(ref)) if fits_row_id(ref) else None
         if row is None:
-            raise NotFoundError(f"No {kind} with id {ref}; list them with `skillstore {kind} list`.")
+            raise NotFoundError(
+                f"No {kind} with id {ref}; list them with `skillstore {kind} list`.")
         return row
     row = session.scalar(sa.select(model).where(model.name == ref))
     if row is None:
         names = list(session.scalars(sa.select(model.name).limit(1000)))
-        raise NotFoundError(f"No {kind} named {ref!r}.{did_you_mean(str(ref), names) if names else ''}"
+        hint = did_you_mean(str(ref), names) if names else ""
+        raise NotFoundError(f"No {kind} named {ref!r}.{hint}"
                             f" List them with `skillstore {kind} list`.")
     return row
 
@@ -56,7 +58,8 @@ def register_base(session: Session, *, name: str, uri: str, architecture: str, f
             return by_name
         raise ConfigError(f"Base {name!r} is already registered with other weights "
                           f"({by_name.fingerprint[:19]}...); pick another name.")
-    by_fp = session.scalar(sa.select(BaseCheckpoint).where(BaseCheckpoint.fingerprint == fingerprint))
+    by_fp = session.scalar(
+        sa.select(BaseCheckpoint).where(BaseCheckpoint.fingerprint == fingerprint))
     if by_fp is not None:
         raise ConfigError(f"These weights are already registered as base {by_fp.name!r} "
                           f"(id {by_fp.id}); use that name.")

@@ -30,7 +30,9 @@ def pack_dict(p: SkillPack) -> dict:
 def job_dict(j: Job) -> dict:
     return {"id": j.id, "kind": j.kind, "status": j.status, "stage": j.stage,
             "progress": j.progress, "attempts": j.attempts, "error": j.error,
-            "celery_task_id": j.celery_task_id, "params": j.params, "base_id": j.base_id,
+            "celery_task_id": j.celery_task_id, "request": j.request, "steps": j.outputs,
+            "owner": {"host": j.owner_host, "pid": j.owner_pid} if j.owner_host else None,
+            "base_id": j.base_id,
             "skill_id": j.skill_id, "pack_id": j.pack_id, "created_at": j.created_at,
             "started_at": j.started_at, "updated_at": j.updated_at, "finished_at": j.finished_at}
 

@@ -21,7 +21,7 @@ BASE = "tiny-llama"
 DISTILLED = "knowledge"  # the one skill taught by the heterogeneous GPT-2 source
 TRAIN = {"max_steps": 600, "batch_size": 32, "eval_every": 100, "patience": 3, "lr": 3e-3}
 EVAL_LIMIT = 100
-OPTIONS = {"eval_limit": EVAL_LIMIT, "distill_rows": 400}
+DISTILL_PROMPTS = 400
 # Budget mode picks rank and bits per module to fit a quarter of the dense fp16 delta; a fixed
 # preset prunes a tiny model's embedding delta too hard (measured: reverse 0.94 -> 0.16).
 POLICY, BUDGET = "balanced", 0.25
@@ -29,7 +29,7 @@ POLICY, BUDGET = "balanced", 0.25
 
 def _queue_missing(catalog, settings, skills: list[str]) -> list[int]:
     """One job per skill in order; a skill whose job already succeeded is reused, not redone."""
-    from ..pipeline import queue_learning_job
+    from ..pipeline import LearnRequest, queue
 
     ids = []
     with catalog.session() as s:
@@ -43,10 +43,12 @@ def _queue_missing(catalog, settings, skills: list[str]) -> list[int]:
             if done is not None:
                 ids.append(done.id)
                 continue
-            method = "distill" if name == DISTILLED else "sft"
-            ids.append(queue_learning_job(
-                s, settings, name, BASE, method=method, source="src-gpt2" if method == "distill" else None,
-                policy=POLICY, budget=BUDGET, train=TRAIN, options=OPTIONS))
+            distill = name == DISTILLED
+            request = LearnRequest.build(
+                name, BASE, method="distill" if distill else "sft",
+                source="src-gpt2" if distill else None, policy=POLICY, budget=BUDGET, sft=TRAIN,
+                eval_limit=EVAL_LIMIT, distill_prompts=DISTILL_PROMPTS if distill else None)
+            ids.append(queue(s, settings, request).id)
     return ids
 
 
@@ -122,9 +124,8 @@ def _html_report(catalog, settings: Settings, naive: dict):
 
 def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: float = 1800) -> None:
     """Build, learn through a real worker, and report; a second run reuses everything it can."""
-    from ..pipeline.forgetting import naive_sequential, routed_matrix
-    from ..pipeline.zoo_setup import register_zoo
-    from ..zoo import build_zoo
+    from ..zoo import build_zoo, register_zoo
+    from .demo_forgetting import naive_sequential, routed_matrix
     from .job_watch import follow_jobs
 
     for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):

@@ -17,7 +17,7 @@ from ._groups import JOB
 def learn(skill: str = typer.Argument(..., help="Skill name or id."),
           base: str = typer.Option(..., "--base", help="Target base model (name or id)."),
           source: str | None = typer.Option(None, "--source", help="Source model for distill/dpo."),
-          method: str = typer.Option("sft", help="sft, distill or dpo."),
+          method: str = typer.Option("sft", help="sft, distill or dpo (SFT, then DPO)."),
           policy: str = typer.Option("balanced", help="Compression preset or policy JSON file."),
           start_from: str = typer.Option("base", "--start-from", help="base or current."),
           budget: float | None = typer.Option(None, min=0.01, max=100,
@@ -28,29 +28,51 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
                                               "skill's training rows for this many steps (same "
                                               "bytes; docs/skillpack.md). 0: off."),
           general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
-          max_steps: int | None = typer.Option(None, min=1, help="Training steps (default: trainer's)."),
-          lr: float | None = typer.Option(None, min=0, help="Peak learning rate (default: trainer's)."),
-          batch_size: int | None = typer.Option(None, min=1, help="Batch size (default: trainer's)."),
-          seed: int | None = typer.Option(None, help="Training seed (default: trainer's)."),
+          eval_limit: int | None = typer.Option(None, "--eval-limit", min=1,
+                                                help="Evaluate at most this many prompts per task."),
+          max_steps: int | None = typer.Option(None, min=1,
+                                               help="Steps of every training stage the method "
+                                                    "runs (SFT, and DPO for dpo)."),
+          lr: float | None = typer.Option(None, min=0, help="Peak learning rate of every stage."),
+          batch_size: int | None = typer.Option(None, min=1, help="Batch size of every stage."),
+          seed: int | None = typer.Option(None, help="Seed of every stage and of the source's "
+                                                     "generation."),
+          distill_prompts: int | None = typer.Option(
+              None, "--distill-prompts", min=1,
+              help="distill/dpo: how many training prompts the source answers (default: all)."),
+          verify: bool = typer.Option(True, "--verify/--no-verify",
+                                      help="distill/dpo: keep only answers the skill's checker "
+                                           "accepts."),
           train_options: list[str] = typer.Option(
               [], "--train", metavar="KEY=VALUE",
-              help="Any other trainer setting, e.g. --train warmup_frac=0.1 (repeatable; "
+              help="Any other SFT setting, e.g. --train warmup_frac=0.1 (repeatable; "
                    "docs/learning.md lists them)."),
+          dpo_options: list[str] = typer.Option(
+              [], "--dpo", metavar="KEY=VALUE", help="A DPO setting, e.g. --dpo beta=0.2."),
+          generation_options: list[str] = typer.Option(
+              [], "--generation", metavar="KEY=VALUE",
+              help="How the source answers, e.g. --generation do_sample=true."),
+          gate_options: list[str] = typer.Option(
+              [], "--gate", metavar="KEY=VALUE", help="A gate policy setting, e.g. --gate "
+                                                      "max_drop=0.02."),
           as_json: bool = JSON_OPTION) -> None:
-    """Queue a learning job (prepare, train, compress, evaluate, gate) and print its id."""
-    from ..pipeline import queue_learning_job
+    """Queue a learning job (prepare, train, compress, evaluate, gate) and print its id.
 
-    settings = get_settings()
-    options = {"general_suite": str(general_suite)} if general_suite else {}
-    train = parse_key_values(train_options, "--train")
-    train.update({k: v for k, v in (("max_steps", max_steps), ("lr", lr),
-                                    ("batch_size", batch_size), ("seed", seed)) if v is not None})
-    with workspace_session() as (_, session):
-        job_id = queue_learning_job(session, settings, skill, base, source=source, method=method,
-                                    policy=policy, start_from=start_from,
-                                    budget=None if budget is None else budget / 100,
-                                    train=train, tune_steps=tune_steps,
-                                    options=options)
+    Every option is validated before anything is queued; a bad one is one `error:` line.
+    """
+    from ..pipeline import LearnRequest, queue
+
+    request = LearnRequest.build(
+        skill, base, method=method, source=source, policy=policy, start_from=start_from,
+        budget=None if budget is None else budget / 100, tune_steps=tune_steps,
+        general_suite=str(general_suite) if general_suite else None, eval_limit=eval_limit,
+        distill_prompts=distill_prompts, verify=verify, max_steps=max_steps, lr=lr,
+        batch_size=batch_size, seed=seed, sft=parse_key_values(train_options, "--train"),
+        dpo=parse_key_values(dpo_options, "--dpo"),
+        generation=parse_key_values(generation_options, "--generation"),
+        gate=parse_key_values(gate_options, "--gate") or None)
+    with workspace_session() as (catalog, session):
+        job_id = queue(session, catalog.settings, request).id
     if as_json:
         print_json({"job_id": job_id})
     else:
@@ -97,7 +119,7 @@ def job_cancel(job_id: str = typer.Argument(..., help="Job id.")) -> None:
     from ..pipeline import cancel
 
     with workspace_session() as (catalog, session):
-        job = cancel(session, catalog.settings, job_id)
+        job = cancel(session, job_id)
         typer.echo(f"job {job.id} cancelled at stage {job.stage or 'queued'}")
 
 

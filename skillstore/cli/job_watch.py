@@ -15,8 +15,8 @@ POLL_S = 0.5
 
 
 def _describe(job) -> str:
-    params = job.params or {}
-    return f"job {job.id} {params.get('skill', '?')} ({params.get('method', '?')})"
+    request = job.request or {}
+    return f"job {job.id} {request.get('skill', '?')} ({request.get('method', '?')})"
 
 
 def _state(job) -> str:
@@ -26,7 +26,7 @@ def _state(job) -> str:
     if status == JobStatus.failed:
         return f"failed in {job.stage}: {job.error}"
     if status == JobStatus.succeeded:
-        verdict = ((job.params or {}).get("out", {}).get("gate") or {}).get("verdict", "done")
+        verdict = (job.outputs.get("gate") or {}).get("verdict", "done")
         return f"done, pack {job.pack_id} {verdict}"
     return status.value
 
@@ -41,8 +41,9 @@ def follow_jobs(catalog, job_ids: Sequence[int], *, timeout: float | None = None
     console = console or Console()
     deadline = None if timeout is None else time.monotonic() + timeout
     final: dict[int, JobStatus] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TextColumn("{task.fields[state]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[state]}"),
+               TimeElapsedColumn())
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
         tasks = {}
         while True:

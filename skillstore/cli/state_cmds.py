@@ -11,6 +11,7 @@ from ._common import JSON_OPTION, print_json, print_rows, workspace_session
 from ._groups import PACK, STATE
 
 REPORT_FORMAT = typer.Option("md", "--format", "-f", help="md, html or json.")
+ROUTE_PROMPTS = 500  # training prompts per class for `state route`
 
 
 def _state_row(session, state) -> dict:
@@ -74,27 +75,17 @@ def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
                 top_k: int = typer.Option(1, "--top-k", min=1, help="Packs mixed per input."),
                 as_json: bool = JSON_OPTION) -> None:
     """Train the learned router on each skill's training prompts; prints the routed state."""
-    import sqlalchemy as sa
-
-    from ..catalog import Skill, get_state
+    from ..catalog import get_pack, get_state
     from ..curriculum.validate import load_rows
-    from ..errors import ConfigError
     from ..models import load_causal_lm
-    from ..routing import NONE_CLASS
-    from ..states import attach_router, load_view
+    from ..states import attach_router, load_view, router_prompts
 
     with workspace_session() as (catalog, session):
         state = get_state(session, ref)
         view = load_view(session, state)
-        prompts = {}
-        for name in view.skills:
-            skill = session.scalar(sa.select(Skill).where(Skill.name == name))
-            if not skill.data_uri:
-                raise ConfigError(f"Skill {name!r} has no training data to route on; "
-                                  "register it with `skillstore skill add --data FILE`.")
-            prompts[name] = [r["prompt"] for r in load_rows(skill.data_uri)][:500]
-        if general is not None:
-            prompts[NONE_CLASS] = [r["prompt"] for r in load_rows(general)][:500]
+        general_prompts = [r["prompt"] for r in load_rows(general)] if general is not None else []
+        packs = [get_pack(session, m.pack_id) for m in view.members]
+        prompts = router_prompts(session, catalog.blobs, packs, general_prompts, limit=ROUTE_PROMPTS)
         model, tok = load_causal_lm(view.base_uri)
         routed = attach_router(session, catalog.blobs, state, model, tok, prompts, top_k=top_k)
         row = _state_row(session, routed) | {"train_accuracy": routed.router_config.get("train_accuracy")}
@@ -103,29 +94,39 @@ def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
 
 @STATE.app.command("eval")
 def state_eval(ref: str = typer.Argument(..., help="State id or fingerprint."),
-               tasks_dir: Path = typer.Option(..., "--tasks-dir", help="Folder of lm-eval task YAML."),
-               general_task: str = typer.Option("skillstore_general", "--general-task",
-                                                help="Task of the base's general suite ('' for none)."),
+               tasks_dir: Path | None = typer.Option(
+                   None, "--tasks-dir",
+                   help="Folder of the task YAML for skills whose suite names tasks (a suite of "
+                        "task YAML paths needs none)."),
+               general: str | None = typer.Option(
+                   None, "--general-suite",
+                   help="The base's general suite: a task YAML, or a task under --tasks-dir ('' "
+                        "for none; default: skillstore_general.yaml beside the skills' YAML)."),
                limit: int | None = typer.Option(None, "--limit", help="At most this many samples per task."),
                batch_size: int = typer.Option(16, "--batch-size", min=1),
                as_json: bool = JSON_OPTION) -> None:
     """Evaluate a state on its skills' suites and the general suite (cached results are reused)."""
     from ..catalog import get_state
     from ..catalog.serialize import eval_dict
-    from ..evaluation.cache import evaluate_state
-    from ..evaluation.suites import state_loader, state_suites
+    from ..evaluation import evaluate_state, general_suite, state_loader, state_suites
     from ..models import load_causal_lm
     from ..states import load_view
 
     with workspace_session() as (catalog, session):
         state = get_state(session, ref)
         view = load_view(session, state)
-        suites = state_suites(session, view.skills, tasks_dir, general_task=general_task or None)
+        suites = state_suites(session, view.skills, tasks_dir=tasks_dir)
+        extra = general_suite(general, beside=suites, tasks_dir=tasks_dir) if general != "" else None
+        suites += [extra] if extra else []
         model, tok = load_causal_lm(view.base_uri)
-        load = state_loader(model, tok, view, catalog.blobs, cache_dir=catalog.settings.home / "cache")
-        rows = [eval_dict(r) for r in evaluate_state(session, state, suites, load, batch_size=batch_size, limit=limit)]
+        load = state_loader(model, tok, view, catalog.blobs,
+                            cache_dir=catalog.settings.home / "cache")
+        rows = [eval_dict(r) for r in evaluate_state(session, state, suites, load,
+                                                     batch_size=batch_size, limit=limit)]
     print_rows(rows, ["suite", "task", "metric", "value", "stderr", "n"], as_json=as_json,
-               title=f"State {ref} results")
+               title=f"State {ref} results",
+               empty=f"State {ref} has no suite to evaluate: it holds no packs and no general suite "
+                     "was found; pass --general-suite.")
 
 
 def report(state: str | None = typer.Option(None, "--state", help="State id or fingerprint."),

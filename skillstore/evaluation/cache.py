@@ -11,21 +11,21 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ..catalog.models import EvalResult, ModelState
-from ..errors import EvaluationError
 from .runner import TaskResult, lm_eval_version, run_tasks, suite_version
-
-GENERAL_SUITE = "general"
 
 
 @dataclass(frozen=True)
 class Suite:
-    """A named set of lm-eval tasks in one folder; skill_id None marks the base's general suite."""
+    """A named set of lm-eval tasks in one folder; skill_id None marks the base's general suite.
+
+    ``headline_metric`` None takes the first of ``scores.HEADLINE_METRICS`` the tasks report.
+    """
 
     name: str
     include_path: Path
     tasks: tuple[str, ...]
     skill_id: int | None = None
-    headline_metric: str = "exact_match"
+    headline_metric: str | None = None
 
     @cached_property
     def version(self) -> str:
@@ -83,18 +83,4 @@ def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Lo
         )
         session.flush()
     return [row for suite in suites for row in cached_rows(session, state.id, suite, limit)]
-
-
-def headline(rows: Sequence[EvalResult], suite: Suite) -> tuple[float, float, int]:
-    """A suite's score: the mean over its tasks of the headline metric, with pooled stderr."""
-    picked = [r for r in rows if r.suite == suite.name and r.metric == suite.headline_metric]
-    if not picked:
-        raise EvaluationError(
-            f"Suite {suite.name!r} has no {suite.headline_metric!r} results; "
-            "evaluate it first or set its headline metric."
-        )
-    k = len(picked)
-    value = sum(r.value for r in picked) / k
-    stderr = (sum((r.stderr or 0.0) ** 2 for r in picked) ** 0.5) / k
-    return value, stderr, sum(r.n for r in picked)
 

@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from ..errors import EvaluationError, NotFoundError
@@ -26,12 +27,19 @@ class TaskResult:
     n: int
 
 
-def _task_files(root: Path) -> dict[str, Path]:
+def yaml_task(path: Path) -> str | None:
+    """The task a YAML file defines (its ``task:`` line), or None when it defines none."""
+    m = TASK_LINE.search(path.read_text(encoding="utf-8", errors="replace"))
+    return m.group(1).strip("'\"") if m else None
+
+
+def task_files(root: Path) -> dict[str, Path]:
+    """task name -> the YAML under ``root`` that defines it."""
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml")):
-        m = TASK_LINE.search(path.read_text(encoding="utf-8", errors="replace"))
-        if m:
-            out[m.group(1).strip("'\"")] = path
+        task = yaml_task(path)
+        if task:
+            out[task] = path
     return out
 
 
@@ -43,7 +51,7 @@ def suite_version(include_path: str | Path, tasks: Sequence[str] | None = None) 
     root = Path(include_path)
     if not root.is_dir():
         raise NotFoundError(f"Suite folder {str(root)!r} does not exist; pass the folder holding the task YAML.")
-    files = _task_files(root)
+    files = task_files(root)
     wanted = sorted(files) if tasks is None else list(tasks)
     h = hashlib.sha256()
     for task in wanted:
@@ -59,8 +67,6 @@ def suite_version(include_path: str | Path, tasks: Sequence[str] | None = None) 
 
 
 def lm_eval_version() -> str:
-    from importlib.metadata import version
-
     return version("lm_eval")
 
 
@@ -92,6 +98,7 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Pat
     Only the suite folder is indexed (``include_defaults=False``): no network and no scan of
     lm-eval's thousands of bundled tasks.
     """
+    # lm-eval takes seconds to import; only a command that evaluates pays for it.
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

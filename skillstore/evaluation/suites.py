@@ -1,48 +1,144 @@
-"""Suites of a state (one per skill plus the base's general suite) and the loader that materialises it."""
+"""Which lm-eval suites measure a skill and the base: the one reading of ``Skill.suite``.
+
+A skill's ``suite`` is a comma-separated list of lm-eval tasks, each given as either
+
+* the path of its task YAML (what the zoo registers, and what `skillstore skill add --suite
+  PATH/TO/TASK.yaml` records, made absolute): it resolves on its own; or
+* a task name (the default `skill add` records is the skill's name): it is defined by a YAML
+  under a tasks folder that the caller names (`--tasks-dir`), and fails clearly without one.
+
+The base's general suite is a task YAML too: the one a learning request names, else
+``skillstore_general.yaml`` beside the skills' YAML (the zoo curriculum writes it there).
+Every caller (the pipeline's evaluate step, `skillstore state eval`, the demo) resolves suites
+here, so the eval cache holds one result per (state, suite version) whoever asked for it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
+import yaml
 
 from ..catalog.models import Skill
-from ..errors import NotFoundError
-from ..states.materialise import load_packs, materialise
-from ..states.view import StateView
-from .cache import GENERAL_SUITE, Loader, Suite
+from ..curriculum.validate import load_rows
+from ..errors import ConfigError, EvaluationError, NotFoundError
+from .cache import Suite
+from .runner import task_files, yaml_task
+from .scores import GENERAL_SUITE
+
+GENERAL_YAML = "skillstore_general.yaml"
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def skill_tasks(skill: Skill) -> tuple[str, ...]:
-    """A skill's ``suite`` column names its lm-eval tasks, comma-separated."""
-    return tuple(t.strip() for t in skill.suite.split(",") if t.strip())
+def _entries(suite: str) -> list[str]:
+    return [e.strip() for e in suite.split(",") if e.strip()]
 
 
-def state_suites(session, skills: list[str], tasks_dir: str | Path, *,
-                 general_task: str | None = "skillstore_general") -> list[Suite]:
-    """One suite per skill (named after the skill) plus the general suite, all under ``tasks_dir``."""
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _is_yaml(entry: str) -> bool:
+    return entry.endswith(YAML_SUFFIXES)
+
+
+def _yaml_entry(entry: str, owner: str) -> tuple[Path, str]:
+    path = Path(entry).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"Task YAML {entry!r} ({owner}) does not exist; restore it, or "
+                            "register the skill again with --suite PATH/TO/TASK.yaml.")
+    task = yaml_task(path)
+    if task is None:
+        raise EvaluationError(f"Task YAML {entry!r} ({owner}) names no lm-eval task "
+                              "(no `task:` line); fix the YAML.")
+    return path.absolute(), task
+
+
+def _resolve(suite: str, owner: str, tasks_dir: str | Path | None) -> tuple[Path, tuple[str, ...]]:
+    """(include path, task names) of a suite string."""
+    folders, tasks = [], []
+    for entry in _entries(suite):
+        if _is_yaml(entry):
+            path, task = _yaml_entry(entry, owner)
+            folders.append(path.parent)
+        elif tasks_dir is None:
+            raise NotFoundError(f"{_cap(owner)} names the lm-eval task {entry!r} but no tasks "
+                                "folder was given; pass --tasks-dir (the folder of its YAML), or "
+                                "register the suite as the path of its task YAML.")
+        else:
+            folders.append(Path(tasks_dir).absolute())
+            task = entry
+        tasks.append(task)
+    if not tasks:
+        raise ConfigError(f"{_cap(owner)} is empty; register one with --suite PATH/TO/TASK.yaml.")
+    if len(set(folders)) > 1:
+        raise ConfigError(f"The tasks of {owner} live in several folders "
+                          f"({', '.join(sorted({str(f) for f in folders}))}); keep one suite's "
+                          "task YAML in one folder.")
+    return folders[0], tuple(tasks)
+
+
+def skill_suite(skill: Skill, tasks_dir: str | Path | None = None) -> Suite:
+    """The suite that measures ``skill``, named after it."""
+    folder, tasks = _resolve(skill.suite, f"the suite of skill {skill.name!r}", tasks_dir)
+    return Suite(skill.name, folder, tasks, skill.id)
+
+
+def general_suite(given: str | Path | None = None, *, beside: Sequence[Suite] = (),
+                  tasks_dir: str | Path | None = None) -> Suite | None:
+    """The base's general suite: ``given`` (a task YAML, or a task name under ``tasks_dir``),
+    else GENERAL_YAML in the folder of the first of ``beside`` that has one, else in
+    ``tasks_dir``; None when there is none."""
+    if given:
+        folder, tasks = _resolve(str(given), "the general suite", tasks_dir)
+        return Suite(GENERAL_SUITE, folder, tasks, None)
+    folders = [s.include_path for s in beside] + ([Path(tasks_dir)] if tasks_dir else [])
+    for folder in folders:
+        if (Path(folder) / GENERAL_YAML).is_file():
+            return general_suite(Path(folder) / GENERAL_YAML)
+    return None
+
+
+def state_suites(session, skills: Sequence[str], *, tasks_dir: str | Path | None = None,
+                 general: Suite | None = None) -> list[Suite]:
+    """One suite per skill (in the order given), then ``general`` when there is one."""
     rows = {s.name: s for s in session.scalars(sa.select(Skill).where(Skill.name.in_(skills)))}
     missing = [s for s in skills if s not in rows]
     if missing:
-        raise NotFoundError(f"Skill {missing[0]!r} is not in the catalog; add it with `skillstore skill add`.")
-    suites = [Suite(name, Path(tasks_dir), skill_tasks(rows[name]), rows[name].id) for name in skills]
-    if general_task:
-        suites.append(Suite(GENERAL_SUITE, Path(tasks_dir), (general_task,), None))
-    return suites
+        raise NotFoundError(f"Skill {missing[0]!r} is not in the catalog; add it with "
+                            "`skillstore skill add`.")
+    return [skill_suite(rows[name], tasks_dir) for name in skills] + ([general] if general else [])
 
 
-def state_loader(model, tokenizer, view: StateView, blobs, *, cache_dir: str | Path | None = None) -> Loader:
-    """The Loader for evaluate_state: the tag router gets each skill's own pack (none for the
-    general suite); every other router routes by itself. Packs are read once."""
-    packs = load_packs(view, blobs, cache_dir)
+def normalise_suite(suite: str) -> str:
+    """A suite as the catalog stores it: task YAML entries checked and made absolute (so a
+    worker in another folder reads the same file), task names kept."""
+    entries = _entries(suite)
+    out = [str(_yaml_entry(e, "the skill's suite")[0]) if _is_yaml(e) else e for e in entries]
+    return ",".join(out)
 
-    @contextmanager
-    def load(suite: Suite) -> Iterator[tuple[object, object]]:
-        tag = suite.name if view.router == "tag" and suite.name in view.skills else None
-        with materialise(model, view, blobs, tag=tag, pad_token_id=tokenizer.pad_token_id,
-                         cache_dir=cache_dir, packs=packs) as m:
-            yield m, tokenizer
 
-    return load
+class _TaskYamlLoader(yaml.SafeLoader):
+    """lm-eval YAML may hold `!function` tags; they name code, never data files, so skip them."""
+
+
+_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def suite_prompts(suite: Suite, limit: int) -> list[str]:
+    """Up to ``limit`` prompts of the training split (else the test split) of the suite's first
+    task, read from the local data file its YAML names; [] when it names none."""
+    path = task_files(Path(suite.include_path)).get(suite.tasks[0])
+    if path is None:
+        raise NotFoundError(f"Task {suite.tasks[0]!r} has no YAML under "
+                            f"{str(suite.include_path)!r}; write it or fix the suite.")
+    doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskYamlLoader) or {}
+    files = (doc.get("dataset_kwargs") or {}).get("data_files") or {}
+    if not isinstance(files, dict):
+        return []
+    split = files.get("train") or files.get(doc.get("test_split", "test"))
+    if not split or not Path(split).is_file():
+        return []
+    return [r["prompt"] for r in load_rows(split)[:limit]]

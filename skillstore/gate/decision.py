@@ -7,18 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..errors import EvaluationError
+from ..evaluation.scores import GENERAL_SUITE, Score
 from .policy import GatePolicy
-
-GENERAL = "general"
-
-
-@dataclass(frozen=True)
-class Score:
-    """One suite's headline score: value, its standard error and the number of samples."""
-
-    value: float
-    stderr: float = 0.0
-    n: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,7 +71,7 @@ def _drop_check(suite: str, before: Score, after: Score, tolerance: float, z: fl
 
 def decide(policy: GatePolicy, *, new_skill: str, before: Mapping[str, Score],
            after: Mapping[str, Score], earlier_skills: Sequence[str],
-           general_suites: Sequence[str] = (GENERAL,)) -> Decision:
+           general_suites: Sequence[str] = (GENERAL_SUITE,)) -> Decision:
     """Judge a candidate: ``before`` holds the current state's scores, ``after`` the candidate's.
 
     The new skill must gain at least ``min_gain`` (point estimate); every earlier skill and

@@ -1,57 +1,148 @@
-"""The standard judge for gate_pack: build the candidate, evaluate both states (cached), decide, report."""
+"""The gate's judge in two halves: evaluate a candidate against the current state (cached), then
+decide on those recorded scores and store the report.
+
+The learning pipeline runs the halves on different queues (evaluate needs the model, the gate
+must not load one); :func:`make_judge` runs both in one call for code that holds a model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog.models import BaseCheckpoint, ModelState, SkillPack
-from ..evaluation.cache import evaluate_state
-from ..evaluation.suites import state_loader, state_suites
-from ..states.view import extend_state, load_view
-from .decision import GENERAL, Decision, decide
+from ..catalog.models import ModelState, SkillPack
+from ..catalog.states import get_state
+from ..errors import StaleEvaluationError
+from ..evaluation.cache import Suite, evaluate_state
+from ..evaluation.loader import state_loader
+from ..evaluation.scores import Score, suite_scores
+from ..evaluation.suites import state_suites, suite_prompts
+from ..reports import build_report, render_report
+from ..states.service import ROUTER_PROMPTS, candidate_state
+from ..states.view import load_view
+from .decision import Decision, decide
 from .policy import GatePolicy
+from .promote import Judge
 
 
-def make_judge(blobs, model, tokenizer, pack: SkillPack, *, tasks_dir: str | Path, policy: GatePolicy,
-               general_task: str | None = "skillstore_general", router: str | None = None,
-               router_prompts: Mapping[str, Sequence[str]] | None = None, batch_size: int = 16,
-               limit: int | None = None, cache_dir: str | Path | None = None):
-    """A Judge for :func:`gate_pack` that the pipeline calls once per attempt.
+@dataclass(frozen=True)
+class CandidateEvaluation:
+    """What a gate decision is made on: the current state, the head version it was read at,
+    and the candidate, both scored on the same suites (``before`` and ``after``)."""
 
-    It extends the current state with ``pack``, trains the learned router when the state routes
-    that way (``router_prompts``: class -> prompts, including ``<none>``), evaluates the current
-    and the candidate state on every learned skill, the new skill and the general suite (the
-    eval cache makes a re-judge after a lost race cost only the new state), decides with
-    ``policy`` and stores an HTML report in the blob store; its digest is the report reference.
+    current_state_id: int
+    head_version: int | None
+    candidate_state_id: int
+    new_skill: str
+    earlier: tuple[str, ...]
+    general: tuple[str, ...]
+    before: dict[str, Score]
+    after: dict[str, Score]
+
+    def is_current(self, current: ModelState, version: int | None) -> bool:
+        """True while the base's head is still the state these scores were measured against."""
+        return current.id == self.current_state_id and version == self.head_version
+
+    def decide(self, policy: GatePolicy) -> Decision:
+        return decide(policy, new_skill=self.new_skill, before=self.before, after=self.after,
+                      earlier_skills=self.earlier, general_suites=self.general)
+
+    def as_json(self) -> dict:
+        def scores(d: dict[str, Score]) -> dict:
+            return {k: {"value": s.value, "stderr": s.stderr, "n": s.n} for k, s in d.items()}
+
+        return {"current_state_id": self.current_state_id, "head_version": self.head_version,
+                "candidate_state_id": self.candidate_state_id, "new_skill": self.new_skill,
+                "earlier": list(self.earlier), "general": list(self.general),
+                "before": scores(self.before), "after": scores(self.after)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> CandidateEvaluation:
+        def scores(d: dict) -> dict[str, Score]:
+            return {k: Score(**v) for k, v in d.items()}
+
+        return cls(doc["current_state_id"], doc["head_version"], doc["candidate_state_id"],
+                   doc["new_skill"], tuple(doc["earlier"]), tuple(doc["general"]),
+                   scores(doc["before"]), scores(doc["after"]))
+
+
+def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, current: ModelState,
+                       version: int | None, *, general: Suite | None = None,
+                       tasks_dir: str | Path | None = None, router: str | None = None,
+                       batch_size: int = 16, limit: int | None = None,
+                       cache_dir: str | Path | None = None,
+                       progress: Callable[[float], None] | None = None) -> CandidateEvaluation:
+    """Build the candidate (``current`` + ``pack``, see states.candidate_state: a learned router
+    is retrained for the new pack set, the general suite's training prompts as its NONE class)
+    and evaluate ``current`` and the candidate on the same suites: every skill the candidate
+    holds, and ``general``. The eval cache runs only what the table does not hold yet; rows
+    are flushed in the caller's transaction. ``version`` is the head version ``current`` was
+    read at; the gate refuses to decide on these scores once the head has moved."""
+    learned = (router or current.router) == "learned"
+    general_prompts = (suite_prompts(general, ROUTER_PROMPTS)
+                       if general is not None and learned else ())
+    candidate = candidate_state(session, blobs, current, pack, model, tokenizer, router=router,
+                                general_prompts=general_prompts)
+    cand_view, cur_view = load_view(session, candidate), load_view(session, current)
+    suites = state_suites(session, cand_view.skills, tasks_dir=tasks_dir, general=general)
+    for done, (state, view) in enumerate(((current, cur_view), (candidate, cand_view)), start=1):
+        evaluate_state(session, state, suites,
+                       state_loader(model, tokenizer, view, blobs, cache_dir=cache_dir),
+                       batch_size=batch_size, limit=limit)
+        if progress is not None:
+            progress(done / 2)
+    new_skill = cand_view.skills[-1]  # the pack is the candidate's last member
+    return CandidateEvaluation(
+        current.id, version, candidate.id, new_skill,
+        earlier=tuple(s for s in cur_view.skills if s != new_skill),
+        general=tuple(s.name for s in suites if s.skill_id is None),
+        before=suite_scores(session, current.id, suites, limit=limit),
+        after=suite_scores(session, candidate.id, suites, limit=limit))
+
+
+def store_report(session, blobs, state: ModelState, decision: Decision,
+                 pack: SkillPack | None = None) -> str:
+    """The report of a decision on ``state`` as one HTML page in the blob store; its digest."""
+    data = build_report(session, state=state, pack=pack)
+    data.decision = decision.as_dict()
+    return blobs.put_bytes(render_report(data, "html").encode("utf-8"))
+
+
+def recorded_judge(blobs, pack: SkillPack, evaluation: CandidateEvaluation,
+                   policy: GatePolicy) -> Judge:
+    """A judge for gate_pack that decides on recorded scores and never evaluates.
+
+    When the head is no longer the one the scores were measured against (another promotion
+    won, before this gate or during one of gate_pack's attempts) it raises
+    StaleEvaluationError, and the caller evaluates again on the new head.
     """
-    from ..reports import build_report, render_report
-    from ..states.service import attach_router
+    def judge(session, current: ModelState,
+              version: int | None) -> tuple[ModelState, Decision, str]:
+        if not evaluation.is_current(current, version):
+            raise StaleEvaluationError(
+                f"Pack {pack.id} was evaluated against state {evaluation.current_state_id} (head "
+                f"version {evaluation.head_version}); the head is now state {current.id} "
+                f"(version {version}). Evaluate it again on the new head.")
+        candidate = get_state(session, evaluation.candidate_state_id)
+        decision = evaluation.decide(policy)
+        return candidate, decision, store_report(session, blobs, candidate, decision, pack)
 
-    def judge(session, current: ModelState, _version: int | None) -> tuple[ModelState, Decision, str]:
-        base = session.get(BaseCheckpoint, pack.base_id)
-        candidate = extend_state(session, base, current, pack, router=router)
-        if candidate.router == "learned":
-            if router_prompts is None:
-                from ..errors import RoutingError
+    return judge
 
-                raise RoutingError(f"Pack {pack.id} joins a learned-router state; pass router_prompts to retrain it.")
-            candidate = attach_router(session, blobs, candidate, model, tokenizer, router_prompts)
-        cand_view, cur_view = load_view(session, candidate), load_view(session, current)
-        suites = state_suites(session, cand_view.skills, tasks_dir, general_task=general_task)
-        for state, view in ((current, cur_view), (candidate, cand_view)):
-            evaluate_state(session, state, suites, state_loader(model, tokenizer, view, blobs, cache_dir=cache_dir),
-                           batch_size=batch_size, limit=limit)
-        from ..reports.data import suite_scores
 
-        new_skill = cand_view.skills[-1]
-        decision = decide(policy, new_skill=new_skill, before=suite_scores(session, current.id),
-                          after=suite_scores(session, candidate.id),
-                          earlier_skills=[s for s in cur_view.skills if s != new_skill],
-                          general_suites=(GENERAL,) if general_task else ())
-        data = build_report(session, state=candidate)
-        data.decision = decision.as_dict()
-        report_ref = blobs.put_bytes(render_report(data, "html").encode())
-        return candidate, decision, report_ref
+def make_judge(blobs, model, tokenizer, pack: SkillPack, *, policy: GatePolicy,
+               general: Suite | None = None, tasks_dir: str | Path | None = None,
+               router: str | None = None, batch_size: int = 16, limit: int | None = None,
+               cache_dir: str | Path | None = None) -> Judge:
+    """A judge for :func:`gate_pack` that evaluates on every attempt: evaluate_candidate against
+    the head gate_pack read, then recorded_judge on those scores. After a lost race the eval
+    cache makes the new attempt cost only the new candidate."""
+    def judge(session, current: ModelState,
+              version: int | None) -> tuple[ModelState, Decision, str]:
+        evaluation = evaluate_candidate(session, blobs, model, tokenizer, pack, current, version,
+                                        general=general, tasks_dir=tasks_dir, router=router,
+                                        batch_size=batch_size, limit=limit, cache_dir=cache_dir)
+        return recorded_judge(blobs, pack, evaluation, policy)(session, current, version)
 
     return judge

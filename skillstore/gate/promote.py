@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 
 from ..catalog.models import BaseCheckpoint, ModelState, Promotion, SkillPack
+from ..catalog.packs import set_pack_status
 from ..catalog.schema import PackStatus
 from ..catalog.states import advance_head, current_head, get_state
 from ..errors import PromotionConflictError
@@ -49,8 +50,6 @@ def record_decision(session, pack: SkillPack, decision: Decision, *, candidate: 
 
 
 def _set_status(session, pack, to, reason, actor, report_ref, state_id) -> Promotion:
-    from ..catalog.packs import set_pack_status
-
     return set_pack_status(session, pack, to, reason=reason, actor=actor, report_ref=report_ref,
                            state_id=state_id)
 

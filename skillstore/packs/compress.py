@@ -93,7 +93,8 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
     overhead = header_nbytes(manifest, tensors)
     if options and fixed_bytes + summary["payload"] + overhead > budget_total:
         # the budget is for the whole file: on a small model the header is a few percent
-        for name, cand in budget_mode.choose(options, budget_total - fixed_bytes - overhead).items():
+        room = budget_total - fixed_bytes - overhead
+        for name, cand in budget_mode.choose(options, room).items():
             chosen[name] = (cand.codec, cand.encoded)
             meta[name]["err2"] = cand.weight_error2
         manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir)

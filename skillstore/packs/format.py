@@ -56,7 +56,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _packed_meta(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, int]]:
+def _packed_meta(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]
+                 ) -> tuple[dict[str, str], dict[str, int]]:
     """The version-2 metadata for a full manifest and its payload, and the element count of
     each dtype's flat tensor (payload keys in sorted order, each dtype's run back to back)."""
     layout: dict[str, list] = {}
@@ -74,7 +75,8 @@ def _packed_meta(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
     return {MANIFEST_KEY: json.dumps(plain, sort_keys=True, separators=(",", ":"))}, sizes
 
 
-def _fold(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _fold(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]
+          ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The version-2 metadata and flat tensors (one per dtype) for a manifest and its payload."""
     meta, _ = _packed_meta(manifest, tensors)
     chunks: dict[str, list[torch.Tensor]] = {}
@@ -83,7 +85,8 @@ def _fold(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[d
     return meta, {FLAT_PREFIX + dt: torch.cat(parts).contiguous() for dt, parts in chunks.items()}
 
 
-def _unfold(plain: dict[str, Any], flat: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _unfold(plain: dict[str, Any], flat: dict[str, torch.Tensor]
+            ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The full manifest and payload tensors of a version-2 file (views into the flat ones)."""
     packed = json.loads(zlib.decompress(base64.b64decode(plain[PACKED_KEY], validate=True)))
     layout = packed.pop("layout")
@@ -103,8 +106,8 @@ def _unfold(plain: dict[str, Any], flat: dict[str, torch.Tensor]) -> tuple[dict[
 def _full_manifest(manifest: dict[str, Any], digest: str) -> dict[str, Any]:
     """``manifest`` with this writer's format, producer and ``digest`` stamped over whatever it
     had (a manifest read from another pack carries that pack's)."""
-    return {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "producer": "skillstore",
-            "producer_version": __version__, "payload_digest": digest}
+    return {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+            "producer": "skillstore", "producer_version": __version__, "payload_digest": digest}
 
 
 def write_pack(path: str | Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
@@ -203,7 +206,8 @@ def read_pack(path: str | Path) -> PackFile:
     try:
         meta, tensors, declared = _read_tensors(path)
     except Exception as exc:  # safetensors raises several types for damaged headers
-        raise _corrupt(path, f"the safetensors file cannot be read ({type(exc).__name__}: {exc})") from None
+        raise _corrupt(path, "the safetensors file cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
     if path.stat().st_size != declared:
         raise _corrupt(path, "the file size does not match its header (truncated or padded)")
     if MANIFEST_KEY not in meta:
@@ -216,12 +220,14 @@ def read_pack(path: str | Path) -> PackFile:
         try:
             manifest, tensors = _unfold(manifest, tensors)
         except Exception as exc:  # zlib, base64, JSON or layout damage
-            raise _corrupt(path, f"its packed manifest cannot be read ({type(exc).__name__}: {exc})") from None
+            raise _corrupt(path, "its packed manifest cannot be read "
+                                 f"({type(exc).__name__}: {exc})") from None
     if not isinstance(manifest, dict):
         raise _corrupt(path, "the manifest is not a JSON object")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing or manifest.get("format") != FORMAT:
-        raise _corrupt(path, f"the manifest lacks {', '.join(missing) or 'the SkillPack format tag'}")
+        lacks = ", ".join(missing) or "the SkillPack format tag"
+        raise _corrupt(path, f"the manifest lacks {lacks}")
     if manifest["format_version"] > FORMAT_VERSION:
         raise CorruptPackError(f"{str(path)!r} has pack format {manifest['format_version']}, newer "
                                f"than {FORMAT_VERSION}; upgrade skillstore to read it.")

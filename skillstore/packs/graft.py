@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -146,7 +148,8 @@ def apply_pack(model: torch.nn.Module, pack: PackFile | str | Path, scale: float
     state: GraftState = getattr(model, STATE_ATTR, None) or GraftState()
     setattr(model, STATE_ATTR, state)
     if mode == "hooks":
-        state.active.append(Graft(pack, float(scale), PackHooks(model, targets, pack.decoded(), scale)))
+        hooks = PackHooks(model, targets, pack.decoded(), scale)
+        state.active.append(Graft(pack, float(scale), hooks))
         return pack
     for part in pack.decoded():
         _graft(state, targets[part.name], part, scale, exact)
@@ -239,3 +242,24 @@ class grafted:
 
     def __exit__(self, *exc) -> None:
         unapply_pack(self.model, self.pack, self.scale)
+
+
+@contextmanager
+def grafted_all(model: torch.nn.Module, packs: list[PackFile], scales: list[float], *,
+                exact: bool = True) -> Iterator[torch.nn.Module]:
+    """Task arithmetic in place: every pack added at its scale, removed again after.
+
+    With ``exact`` the touched tensors get their base values back bit for bit, which also
+    throws away anything done to them inside the block. Training inside the block needs
+    ``exact=False``: each pack's delta is subtracted again, so the weights end as the base plus
+    what training changed (up to float rounding).
+    """
+    applied: list[tuple[PackFile, float]] = []
+    try:
+        for pack, scale in zip(packs, scales, strict=True):
+            apply_pack(model, pack, scale, exact=exact)
+            applied.append((pack, scale))
+        yield model
+    finally:
+        for pack, scale in reversed(applied):
+            unapply_pack(model, pack, scale)

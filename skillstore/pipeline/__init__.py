@@ -1,23 +1,25 @@
-"""The learning job as library code: queue it, then five idempotent steps that workers call."""
+"""The learning job: a typed request, its lifecycle, and five idempotent steps that workers call."""
 
-from .context import JobCancelled, Progress
-from .judge import evaluate, gate
-from .queue import (
-                    KIND,
-                    METHODS,
-                    STAGES,
-                    cancel,
-                    earlier_unfinished,
-                    orphaned_jobs,
-                    queue_learning_job,
-                    retry,
-                    send_chain,
+from .gating import evaluate, gate
+from .lifecycle import (
+                        KIND,
+                        STAGES,
+                        JobCancelled,
+                        Progress,
+                        WaitForEarlier,
+                        cancel,
+                        queue,
+                        retry,
+                        send_chain,
 )
+from .request import METHODS, LearnRequest, request_of
 from .steps import compress, prepare, train
 
+# stage -> step function; workers.learn builds one Celery task per entry, in this order.
 STEPS = {"prepare": prepare, "train": train, "compress": compress, "evaluate": evaluate,
          "gate": gate}
+assert tuple(STEPS) == STAGES
 
-__all__ = ["KIND", "METHODS", "STAGES", "STEPS", "JobCancelled", "Progress", "cancel", "compress",
-           "earlier_unfinished", "evaluate", "gate", "orphaned_jobs", "prepare",
-           "queue_learning_job", "retry", "send_chain", "train"]
+__all__ = ["KIND", "METHODS", "STAGES", "STEPS", "JobCancelled", "LearnRequest", "Progress",
+           "WaitForEarlier", "cancel", "compress", "evaluate", "gate", "prepare", "queue",
+           "request_of", "retry", "send_chain", "train"]

@@ -1,75 +1,20 @@
-"""What every pipeline step shares: the job row, its recorded outputs, paths, progress and cancel."""
+"""Where a job's steps work: the blob store, private scratch folders, and progress sub-ranges."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlalchemy as sa
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
 from ..blobstore import BlobStore, open_blob_store
-from ..catalog import JobStatus, get_job
 from ..catalog.models import Job
-from ..errors import JobError
+from ..catalog.schema import JobStatus
 from ..settings import Settings
-
-# progress(stage, fraction) -> None; it raises JobCancelled when the job was cancelled meanwhile.
-Progress = Callable[[str, float], None]
-
-
-class JobCancelled(JobError):
-    """The job was cancelled while a step ran; the step stops and writes nothing."""
-
-
-def load_job(session: Session, job_id: int) -> Job:
-    return get_job(session, job_id)
-
-
-def is_stopped(job: Job) -> bool:
-    """A cancelled or failed job runs no more steps; a succeeded one has nothing left to do."""
-    return JobStatus(job.status).finished
-
-
-def output(job: Job, stage: str) -> dict | None:
-    """What a finished step recorded on the job, or None when it has not finished."""
-    return ((job.params or {}).get("out") or {}).get(stage)
-
-
-def _fresh_params(job: Job) -> dict:
-    """A copy of the job's params as committed now, with its row locked until the caller's
-    transaction ends: two attempts of one job (a resumed chain beside a redelivered one) would
-    otherwise each write back the copy they read at their start and lose the other's output."""
-    session = object_session(job)
-    if session is None or job.id is None:
-        return json.loads(json.dumps(job.params or {}))
-    current = session.scalar(sa.select(Job.params).where(Job.id == job.id).with_for_update())
-    return json.loads(json.dumps(current or {}))
-
-
-def record_output(job: Job, stage: str, value: dict) -> None:
-    """Store a step's output on the job row (a new dict, so the JSON column sees the change)."""
-    params = _fresh_params(job)
-    params.setdefault("out", {})[stage] = value
-    job.params = params
-
-
-def record_timing(job: Job, stage: str, seconds: float) -> None:
-    """Seconds spent inside a step's library function (the benchmark subtracts them)."""
-    params = _fresh_params(job)
-    params.setdefault("timings", {})[stage] = round(seconds, 4)
-    job.params = params
-
-
-def set_owner(job: Job, host: str, pid: int) -> None:
-    params = json.loads(json.dumps(job.params or {}))
-    params["owner"] = {"host": host, "pid": pid}
-    job.params = params
+from .lifecycle import Progress
 
 
 def blobs(settings: Settings) -> BlobStore:
@@ -108,27 +53,11 @@ def sweep_scratch(session: Session, settings: Settings, host: str,
             continue
         job = session.get(Job, int(match[1]))
         if job is not None and job.status == JobStatus.running:
-            owner = (job.params or {}).get("owner") or {}
-            if owner.get("host") != host or (owner.get("pid") and alive(int(owner["pid"]))):
+            if job.owner_host != host or (job.owner_pid and alive(job.owner_pid)):
                 continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Move a finished folder to its content-addressed name atomically; an existing copy wins."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return final
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another attempt published the same content first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.is_dir():
-            raise
-    return final
 
 
 def scaled(progress: Progress | None, stage: str, lo: float, hi: float) -> Progress:

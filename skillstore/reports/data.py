@@ -8,14 +8,13 @@ from dataclasses import asdict, dataclass, field
 import sqlalchemy as sa
 
 from ..catalog.lineage import ancestors, describe_nodes
-from ..catalog.models import EvalResult, ModelState, Promotion, SkillPack
+from ..catalog.models import ModelState, Promotion, SkillPack
 from ..catalog.states import get_state
 from ..errors import EvaluationError, NotFoundError
+from ..evaluation.cache import Suite
 from ..evaluation.metrics import continual_metrics
-from ..gate.decision import GENERAL, Score
+from ..evaluation.scores import GENERAL_SUITE, suite_scores
 from ..states.view import load_view
-
-HEADLINE_METRICS = ("exact_match", "acc")
 
 
 @dataclass
@@ -46,26 +45,6 @@ class ReportData:
                 "baselines": self.baselines}
 
 
-def suite_scores(session, state_id: int) -> dict[str, Score]:
-    """Headline score per suite of a state: mean over tasks of the first headline metric found,
-    stderr pooled as sqrt(sum se^2)/k; the newest suite version wins."""
-    rows = list(session.scalars(sa.select(EvalResult).where(EvalResult.state_id == state_id)
-                                .order_by(EvalResult.id)))
-    newest = {}
-    for r in rows:
-        newest[r.suite] = r.suite_version
-    out = {}
-    for suite, version in newest.items():
-        mine = [r for r in rows if r.suite == suite and r.suite_version == version]
-        metric = next((m for m in HEADLINE_METRICS if any(r.metric == m for r in mine)), mine[0].metric)
-        picked = [r for r in mine if r.metric == metric]
-        k = len(picked)
-        out[suite] = Score(sum(r.value for r in picked) / k,
-                           math.sqrt(sum((r.stderr or 0.0) ** 2 for r in picked)) / k,
-                           sum(r.n for r in picked))
-    return out
-
-
 def chain(session, state: ModelState) -> list[ModelState]:
     """The state and its ancestors through ``parent_id``, oldest first."""
     out, seen = [state], {state.id}
@@ -73,6 +52,50 @@ def chain(session, state: ModelState) -> list[ModelState]:
         seen.add(out[0].parent_id)
         out.insert(0, get_state(session, out[0].parent_id))
     return out
+
+
+@dataclass(frozen=True)
+class AccuracyMatrix:
+    """R[i][j], the score on skill j after learning stage i, as the eval table holds it.
+
+    Stage i is the i-th state of the chain that holds packs (the last ``len(skills)`` of them,
+    ``states``). A cell never measured is None: the gate measures every learned skill and
+    R[i][i+1] (the score just before a skill is learned), nothing further above the diagonal.
+    """
+
+    skills: list[str]
+    states: list[int]
+    matrix: list[list[float | None]]
+    base: list[float | None]  # the pack-less root's score per skill, None when not measured
+    general: list[float | None]  # the general suite's score at each state of the chain, root first
+
+    def metrics(self) -> dict | None:
+        """ACC, BWT, forgetting and FWT; None while a required cell is missing."""
+        if not self.matrix or len(self.matrix) != len(self.skills):
+            return None
+        return metrics_of(self.skills, self.matrix, self.base)
+
+
+def accuracy_matrix(session, state: ModelState, suites: list[Suite] | None = None, *,
+                    limit: int | None = None) -> AccuracyMatrix:
+    """The accuracy matrix of the learning history that led to ``state`` (its skills, in pack
+    order), from the eval table only. Scores are each suite's newest version, or exactly
+    ``suites`` at ``limit`` when given (named after the skills and GENERAL_SUITE)."""
+    skills = load_view(session, state).skills
+    stages = chain(session, state)
+    scores = {s.id: suite_scores(session, s.id, suites, limit=limit) for s in stages}
+
+    def score(state_id: int, suite: str) -> float | None:
+        sc = scores[state_id].get(suite)
+        return None if sc is None else sc.value
+
+    learned = [s for s in stages if s.members][-len(skills):] if skills else []
+    root = stages[0] if not stages[0].members else None
+    return AccuracyMatrix(
+        skills=skills, states=[s.id for s in learned],
+        matrix=[[score(s.id, sk) for sk in skills] for s in learned],
+        base=[score(root.id, sk) if root else None for sk in skills],
+        general=[score(s.id, GENERAL_SUITE) for s in stages])
 
 
 def metrics_of(skills: list[str], matrix: list[list[float | None]], base: list[float | None]) -> dict | None:
@@ -106,22 +129,11 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
     if state is None:
         raise NotFoundError("Name a state or a pack to report on.")
     view = load_view(session, state)
-    stages = chain(session, state)
-    scores = {s.id: suite_scores(session, s.id) for s in stages}
-    root = stages[0] if not stages[0].members else None
-    learned = [s for s in stages if s.members]
-    skills = view.skills
-
-    def score(state_id: int, suite: str) -> float | None:
-        sc = scores[state_id].get(suite)
-        return None if sc is None else sc.value
-
-    matrix = [[score(s.id, sk) for sk in skills] for s in learned[-len(skills):]] if skills else []
-    base = [score(root.id, sk) if root else None for sk in skills]
-    general = [score(s.id, GENERAL) for s in stages]
-    parent_scores = scores[stages[-2].id] if len(stages) > 1 else {}
+    matrix = accuracy_matrix(session, state)
+    after_scores = suite_scores(session, state.id)
+    parent_scores = suite_scores(session, state.parent_id) if state.parent_id is not None else {}
     deltas = []
-    for suite, after in sorted(scores[state.id].items()):
+    for suite, after in sorted(after_scores.items()):
         before = parent_scores.get(suite)
         if before is None:
             continue
@@ -144,7 +156,7 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
         title=title,
         state={"id": state.id, "fingerprint": state.fingerprint, "base": view.base_name,
                "router": view.router, "parent_id": state.parent_id},
-        skills=skills, accuracy_matrix=matrix, base_scores=base, general=general,
-        metrics=metrics_of(skills, matrix, base) if matrix and len(matrix) == len(skills) else None,
+        skills=matrix.skills, accuracy_matrix=matrix.matrix, base_scores=matrix.base,
+        general=matrix.general, metrics=matrix.metrics(),
         decision=_decision_for(session, state, pack), deltas=deltas, packs=packs, lineage=lineage,
         baselines=baselines)

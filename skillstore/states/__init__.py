@@ -1,9 +1,16 @@
 """Model states: base + ordered packs with scales + routing policy, materialised in memory."""
 
 from .materialise import grafted_all, load_packs, materialise, pack_deltas
-from .service import attach_router, fuse_packs, manual_override
+from .service import (
+                      attach_router,
+                      candidate_state,
+                      fuse_packs,
+                      manual_override,
+                      router_prompts,
+                      skill_prompts,
+)
 from .view import Member, StateView, base_state, extend_state, load_view
 
-__all__ = ["Member", "StateView", "attach_router", "base_state", "extend_state", "fuse_packs",
-           "grafted_all", "load_packs", "manual_override",
-           "load_view", "materialise", "pack_deltas"]
+__all__ = ["Member", "StateView", "attach_router", "base_state", "candidate_state", "extend_state",
+           "fuse_packs", "grafted_all", "load_packs", "load_view", "manual_override", "materialise",
+           "pack_deltas", "router_prompts", "skill_prompts"]

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import RoutingError
 from ..packs.format import PackFile, read_pack
-from ..packs.graft import apply_pack, check_base, unapply_pack
+from ..packs.graft import check_base, grafted_all
 from ..routing import DeltaBank, PackDeltas, RoutedModel, load_router
 from .view import StateView
 
@@ -23,27 +23,6 @@ def load_packs(view: StateView, blobs, cache_dir: str | Path | None = None) -> l
 def pack_deltas(view: StateView, packs: list[PackFile]) -> list[PackDeltas]:
     return [PackDeltas(m.name, {p.name: p for p in pack.decoded()}, m.scale)
             for m, pack in zip(view.members, packs, strict=True)]
-
-
-@contextmanager
-def grafted_all(model: nn.Module, packs: list[PackFile], scales: list[float], *,
-                exact: bool = True) -> Iterator[nn.Module]:
-    """Task arithmetic in place: every pack added at its scale, removed again after.
-
-    With ``exact`` the touched tensors get their base values back bit for bit, which also
-    throws away anything done to them inside the block. Training inside the block needs
-    ``exact=False``: each pack's delta is subtracted again, so the weights end as the base plus
-    what training changed (up to float rounding).
-    """
-    applied: list[tuple[PackFile, float]] = []
-    try:
-        for pack, scale in zip(packs, scales, strict=True):
-            apply_pack(model, pack, scale, exact=exact)
-            applied.append((pack, scale))
-        yield model
-    finally:
-        for pack, scale in reversed(applied):
-            unapply_pack(model, pack, scale)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""State operations behind the CLI and the pipeline: fuse packs, train a state's router, manual overrides."""
+"""State operations behind the CLI and the pipeline: fuse packs, train a state's router, build a
+candidate, manual overrides."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from ..catalog.schema import EdgeKind, PackStatus
 from ..catalog.states import advance_head, current_head, get_or_create_state, get_state
 from ..errors import ConfigError
 from ..packs.format import FORMAT_VERSION, read_pack
+from ..routing import NONE_CLASS, save_router, train_router
+from ..skilldata import skill_rows
 from .fusion import get_fusion, merged_deltas, write_fused_pack
-from .view import base_state, extend_state
+from .view import base_state, extend_state, extended_members
+
+# Prompts per class that the learned router trains on (a skill's first training prompts).
+ROUTER_PROMPTS = 200
 
 
 def _skill_names(session, packs: Sequence[SkillPack]) -> list[str]:
@@ -63,11 +69,40 @@ def fuse_packs(session, blobs, packs: Sequence[SkillPack], method: str, *, scale
                                description=f"{fusion.name} fusion of {', '.join(skills)}")
 
 
+def skill_prompts(skill: Skill, blobs, limit: int = ROUTER_PROMPTS) -> list[str]:
+    """The first ``limit`` training prompts of a skill (its stored data, as jobs train on it)."""
+    if not skill.data_uri and not skill.data_sha256:
+        raise ConfigError(f"Skill {skill.name!r} has no training data to route on; "
+                          "register it with `skillstore skill add --data FILE`.")
+    train, _ = skill_rows(blobs, skill)
+    return [r["prompt"] for r in train[:limit]]
+
+
+def router_prompts(session, blobs, packs: Sequence[SkillPack], general: Sequence[str] = (), *,
+                   limit: int = ROUTER_PROMPTS) -> dict[str, list[str]]:
+    """class -> prompts for the learned router of ``packs``: each pack's skill's training
+    prompts, and ``general`` (the base's own inputs, which get no pack) as NONE_CLASS."""
+    skills = {s.id: s for s in session.scalars(sa.select(Skill).where(
+        Skill.id.in_([p.skill_id for p in packs])))}
+    prompts = {skills[p.skill_id].name: skill_prompts(skills[p.skill_id], blobs, limit)
+               for p in packs}
+    if general:
+        prompts[NONE_CLASS] = list(general[:limit])
+    return prompts
+
+
+def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]],
+                    top_k: int) -> tuple[str, dict]:
+    """(blob digest of the router file, router config facts) of a router trained on ``prompts``."""
+    trained = train_router(model, tokenizer, prompts, top_k=top_k)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = blobs.put_file(save_router(trained.classifier, Path(tmp) / "router.safetensors"))
+    return digest, {"top_k": top_k, "train_accuracy": trained.train_accuracy}
+
+
 def attach_router(session, blobs, state: ModelState, model, tokenizer,
                   prompts: Mapping[str, Sequence[str]], *, top_k: int = 1) -> ModelState:
     """Train the learned router for this state's packs and return the state that carries it."""
-    from ..routing import NONE_CLASS, save_router, train_router
-
     members = {m.pack_id: m for m in state.members}
     packs = list(session.scalars(sa.select(SkillPack).where(SkillPack.id.in_(members))))
     packs.sort(key=lambda p: members[p.id].position)
@@ -76,14 +111,35 @@ def attach_router(session, blobs, state: ModelState, model, tokenizer,
     if unknown or set(names) - set(prompts):
         raise ConfigError(f"Router prompts must cover exactly the state's skills {names} (plus "
                           f"{NONE_CLASS!r}); got {sorted(prompts)}.")
-    trained = train_router(model, tokenizer, prompts, top_k=top_k)
-    with tempfile.TemporaryDirectory() as tmp:
-        digest = blobs.put_file(save_router(trained.classifier, Path(tmp) / "router.safetensors"))
+    digest, facts = _trained_router(blobs, model, tokenizer, prompts, top_k)
     base = session.get(BaseCheckpoint, state.base_id)
     return get_or_create_state(
         session, base=base, packs=[(p, members[p.id].scale) for p in packs], router="learned",
-        router_config={**state.router_config, "top_k": top_k, "train_accuracy": trained.train_accuracy},
-        router_blob_digest=digest, parent_id=state.parent_id, description=state.description)
+        router_config={**state.router_config, **facts}, router_blob_digest=digest,
+        parent_id=state.parent_id, description=state.description)
+
+
+def candidate_state(session, blobs, current: ModelState, pack: SkillPack, model, tokenizer, *,
+                    router: str | None = None, general_prompts: Sequence[str] = (),
+                    top_k: int = 1) -> ModelState:
+    """The state ``pack`` would make: ``current``'s packs plus ``pack`` (replacing an older
+    version of its skill), with ``current``'s router unless ``router`` is given.
+
+    A learned router is trained for the new pack set (on each skill's training prompts, and on
+    ``general_prompts`` as NONE_CLASS) before the state row is made, so no learned state without
+    its router file is ever written. With a single class to tell apart there is nothing to
+    route: the state grafts its pack (router ``none``).
+    """
+    base = session.get(BaseCheckpoint, pack.base_id)
+    if (router or current.router) != "learned":
+        return extend_state(session, base, current, pack, router=router)
+    packs = [p for p, _ in extended_members(session, current, pack)]
+    prompts = router_prompts(session, blobs, packs, general_prompts)
+    if len(prompts) < 2:
+        return extend_state(session, base, current, pack, router="none")
+    digest, facts = _trained_router(blobs, model, tokenizer, prompts, top_k)
+    return extend_state(session, base, current, pack, router="learned", router_config=facts,
+                        router_blob_digest=digest)
 
 
 def manual_override(session, pack: SkillPack, action: str, *, reason: str, actor: str) -> Promotion:

@@ -73,6 +73,19 @@ def check_router(name: str) -> str:
     return name
 
 
+def extended_members(session, current: ModelState | None, pack: SkillPack,
+                     scale: float = 1.0) -> list[tuple[SkillPack, float]]:
+    """(pack, scale) of ``current`` in order, then ``pack``; a newer version of a skill
+    replaces the older one."""
+    members: list[tuple[SkillPack, float]] = []
+    if current is not None:
+        by_id = {p.id: p for p in session.scalars(
+            sa.select(SkillPack).where(SkillPack.id.in_([m.pack_id for m in current.members])))}
+        members = [(by_id[m.pack_id], float(m.scale)) for m in current.members]
+        members = [(p, s) for p, s in members if p.skill_id != pack.skill_id]
+    return [*members, (pack, float(scale))]
+
+
 def extend_state(session, base: BaseCheckpoint, current: ModelState | None, pack: SkillPack, *,
                  scale: float = 1.0, router: str | None = None, router_config: dict | None = None,
                  router_blob_digest: str | None = None, description: str = "") -> ModelState:
@@ -81,17 +94,9 @@ def extend_state(session, base: BaseCheckpoint, current: ModelState | None, pack
     The router kind is inherited unless given; a learned router must be retrained for the new
     pack set, so its blob is never inherited.
     """
-    members: list[tuple[SkillPack, float]] = []
-    if current is not None:
-        by_id = {p.id: p for p in session.scalars(
-            sa.select(SkillPack).where(SkillPack.id.in_([m.pack_id for m in current.members])))}
-        members = [(by_id[m.pack_id], float(m.scale)) for m in current.members]
-        # A newer version of a skill replaces the older one in place.
-        members = [(p, s) for p, s in members if p.skill_id != pack.skill_id]
-    members.append((pack, float(scale)))
     kind = check_router(router or (current.router if current is not None else "none"))
     return get_or_create_state(
-        session, base=base, packs=members, router=kind,
+        session, base=base, packs=extended_members(session, current, pack, scale), router=kind,
         router_config=router_config if router_config is not None else (
             dict(current.router_config) if current is not None and router is None else {}),
         router_blob_digest=router_blob_digest, parent_id=current.id if current else None,

@@ -1,4 +1,4 @@
-"""Cross-capability transfer through text: the source answers, a checker filters, the target learns."""
+"""Cross-capability transfer via text: the source answers, a checker filters, the target learns."""
 
 from __future__ import annotations
 
@@ -30,13 +30,15 @@ class GenerationConfig(BaseModel):
 
 
 def source_rows(source, source_tokenizer, prompts: list[str], *, checker: Checker | None = None,
-                config: GenerationConfig | None = None, progress: Progress | None = None) -> tuple[list[dict], dict]:
+                config: GenerationConfig | None = None, progress: Progress | None = None,
+                rejected: dict[str, list[str]] | None = None) -> tuple[list[dict], dict]:
     """Let the source answer every prompt; keep the answers that pass ``checker``.
 
     Returns (rows, stats) where rows are plain-text prompt/answer pairs: the only thing that
     crosses from the source's tokenizer to the target's. With sampling, each prompt gets up to
     ``samples`` attempts (the first greedy unless ``greedy_first`` is off) and the first
-    verified one is kept.
+    verified one is kept. ``rejected``, when given, collects the answers the checker refused
+    (prompt -> answers): DPO's rejected side.
     """
     cfg = config or GenerationConfig()
     if not prompts:
@@ -51,11 +53,14 @@ def source_rows(source, source_tokenizer, prompts: list[str], *, checker: Checke
             source, source_tokenizer, pending, max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size, do_sample=sample, temperature=cfg.temperature,
             seed=cfg.seed + attempt,
-            progress=(lambda s, f, a=attempt: progress("generate", (a + f) / attempts)) if progress else None)
+            progress=((lambda s, f, a=attempt: progress("generate", (a + f) / attempts))
+                      if progress else None))
         generated += len(answers)
         for prompt, answer in zip(pending, answers, strict=True):
             if answer and (checker is None or checker(prompt, answer)):
                 kept[prompt] = answer
+            elif answer and rejected is not None:
+                rejected.setdefault(prompt, []).append(answer)
         pending = [p for p in pending if p not in kept]
         if not pending:
             break
@@ -68,14 +73,15 @@ def source_rows(source, source_tokenizer, prompts: list[str], *, checker: Checke
 def distill(source, source_tokenizer, target, target_tokenizer, train_prompts: list[str],
             val_prompts: list[str] | None = None, *, checker: Checker | None = None,
             generation: GenerationConfig | None = None, sft: SFTConfig | None = None,
-            progress: Progress | None = None) -> TrainResult:
+            progress: Progress | None = None,
+            rejected: dict[str, list[str]] | None = None) -> TrainResult:
     """GraftLLM-style distillation: source-generated, checker-verified text, then SFT of the target.
 
     The two models may have different architectures and tokenizers: the answers are decoded
     to text by the source's tokenizer and re-encoded by the target's; no logits are shared.
     """
     rows, stats = source_rows(source, source_tokenizer, train_prompts, checker=checker,
-                              config=generation, progress=progress)
+                              config=generation, progress=progress, rejected=rejected)
     if not rows:
         raise TrainingError(
             f"The source model produced no accepted answer for {len(train_prompts)} prompts; "
@@ -83,7 +89,8 @@ def distill(source, source_tokenizer, target, target_tokenizer, train_prompts: l
         )
     val_rows = None
     if val_prompts:
-        val_rows, _ = source_rows(source, source_tokenizer, val_prompts, checker=checker, config=generation)
+        val_rows, _ = source_rows(source, source_tokenizer, val_prompts, checker=checker,
+                                  config=generation)
     result = train_sft(target, target_tokenizer, rows, val_rows or None, sft,
                        (lambda s, f: progress("train", f)) if progress else None)
     result.metrics["distill"] = stats

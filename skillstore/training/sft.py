@@ -18,7 +18,7 @@ Progress = Callable[[str, float], None]
 
 
 class SFTConfig(BaseModel):
-    """Hyper-parameters of one SFT run; ``max_steps`` bounds the run, early stopping may end it sooner."""
+    """Hyper-parameters of one SFT run: ``max_steps`` bounds it, early stopping may end it first."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -30,7 +30,8 @@ class SFTConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     eval_every: int = Field(default=100, gt=0)
-    patience: int = Field(default=5, ge=1, description="Evaluations without improvement before stopping.")
+    patience: int = Field(default=5, ge=1,
+                          description="Evaluations without improvement before stopping.")
     min_delta: float = Field(default=1e-4, ge=0)
     stop_loss: float = Field(default=0.005, ge=0, description=(
         "Stop once the validation loss per answer token is at or below this: the skill is "
@@ -98,14 +99,16 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
     """
     cfg = config or SFTConfig()
     train = encode_rows(tokenizer, train_rows, cfg.max_length, "SFT training data")
-    val = encode_rows(tokenizer, val_rows, cfg.max_length, "SFT validation data") if val_rows else []
+    val = (encode_rows(tokenizer, val_rows, cfg.max_length, "SFT validation data")
+           if val_rows else [])
     device = next(model.parameters()).device
     pad = pad_id_of(tokenizer)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise TrainingError("The model has no trainable parameters; unfreeze it or use the LoRA trainer.")
+        raise TrainingError("The model has no trainable parameters; unfreeze it or use the "
+                            "LoRA trainer.")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -129,7 +132,8 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
                 if val:
                     v = mean_loss(model, val, pad, cfg.batch_size * 2)
                     if not math.isfinite(v):
-                        raise TrainingError(f"Validation loss became {v} at step {step}; nothing was saved. Lower the learning rate.")
+                        raise TrainingError(f"Validation loss became {v} at step {step}; nothing "
+                                            "was saved. Lower the learning rate.")
                     entry["val_loss"] = v
                     if v < best - cfg.min_delta:
                         best, bad = v, 0
@@ -151,10 +155,12 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
     metrics = {"steps": step, "seconds": time.perf_counter() - t0, "stopped_early": stopped_early,
                "stop_reason": reason,
                "best_val_loss": best if best_state is not None else None,
-               "n_train": len(train), "n_val": len(val), "history": history}
+               "n_train": len(train), "n_val": len(val), "history": history,
+               "config": cfg.model_dump()}  # what the trainer ran with, for the job's record
     return TrainResult(model, metrics)
 
 
 def clone_model(model):
-    """An independent copy of a model (for a frozen reference or a baseline that must not share weights)."""
+    """An independent copy of a model (a frozen reference, or a baseline that must not share
+    weights)."""
     return copy.deepcopy(model)

@@ -1,5 +1,8 @@
-"""Tiny, deterministic, locally built models: a Llama target and a GPT-2 source, cached by recipe."""
+"""Tiny, deterministic, locally built models: a Llama target and a GPT-2 source, cached by
+recipe, and their registration in the catalog."""
 
 from .build import ModelSpec, ZooPaths, ZooRecipe, build_zoo, zoo_manifest
+from .register import Registered, register_checkpoint, register_zoo
 
-__all__ = ["ModelSpec", "ZooPaths", "ZooRecipe", "build_zoo", "zoo_manifest"]
+__all__ = ["ModelSpec", "Registered", "ZooPaths", "ZooRecipe", "build_zoo", "register_checkpoint",
+           "register_zoo", "zoo_manifest"]

@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
             emit({"progress": [stage, fraction]})
 
     try:
-        metrics = build_source(ZooRecipe.model_validate_json(sys.stdin.read()), _paths(root), progress)
+        recipe = ZooRecipe.model_validate_json(sys.stdin.read())
+        metrics = build_source(recipe, _paths(root), progress)
     except Exception as exc:  # reported to the parent, which raises it with this message
         emit({"error": f"{type(exc).__name__}: {exc}"})
         return 1

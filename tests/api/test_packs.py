@@ -1,4 +1,4 @@
-"""Packs over HTTP: upload (verified), list with filters, show, lineage, download, overrides, reports."""
+"""Packs over HTTP: verified upload, filtered list, show, lineage, download, overrides, reports."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_upload_records_a_candidate_with_lineage_and_audit(api, world, tiny_worl
     shown = api.client.get("/packs/alpha@v1", headers=AUTH).json()
     assert shown["id"] == alpha["id"]
     assert [(p["kind"], p["name"]) for p in shown["parents"]] == [("trained_on", "tiny")]
-    assert [(h["from"], h["to"], h["actor"]) for h in shown["history"]] == [(None, "candidate", ACTOR)]
+    assert ([(h["from"], h["to"], h["actor"]) for h in shown["history"]]
+            == [(None, "candidate", ACTOR)])
 
 
 def test_download_returns_the_uploaded_bytes(api, world, tiny_world):
@@ -77,7 +78,8 @@ def test_lineage_graph_json_both_ways(api, world):
     kinds = {n["id"]: (n.get("type"), n["depth"]) for n in up["nodes"]}
     base_key = next(k for k in kinds if k.startswith("base:"))
     assert kinds == {f"pack:{alpha['id']}": ("pack", 0), base_key: ("base", 1)}
-    assert up["edges"] == [{"child": f"pack:{alpha['id']}", "parent": base_key, "kind": "trained_on"}]
+    assert up["edges"] == [{"child": f"pack:{alpha['id']}", "parent": base_key,
+                            "kind": "trained_on"}]
     down = api.client.get("/packs/alpha@v1/lineage", headers=AUTH,
                           params={"direction": "descendants"}).json()
     assert down["direction"] == "descendants" and down["edges"] == []
@@ -105,7 +107,8 @@ def _foreign(_: bytes) -> bytes:
 CORRUPT = {"truncated": (_truncated, "corrupt_pack", "not fully covered"),
            "bit_flipped": (_bit_flipped, "corrupt_pack", "altered"),
            "foreign": (_foreign, "corrupt_pack", "without a SkillPack manifest"),
-           "garbage": (lambda _: b"not a safetensors file at all", "corrupt_pack", "cannot be read")}
+           "garbage": (lambda _: b"not a safetensors file at all", "corrupt_pack",
+                       "cannot be read")}
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPT))
@@ -124,7 +127,8 @@ def test_corrupt_uploads_are_refused_and_change_nothing(api, world, tiny_world, 
 def test_pack_for_another_base_is_refused(api, world, tiny_world, fake_base):
     before = api.snapshot()
     r = api.client.post("/packs", headers=AUTH, data={"skill": "alpha", "base": fake_base},
-                        files={"file": ("alpha.safetensors", tiny_world.packs["alpha"].read_bytes())})
+                        files={"file": ("alpha.safetensors",
+                                        tiny_world.packs["alpha"].read_bytes())})
     assert r.status_code == 422 and r.json()["error"]["code"] == "base_mismatch", r.text
     assert f"not base {fake_base!r}" in r.json()["error"]["message"]
     assert api.snapshot() == before
@@ -146,7 +150,8 @@ def test_overrides_move_the_pack_and_the_current_state(api, world):
     assert again.status_code == 400 and "cannot become promoted" in again.json()["error"]["message"]
     no_reason = c.post("/packs/beta@v1/reject", headers=AUTH, json={"reason": "   "})
     assert no_reason.status_code == 422
-    assert c.post("/packs/beta@v1/reject", headers=AUTH, json={"reason": "worse"}).json()["to"] == "rejected"
+    rejected = c.post("/packs/beta@v1/reject", headers=AUTH, json={"reason": "worse"}).json()
+    assert rejected["to"] == "rejected"
     retired = c.post("/packs/alpha@v1/retire", headers=AUTH, json={"reason": "superseded"}).json()
     assert retired["to"] == "retired"
     now = c.get(f"/states/{retired['state_id']}", headers=AUTH).json()
@@ -180,7 +185,8 @@ def test_reports_as_json_html_and_png(api, world):
 
 def test_upload_without_a_base_finds_it_by_fingerprint(api, world, tiny_world):
     r = api.client.post("/packs", headers=AUTH, data={"skill": "alpha"},
-                        files={"file": ("alpha.safetensors", tiny_world.packs["alpha"].read_bytes())})
+                        files={"file": ("alpha.safetensors",
+                                        tiny_world.packs["alpha"].read_bytes())})
     assert r.status_code == 201, r.text
     assert (r.json()["name"], r.json()["base"]) == ("alpha@v2", "tiny")
     assert r.json()["blob_digest"] == world["alpha"]["blob_digest"]  # same bytes, one blob

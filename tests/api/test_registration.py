@@ -10,7 +10,8 @@ from .conftest import AUTH, write
 def test_register_base_by_path_hashes_the_weights(api, tiny_world):
     from skillstore.fingerprint import fingerprint_checkpoint
 
-    r = api.client.post("/bases", json={"name": "tiny", "path": str(tiny_world.base_dir)}, headers=AUTH)
+    r = api.client.post("/bases", json={"name": "tiny", "path": str(tiny_world.base_dir)},
+                        headers=AUTH)
     assert r.status_code == 201, r.text
     doc = r.json()
     assert doc["fingerprint"] == fingerprint_checkpoint(tiny_world.base_dir)
@@ -20,26 +21,30 @@ def test_register_base_by_path_hashes_the_weights(api, tiny_world):
     assert again.status_code == 201 and again.json()["id"] == doc["id"]  # idempotent
     twin = api.client.post("/bases", json={"name": "twin", "path": str(tiny_world.base_dir)},
                            headers=AUTH)
-    assert twin.status_code == 400 and "already registered as base 'tiny'" in twin.json()["error"]["message"]
+    assert twin.status_code == 400
+    assert "already registered as base 'tiny'" in twin.json()["error"]["message"]
     assert api.client.get(f"/bases/{doc['id']}", headers=AUTH).json()["name"] == "tiny"
     assert api.client.get("/bases/tiny", headers=AUTH).json()["id"] == doc["id"]
-    missing = api.client.post("/bases", json={"name": "gone", "path": "/no/such/folder"}, headers=AUTH)
+    missing = api.client.post("/bases", json={"name": "gone", "path": "/no/such/folder"},
+                              headers=AUTH)
     assert missing.status_code == 404
-    assert missing.json()["error"] == {"code": "not_found",
-                                       "message": "Checkpoint folder '/no/such/folder' does not exist."}
+    assert missing.json()["error"] == {
+        "code": "not_found", "message": "Checkpoint folder '/no/such/folder' does not exist."}
 
 
 def test_register_skill_by_upload_and_by_path(api, tmp_path):
     data = write(tmp_path / "arith.jsonl", '{"prompt": "1+1=", "answer": "2"}\n'
                                            '{"prompt": "2+2=", "answer": "4"}\n')
-    r = api.client.post("/skills/upload", headers=AUTH, data={"name": "arith", "description": "sums"},
+    r = api.client.post("/skills/upload", headers=AUTH,
+                        data={"name": "arith", "description": "sums"},
                         files={"data": ("arith.jsonl", data.read_bytes())})
     assert r.status_code == 201, r.text
     skill = r.json()
     assert skill["suite"] == "arith" and skill["description"] == "sums"
     assert api.catalog.blobs.get_bytes(skill["data_sha256"]) == data.read_bytes()
     by_path = api.client.post("/skills", headers=AUTH,
-                              json={"name": "arith2", "path": str(data), "suite": "skillstore_arith"})
+                              json={"name": "arith2", "path": str(data),
+                                    "suite": "skillstore_arith"})
     assert by_path.status_code == 201, by_path.text
     assert by_path.json()["data_uri"] == str(data.resolve())
     listing = api.client.get("/skills", params={"limit": 1, "offset": 1}, headers=AUTH).json()
@@ -48,9 +53,10 @@ def test_register_skill_by_upload_and_by_path(api, tmp_path):
 
 
 BAD_DATASETS = {
-    "missing_field": ('{"prompt": "a", "answer": "b"}\n{"prompt": "c", "answer": "d"}\n{"prompt": "e"}\n',
-                      3, "missing field 'answer'"),
-    "invalid_json": ('{"prompt": "a", "answer": "b"}\n{"prompt": "a", answer}\n', 2, "invalid JSON"),
+    "missing_field": ('{"prompt": "a", "answer": "b"}\n{"prompt": "c", "answer": "d"}\n'
+                      '{"prompt": "e"}\n', 3, "missing field 'answer'"),
+    "invalid_json": ('{"prompt": "a", "answer": "b"}\n{"prompt": "a", answer}\n', 2,
+                     "invalid JSON"),
     "not_an_object": ('["prompt", "answer"]\n', 1, "expected a JSON object"),
     "not_a_string": ('{"prompt": "a", "answer": "b"}\n\n{"prompt": "a", "answer": 7}\n', 3,
                      "field 'answer' is int"),
@@ -70,7 +76,8 @@ def test_bad_dataset_is_refused_with_its_line_and_nothing_changes(api, tmp_path,
                             files={"data": (f"{case}.jsonl", data.read_bytes())})
         where = f"{case}.jsonl:{line}:"
     else:
-        r = api.client.post("/skills", headers=AUTH, json={"name": f"bad-{case}", "path": str(data)})
+        r = api.client.post("/skills", headers=AUTH,
+                            json={"name": f"bad-{case}", "path": str(data)})
         where = f"{data}:{line}:"
     assert r.status_code == 422, r.text
     error = r.json()["error"]

@@ -115,7 +115,7 @@ def _seed_packs():
         p4 = create_pack(s, blob_digest=digest("4"), parents=[(p2, "fused_from")], **mk)
         add_edge(s, p4, p3, "fused_from")
         set_pack_status(s, p4, "promoted", reason="gate passed", actor="gate")
-        job = create_job(s, kind="learn", params={"skill": "arith"}, base_id=b.id,
+        job = create_job(s, kind="learn", request={"skill": "arith"}, base_id=b.id,
                          skill_id=get_skill(s, "arith").id)
         assert get_base(s, "tiny").id == b.id
         return [p.id for p in (p1, p2, p3, p4)], job.id
@@ -162,7 +162,8 @@ def test_unknown_ids_and_names(ready, capsys):
 
 
 def test_missing_files(ready, capsys, tmp_path):
-    fails(capsys, "skill", "add", "x", "--data", str(tmp_path / "nope.jsonl"), match="does not exist")
+    fails(capsys, "skill", "add", "x", "--data", str(tmp_path / "nope.jsonl"),
+          match="does not exist")
     fails(capsys, "base", "add", "x", str(tmp_path / "nope"), match="does not exist")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -185,7 +186,8 @@ def test_unreachable_database(workspace, capsys, monkeypatch):
 def test_schema_older_than_code(ready, capsys, monkeypatch):
     from skillstore.catalog import migrate
     monkeypatch.setattr(migrate, "head_revision", lambda: "9999")
-    fails(capsys, "pack", "list", match="older than the code (9999); migrate it with `skillstore init`")
+    fails(capsys, "pack", "list",
+          match="older than the code (9999); migrate it with `skillstore init`")
 
 
 def test_schema_missing_in_existing_database(ready, capsys):
@@ -209,7 +211,8 @@ def test_init_creates_and_migrates_a_postgres_catalog(workspace, capsys, monkeyp
     url = f"postgresql://postgres@127.0.0.1:5432/skillstore_cli_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("SKILLSTORE_DATABASE_URL", url)
     try:
-        fails(capsys, "pack", "list", match="does not exist, so the workspace was never initialised")
+        fails(capsys, "pack", "list",
+              match="does not exist, so the workspace was never initialised")
         assert run(capsys, "init")[0] == 0
         assert run(capsys, "init")[0] == 0
         code, out, _ = run(capsys, "pack", "list", "--json")

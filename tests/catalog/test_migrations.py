@@ -66,10 +66,47 @@ def test_every_constraint_is_named_by_convention():
             assert name and not str(name).startswith("_unnamed"), (table.name, constraint)
             assert str(name).split("_")[0] in {"pk", "fk", "uq", "ck"}, name
         for column in table.columns:
-            if isinstance(column.type, sa.DateTime) or getattr(column.type, "impl", None) is not None \
-                    and isinstance(column.type.impl, sa.DateTime):
+            impl = getattr(column.type, "impl", None)
+            if isinstance(column.type, sa.DateTime) or isinstance(impl, sa.DateTime):
                 assert column.type.timezone, f"{table.name}.{column.name} is not timezone-aware"
 
 
 def test_migrations_folder_is_where_the_code_looks():
     assert Path(migrate.MIGRATIONS_DIR, "env.py").is_file()
+
+
+def test_0002_splits_a_jobs_params_into_request_steps_and_owner_and_back(db_url):
+    """A job queued before 0002 keeps what it asked for and what its steps produced."""
+    import json
+
+    migrate.upgrade(db_url, "0001")
+    params = {"skill": "sort", "base": "tiny", "method": "dpo", "policy": "balanced",
+              "budget": None, "tune_steps": 0, "start_from": "base", "source": "src",
+              "source_id": 2, "train": {"max_steps": 7},
+              "options": {"eval_limit": 5, "dpo": {"beta": 0.2}, "distill_rows": 40},
+              "out": {"prepare": {"n_train": 40}, "train": {"tuned_dir": "/x"}},
+              "timings": {"prepare": 1.5}, "owner": {"host": "h1", "pid": 42}}
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO jobs (id, kind, status, params, progress, attempts, created_at, "
+            "updated_at) VALUES (1, 'learn', 'running', :p, 0.4, 1, :t, :t)"),
+            {"p": json.dumps(params), "t": "2026-12-01 00:00:00+00:00"})
+    migrate.upgrade(db_url)
+    with engine.connect() as conn:
+        request, host, pid = conn.execute(sa.text(
+            "SELECT request, owner_host, owner_pid FROM jobs WHERE id = 1")).one()
+        steps = dict(conn.execute(sa.text(
+            "SELECT stage, seconds FROM job_steps WHERE job_id = 1")).all())
+    request = json.loads(request) if isinstance(request, str) else request
+    assert request["sft"] == {"max_steps": 7} and request["dpo"] == {"beta": 0.2}
+    assert request["eval_limit"] == 5 and request["distill"] == {"max_prompts": 40}
+    assert "out" not in request and "owner" not in request and "source_id" not in request
+    assert (host, pid) == ("h1", 42) and steps == {"prepare": 1.5, "train": None}
+    migrate.downgrade(db_url, "0001")
+    with engine.connect() as conn:
+        back = conn.execute(sa.text("SELECT params FROM jobs WHERE id = 1")).scalar_one()
+    engine.dispose()
+    back = json.loads(back) if isinstance(back, str) else back
+    assert back["out"] == params["out"] and back["owner"] == params["owner"]
+    assert back["train"] == params["train"] and back["options"]["dpo"] == {"beta": 0.2}

@@ -13,19 +13,17 @@ from skillstore.catalog import (
     create_job,
     current_state,
     eval_results,
-    fail_job,
     get_or_create_state,
     get_pack,
     list_packs,
     promotions_of,
     record_eval_result,
     set_pack_status,
-    set_progress,
-    start_job,
     state_fingerprint,
 )
 from skillstore.catalog.db import session_scope
 from skillstore.errors import ConfigError, NotFoundError, PromotionConflictError
+from skillstore.pipeline.lifecycle import begin, fail, set_progress
 
 
 def test_versions_and_refs(session):
@@ -113,15 +111,16 @@ def test_eval_results_are_unique_per_cache_key(session):
 
 def test_job_lifecycle(engine):
     with session_scope(engine) as session:
-        job = create_job(session, kind="learn", params={"skill": "arith"})
-        start_job(session, job, "train")
-        set_progress(session, job, "train", 0.25)
+        job = create_job(session, kind="learn", request={"skill": "arith"})
+        begin(session, job.id, "train", "host", 1)
+        set_progress(session, job.id, "train", 0.25)
         job_id = job.id
     with session_scope(engine) as session:
         from skillstore.catalog import get_job
         job = get_job(session, job_id)
-        assert (job.status.value, job.stage, job.progress, job.attempts) == ("running", "train", 0.25, 1)
-        fail_job(session, job, "NaN loss at step 3\nTraceback ...", stage="train")
+        assert ((job.status.value, job.stage, job.progress, job.attempts)
+                == ("running", "train", 0.25, 1))
+        fail(session, job, "NaN loss at step 3\nTraceback ...", stage="train")
     with session_scope(engine) as session:
         job = get_job(session, job_id)
         assert job.error == "NaN loss at step 3"

@@ -32,7 +32,8 @@ def _clean_env(**settings: str) -> dict[str, str]:
     return {**env, **settings}
 
 
-def _run(cmd: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], env: dict[str, str] | None = None,
+         **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                           env=env or _clean_env(), **kwargs)
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
@@ -61,8 +62,8 @@ def _fresh_venv(root: Path, *install: str) -> Path:
     """A virtualenv with skillstore installed by pip, and .venv's dependencies on its path."""
     _run([sys.executable, "-m", "venv", "--without-pip", str(root)])
     python = root / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
-                .stdout.strip())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(_run([str(python), "-c", purelib]).stdout.strip())
     # A path line, not a site dir: .venv's own .pth files (its editable finder) stay unread.
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "_skillstore_test_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
@@ -113,7 +114,8 @@ def test_wheel_carries_every_migration(wheel, source):
     assert not missing, f"the wheel lacks {missing}"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("backend",
+                         ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_init_from_installed_wheel(backend, wheel_venv, tmp_path, request):
     found = _migrations_dir(wheel_venv)
     assert found.is_relative_to(wheel_venv) and found.name == "_migrations", found

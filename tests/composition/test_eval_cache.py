@@ -11,8 +11,9 @@ import torch
 
 from skillstore.catalog import eval_results
 from skillstore.curriculum.lmeval import write_task_yaml
-from skillstore.evaluation.cache import Suite, evaluate_state, headline
+from skillstore.evaluation.cache import Suite, evaluate_state
 from skillstore.evaluation.runner import run_tasks
+from skillstore.evaluation.scores import suite_scores
 from skillstore.models import load_causal_lm
 from skillstore.states import base_state, extend_state, load_view, materialise
 
@@ -83,8 +84,8 @@ def test_cache_hits_never_rerun_and_new_versions_do(tiny_world, quick_suites, ca
         assert [(r.id, r.value) for r in second] == [(r.id, r.value) for r in first]
         stored = eval_results(s, state.id, suite="alpha")
         assert {r.metric for r in stored} == {"acc", "perplexity"} and stored[0].n == 4
-        value, stderr, n = headline(first, suites[0])
-        assert (value, n) == (next(r.value for r in stored if r.metric == "acc"), 4)
+        score = suite_scores(s, state.id, suites)["alpha"]
+        assert (score.value, score.n) == (next(r.value for r in stored if r.metric == "acc"), 4)
 
         # A different state is a different cache key ...
         pack = make_pack(s, base, "alpha")
@@ -164,7 +165,7 @@ def test_state_evaluation_matches_the_lm_eval_cli_on_the_exported_model(tiny_wor
 def test_tag_routed_state_evaluates_each_suite_with_its_own_pack(tiny_world, catalog, tmp_path):
     """state_loader puts the skill's pack in front of its suite and no pack in front of general."""
     from skillstore.catalog import get_or_create_state
-    from skillstore.evaluation.suites import state_loader
+    from skillstore.evaluation.loader import state_loader
     from skillstore.packs.format import read_pack
     from skillstore.packs.graft import grafted
 

@@ -127,3 +127,36 @@ def test_state_route_trains_the_learned_router_of_a_fused_state(cli_world, tmp_p
         state = get_state(s, routed["id"])
         assert state.router_blob_digest and cli_world.blobs.exists(state.router_blob_digest)
         assert state.fingerprint != get_state(s, fused["id"]).fingerprint
+
+
+def test_state_eval_reads_task_yaml_suites_without_a_tasks_dir(cli_world, tmp_path):
+    """A skill registered the way the zoo registers it (its suite is the path of its task YAML)
+    is evaluated with no --tasks-dir; the general suite is the skillstore_general.yaml beside it."""
+    from skillstore.catalog import current_state, get_pack, get_skill
+    from skillstore.errors import NotFoundError
+
+    from .test_eval_cache import LL_YAML
+
+    data = tmp_path / "ll.jsonl"
+    data.write_text(json.dumps({"prompt": "copy ab: ", "answer": "ab"}) + "\n")
+    tasks = tmp_path / "curriculum" / "tasks"
+    tasks.mkdir(parents=True)
+    for task in ("skillstore_alpha", "skillstore_general"):
+        (tasks / f"{task}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: {task}"))
+    with cli_world.session() as s:
+        get_skill(s, "alpha").suite = str(tasks / "skillstore_alpha.yaml")
+    run("pack", "promote", "alpha@v1", "--reason", "try")
+    with cli_world.session() as s:
+        head = current_state(s, get_pack(s, "alpha@v1").base_id)
+        head_id, root_id = str(head.id), str(head.parent_id)
+    rows = json.loads(run("state", "eval", head_id, "--json"))
+    assert {(r["suite"], r["task"], r["metric"]) for r in rows} == {
+        (suite, f"skillstore_{suite}", metric) for suite in ("alpha", "general") for metric in ("acc", "perplexity")}
+    assert "has no suite to evaluate" in run("state", "eval", root_id)  # the plain base: nothing to do
+
+    # beta's suite names a task: without the folder that defines it, one clear error
+    run("pack", "promote", "beta@v1", "--reason", "try")
+    with cli_world.session() as s:
+        both = str(current_state(s, get_pack(s, "beta@v1").base_id).id)
+    with pytest.raises(NotFoundError, match="'skillstore_beta' but no tasks folder was given; pass --tasks-dir"):
+        CliRunner().invoke(app, ["state", "eval", both], catch_exceptions=False)

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from skillstore.catalog import advance_head, current_state, promotions_of
 from skillstore.catalog.schema import PackStatus
 from skillstore.errors import EvaluationError, PromotionConflictError
+from skillstore.evaluation import Score
 from skillstore.gate import (
     GatePolicy,
-    Score,
     Thresholds,
     decide,
     gate_pack,

@@ -10,7 +10,8 @@ import pytest
 
 from skillstore.catalog import advance_head, eval_results, record_eval_result
 from skillstore.errors import ConfigError
-from skillstore.gate import GatePolicy, Score, decide, record_decision
+from skillstore.evaluation import Score
+from skillstore.gate import GatePolicy, decide, record_decision
 from skillstore.reports import build_report, render_report
 from skillstore.states import base_state, extend_state
 

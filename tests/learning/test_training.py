@@ -130,3 +130,66 @@ def test_distill_job_without_a_source_is_refused(mini_zoo, tmp_path):
     with pytest.raises(Exception, match="needs a source model"):
         run_training("distill", job)
     assert not (tmp_path / "d").exists()
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_training_from_the_current_state_grafts_its_packs_and_takes_them_out(
+        mini_zoo, tmp_path, monkeypatch):
+    from skillstore.packs import compress_checkpoint
+    from skillstore.training import run
+    from skillstore.training.run import GraftSpec
+    from skillstore.training.sft import TrainResult
+
+    cur = mini_zoo.load_curriculum()
+    rows = {"train_path": cur.skills["add"].train, "val_path": cur.skills["add"].validation}
+    earlier = run_training("sft", TrainJob(base_dir=mini_zoo.target, out_dir=tmp_path / "earlier",
+                                           sft=SFTConfig(max_steps=2, batch_size=8), **rows))
+    pack = compress_checkpoint(mini_zoo.target, earlier["out_dir"], "lossless",
+                               tmp_path / "earlier.safetensors").path
+    base, grafted = _weights(mini_zoo.target), _weights(tmp_path / "earlier")
+    changed = next(n for n in base if not torch.equal(base[n], grafted[n]))
+    seen = {}
+
+    class Watch:  # a trainer that changes nothing and records what it was handed
+        name, description = "watch", "records the weights it trains"
+
+        def train(self, job, model, tok, progress):
+            seen["weight"] = model.state_dict()[changed].detach().clone()
+            return TrainResult(model, {"steps": 0})
+
+    monkeypatch.setattr(run, "get_trainer", lambda name: Watch())
+    out = run_training("watch", TrainJob(base_dir=mini_zoo.target, out_dir=tmp_path / "ckpts",
+                                         content_addressed=True,
+                                         graft=(GraftSpec(path=pack, scale=1.0),), **rows))
+    # Training saw base + the current state's pack; what is saved is the base plus only what
+    # training changed (here nothing), in a folder named by its fingerprint.
+    # (the lossless preset stores deltas in 16 bits: equal up to their rounding)
+    step = (grafted[changed] - base[changed]).abs().max()
+    assert (seen["weight"] - grafted[changed]).abs().max() < step / 100
+    saved = _weights(tmp_path / "ckpts" / out["fingerprint"].removeprefix("sha256:")[:32])
+    assert (saved[changed] - base[changed]).abs().max() < step / 100
+    assert out["out_dir"].endswith(out["fingerprint"].removeprefix("sha256:")[:32])
+
+
+def test_preference_pairs_use_refused_answers_and_never_invent_one_unasked(mini_zoo):
+    from skillstore.training.dpo import preference_pairs
+
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    rows = [{"prompt": "add: 1+2 =", "answer": "3"}, {"prompt": "add: 2+2 =", "answer": "4"}]
+    everything_passes = lambda p, a: True  # noqa: E731
+    with pytest.raises(DatasetError, match="synthetic_rejected"):
+        preference_pairs(model, tok, rows, everything_passes, config=DPOConfig(samples=1))
+    pairs, origin = preference_pairs(model, tok, rows, everything_passes,
+                                     config=DPOConfig(samples=1, synthetic_rejected=True))
+    assert origin["synthetic"] == 2 and all(p["rejected"] != p["chosen"] for p in pairs)
+    # A refused source answer is the rejected side before the model's own are looked at.
+    only_truth = lambda p, a: a == {"add: 1+2 =": "3", "add: 2+2 =": "4"}[p]  # noqa: E731
+    pairs, origin = preference_pairs(model, tok, rows, only_truth, config=DPOConfig(samples=0),
+                                     candidates={"add: 1+2 =": ["3", "12"]})
+    assert pairs[0] == {"prompt": "add: 1+2 =", "chosen": "3", "rejected": "12"}
+    assert origin["source"] == 1 and origin["synthetic"] == 0

@@ -1,7 +1,9 @@
 """The pack file: manifest contents, lossless round trip, and every corruption refused."""
 
+import base64
 import json
 import shutil
+import zlib
 
 import pytest
 import torch
@@ -131,7 +133,7 @@ def test_small_packs_read_whole_and_large_ones_mapped_give_the_same_pack(
 
 
 def _as_version_1(pack, path):
-    """Rewrite a pack as format version 1 did: a tensor per payload key, the manifest as plain JSON."""
+    """Rewrite a pack as format version 1 did: a tensor per payload key, the manifest plain JSON."""
     from skillstore.packs.format import payload_digest
 
     manifest = {**pack.manifest, "format_version": 1}
@@ -145,9 +147,11 @@ def test_version_1_packs_are_still_read(compact_pack, tmp_path):
     pack = read_pack(compact_pack)
     old = read_pack(_as_version_1(pack, tmp_path / "v1.safetensors"))
     assert old.manifest["format_version"] == 1
-    assert {k: v for k, v in old.manifest.items() if k not in ("format_version", "payload_digest")} == \
-        {k: v for k, v in pack.manifest.items() if k not in ("format_version", "payload_digest")}
-    for (name, new_d), (old_name, old_d) in zip(pack.dense_deltas(), old.dense_deltas(), strict=True):
+    stamps = ("format_version", "payload_digest")
+    assert {k: v for k, v in old.manifest.items() if k not in stamps} == \
+        {k: v for k, v in pack.manifest.items() if k not in stamps}
+    for (name, new_d), (old_name, old_d) in zip(pack.dense_deltas(), old.dense_deltas(),
+                                                strict=True):
         assert name == old_name and torch.equal(new_d, old_d)
 
 
@@ -174,10 +178,10 @@ def test_damaged_packed_manifest_refused(compact_pack, tmp_path):
     with safe_open(str(compact_pack), framework="pt") as f:
         plain = json.loads(f.metadata()[MANIFEST_KEY])
         flat = {k: f.get_tensor(k) for k in f.keys()}
+    outside = {"tensors": {}, "layout": {"x::codes": ["uint8", 10**9, [4]]}}
     cases = {"not base64": "@@" + plain["packed"][2:],
-             "not zlib": __import__("base64").b64encode(b"plain bytes").decode(),
-             "outside": __import__("base64").b64encode(__import__("zlib").compress(json.dumps(
-                 {"tensors": {}, "layout": {"x::codes": ["uint8", 10**9, [4]]}}).encode())).decode()}
+             "not zlib": base64.b64encode(b"plain bytes").decode(),
+             "outside": base64.b64encode(zlib.compress(json.dumps(outside).encode())).decode()}
     for why, packed in cases.items():
         bad = tmp_path / f"{why.replace(' ', '_')}.safetensors"
         save_file(flat, str(bad), metadata={MANIFEST_KEY: json.dumps({**plain, "packed": packed})})
@@ -255,6 +259,7 @@ def test_a_diverged_checkpoint_is_refused_by_name(llama_pair, tmp_path):
 def test_budget_counts_the_whole_file(llama_pair, tmp_path):
     from skillstore.packs import load_policy
 
-    done = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.4), tmp_path / "b.safetensors")
+    done = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.4),
+                               tmp_path / "b.safetensors")
     assert done.bytes <= 0.4 * done.dense_fp16_bytes  # header and manifest included
     assert done.bytes > done.payload_bytes

@@ -16,9 +16,9 @@ from skillstore.catalog import (
     promotions_of,
 )
 from skillstore.catalog.models import SkillPack
-from skillstore.pipeline import STAGES, queue_learning_job
-from skillstore.pipeline.zoo_setup import register_checkpoint
-from tests.workerenv import FAST_OPTIONS, FAST_TRAIN
+from skillstore.pipeline import STAGES
+from skillstore.zoo.register import register_checkpoint
+from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, queue_job
 
 
 def variant_base(zoo, folder: Path, k: int) -> Path:
@@ -48,8 +48,8 @@ def add_bases(env, zoo, n: int) -> list[str]:
 
 def queue(env, skill: str, base: str = "tiny-llama", train: dict | None = None, **kw) -> int:
     with env.catalog.session() as s:
-        return queue_learning_job(s, env.settings, skill, base, train=train or FAST_TRAIN,
-                                  options=FAST_OPTIONS, **kw)
+        return queue_job(s, env.settings, skill, base, sft=train or FAST_TRAIN,
+                                  **FAST_OPTIONS, **kw)
 
 
 def assert_nothing_lost(env, job_ids: list[int], context: str) -> dict:
@@ -66,8 +66,8 @@ def assert_nothing_lost(env, job_ids: list[int], context: str) -> dict:
                 assert job.error and job.stage, f"{context}: job {job.id} failed without a reason"
             else:
                 assert job.pack_id is not None, f"{context}: job {job.id} succeeded without a pack"
-                assert job.progress == 1.0 and set(job.params["out"]) == set(STAGES), \
-                    f"{context}: job {job.id} succeeded with outputs {sorted(job.params['out'])}"
+                assert job.progress == 1.0 and set(job.outputs) == set(STAGES), \
+                    f"{context}: job {job.id} succeeded with outputs {sorted(job.outputs)}"
         packs = list(s.scalars(sa.select(SkillPack).order_by(SkillPack.id)))
         digests = [p.blob_digest for p in packs]
         assert len(packs) == len(set(digests)), f"{context}: packs share blobs: {digests}"

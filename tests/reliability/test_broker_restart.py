@@ -27,14 +27,14 @@ PUT_BACK = "put back workers."
 
 
 def _snapshot(env, jobs) -> list:
-    return [(j.status, j.stage, round(j.progress, 3), len(j.params.get("out", {})))
+    return [(j.status, j.stage, round(j.progress, 3), len(j.outputs))
             for j in map(env.job, jobs)]
 
 
 def _done(job, stage: str) -> bool:
     """The job recorded ``stage``'s output or ended: never goes back to False (outputs stay,
     while a duplicate attempt may move the ``stage`` column back)."""
-    return stage in (job.params or {}).get("out", {}) or JobStatus(job.status).finished
+    return stage in job.outputs or JobStatus(job.status).finished
 
 
 def _finish(env, jobs, stall_s: float = STALL_S) -> None:

@@ -19,14 +19,15 @@ from skillstore.catalog import init_workspace
 from skillstore.errors import SkillstoreError
 from skillstore.packs import apply_pack, compress_checkpoint, export_merged, export_peft
 from skillstore.packs.export import load_base
-from skillstore.pipeline.zoo_setup import register_checkpoint
 from skillstore.settings import Settings
+from skillstore.zoo.register import register_checkpoint
 from tests.conftest import run_cli as cli
 from tests.packs.conftest import save_pair, tiny_llama
 
 from .faults import tree_files
 
-CORRUPT = ("truncated", "bitflip-payload", "bitflip-header", "foreign-safetensors", "not-safetensors")
+CORRUPT = ("truncated", "bitflip-payload", "bitflip-header", "foreign-safetensors",
+           "not-safetensors")
 BAD = (*CORRUPT, "other-base")
 
 
@@ -98,8 +99,10 @@ def refused(capsys, *args: str) -> str:
 
 def _commands(kind: str, path: Path, base: Path, out: Path) -> list[list[str]]:
     cmds = [["pack", "apply", "--base", str(base), str(path), "-o", str(out)],
-            ["pack", "export", str(path), "--format", "merged", "--base", str(base), "-o", str(out)],
-            ["pack", "export", str(path), "--format", "peft", "--base", str(base), "-o", str(out)]]
+            ["pack", "export", str(path), "--format", "merged", "--base", str(base),
+             "-o", str(out)],
+            ["pack", "export", str(path), "--format", "peft", "--base", str(base),
+             "-o", str(out)]]
     if kind != "other-base":  # a valid pack of another base is fine to inspect
         cmds.insert(0, ["pack", "inspect", str(path)])
     return cmds

@@ -34,7 +34,7 @@ def _wait_ready(log, proc, timeout: float = 120) -> None:
 
 
 def _steps_done(env, job_ids) -> int:
-    return sum(len(env.job(j).params.get("out", {})) for j in job_ids)
+    return sum(len(env.job(j).outputs) for j in job_ids)
 
 
 def _wait_steps(env, job_ids, target: int, timeout: float = 300) -> None:
@@ -86,7 +86,8 @@ def test_random_sigkills_lose_and_duplicate_nothing(tmp_path, tiny_zoo, postgres
         summary = assert_nothing_lost(env, jobs, context)
         attempts = sum(env.job(j).attempts for j in jobs)
         logs = "".join(p.read_text(errors="replace") for p in env.logs.glob("*.log"))
-        figures.update(seed=seed, kills=len(kills), kills_mid_job=sum(bool(k["running"]) for k in kills),
+        figures.update(seed=seed, kills=len(kills),
+                       kills_mid_job=sum(bool(k["running"]) for k in kills),
                        task_attempts=attempts, resumed=logs.count("resuming job"),
                        task_runs=logs.count("] succeeded in "),
                        seconds=round(time.monotonic() - started), **summary)

@@ -1,4 +1,4 @@
-"""Scale-out fixtures: a real S3 server (moto) on loopback, a private Redis, a private RabbitMQ vhost."""
+"""Scale-out fixtures: a real S3 server (moto) on loopback, a private Redis and RabbitMQ vhost."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from skillstore.catalog import init_workspace
-from skillstore.pipeline.zoo_setup import register_checkpoint, register_zoo
 from skillstore.settings import Settings
+from skillstore.zoo.register import register_checkpoint, register_zoo
 from tests.conftest import IN_CI, require_service
 from tests.workerenv import Env
 
@@ -77,7 +77,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def private_redis(tmp_path):
-    """A Redis server of this test's own: a shared one would mix its queues with other test runs'."""
+    """A Redis server of this test's own: a shared one would mix its queues with other runs'."""
     binary = shutil.which("redis-server")
     if binary is None:
         require_service("redis")

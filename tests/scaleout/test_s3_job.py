@@ -1,4 +1,4 @@
-"""A learning job on S3 blobs: the worker writes the pack to the bucket and reads it back from there."""
+"""A learning job on S3 blobs: the worker writes the pack to the bucket and reads it back."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import sqlalchemy as sa
 
 from skillstore.catalog import JobStatus, PackStatus, current_head, get_state
 from skillstore.catalog.models import Promotion, SkillPack
-from skillstore.pipeline import queue_learning_job
-from tests.workerenv import FAST_OPTIONS, FAST_TRAIN
+from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, queue_job
 
 from .conftest import make_scaleout_env, s3_objects, s3_settings
 
@@ -20,8 +19,8 @@ def test_learning_job_keeps_every_blob_in_s3(tmp_path, tiny_zoo, s3_bucket):
     env, (base,) = make_scaleout_env(tmp_path, tiny_zoo, settings, skills=("reverse",))
     try:
         with env.catalog.session() as s:
-            job_id = queue_learning_job(s, settings, "reverse", base, train=FAST_TRAIN,
-                                        options=FAST_OPTIONS)
+            job_id = queue_job(s, settings, "reverse", base, sft=FAST_TRAIN,
+                                        **FAST_OPTIONS)
         with env.worker():  # the child gets the S3 settings through its environment only
             job = env.wait(job_id, timeout=300)
         assert job.status == JobStatus.succeeded, (job.stage, job.error)
@@ -34,7 +33,7 @@ def test_learning_job_keeps_every_blob_in_s3(tmp_path, tiny_zoo, s3_bucket):
             report = s.scalar(sa.select(Promotion.report_ref).where(
                 Promotion.pack_id == pack.id, Promotion.to_status == PackStatus.promoted))
             router = get_state(s, current_head(s, pack.base_id).state_id).router_blob_digest
-        for digest in (report, router, job.params["out"]["prepare"]["train"]):
+        for digest in (report, router, job.outputs["prepare"]["train"]):
             hexpart = digest.removeprefix("sha256:")
             assert f"blobs/sha256/{hexpart[:2]}/{hexpart[2:]}" in objects
         assert all(k.startswith("blobs/sha256/") for k in objects), "no staging leftovers"

@@ -1,4 +1,4 @@
-"""Several workers on separate gpu/cpu queues share one PostgreSQL catalog, one broker and S3 blobs."""
+"""Workers on separate gpu/cpu queues share one PostgreSQL catalog, one broker and S3 blobs."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from skillstore.jobqueue import (
     stop_worker,
     worker_command,
 )
-from skillstore.pipeline import STAGES, queue_learning_job
-from tests.workerenv import FAST_OPTIONS, FAST_TRAIN
+from skillstore.pipeline import STAGES
+from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, queue_job
 
 from .conftest import make_scaleout_env, missing, s3_objects, s3_settings
 
@@ -71,8 +71,8 @@ def run_jobs(tmp_path, zoo, settings, *, bases: int, skills: tuple[str, ...],
         with env.catalog.session() as s:
             for skill in skills:
                 for base in names:
-                    jobs[base].append(queue_learning_job(s, settings, skill, base, train=FAST_TRAIN,
-                                                         options=FAST_OPTIONS))
+                    jobs[base].append(queue_job(s, settings, skill, base, sft=FAST_TRAIN,
+                                                         **FAST_OPTIONS))
         deadline = time.monotonic() + timeout
         for ids in jobs.values():
             for job_id in ids:
@@ -135,7 +135,7 @@ def assert_each_job_once_and_in_order(run: Run, s3_client, bucket: str) -> None:
             assert current_head(s, base_id).version == len(ids)
             # A later job on a base trained only after the earlier one had finished.
             for earlier, later in zip(ids, ids[1:], strict=False):
-                assert jobs[later].params["out"]["train"]["started"] >= \
+                assert jobs[later].outputs["train"]["started"] >= \
                     jobs[earlier].finished_at.timestamp()
 
 
@@ -154,7 +154,7 @@ def assert_queues_respected(run: Run) -> Counter:
 def stage_seconds(run: Run) -> dict[str, float]:
     """Mean seconds inside each step (recorded by the workers), for the report."""
     with run.env.catalog.session() as s:
-        timings = [j.params.get("timings", {}) for j in s.scalars(sa.select(Job))]
+        timings = [{st.stage: st.seconds for st in j.steps} for j in s.scalars(sa.select(Job))]
     return {st: round(sum(t.get(st, 0) for t in timings) / len(timings), 2) for st in STAGES}
 
 
@@ -186,8 +186,8 @@ def test_two_workers_four_jobs_postgres_rabbitmq_s3(tmp_path, tiny_zoo, postgres
     try:
         assert_each_job_once_and_in_order(run, client, bucket)
         done = assert_queues_respected(run)
-        print(f"\nrabbitmq: 4 jobs on 2 bases in {run.seconds:.0f} s; tasks per worker {dict(done)}; "
-              f"mean s per step {stage_seconds(run)}")
+        print(f"\nrabbitmq: 4 jobs on 2 bases in {run.seconds:.0f} s; "
+              f"tasks per worker {dict(done)}; mean s per step {stage_seconds(run)}")
     finally:
         run.env.catalog.close()
 
@@ -206,7 +206,7 @@ def test_workers_on_separate_hosts_share_only_services(tmp_path, tiny_zoo, postg
         assert_each_job_once_and_in_order(run, client, bucket)
         assert_queues_respected(run)
         for job_id in next(iter(run.jobs.values())):
-            tuned = run.env.job(job_id).params["out"]["train"]["tuned_dir"]
+            tuned = run.env.job(job_id).outputs["train"]["tuned_dir"]
             assert tuned.startswith(str(tmp_path / "host-gpu"))
         # The cpu host fetched the checkpoint from S3 into its own home (the gpu host's is hidden).
         assert any((tmp_path / "host-cpu" / "work" / "checkpoints").iterdir())

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, PG_ROOT, REDIS, Env, make_env  # noqa: F401
+from tests.workerenv import (  # noqa: F401
+    FAST_OPTIONS,
+    FAST_TRAIN,
+    PG_ROOT,
+    REDIS,
+    Env,
+    make_env,
+    queue_job,
+)
 
 
 @pytest.fixture

@@ -12,29 +12,29 @@ from safetensors.torch import load_file, save_file
 
 from skillstore.catalog import JobStatus
 from skillstore.catalog.models import BaseHead, Job, SkillPack
-from skillstore.errors import ConfigError, JobError, NotFoundError, SkillstoreError
+from skillstore.errors import ConfigError, JobError, NotFoundError, RequestError, SkillstoreError
 from skillstore.jobqueue import settings_env
-from skillstore.pipeline import cancel, queue_learning_job, retry
-from skillstore.pipeline.zoo_setup import register_checkpoint
+from skillstore.pipeline import cancel, retry
+from skillstore.zoo.register import register_checkpoint
 
-from .conftest import FAST_OPTIONS, FAST_TRAIN, make_env
+from .conftest import FAST_OPTIONS, FAST_TRAIN, make_env, queue_job
 
 
 def test_cancel_stops_training_and_the_next_job_runs(sqlite_env):
     env = sqlite_env
     with env.catalog.session() as s:
-        endless = queue_learning_job(s, env.settings, "reverse", "tiny-llama",
-                                     train={"max_steps": 100_000, "batch_size": 8,
-                                            "eval_every": 10_000}, options=FAST_OPTIONS)
-        after = queue_learning_job(s, env.settings, "sort", "tiny-llama", train=FAST_TRAIN,
-                                   options=FAST_OPTIONS)
-        diverges = queue_learning_job(s, env.settings, "reverse", "tiny-llama",
-                                      train={**FAST_TRAIN, "lr": 1e30}, options=FAST_OPTIONS)
+        endless = queue_job(s, env.settings, "reverse", "tiny-llama",
+                            sft={"max_steps": 100_000, "batch_size": 8, "eval_every": 10_000},
+                            **FAST_OPTIONS)
+        after = queue_job(s, env.settings, "sort", "tiny-llama", sft=FAST_TRAIN,
+                                   **FAST_OPTIONS)
+        diverges = queue_job(s, env.settings, "reverse", "tiny-llama",
+                                      sft={**FAST_TRAIN, "lr": 1e30}, **FAST_OPTIONS)
     with env.worker():
         env.wait(endless, until=lambda j: j.stage == "train" and j.progress > 0.2)
-        assert env.job(after).params["out"].get("train") is None  # it waits for the first job
+        assert env.job(after).outputs.get("train") is None  # it waits for the first job
         with env.catalog.session() as s:
-            cancel(s, env.settings, endless)
+            cancel(s, endless)
         env.wait(after, timeout=150)  # only possible once the endless training stopped
         with env.catalog.session() as s:
             head_before = s.execute(sa.select(BaseHead.state_id, BaseHead.version)).all()
@@ -81,9 +81,14 @@ def no_tokenizer_source(sqlite_env, tiny_zoo, tmp_path):
     ({"skill": "nope"}, NotFoundError, "No skill named 'nope'"),
     ({"base": "nobase"}, NotFoundError, "No base named 'nobase'"),
     ({"policy": "superdense"}, ConfigError, "Unknown policy preset 'superdense'"),
-    ({"budget": 2.0}, ConfigError, "Budget 2.0"),
-    ({"method": "magic"}, ConfigError, "Unknown learning method 'magic'"),
-    ({"method": "distill"}, ConfigError, "pass --source"),
+    ({"budget": 2.0}, RequestError, "option budget"),
+    ({"method": "magic"}, RequestError, "option method: Input should be 'sft', 'distill' or 'dpo'"),
+    ({"method": "distill"}, RequestError, "--source NAME"),
+    ({"method": "sft", "source": "src-gpt2"}, RequestError, "reads no source"),
+    ({"method": "sft", "dpo": {"beta": 0.5}}, RequestError, "pass --method dpo"),
+    ({"method": "dpo", "source": "src-gpt2", "max_steps": 0}, RequestError, "sft.max_steps"),
+    ({"general_suite": "/no/such.yaml"}, NotFoundError, "General suite YAML"),
+    ({"eval_limit": 0}, RequestError, "option eval_limit"),
     ({"method": "distill", "source": "bare"}, NotFoundError, "no tokenizer files"),
 ])
 def test_bad_parameters_fail_at_learn_time_and_queue_nothing(sqlite_env, no_tokenizer_source,
@@ -91,7 +96,7 @@ def test_bad_parameters_fail_at_learn_time_and_queue_nothing(sqlite_env, no_toke
     env = sqlite_env
     args = {"skill": "reverse", "base": "tiny-llama", **kwargs}
     with env.catalog.session() as s, pytest.raises(error) as caught:
-        queue_learning_job(s, env.settings, args.pop("skill"), args.pop("base"), **args)
+        queue_job(s, env.settings, args.pop("skill"), args.pop("base"), **args)
     message = str(caught.value)
     assert words in message and "\n" not in message
     with env.catalog.session() as s:
@@ -117,7 +122,7 @@ def test_unreachable_broker_fails_the_job_with_one_line(tmp_path, tiny_zoo):
     env = make_env(tmp_path, tiny_zoo, broker_url="redis://127.0.0.1:1/0", skills=("reverse",))
     try:
         with env.catalog.session() as s, pytest.raises(JobError, match="could not be sent to the broker"):
-            queue_learning_job(s, env.settings, "reverse", "tiny-llama")
+            queue_job(s, env.settings, "reverse", "tiny-llama")
         job = env.job(1)
         assert job.status == JobStatus.failed and "broker" in job.error
     finally:
@@ -135,8 +140,10 @@ def test_trainer_options_from_the_cli_reach_the_job(sqlite_env):
                   "--seed", "3", "--train", "warmup_frac=0.2", "--train", "patience=2")
     assert done.returncode == 0, done.stderr
     job = sqlite_env.job(int(done.stdout.strip()))
-    assert job.params["train"] == {"max_steps": 7, "lr": 0.002, "batch_size": 4, "seed": 3,
-                                   "warmup_frac": 0.2, "patience": 2}
+    sft = job.request["sft"]
+    assert {k: sft[k] for k in ("max_steps", "lr", "batch_size", "seed", "warmup_frac",
+                                "patience")} == {"max_steps": 7, "lr": 0.002, "batch_size": 4,
+                                                 "seed": 3, "warmup_frac": 0.2, "patience": 2}
 
 
 @pytest.mark.parametrize("option, words", [
@@ -160,7 +167,7 @@ def test_tune_steps_tune_the_jobs_pack_before_it_is_stored(sqlite_env):
 
     env = sqlite_env
     with env.catalog.session() as s:
-        job_id = queue_learning_job(s, env.settings, "reverse", "tiny-llama", train=FAST_TRAIN,
+        job_id = queue_job(s, env.settings, "reverse", "tiny-llama", sft=FAST_TRAIN,
                                     policy="compact", tune_steps=4, send=False)
     with env.catalog.session() as s:
         for step in (steps.prepare, steps.train):
@@ -173,5 +180,5 @@ def test_tune_steps_tune_the_jobs_pack_before_it_is_stored(sqlite_env):
         path = env.settings.home / "tuned-pack.safetensors"
         path.write_bytes(b"".join(open_blob_store(env.settings).iter_chunks(out["blob"])))
     assert read_pack(path).manifest["tuned"]["steps"] == 4  # the stored blob is the tuned pack
-    with env.catalog.session() as s, pytest.raises(ConfigError, match="tune_steps"):
-        queue_learning_job(s, env.settings, "reverse", "tiny-llama", tune_steps=-1, send=False)
+    with env.catalog.session() as s, pytest.raises(RequestError, match="tune_steps"):
+        queue_job(s, env.settings, "reverse", "tiny-llama", tune_steps=-1, send=False)

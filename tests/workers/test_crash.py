@@ -7,9 +7,8 @@ import sqlalchemy as sa
 from skillstore.catalog import JobStatus, PackStatus
 from skillstore.catalog.models import Promotion, SkillPack
 from skillstore.jobqueue import spawn_worker, stop_worker
-from skillstore.pipeline import queue_learning_job
 
-from .conftest import FAST_OPTIONS
+from .conftest import FAST_OPTIONS, queue_job
 from .test_pipeline import assert_learned
 
 # Long enough that a kill seen at a quarter of training lands well before it ends, even on an
@@ -29,17 +28,17 @@ def _kill_when(env, job_id, until, poll=0.02):
 def test_sigkill_mid_train_and_mid_compress_finishes_once(sqlite_env):
     env = sqlite_env
     with env.catalog.session() as s:
-        job_id = queue_learning_job(s, env.settings, "reverse", "tiny-llama", train=LONG_TRAIN,
-                                    options=FAST_OPTIONS)
+        job_id = queue_job(s, env.settings, "reverse", "tiny-llama", sft=LONG_TRAIN,
+                                    **FAST_OPTIONS)
 
     # Killed while training: some progress was reported, nothing else happened yet.
     job = _kill_when(env, job_id, lambda j: j.stage == "train" and j.progress > 0.25)
-    assert job.status == JobStatus.running and "train" not in job.params["out"]
+    assert job.status == JobStatus.running and "train" not in job.outputs
 
     # The next worker finds the orphan, trains again, and is killed as compression starts.
     job = _kill_when(env, job_id, lambda j: j.stage == "compress")
-    assert job.status == JobStatus.running and "train" in job.params["out"]
-    assert "compress" not in job.params["out"], "compression finished before the kill"
+    assert job.status == JobStatus.running and "train" in job.outputs
+    assert "compress" not in job.outputs, "compression finished before the kill"
 
     with env.worker():
         env.wait(job_id)

@@ -10,15 +10,14 @@ import sqlalchemy as sa
 from skillstore.catalog import JobStatus, PackStatus, current_head, get_state, promotions_of
 from skillstore.catalog.models import EvalResult, LineageEdge, SkillPack
 from skillstore.jobqueue import settings_env
-from skillstore.pipeline import queue_learning_job
 
-from .conftest import FAST_OPTIONS, FAST_TRAIN, make_env
+from .conftest import FAST_OPTIONS, FAST_TRAIN, make_env, queue_job
 
 
 def _queue(env, skill: str, **kw) -> int:
     with env.catalog.session() as s:
-        return queue_learning_job(s, env.settings, skill, "tiny-llama", train=FAST_TRAIN,
-                                  options=FAST_OPTIONS, **kw)
+        return queue_job(s, env.settings, skill, "tiny-llama", sft=FAST_TRAIN,
+                                  **FAST_OPTIONS, **kw)
 
 
 def assert_learned(env, job_id: int, skill: str) -> SkillPack:
@@ -26,7 +25,7 @@ def assert_learned(env, job_id: int, skill: str) -> SkillPack:
     a promotion that names its report, eval results for the candidate, and the head moved."""
     job = env.job(job_id)
     assert job.status == JobStatus.succeeded, (job.stage, job.error)
-    assert job.progress == 1.0 and set(job.params["out"]) == {"prepare", "train", "compress",
+    assert job.progress == 1.0 and set(job.outputs) == {"prepare", "train", "compress",
                                                                "evaluate", "gate"}
     with env.catalog.session() as s:
         packs = list(s.scalars(sa.select(SkillPack).where(SkillPack.id == job.pack_id)))
@@ -62,7 +61,7 @@ def test_learn_in_sequence_on_embedded_sqlite_broker(sqlite_env):
     assert_learned(env, first, "reverse")
     pack = assert_learned(env, second, "sort")
     # The second job trained only after the first had finished, on top of what it promoted.
-    assert env.job(second).params["out"]["train"]["started"] >= env.job(first).finished_at.timestamp()
+    assert env.job(second).outputs["train"]["started"] >= env.job(first).finished_at.timestamp()
     with env.catalog.session() as s:
         state = get_state(s, current_head(s, pack.base_id).state_id)
         skills = [s.get(SkillPack, m.pack_id).skill_id for m in state.members]

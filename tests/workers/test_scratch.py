@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from skillstore.catalog import create_job, finish_job, init_workspace, start_job
-from skillstore.pipeline.context import scratch, set_owner, sweep_scratch
+from skillstore.catalog import create_job, init_workspace
+from skillstore.pipeline.lifecycle import begin, finish
+from skillstore.pipeline.workdir import scratch, sweep_scratch
 from skillstore.settings import Settings
 
 HOST, LIVE_PID, DEAD_PID = "here", 111, 222
@@ -16,11 +17,9 @@ def test_sweep_removes_only_folders_no_live_attempt_owns(tmp_path):
         jobs = {}
         for name, host, pid in [("live", HOST, LIVE_PID), ("dead", HOST, DEAD_PID),
                                 ("elsewhere", "other-host", DEAD_PID), ("done", HOST, LIVE_PID)]:
-            job = create_job(s, kind="learn", params={})
-            start_job(s, job, "train")
-            set_owner(job, host, pid)
+            job = begin(s, create_job(s, kind="learn", request={}).id, "compress", host, pid)
             jobs[name] = job
-        finish_job(s, jobs["done"])
+        finish(s, jobs["done"])
         s.flush()
         folders = {name: scratch(settings, job.id) for name, job in jobs.items()}
         folders["gone"] = scratch(settings, 999)  # its job row no longer exists

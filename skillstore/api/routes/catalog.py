@@ -57,9 +57,17 @@ def add_skill(body: SkillIn, ctx: Ctx) -> dict:
     from ...intake import register_skill_dataset
 
     data = ctx.server_path(body.path, "dataset")
+    suite = _suite_paths(ctx, body.suite)
     with ctx.session() as session:
         return skill_dict(register_skill_dataset(session, ctx.blobs, name=body.name, data=data,
-                                                 suite=body.suite, description=body.description))
+                                                 suite=suite, description=body.description))
+
+
+def _suite_paths(ctx: ApiContext, suite: str) -> str:
+    """A suite's task YAML paths are server paths: held to SKILLSTORE_API_PATH_ROOTS too."""
+    entries = [e.strip() for e in suite.split(",") if e.strip()]
+    return ",".join(str(ctx.server_path(e, "suite YAML")) if e.endswith((".yaml", ".yml"))
+                    else e for e in entries)
 
 
 @router.post("/skills/upload", status_code=201, response_model=SkillOut, dependencies=WRITE,
@@ -68,14 +76,16 @@ async def upload_skill(
     ctx: Ctx,
     name: Annotated[str, Form(pattern=NAME_PATTERN, max_length=128)],
     data: Annotated[UploadFile, File(description="The JSONL dataset.")],
-    suite: Annotated[str, Form(max_length=256, pattern=r"^[\w.,:-]*$")] = "",
+    suite: Annotated[str, Form(max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
     description: Annotated[str, Form(max_length=2000)] = "",
 ) -> dict:
     """Register a skill with an uploaded JSONL dataset (validated line by line, then stored)."""
-    return await run_in_threadpool(_upload_skill, ctx, name, data, suite, description)
+    return await run_in_threadpool(_upload_skill, ctx, name, data, _suite_paths(ctx, suite),
+                                   description)
 
 
-def _upload_skill(ctx: ApiContext, name: str, data: UploadFile, suite: str, description: str) -> dict:
+def _upload_skill(ctx: ApiContext, name: str, data: UploadFile, suite: str,
+                  description: str) -> dict:
     from ...errors import DatasetError
     from ...fingerprint import sha256_file
     from ...intake import register_skill_dataset

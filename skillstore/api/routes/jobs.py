@@ -22,16 +22,14 @@ Ctx = Annotated[ApiContext, Depends(context)]
              responses=errors(400, 401, 404, 409, 413, 422, 503))
 def queue_job(body: JobIn, ctx: Ctx) -> dict:
     """Queue a learning job (prepare, train, compress, evaluate, gate); a worker runs it."""
-    from ...pipeline import queue_learning_job
+    from ...pipeline import LearnRequest, queue
 
-    train = {"max_steps": body.max_steps} if body.max_steps else {}
+    fields = body.model_dump(exclude={"train", "budget", "gate"})
+    request = LearnRequest.build(**fields, sft=body.train,
+                                 budget=None if body.budget is None else body.budget / 100,
+                                 gate=body.gate or None)
     with ctx.session() as session:
-        job_id = queue_learning_job(
-            session, ctx.settings, body.skill, body.base, source=body.source, method=body.method,
-            policy=body.policy, start_from=body.start_from,
-            budget=None if body.budget is None else body.budget / 100, train=train,
-            tune_steps=body.tune_steps)
-        return job_dict(get_job(session, job_id))
+        return job_dict(queue(session, ctx.settings, request))
 
 
 @router.get("/jobs", response_model=Page[JobOut], responses=errors(401, 404, 422, 503))
@@ -64,7 +62,7 @@ def cancel_job(job_id: JobId, ctx: Ctx) -> dict:
     from ...pipeline import cancel
 
     with ctx.session() as session:
-        return job_dict(cancel(session, ctx.settings, job_id))
+        return job_dict(cancel(session, job_id))
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=WRITE,

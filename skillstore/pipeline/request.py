@@ -1,0 +1,107 @@
+"""The learn request: one frozen, typed object that the CLI and the API build and a job stores."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import RequestError
+from ..gate.policy import GatePolicy
+from ..training.distill import GenerationConfig
+from ..training.dpo import DPOConfig
+from ..training.sft import SFTConfig
+
+METHODS = ("sft", "distill", "dpo")
+START_FROM = ("base", "current")
+# The flags `learn --max-steps/--lr/--batch-size/--seed` set on every training stage a method
+# runs: SFT for all three, and the DPO stage too for dpo. No flag is left unread.
+COMMON_TRAIN_KEYS = ("max_steps", "lr", "batch_size", "seed")
+
+
+class LearnRequest(BaseModel):
+    """Everything a learning job was asked to do, validated in full when it is queued.
+
+    ``sft`` configures the supervised stage every method runs (on ground-truth answers for
+    sft, on the source's verified answers for distill and dpo); ``dpo`` configures the
+    preference stage that follows it for dpo; ``generation`` is how the source answers.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    skill: str = Field(min_length=1, max_length=128)
+    base: str = Field(min_length=1, max_length=128)
+    method: Literal["sft", "distill", "dpo"] = "sft"
+    source: str | None = Field(default=None, min_length=1, max_length=128)
+    start_from: Literal["base", "current"] = "base"
+    policy: str = Field(default="balanced", min_length=1,
+                        description="A compression preset, or the path of a policy JSON file.")
+    budget: float | None = Field(default=None, gt=0, le=1,
+                                 description="Fit the pack in this fraction of the dense fp16 delta.")
+    tune_steps: int = Field(default=0, ge=0, le=1_000_000)
+    sft: SFTConfig = SFTConfig()
+    generation: GenerationConfig = GenerationConfig()
+    distill_prompts: int | None = Field(default=None, gt=0, description=(
+        "distill and dpo: how many of the skill's training prompts the source answers "
+        "(default: all)."))
+    verify: bool = Field(default=True, description=(
+        "distill and dpo: keep only the source answers that the skill's rule-based checker "
+        "accepts (the curriculum's checker, else equality with the reference answer)."))
+    dpo: DPOConfig = DPOConfig()
+    gate: GatePolicy = GatePolicy()
+    eval_limit: int | None = Field(default=None, gt=0, description=(
+        "Evaluate at most this many prompts per task (default: every test prompt)."))
+    general_suite: str | None = Field(default=None, min_length=1, description=(
+        "The base's general suite (an lm-eval task YAML); default: the one beside the "
+        "skill's suite, if any."))
+
+    @model_validator(mode="after")
+    def _source_for_transfer(self) -> LearnRequest:
+        if self.method in ("distill", "dpo") and self.source is None:
+            raise ValueError(f"method {self.method!r} learns from a source model; "
+                             "name one with --source NAME")
+        if self.method == "sft" and self.source is not None:
+            raise ValueError("method 'sft' trains on the skill's own answers and reads no source; "
+                             "drop --source or use --method distill")
+        return self
+
+    @classmethod
+    def build(cls, skill: str, base: str, *, max_steps: int | None = None,
+              lr: float | None = None, batch_size: int | None = None, seed: int | None = None,
+              sft: dict[str, Any] | None = None, dpo: dict[str, Any] | None = None,
+              generation: dict[str, Any] | None = None, **fields: Any) -> LearnRequest:
+        """A request from the flat options the CLI and the API take; the common training flags
+        apply to every stage the method runs. Raises RequestError naming the first bad field."""
+        common = {k: v for k, v in (("max_steps", max_steps), ("lr", lr),
+                                    ("batch_size", batch_size), ("seed", seed)) if v is not None}
+        doc = {"skill": skill, "base": base, **{k: v for k, v in fields.items() if v is not None}}
+        doc["sft"] = {**(sft or {}), **common}
+        stages = {"dpo": dpo or {}}
+        if doc.get("method") == "dpo":
+            stages["dpo"] = {**stages["dpo"], **common}
+        elif dpo:
+            raise RequestError("DPO settings were given but the method is not dpo; "
+                               "pass --method dpo or drop them.", "dpo")
+        doc["dpo"] = stages["dpo"]
+        doc["generation"] = {**(generation or {}),
+                             **({"seed": seed} if seed is not None else {})}
+        return parse_request(doc)
+
+
+def parse_request(doc: dict[str, Any]) -> LearnRequest:
+    """Validate a request document; a bad field is one RequestError line naming it."""
+    try:
+        return LearnRequest.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "no such setting (see `skillstore learn --help` and docs/learning.md)"
+        what = f"Learning job option {where}" if where else "Learning job"
+        raise RequestError(f"{what}: {message}.", where) from None
+
+
+def request_of(job) -> LearnRequest:
+    """The request a job was queued with (validated again: the column is plain JSON)."""
+    return parse_request(job.request)

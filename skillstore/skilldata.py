@@ -1,0 +1,40 @@
+"""A skill's rows as the catalog holds them: its training and validation splits, checked on read."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .catalog.models import Skill
+from .curriculum.validate import load_rows
+
+VAL_FRACTION = 0.1
+
+
+def skill_rows(store, skill: Skill) -> tuple[list[dict], list[dict]]:
+    """(train, validation) rows of a skill: its registered data (from the blob store when it is
+    there, so a later edit of the file cannot change a job) and a sibling validation.jsonl,
+    else a tenth of the training rows, picked by a shuffle seeded with the skill's name."""
+    if skill.data_sha256 and store.exists(skill.data_sha256):
+        train = load_rows(store.local_path(skill.data_sha256))
+    else:
+        train = load_rows(skill.data_uri)
+    val_path = Path(skill.data_uri or "").with_name("validation.jsonl")
+    if skill.data_uri and val_path.is_file():
+        return train, load_rows(val_path)
+    rows = list(train)
+    random.Random(skill.name).shuffle(rows)
+    cut = max(1, int(len(rows) * VAL_FRACTION))
+    return rows[cut:], rows[:cut]
+
+
+def rows_blob(store, rows: list[dict]) -> str:
+    """Store rows as a JSONL blob; returns its digest (the same rows, the same digest)."""
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    return store.put_bytes(data.encode("utf-8"))
+
+
+def read_rows(store, digest: str, kind: str = "sft") -> list[dict]:
+    """Rows of a JSONL blob, checked like a user's file (the blob is verified on read)."""
+    return load_rows(store.local_path(digest), kind)

@@ -1,0 +1,89 @@
+"""The pipeline's gate step decides on the scores its evaluate step recorded and never runs a
+model: a fresh evaluation is promoted and the job finishes; a stale one goes back to evaluate."""
+
+from __future__ import annotations
+
+import pytest
+
+from skillstore.catalog import JobStatus, create_job, get_job, get_pack, promotions_of
+from skillstore.catalog.models import BaseCheckpoint
+from skillstore.catalog.schema import PackStatus
+from skillstore.evaluation import Score
+from skillstore.gate import CandidateEvaluation, head_of
+from skillstore.pipeline import gating
+from skillstore.pipeline.lifecycle import output, record_output
+from skillstore.pipeline.request import LearnRequest
+from skillstore.states import extend_state, manual_override
+
+from .conftest import make_base, make_pack
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """The gate runs on the CPU queue: loading a model or evaluating there is a bug."""
+    def refuse(*_a, **_kw):
+        raise AssertionError("the gate step must not evaluate")
+
+    monkeypatch.setattr(gating, "evaluate_candidate", refuse)
+    monkeypatch.setattr("skillstore.models.load_causal_lm", refuse)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gating, "send_chain",
+                        lambda session, settings, job, stage: calls.append((job.id, stage)))
+    return calls
+
+
+def evaluated_job(catalog, skill="alpha") -> tuple[int, int]:
+    """A running job whose pack was evaluated against the base's current head (gain 0.8, no
+    general suite), as the evaluate step records it; returns (job id, pack id)."""
+    with catalog.session() as s:
+        base = make_base(s)
+        pack = make_pack(s, base, skill)
+        request = LearnRequest(skill=skill, base=base.name)
+        job = create_job(s, kind="learn", request=request.model_dump(mode="json"),
+                         base_id=base.id, skill_id=pack.skill_id)
+        job.pack_id, job.status, job.stage = pack.id, JobStatus.running, "gate"
+        current, version = head_of(s, base)
+        candidate = extend_state(s, base, current, pack)
+        evaluation = CandidateEvaluation(
+            current.id, version, candidate.id, skill, earlier=(), general=(),
+            before={skill: Score(0.1, 0.01, 100)}, after={skill: Score(0.9, 0.01, 100)})
+        record_output(s, job, "evaluate", evaluation.as_json())
+        return job.id, pack.id
+
+
+def test_the_gate_promotes_on_recorded_scores_and_finishes_the_job(catalog, no_model, sent):
+    job_id, pack_id = evaluated_job(catalog)
+    with catalog.session() as s:
+        out = gating.gate(s, job_id, catalog.settings)
+    assert out["verdict"] == "promoted" and sent == []
+    with catalog.session() as s:
+        job, pack = get_job(s, job_id), get_pack(s, pack_id)
+        assert job.status == JobStatus.succeeded and output(job, "gate") == out
+        assert pack.status == PackStatus.promoted
+        audit = promotions_of(s, pack_id)[-1]
+        state, version = head_of(s, s.get(BaseCheckpoint, pack.base_id))
+        candidate = CandidateEvaluation.from_json(output(job, "evaluate")).candidate_state_id
+        assert state.id == candidate == audit.state_id and version == 1
+    assert "Decision: promoted" in catalog.blobs.get_bytes(audit.report_ref).decode()
+    with catalog.session() as s:  # a redelivered gate returns what it recorded
+        assert gating.gate(s, job_id, catalog.settings) == out
+
+
+def test_a_stale_evaluation_is_sent_back_to_evaluate_not_re_evaluated(catalog, no_model, sent):
+    job_id, pack_id = evaluated_job(catalog)
+    with catalog.session() as s:  # another pack is promoted after the evaluation was recorded
+        other = make_pack(s, s.get(BaseCheckpoint, get_pack(s, pack_id).base_id), "beta")
+        manual_override(s, other, "promote", reason="meanwhile", actor="test")
+    with catalog.session() as s:
+        out = gating.gate(s, job_id, catalog.settings)
+    assert out == {"sent_back_to": "evaluate"} and sent == [(job_id, "evaluate")]
+    with catalog.session() as s:
+        job, pack = get_job(s, job_id), get_pack(s, pack_id)
+        assert output(job, "evaluate") is None and output(job, "gate") is None
+        assert job.status == JobStatus.running  # the chain goes on from evaluate
+        assert pack.status == PackStatus.candidate
+        assert [p.to_status for p in promotions_of(s, pack_id)] == [PackStatus.candidate]
