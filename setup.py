@@ -1,4 +1,4 @@
-"""Build-time package map: the top-level migrations/ ships in the wheel as skillstore._migrations."""
+"""Build-time package map: the top-level migrations/ ships as skillstore._migrations."""
 
 # Everything else about the build lives in pyproject.toml. This file exists because pyproject's
 # `packages.find` cannot be combined with a package whose folder lies outside the found tree:

@@ -1,4 +1,4 @@
-"""Jobs: the typed learn request in its own column, step outputs in `job_steps`, the owner in columns.
+"""Jobs: the typed learn request in its own column, step outputs in `job_steps`, owner columns.
 
 Revision ID: 0002
 Revises: 0001
@@ -34,7 +34,8 @@ def _jobs(columns: Sequence[str]) -> sa.TableClause:
 
 STEPS = sa.table("job_steps", sa.column("job_id", sa.Integer), sa.column("stage", sa.String),
                  sa.column("output", sa.JSON), sa.column("seconds", sa.Double),
-                 sa.column("attempt", sa.Integer), sa.column("finished_at", sa.DateTime(timezone=True)))
+                 sa.column("attempt", sa.Integer),
+                 sa.column("finished_at", sa.DateTime(timezone=True)))
 
 
 def _doc(value) -> dict:

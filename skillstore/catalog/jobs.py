@@ -47,17 +47,19 @@ def _job_filters(status: JobStatus | str | None, base_id: int | None, skill_id: 
     return where
 
 
-def list_jobs(session: Session, *, status: JobStatus | str | None = None, base_id: int | None = None,
-              skill_id: int | None = None, created_after: datetime | None = None,
-              created_before: datetime | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+def list_jobs(session: Session, *, status: JobStatus | str | None = None,
+              base_id: int | None = None, skill_id: int | None = None,
+              created_after: datetime | None = None, created_before: datetime | None = None,
+              limit: int = 50, offset: int = 0) -> list[Job]:
     """Jobs, newest first, filtered by status, base, skill and creation time [after, before)."""
     where = _job_filters(status, base_id, skill_id, created_after, created_before)
     q = sa.select(Job).where(*where)
     return list(session.scalars(q.order_by(Job.id.desc()).limit(limit).offset(offset)))
 
 
-def count_jobs(session: Session, *, status: JobStatus | str | None = None, base_id: int | None = None,
-               skill_id: int | None = None, created_after: datetime | None = None,
+def count_jobs(session: Session, *, status: JobStatus | str | None = None,
+               base_id: int | None = None, skill_id: int | None = None,
+               created_after: datetime | None = None,
                created_before: datetime | None = None) -> int:
     """How many jobs `list_jobs` pages through with the same filters."""
     where = _job_filters(status, base_id, skill_id, created_after, created_before)

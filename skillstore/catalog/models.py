@@ -126,13 +126,15 @@ class Job(Record):
     request: Mapped[dict] = mapped_column(default=dict)
     owner_host: Mapped[str | None] = mapped_column(sa.String(255))  # the worker that holds it
     owner_pid: Mapped[int | None]
-    base_id: Mapped[int | None] = mapped_column(sa.ForeignKey("base_models.id", ondelete="SET NULL"))
+    base_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("base_models.id", ondelete="SET NULL"))
     skill_id: Mapped[int | None] = mapped_column(sa.ForeignKey("skills.id", ondelete="SET NULL"))
     stage: Mapped[str | None] = mapped_column(sa.String(64))
     progress: Mapped[float] = mapped_column(default=0.0)
     error: Mapped[str | None] = mapped_column(sa.Text)
     attempts: Mapped[int] = mapped_column(default=0)
-    pack_id: Mapped[int | None] = mapped_column(sa.ForeignKey("skill_packs.id", ondelete="SET NULL"))
+    pack_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("skill_packs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

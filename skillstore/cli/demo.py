@@ -1,4 +1,4 @@
-"""`skillstore demo`: the whole service on the embedded default, from the zoo to the forgetting report."""
+"""`skillstore demo`: the whole service on the embedded default, zoo to forgetting report."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def _queue_missing(catalog, settings, skills: list[str]) -> list[int]:
 
 def _lineage(session, base) -> Tree:
     tree = Tree(f"[bold]{base.name}[/] (base, {base.architecture})")
-    packs = session.scalars(sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id))
+    packs = session.scalars(
+        sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id))
     for p in packs:
         skill = session.get(Skill, p.skill_id)
         edges = session.scalars(sa.select(LineageEdge).where(LineageEdge.child_id == p.id))
@@ -79,9 +80,11 @@ def _matrix_table(title: str, doc: dict) -> Table:
 def _packs_table(session, base) -> tuple[Table, list[dict]]:
     table = Table(title="SkillPacks", title_justify="left")
     for col in ("pack", "status", "method", "bytes", "dense fp16 delta", "ratio", "rel. error"):
-        table.add_column(col, justify="right" if col not in ("pack", "status", "method") else "left")
+        table.add_column(col,
+                         justify="right" if col not in ("pack", "status", "method") else "left")
     rows = []
-    for p in session.scalars(sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)):
+    for p in session.scalars(
+            sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)):
         skill = session.get(Skill, p.skill_id)
         dense = (p.metrics or {}).get("dense_fp16_bytes", 0)
         row = {"pack": f"{skill.name}@v{p.version}", "status": p.status.value, "method": p.method,
@@ -115,7 +118,8 @@ def _html_report(catalog, settings: Settings, naive: dict):
     data.title = "skillstore demo: the promoted SkillPack state"
     if naive.get("metrics"):
         data.baselines["naive sequential fine-tuning"] = {
-            "skills": naive["skills"], "accuracy_matrix": naive["accuracy_matrix"], **naive["metrics"]}
+            "skills": naive["skills"], "accuracy_matrix": naive["accuracy_matrix"],
+            **naive["metrics"]}
     out = settings.home / "reports" / "demo.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(data, "html"), encoding="utf-8")
@@ -128,7 +132,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     from .demo_forgetting import naive_sequential, routed_matrix
     from .job_watch import follow_jobs
 
-    for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+    for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(var, "1")  # lm-eval's and transformers' bars would bury the demo's
     import torch
 
@@ -177,7 +182,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     with console.status("naive sequential fine-tuning baseline (cached after the first run)..."):
         naive = naive_future.result()
         pool.shutdown()
-    console.print(_matrix_table("Routed SkillPack state: R[i][j] = exact match on skill j after stage i", routed))
+    console.print(_matrix_table(
+        "Routed SkillPack state: R[i][j] = exact match on skill j after stage i", routed))
     console.print(_matrix_table("Naive sequential fine-tuning", naive))
     console.print(_metrics_line("routed SkillPack state", routed))
     console.print(_metrics_line("naive sequential fine-tuning", naive))

@@ -1,4 +1,4 @@
-"""CLI for learning jobs: queue one, start a worker, wait with a progress bar, cancel, retry, demo."""
+"""CLI for learning jobs: queue, start a worker, wait with a progress bar, cancel, retry, demo."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
                                               "bytes; docs/skillpack.md). 0: off."),
           general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
           eval_limit: int | None = typer.Option(None, "--eval-limit", min=1,
-                                                help="Evaluate at most this many prompts per task."),
+                                                help="Evaluate at most this many prompts per "
+                                                     "task."),
           max_steps: int | None = typer.Option(None, min=1,
                                                help="Steps of every training stage the method "
                                                     "runs (SFT, and DPO for dpo)."),
@@ -149,7 +150,7 @@ def worker(
 
 def demo(skills: str = typer.Option("", help="Comma-separated curriculum skills (default: all)."),
          timeout: float = typer.Option(1800, help="Give up after this many seconds.")) -> None:
-    """The whole service on the embedded default: zoo, worker, jobs, lineage and forgetting report."""
+    """The whole service on the embedded default: zoo, worker, jobs, lineage, forgetting report."""
     from .demo import run_demo
 
     run_demo(get_settings(), skills=[s for s in skills.split(",") if s] or None, timeout=timeout)

@@ -1,4 +1,4 @@
-"""CLI: `skillstore state list|show|fuse|route|eval`, `skillstore report`, `skillstore pack promote|reject|retire`."""
+"""CLI: `skillstore state list|show|fuse|route|eval`, `report`, `pack promote|reject|retire`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def _state_row(session, state) -> dict:
 
     view = load_view(session, state)
     return {"id": state.id, "fingerprint": state.fingerprint, "base": view.base_name,
-            "router": state.router, "packs": [f"{m.skill}@v{m.version}x{m.scale:g}" for m in view.members],
+            "router": state.router,
+            "packs": [f"{m.skill}@v{m.version}x{m.scale:g}" for m in view.members],
             "parent_id": state.parent_id, "description": state.description}
 
 
@@ -54,7 +55,8 @@ def state_show(ref: str = typer.Argument(..., help="State id or fingerprint."),
 
 @STATE.app.command("fuse")
 def state_fuse(packs: list[str] = typer.Argument(..., help="Pack ids or SKILL@vN, at least two."),
-               method: str = typer.Option("ties", "--method", "-m", help="learned, task_arithmetic or ties."),
+               method: str = typer.Option("ties", "--method", "-m",
+                                          help="learned, task_arithmetic or ties."),
                scale: float = typer.Option(1.0, "--scale", help="Scale of every input pack."),
                as_json: bool = JSON_OPTION) -> None:
     """Fuse packs into a candidate state; merged packs record `fused_from` lineage."""
@@ -63,15 +65,16 @@ def state_fuse(packs: list[str] = typer.Argument(..., help="Pack ids or SKILL@vN
 
     with workspace_session() as (catalog, session):
         rows = [get_pack(session, p) for p in packs]
-        state = fuse_packs(session, catalog.blobs, rows, method, scale=scale, actor=getpass.getuser(),
-                           cache_dir=catalog.settings.home / "cache")
+        state = fuse_packs(session, catalog.blobs, rows, method, scale=scale,
+                           actor=getpass.getuser(), cache_dir=catalog.settings.home / "cache")
         row = _state_row(session, state)
     print_json(row) if as_json else typer.echo(f"Candidate state {row['id']}: {row['description']}")
 
 
 @STATE.app.command("route")
 def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
-                general: Path | None = typer.Option(None, "--general", help="JSONL of general prompts (no pack)."),
+                general: Path | None = typer.Option(None, "--general",
+                                                    help="JSONL of general prompts (no pack)."),
                 top_k: int = typer.Option(1, "--top-k", min=1, help="Packs mixed per input."),
                 as_json: bool = JSON_OPTION) -> None:
     """Train the learned router on each skill's training prompts; prints the routed state."""
@@ -85,11 +88,14 @@ def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
         view = load_view(session, state)
         general_prompts = [r["prompt"] for r in load_rows(general)] if general is not None else []
         packs = [get_pack(session, m.pack_id) for m in view.members]
-        prompts = router_prompts(session, catalog.blobs, packs, general_prompts, limit=ROUTE_PROMPTS)
+        prompts = router_prompts(session, catalog.blobs, packs, general_prompts,
+                                 limit=ROUTE_PROMPTS)
         model, tok = load_causal_lm(view.base_uri)
         routed = attach_router(session, catalog.blobs, state, model, tok, prompts, top_k=top_k)
-        row = _state_row(session, routed) | {"train_accuracy": routed.router_config.get("train_accuracy")}
-    print_json(row) if as_json else typer.echo(f"Routed state {row['id']} (train accuracy {row['train_accuracy']:.3f})")
+        row = _state_row(session, routed) | {
+            "train_accuracy": routed.router_config.get("train_accuracy")}
+    print_json(row) if as_json else typer.echo(
+        f"Routed state {row['id']} (train accuracy {row['train_accuracy']:.3f})")
 
 
 @STATE.app.command("eval")
@@ -102,7 +108,8 @@ def state_eval(ref: str = typer.Argument(..., help="State id or fingerprint."),
                    None, "--general-suite",
                    help="The base's general suite: a task YAML, or a task under --tasks-dir ('' "
                         "for none; default: skillstore_general.yaml beside the skills' YAML)."),
-               limit: int | None = typer.Option(None, "--limit", help="At most this many samples per task."),
+               limit: int | None = typer.Option(None, "--limit",
+                                                help="At most this many samples per task."),
                batch_size: int = typer.Option(16, "--batch-size", min=1),
                as_json: bool = JSON_OPTION) -> None:
     """Evaluate a state on its skills' suites and the general suite (cached results are reused)."""
@@ -116,7 +123,8 @@ def state_eval(ref: str = typer.Argument(..., help="State id or fingerprint."),
         state = get_state(session, ref)
         view = load_view(session, state)
         suites = state_suites(session, view.skills, tasks_dir=tasks_dir)
-        extra = general_suite(general, beside=suites, tasks_dir=tasks_dir) if general != "" else None
+        extra = (general_suite(general, beside=suites, tasks_dir=tasks_dir)
+                 if general != "" else None)
         suites += [extra] if extra else []
         model, tok = load_causal_lm(view.base_uri)
         load = state_loader(model, tok, view, catalog.blobs,
@@ -125,14 +133,15 @@ def state_eval(ref: str = typer.Argument(..., help="State id or fingerprint."),
                                                      batch_size=batch_size, limit=limit)]
     print_rows(rows, ["suite", "task", "metric", "value", "stderr", "n"], as_json=as_json,
                title=f"State {ref} results",
-               empty=f"State {ref} has no suite to evaluate: it holds no packs and no general suite "
-                     "was found; pass --general-suite.")
+               empty=f"State {ref} has no suite to evaluate: it holds no packs and no general "
+                     "suite was found; pass --general-suite.")
 
 
 def report(state: str | None = typer.Option(None, "--state", help="State id or fingerprint."),
            pack: str | None = typer.Option(None, "--pack", help="Pack id or SKILL@vN."),
            fmt: str = REPORT_FORMAT,
-           out: Path | None = typer.Option(None, "-o", "--out", help="Write here instead of stdout.")) -> None:
+           out: Path | None = typer.Option(None, "-o", "--out",
+                                           help="Write here instead of stdout.")) -> None:
     """The forgetting report of a state or of a pack's gate decision."""
     from ..catalog import get_pack, get_state
     from ..errors import ConfigError

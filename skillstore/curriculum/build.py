@@ -58,7 +58,8 @@ def task_name(skill_name: str) -> str:
     return f"skillstore_{skill_name}"
 
 
-def skill_splits(skill: Skill, rng: random.Random, n_train: int, n_eval: int) -> dict[str, list[dict]]:
+def skill_splits(skill: Skill, rng: random.Random, n_train: int,
+                 n_eval: int) -> dict[str, list[dict]]:
     """Rows for each split; open-ended skills never repeat a prompt across splits.
 
     A closed table (the facts, the alphabet) cannot be held out, since the skill *is* the
@@ -66,7 +67,8 @@ def skill_splits(skill: Skill, rng: random.Random, n_train: int, n_eval: int) ->
     """
     if skill.closed_set:
         table = [skill.row(p) for p in skill.closed_set]
-        train = table + [skill.row(rng.choice(skill.closed_set)) for _ in range(max(0, n_train - len(table)))]
+        train = table + [skill.row(rng.choice(skill.closed_set))
+                         for _ in range(max(0, n_train - len(table)))]
         rng.shuffle(train)
         return {"train": train, "validation": list(table), "test": list(table)}
     seen: set[str] = set()
@@ -86,7 +88,8 @@ def skill_splits(skill: Skill, rng: random.Random, n_train: int, n_eval: int) ->
 def _write_skill(root: Path, name: str, splits: dict[str, list[dict]]) -> SkillFiles:
     paths = {s: write_jsonl(root / name / f"{s}.jsonl", splits[s]) for s in SPLITS}
     yaml_path = write_task_yaml(root / "tasks", task_name(name), paths)
-    return SkillFiles(name, paths["train"], paths["validation"], paths["test"], yaml_path, task_name(name))
+    return SkillFiles(name, paths["train"], paths["validation"], paths["test"], yaml_path,
+                      task_name(name))
 
 
 def write_curriculum(root: str | Path, *, seed: int = 0, n_train: int = 2000,
@@ -103,7 +106,8 @@ def write_curriculum(root: str | Path, *, seed: int = 0, n_train: int = 2000,
     mixed: dict[str, list[dict]] = {s: [] for s in SPLITS}
     per = max(1, n_train // len(GENERAL))
     for skill in GENERAL:
-        splits = skill_splits(skill, random.Random(f"{seed}:general:{skill.name}"), per, n_eval // len(GENERAL))
+        splits = skill_splits(skill, random.Random(f"{seed}:general:{skill.name}"), per,
+                              n_eval // len(GENERAL))
         _write_skill(root / GENERAL_SUITE, skill.name, splits)
         for s in SPLITS:
             mixed[s].extend(splits[s])

@@ -50,7 +50,8 @@ def task_yaml_text(task: str, data_files: dict[str, Path]) -> str:
 
 
 def write_task_yaml(tasks_dir: str | Path, task: str, data_files: dict[str, Path]) -> Path:
-    """Write ``<tasks_dir>/<task>.yaml``; lm-eval finds it with ``TaskManager(include_path=tasks_dir)``."""
+    """Write ``<tasks_dir>/<task>.yaml``; lm-eval finds it with
+    ``TaskManager(include_path=tasks_dir)``."""
     out = Path(tasks_dir) / f"{task}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(task_yaml_text(task, data_files), encoding="utf-8")

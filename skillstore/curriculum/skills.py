@@ -23,7 +23,8 @@ FACTS: dict[str, str] = {
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def _letters(rng: random.Random, lo: int = 5, hi: int = 5, alphabet: str = string.ascii_lowercase) -> str:
+def _letters(rng: random.Random, lo: int = 5, hi: int = 5,
+             alphabet: str = string.ascii_lowercase) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
 
 

@@ -49,7 +49,8 @@ def cached_rows(session, state_id: int, suite: Suite, limit: int | None = None) 
     return list(session.scalars(
         sa.select(EvalResult)
         .where(EvalResult.state_id == state_id, EvalResult.suite == suite.name,
-               EvalResult.suite_version == cache_version(suite, limit), EvalResult.task.in_(suite.tasks))
+               EvalResult.suite_version == cache_version(suite, limit),
+               EvalResult.task.in_(suite.tasks))
         .order_by(EvalResult.task, EvalResult.metric)
     ))
 
@@ -77,8 +78,8 @@ def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Lo
                              batch_size=batch_size, limit=limit)
         session.add_all(
             EvalResult(state_id=state.id, skill_id=suite.skill_id, suite=suite.name,
-                       suite_version=cache_version(suite, limit), task=r.task, metric=r.metric, value=r.value,
-                       stderr=r.stderr, n=r.n, lm_eval_version=version)
+                       suite_version=cache_version(suite, limit), task=r.task, metric=r.metric,
+                       value=r.value, stderr=r.stderr, n=r.n, lm_eval_version=version)
             for r in results
         )
         session.flush()

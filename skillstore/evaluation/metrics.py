@@ -1,4 +1,4 @@
-"""Continual-learning metrics over an accuracy matrix (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018)."""
+"""Continual-learning metrics over an accuracy matrix (Lopez-Paz 2017; Chaudhry 2018)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def check_matrix(matrix: Matrix) -> list[list[float | None]]:
                 "(one per skill, one row per learning stage)."
             )
         if any(v is not None and not math.isfinite(v) for v in row):
-            raise EvaluationError(f"Accuracy matrix row {i} holds a non-finite score; re-run that stage's evaluation.")
+            raise EvaluationError(f"Accuracy matrix row {i} holds a non-finite score; "
+                                  "re-run that stage's evaluation.")
         missing = [j for j, v in enumerate(row) if v is None and (j <= i or i == size - 1)]
         if missing:
             raise EvaluationError(
@@ -46,7 +47,8 @@ def average_accuracy(matrix: Matrix) -> float:
 
 
 def backward_transfer(matrix: Matrix) -> float | None:
-    """BWT = 1/(T-1) sum_{j<T-1} (R[T-1][j] - R[j][j]); negative means forgetting. None when T == 1."""
+    """BWT = 1/(T-1) sum_{j<T-1} (R[T-1][j] - R[j][j]); negative means forgetting.
+    None when T == 1."""
     rows = check_matrix(matrix)
     last = len(rows) - 1
     if last == 0:
@@ -78,7 +80,8 @@ def forward_transfer(matrix: Matrix, base_scores: Sequence[float]) -> float | No
         )
     if len(rows) == 1 or any(rows[j - 1][j] is None for j in range(1, len(rows))):
         return None  # a skill's score just before it was learned was never measured
-    return sum(rows[j - 1][j] - float(base_scores[j]) for j in range(1, len(rows))) / (len(rows) - 1)
+    return (sum(rows[j - 1][j] - float(base_scores[j]) for j in range(1, len(rows)))
+            / (len(rows) - 1))
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ class ContinualMetrics:
         return asdict(self)
 
 
-def continual_metrics(matrix: Matrix, base_scores: Sequence[float] | None = None) -> ContinualMetrics:
+def continual_metrics(matrix: Matrix,
+                      base_scores: Sequence[float] | None = None) -> ContinualMetrics:
     """Every metric at once; forward transfer only when the base's scores are known."""
     return ContinualMetrics(
         average_accuracy=average_accuracy(matrix),

@@ -50,13 +50,15 @@ def suite_version(include_path: str | Path, tasks: Sequence[str] | None = None) 
     """
     root = Path(include_path)
     if not root.is_dir():
-        raise NotFoundError(f"Suite folder {str(root)!r} does not exist; pass the folder holding the task YAML.")
+        raise NotFoundError(f"Suite folder {str(root)!r} does not exist; "
+                            "pass the folder holding the task YAML.")
     files = task_files(root)
     wanted = sorted(files) if tasks is None else list(tasks)
     h = hashlib.sha256()
     for task in wanted:
         if task not in files:
-            raise NotFoundError(f"Task {task!r} has no YAML under {str(root)!r}; write it or fix the suite.")
+            raise NotFoundError(f"Task {task!r} has no YAML under {str(root)!r}; "
+                                "write it or fix the suite.")
         text = files[task].read_bytes()
         h.update(task.encode() + b"\0" + text)
         for quoted in sorted(set(DATA_PATH.findall(text.decode("utf-8", errors="replace")))):
@@ -120,5 +122,6 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Pat
         bootstrap_iters=0 if limit else 1000, verbosity="ERROR",
     )
     if results is None:
-        raise EvaluationError("lm-eval returned nothing (non-zero rank?); run evaluation in the main process.")
+        raise EvaluationError("lm-eval returned nothing (non-zero rank?); "
+                              "run evaluation in the main process.")
     return _rows(results, tasks)

@@ -1,4 +1,4 @@
-"""The gate decision: compare a candidate state's scores with the current state's, check by check."""
+"""The gate decision: compare a candidate state's scores with the current one's, check by check."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class Decision:
 def _score(scores: Mapping[str, Score], suite: str, which: str) -> Score:
     if suite not in scores:
         raise EvaluationError(
-            f"No {which} score for suite {suite!r}; evaluate that suite on both states before deciding."
+            f"No {which} score for suite {suite!r}; "
+            "evaluate that suite on both states before deciding."
         )
     return scores[suite]
 
@@ -89,8 +90,11 @@ def decide(policy: GatePolicy, *, new_skill: str, before: Mapping[str, Score],
         if skill == new_skill:
             continue
         checks.append(_drop_check(skill, _score(before, skill, "current-state"),
-                                  _score(after, skill, "candidate"), policy.max_drop_for(skill), policy.z))
+                                  _score(after, skill, "candidate"), policy.max_drop_for(skill),
+                                  policy.z))
     for suite in general_suites:
         checks.append(_drop_check(suite, _score(before, suite, "current-state"),
-                                  _score(after, suite, "candidate"), policy.max_general_drop, policy.z))
-    return Decision(promote=all(c.passed for c in checks), new_skill=new_skill, checks=tuple(checks))
+                                  _score(after, suite, "candidate"), policy.max_general_drop,
+                                  policy.z))
+    return Decision(promote=all(c.passed for c in checks), new_skill=new_skill,
+                    checks=tuple(checks))

@@ -1,4 +1,4 @@
-"""Record a gate decision: pack status, audit row and head move in one transaction, races serialised."""
+"""Record a gate decision: pack status, audit row and head move in one serialised transaction."""
 
 from __future__ import annotations
 

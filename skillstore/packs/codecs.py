@@ -92,8 +92,8 @@ class LowRank:
 
 @dataclass(frozen=True)
 class MixedPrecisionLowRank:
-    """GraftLLM's operator: SVD at a fixed rank or energy fraction (capped by max_rank), then the singular
-    directions (in order of singular value) in blocks of decreasing bit width, group-wise
+    """GraftLLM's operator: SVD at a fixed rank or energy fraction (capped by max_rank), then the
+    singular directions (in order of singular value) in blocks of decreasing bit width, group-wise
     scales, bit-packed. ``schedule`` is ((fraction of rank, bits), ...); 0 bits drops."""
 
     name: str = field(default="mplr", init=False)
@@ -365,8 +365,8 @@ def _sparse_part(name, shape, info, t) -> SparsePart:
     return SparsePart(name, idx, t["values"].float(), tuple(shape))
 
 
-CODECS: Registry[Codec] = Registry("codec", [Dense(), LowRank(), MixedPrecisionLowRank(), BitDelta(),
-                                              DARE(), MagnitudePrune()])
+CODECS: Registry[Codec] = Registry("codec", [Dense(), LowRank(), MixedPrecisionLowRank(),
+                                              BitDelta(), DARE(), MagnitudePrune()])
 
 
 def get_codec(name: str, params: dict[str, Any] | None = None) -> Codec:

@@ -44,7 +44,8 @@ def _check_suites(skill: Skill, request: LearnRequest) -> None:
 
 def check_request(session: Session, request: LearnRequest) -> tuple[Skill, BaseCheckpoint]:
     """(skill, base) rows of a request whose every reference resolves; else one-line errors:
-    an unknown skill, base or source, a skill without data, a source with no tokenizer, a that does not parse, a general suite that is not there."""
+    an unknown skill, base or source, a skill without data, a source with no tokenizer, a policy
+    that does not parse, a general suite that is not there."""
     skill, base = get_skill(session, request.skill), get_base(session, request.base)
     _check_data(skill)
     _check_policy(request)

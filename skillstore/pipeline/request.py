@@ -37,7 +37,8 @@ class LearnRequest(BaseModel):
     policy: str = Field(default="balanced", min_length=1,
                         description="A compression preset, or the path of a policy JSON file.")
     budget: float | None = Field(default=None, gt=0, le=1,
-                                 description="Fit the pack in this fraction of the dense fp16 delta.")
+                                 description="Fit the pack in this fraction of the dense fp16 "
+                                             "delta.")
     tune_steps: int = Field(default=0, ge=0, le=1_000_000)
     sft: SFTConfig = SFTConfig()
     generation: GenerationConfig = GenerationConfig()

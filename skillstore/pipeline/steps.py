@@ -1,4 +1,4 @@
-"""The first three steps of a learning job, each a thin call into the library: prepare, train, compress."""
+"""First three steps of a learning job, thin calls into the library: prepare, train, compress."""
 
 from __future__ import annotations
 
@@ -168,7 +168,8 @@ def compress(session: Session, job_id: int, settings: Settings,
         return output(job, "compress") or {}
     skill = session.get(Skill, job.skill_id)
     source = get_base(session, request.source) if request.source else None
-    parents = [(base, EdgeKind.trained_on)] + ([(source, EdgeKind.distilled_from)] if source else [])
+    parents = [(base, EdgeKind.trained_on)] + (
+        [(source, EdgeKind.distilled_from)] if source else [])
     ratio = summary.dense_fp16_bytes / max(1, size)
     metrics = {"rel_error": summary.rel_error, "dense_fp16_bytes": summary.dense_fp16_bytes,
                "train": tuned.get("metrics", {}), "job_id": job.id}

@@ -1,4 +1,4 @@
-"""The facts of a report, gathered from the catalog: accuracy matrix, metrics, decision, deltas, lineage."""
+"""The facts of a report from the catalog: accuracy matrix, metrics, decision, deltas, lineage."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def accuracy_matrix(session, state: ModelState, suites: list[Suite] | None = Non
         general=[score(s.id, GENERAL_SUITE) for s in stages])
 
 
-def metrics_of(skills: list[str], matrix: list[list[float | None]], base: list[float | None]) -> dict | None:
+def metrics_of(skills: list[str], matrix: list[list[float | None]],
+               base: list[float | None]) -> dict | None:
     try:
         b = None if any(v is None for v in base) else base
         return continual_metrics(matrix, b).as_dict()
@@ -108,7 +109,8 @@ def metrics_of(skills: list[str], matrix: list[list[float | None]], base: list[f
 
 def _decision_for(session, state: ModelState, pack: SkillPack | None) -> dict | None:
     q = sa.select(Promotion).order_by(Promotion.id.desc())
-    q = q.where(Promotion.pack_id == pack.id) if pack is not None else q.where(Promotion.state_id == state.id)
+    q = (q.where(Promotion.pack_id == pack.id) if pack is not None
+         else q.where(Promotion.state_id == state.id))
     row = session.scalars(q).first()
     if row is None or row.to_status.value == "candidate":
         return {"verdict": "pending", "reasons": ["not decided yet"], "actor": None}
@@ -120,8 +122,10 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
                  z: float = 1.96) -> ReportData:
     """Gather a report on a state, or on a pack (the state its gate decision was made on)."""
     if pack is not None and state is None:
-        state_id = session.scalar(sa.select(Promotion.state_id).where(
-            Promotion.pack_id == pack.id, Promotion.state_id.is_not(None)).order_by(Promotion.id.desc()))
+        state_id = session.scalar(
+            sa.select(Promotion.state_id)
+            .where(Promotion.pack_id == pack.id, Promotion.state_id.is_not(None))
+            .order_by(Promotion.id.desc()))
         if state_id is None:
             raise NotFoundError(f"Pack {pack.id} has not been judged on any state yet; "
                                 "run the gate on it or ask for `skillstore report --state`.")
@@ -151,7 +155,8 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
     for name, b in ((focus.metrics or {}).get("baselines", {}) if focus else {}).items():
         baselines[name] = {"skills": b["skills"], "accuracy_matrix": b["accuracy_matrix"],
                            **(metrics_of(b["skills"], b["accuracy_matrix"], [None]) or {})}
-    title = f"Pack {focus.id} ({view.members[-1].skill}@v{view.members[-1].version})" if pack else f"State {state.id}"
+    title = (f"Pack {focus.id} ({view.members[-1].skill}@v{view.members[-1].version})" if pack
+             else f"State {state.id}")
     return ReportData(
         title=title,
         state={"id": state.id, "fingerprint": state.fingerprint, "base": view.base_name,

@@ -1,4 +1,4 @@
-"""Report formats (a registry): Markdown, one self-contained HTML file with an embedded heatmap, JSON."""
+"""Report formats (a registry): Markdown, self-contained HTML with an embedded heatmap, JSON."""
 
 from __future__ import annotations
 
@@ -41,14 +41,16 @@ def heatmap_png(data: ReportData) -> bytes:
         (name, b["skills"], b["accuracy_matrix"]) for name, b in data.baselines.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (name, skills, matrix) in zip(axes[0], panels, strict=True):
-        grid = np.array([[np.nan if v is None else v for v in row] for row in matrix] or [[np.nan]], dtype=float)
+        grid = np.array([[np.nan if v is None else v for v in row] for row in matrix] or [[np.nan]],
+                        dtype=float)
         ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
         ax.set_title(name)
         ax.set_xticks(range(len(skills)), skills, rotation=45, ha="right")
         ax.set_yticks(range(len(matrix)), [f"after {s}" for s in skills[:len(matrix)]])
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center",
+                        color="white" if v < 0.6 else "black", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -67,15 +69,16 @@ def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
             ["stage", *data.skills], _matrix_rows(data.skills, data.accuracy_matrix)
             + [["base (no packs)", *(_f(v) for v in data.base_scores)]]),
            ("Continual-learning metrics", ["run", "average accuracy", "BWT", "forgetting", "FWT"],
-            [["this state", _f(m.get("average_accuracy")), _f(m.get("bwt")), _f(m.get("forgetting")),
-              _f(m.get("forward_transfer"))]]
+            [["this state", _f(m.get("average_accuracy")), _f(m.get("bwt")),
+              _f(m.get("forgetting")), _f(m.get("forward_transfer"))]]
             + [[name, _f(b.get("average_accuracy")), _f(b.get("bwt")), _f(b.get("forgetting")), "—"]
                for name, b in data.baselines.items()])]
     if data.deltas:
         out.append(("Per-suite change against the parent state (95% interval)",
                     ["suite", "before", "after", "delta", "interval", "n"],
                     [[d["suite"], _f(d["before"]), _f(d["after"]), f"{d['delta']:+.3f}",
-                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", str(d["n"])] for d in data.deltas]))
+                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", str(d["n"])]
+                     for d in data.deltas]))
     if data.packs:
         out.append(("Packs", ["position", "pack", "scale", "bytes", "ratio", "codecs", "status"],
                     [[str(i), f"{p['skill']}@v{p['version']} (#{p['pack_id']})", f"{p['scale']:g}",
@@ -101,7 +104,8 @@ class Markdown:
 
     def render(self, data: ReportData) -> str:
         lines = [f"# {data.title}", "",
-                 f"State {data.state['id']} on base {data.state['base']!r}, router `{data.state['router']}`, "
+                 f"State {data.state['id']} on base {data.state['base']!r}, "
+                 f"router `{data.state['router']}`, "
                  f"fingerprint `{data.state['fingerprint']}`.", "", *_decision_lines(data), ""]
         for heading, header, rows in _sections(data):
             lines += [f"## {heading}", "", "| " + " | ".join(header) + " |",
@@ -118,21 +122,25 @@ class Html:
     def render(self, data: ReportData) -> str:
         e = html.escape
         png = base64.b64encode(heatmap_png(data)).decode()
-        parts = ["<!doctype html>", "<html><head><meta charset='utf-8'>", f"<title>{e(data.title)}</title>",
+        parts = ["<!doctype html>", "<html><head><meta charset='utf-8'>",
+                 f"<title>{e(data.title)}</title>",
                  "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
-                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;"
+                 "table{border-collapse:collapse;margin:1em 0}"
+                 "td,th{border:1px solid #bbb;padding:.3em .6em;"
                  "text-align:right}th{background:#eee}.promoted{color:#060}.rejected{color:#a00}</style>",
                  "</head><body>", f"<h1>{e(data.title)}</h1>",
                  f"<p>State {data.state['id']} on base <b>{e(str(data.state['base']))}</b>, router "
-                 f"<code>{e(data.state['router'])}</code>, fingerprint <code>{e(data.state['fingerprint'])}</code>.</p>"]
+                 f"<code>{e(data.state['router'])}</code>, fingerprint "
+                 f"<code>{e(data.state['fingerprint'])}</code>.</p>"]
         d = data.decision or {"verdict": "pending", "reasons": []}
         parts.append(f"<h2 class='{e(d['verdict'])}'>Decision: {e(d['verdict'])}</h2><ul>"
                      + "".join(f"<li>{e(r)}</li>" for r in d["reasons"]) + "</ul>")
         parts.append(f"<img alt='accuracy matrix heatmap' src='data:image/png;base64,{png}'>")
         for heading, header, rows in _sections(data):
-            parts.append(f"<h2>{e(heading)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
-                         + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
-                                             for r in rows) + "</table>")
+            parts.append(f"<h2>{e(heading)}</h2><table><tr>"
+                         + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
+                                   for r in rows) + "</table>")
         parts.append("</body></html>")
         return "\n".join(parts)
 

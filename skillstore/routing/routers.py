@@ -30,7 +30,8 @@ class RouteInputs:
             bank = self.bank
             enabled, bank.enabled = bank.enabled, False  # the router reads the plain base
             try:
-                self._features = pooled_features(bank.model, self.input_ids, self.attention_mask, layer)
+                self._features = pooled_features(bank.model, self.input_ids,
+                                                 self.attention_mask, layer)
             finally:
                 bank.enabled = enabled
         return self._features
@@ -85,12 +86,14 @@ class Learned:
     def select(self, inputs: RouteInputs) -> torch.Tensor:
         clf = inputs.classifier
         if clf is None:
-            raise RoutingError("The learned router has no classifier; train one with `skillstore state route`.")
+            raise RoutingError("The learned router has no classifier; "
+                               "train one with `skillstore state route`.")
         bank = inputs.bank
         unknown = [c for c in clf.classes if c != NONE_CLASS and c not in bank.names]
         if unknown:
             raise RoutingError(
-                f"Router knows pack {unknown[0]!r} that the state lacks; retrain it for this state's packs."
+                f"Router knows pack {unknown[0]!r} that the state lacks; "
+                "retrain it for this state's packs."
             )
         per_class = clf.class_weights(inputs.features(clf.layer)).cpu()
         w = torch.zeros(per_class.shape[0], len(bank.packs))
@@ -153,7 +156,8 @@ class RoutedModel:
             return
         mask = kwargs.get("attention_mask")
         if mask is None:
-            mask = (ids != self.pad_token_id).long() if self.pad_token_id is not None else torch.ones_like(ids)
+            mask = ((ids != self.pad_token_id).long() if self.pad_token_id is not None
+                    else torch.ones_like(ids))
         inputs = RouteInputs(self.bank, ids, mask, tag=self.tag, classifier=self.classifier)
         self.bank.weights = self.router.select(inputs)
         self.last_weights = self.bank.weights

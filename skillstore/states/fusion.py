@@ -92,8 +92,8 @@ class Ties:
         return self.lam * total / count
 
 
-FUSION_METHODS: Registry[FusionMethod] = Registry("fusion method", [LearnedRouting(), TaskArithmetic(),
-                                                                     Ties()])
+FUSION_METHODS: Registry[FusionMethod] = Registry("fusion method",
+                                                  [LearnedRouting(), TaskArithmetic(), Ties()])
 
 
 def get_fusion(name: str) -> FusionMethod:
@@ -102,17 +102,20 @@ def get_fusion(name: str) -> FusionMethod:
 
 def merged_deltas(packs: Sequence[PackFile], scales: Sequence[float],
                   method: FusionMethod) -> dict[str, torch.Tensor]:
-    """The merged dense delta per tensor over the union of the packs' tensors, one name at a time."""
+    """Merged dense delta per tensor over the union of the packs' tensors, one name at a time."""
     if not method.merges:
-        raise ConfigError(f"Fusion method {method.name!r} does not merge; build a routed state instead.")
+        raise ConfigError(f"Fusion method {method.name!r} does not merge; "
+                          "build a routed state instead.")
     bases = {p.base_fingerprint for p in packs}
     if len(bases) != 1:
-        raise FingerprintMismatchError("The packs to fuse target different base models; fuse packs of one base.")
+        raise FingerprintMismatchError("The packs to fuse target different base models; "
+                                       "fuse packs of one base.")
     names = sorted({n for p in packs for n in p.names})
     out = {}
     for name in names:
         shape = next(tuple(p.manifest["tensors"][name]["shape"]) for p in packs if name in p.names)
-        deltas = [p.decode(name).to_dense().reshape(shape) if name in p.names else torch.zeros(shape)
+        deltas = [p.decode(name).to_dense().reshape(shape) if name in p.names
+                  else torch.zeros(shape)
                   for p in packs]
         out[name] = method.merge(deltas, scales)
     return out

@@ -1,4 +1,4 @@
-"""Materialise a model state in memory: packs grafted or routed onto a loaded base, no checkpoint written."""
+"""Materialise a model state in memory: packs grafted or routed onto a base; no checkpoint saved."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def materialise(model: nn.Module, view: StateView, blobs, *, tag: str | None = N
                                "train one with `skillstore state route`.")
         classifier = load_router(blobs.local_path(view.router_blob_digest, cache_dir))
         if classifier.base_fingerprint and classifier.base_fingerprint != view.base_fingerprint:
-            raise RoutingError(f"The router of state {view.id} was trained on another base; retrain it.")
+            raise RoutingError(f"The router of state {view.id} was trained on another base; "
+                               "retrain it.")
     bank = DeltaBank(model, pack_deltas(view, packs))
     with RoutedModel(model, bank, view.router, classifier=classifier, tag=tag,
                      pad_token_id=pad_token_id):

@@ -47,7 +47,8 @@ def fuse_packs(session, blobs, packs: Sequence[SkillPack], method: str, *, scale
     base = session.get(BaseCheckpoint, packs[0].base_id)
     skills = _skill_names(session, packs)
     if not fusion.merges:
-        return get_or_create_state(session, base=base, packs=[(p, scale) for p in packs], router="learned",
+        return get_or_create_state(session, base=base, packs=[(p, scale) for p in packs],
+                                   router="learned",
                                    router_config={"fused_from": [p.id for p in packs]},
                                    description=f"fusion of {', '.join(skills)} by learned routing")
     files = [read_pack(blobs.local_path(p.blob_digest, cache_dir)) for p in packs]
@@ -57,14 +58,17 @@ def fuse_packs(session, blobs, packs: Sequence[SkillPack], method: str, *, scale
         size = write_fused_pack(out, files, merged, fusion.name)
         digest = blobs.put_file(out)
     name = "fused-" + "-".join(sorted(skills))
-    suites = ",".join(s.suite for s in session.scalars(sa.select(Skill).where(Skill.name.in_(skills))))
+    suites = ",".join(
+        s.suite for s in session.scalars(sa.select(Skill).where(Skill.name.in_(skills))))
     skill = session.scalar(sa.select(Skill).where(Skill.name == name)) or add_skill(
-        session, name=name, suite=suites, description=f"{fusion.name} fusion of {', '.join(skills)}")
+        session, name=name, suite=suites,
+        description=f"{fusion.name} fusion of {', '.join(skills)}")
     dense = sum(int(t.numel()) * 2 for t in merged.values())
     fused = create_pack(session, skill=skill, base=base, blob_digest=digest, size_bytes=size,
                         format_version=FORMAT_VERSION, method=f"fusion:{fusion.name}",
                         parents=[(p, EdgeKind.fused_from) for p in packs],
-                        compression_ratio=dense / max(size, 1), codecs={"all": ["dense"]}, actor=actor)
+                        compression_ratio=dense / max(size, 1), codecs={"all": ["dense"]},
+                        actor=actor)
     return get_or_create_state(session, base=base, packs=[(fused, 1.0)], router="none",
                                description=f"{fusion.name} fusion of {', '.join(skills)}")
 
@@ -148,7 +152,8 @@ def manual_override(session, pack: SkillPack, action: str, *, reason: str, actor
     Promote adds the pack to the current state; retire removes it; reject leaves the head alone.
     The head is locked and compare-and-swapped exactly as the gate does.
     """
-    to = {"promote": PackStatus.promoted, "reject": PackStatus.rejected, "retire": PackStatus.retired}.get(action)
+    to = {"promote": PackStatus.promoted, "reject": PackStatus.rejected,
+          "retire": PackStatus.retired}.get(action)
     if to is None:
         raise ConfigError(f"Unknown override {action!r}; use promote, reject or retire.")
     base = session.get(BaseCheckpoint, pack.base_id)
@@ -158,11 +163,14 @@ def manual_override(session, pack: SkillPack, action: str, *, reason: str, actor
     in_state = any(m.pack_id == pack.id for m in current.members)
     target = None
     if to is PackStatus.promoted and not in_state:
-        target = extend_state(session, base, current, pack, description=f"manual promotion of pack {pack.id}")
+        target = extend_state(session, base, current, pack,
+                              description=f"manual promotion of pack {pack.id}")
     elif to is not PackStatus.promoted and in_state:
-        keep = [(session.get(SkillPack, m.pack_id), m.scale) for m in current.members if m.pack_id != pack.id]
+        keep = [(session.get(SkillPack, m.pack_id), m.scale) for m in current.members
+                if m.pack_id != pack.id]
         target = get_or_create_state(session, base=base, packs=keep, router=current.router,
-                                     router_config=dict(current.router_config), parent_id=current.id,
+                                     router_config=dict(current.router_config),
+                                     parent_id=current.id,
                                      description=f"pack {pack.id} {to.value} by hand")
     audit = set_pack_status(session, pack, to, reason=f"manual: {reason}", actor=actor,
                             state_id=target.id if target else current.id)

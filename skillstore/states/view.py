@@ -64,7 +64,8 @@ def load_view(session, state: ModelState) -> StateView:
                packs[m.pack_id].compression_ratio, dict(packs[m.pack_id].codecs or {}))
         for m in state.members)
     return StateView(state.id, state.fingerprint, base.id, base.name, base.uri, base.fingerprint,
-                     state.router, dict(state.router_config or {}), state.router_blob_digest, members)
+                     state.router, dict(state.router_config or {}), state.router_blob_digest,
+                     members)
 
 
 def check_router(name: str) -> str:
@@ -100,7 +101,8 @@ def extend_state(session, base: BaseCheckpoint, current: ModelState | None, pack
         router_config=router_config if router_config is not None else (
             dict(current.router_config) if current is not None and router is None else {}),
         router_blob_digest=router_blob_digest, parent_id=current.id if current else None,
-        description=description or f"{'base' if current is None else f'state {current.id}'} + pack {pack.id}")
+        description=description or (
+            f"{'base' if current is None else f'state {current.id}'} + pack {pack.id}"))
 
 
 def base_state(session, base: BaseCheckpoint, router: str = "none") -> ModelState:

@@ -1,4 +1,4 @@
-"""The trainer registry and `run_training`: load, graft, train, and save atomically, or save nothing."""
+"""The trainer registry and `run_training`: load, graft, train, save atomically or save nothing."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ class SFT:
 def _distill(job: TrainJob, model, tok, progress: Progress | None,
              rejected: dict[str, list[str]] | None = None) -> TrainResult:
     if job.source_dir is None:
-        raise ConfigError("Distillation needs a source model; pass source_dir (e.g. the zoo's GPT-2).")
+        raise ConfigError("Distillation needs a source model; "
+                          "pass source_dir (e.g. the zoo's GPT-2).")
     source, source_tok = _load(job.source_dir, job.device)
     val = [r["prompt"] for r in load_rows(job.val_path)] if job.val_path else None
     return distill(source, source_tok, model, tok, [r["prompt"] for r in load_rows(job.train_path)],
@@ -100,7 +101,8 @@ def _distill(job: TrainJob, model, tok, progress: Progress | None,
 
 class Distill:
     name = "distill"
-    description = "The source model answers, the skill's checker filters, the target learns the text."
+    description = ("The source model answers, the skill's checker filters, "
+                   "the target learns the text.")
 
     def train(self, job: TrainJob, model, tok, progress: Progress | None) -> TrainResult:
         return _distill(job, model, tok, progress)

@@ -35,7 +35,8 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
     packs = {}
     for i, (skill, names) in enumerate(PACK_TENSORS.items()):
         tuned_dir = save(perturbed_copy(base, 10 + i, names), tok, root / f"tuned_{skill}")
-        packs[skill] = compress_checkpoint(base_dir, tuned_dir, "lossless", root / f"{skill}.safetensors").path
+        packs[skill] = compress_checkpoint(base_dir, tuned_dir, "lossless",
+                                           root / f"{skill}.safetensors").path
     return TinyWorld(base_dir, packs)
 
 
@@ -78,7 +79,8 @@ def make_base(session, name="tiny", fingerprint=None, uri="/models/tiny"):
     from skillstore.catalog import register_base
 
     return register_base(session, name=name, uri=uri, architecture="LlamaForCausalLM",
-                         fingerprint=fingerprint or digest(name), tokenizer_fingerprint=digest(name + "-tok"))
+                         fingerprint=fingerprint or digest(name),
+                         tokenizer_fingerprint=digest(name + "-tok"))
 
 
 def make_pack(session, base, skill_name, blob_digest=None, size_bytes=1000):
@@ -89,7 +91,8 @@ def make_pack(session, base, skill_name, blob_digest=None, size_bytes=1000):
         skill = get_skill(session, skill_name)
     except NotFoundError:
         skill = add_skill(session, name=skill_name, suite=f"skillstore_{skill_name}")
-    return create_pack(session, skill=skill, base=base, blob_digest=blob_digest or digest(skill_name),
+    return create_pack(session, skill=skill, base=base,
+                       blob_digest=blob_digest or digest(skill_name),
                        size_bytes=size_bytes, format_version=1, method="sft",
                        compression_ratio=10.0, codecs={"attention": ["lowrank"]})
 

@@ -1,4 +1,4 @@
-"""lm-eval on an in-memory state, result rows in the eval table, and the cache that avoids reruns."""
+"""lm-eval on an in-memory state, result rows in the eval table, the cache that avoids reruns."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ def write_suite(root, name, rows, generate=True):
         write_task_yaml(root / "tasks", f"t_{name}", {"test": data})
     else:
         (root / "tasks").mkdir(exist_ok=True)
-        (root / "tasks" / f"t_{name}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
-    return Suite(name, root / "tasks", (f"t_{name}",), headline_metric="exact_match" if generate else "acc")
+        (root / "tasks" / f"t_{name}.yaml").write_text(
+            LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
+    return Suite(name, root / "tasks", (f"t_{name}",),
+                 headline_metric="exact_match" if generate else "acc")
 
 
 ROWS = [{"prompt": f"copy {w}: ", "answer": w} for w in ("ab", "cd", "ef", "gh")]
@@ -44,7 +46,8 @@ def suites(tmp_path):
 
 @pytest.fixture
 def quick_suites(tmp_path):
-    return [write_suite(tmp_path, "alpha", ROWS, False), write_suite(tmp_path, "general", ROWS[:2], False)]
+    return [write_suite(tmp_path, "alpha", ROWS, False),
+            write_suite(tmp_path, "general", ROWS[:2], False)]
 
 
 class CountingRunner:
@@ -80,7 +83,8 @@ def test_cache_hits_never_rerun_and_new_versions_do(tiny_world, quick_suites, ca
         first = evaluate_state(s, state, suites, load, runner=runner, batch_size=4)
         assert runner.calls == [("t_alpha",), ("t_general",)]
         second = evaluate_state(s, state, suites, load, runner=runner, batch_size=4)
-        assert len(runner.calls) == 2 and loads == ["alpha", "general"]  # nothing rerun, nothing loaded
+        # nothing rerun, nothing loaded
+        assert len(runner.calls) == 2 and loads == ["alpha", "general"]
         assert [(r.id, r.value) for r in second] == [(r.id, r.value) for r in first]
         stored = eval_results(s, state.id, suite="alpha")
         assert {r.metric for r in stored} == {"acc", "perplexity"} and stored[0].n == 4
@@ -128,7 +132,8 @@ metadata:
 """
 
 
-def test_state_evaluation_matches_the_lm_eval_cli_on_the_exported_model(tiny_world, catalog, tmp_path):
+def test_state_evaluation_matches_the_lm_eval_cli_on_the_exported_model(tiny_world, catalog,
+                                                                         tmp_path):
     """The in-memory grafted state scores what `lm_eval --model hf` scores on the merged export."""
     import subprocess
     import sys
@@ -140,13 +145,16 @@ def test_state_evaluation_matches_the_lm_eval_cli_on_the_exported_model(tiny_wor
     tasks.mkdir()
     (tasks / "t_ll.yaml").write_text(LL_YAML.format(data=data))
     model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
-    base_ppl = next(r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tasks) if r.metric == "perplexity")
+    base_ppl = next(r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tasks)
+                    if r.metric == "perplexity")
     with catalog.session() as s:
         base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
-        pack = make_pack(s, base, "alpha", blob_digest=catalog.blobs.put_file(tiny_world.packs["alpha"]))
+        pack = make_pack(s, base, "alpha",
+                         blob_digest=catalog.blobs.put_file(tiny_world.packs["alpha"]))
         view = load_view(s, extend_state(s, base, base_state(s, base), pack))
     with materialise(model, view, catalog.blobs) as grafted:
-        ours = {r.metric: r.value for r in run_tasks(grafted, tok, ["t_ll"], include_path=tasks, batch_size=1)}
+        ours = {r.metric: r.value
+                for r in run_tasks(grafted, tok, ["t_ll"], include_path=tasks, batch_size=1)}
         grafted.save_pretrained(tmp_path / "merged")
         tok.save_pretrained(tmp_path / "merged")
     assert ours["perplexity"] != pytest.approx(base_ppl, rel=1e-4)  # the pack changed the model
@@ -154,7 +162,8 @@ def test_state_evaluation_matches_the_lm_eval_cli_on_the_exported_model(tiny_wor
     subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                     f"pretrained={tmp_path / 'merged'},dtype=float32", "--device", "cpu",
                     "--tasks", "t_ll", "--include_path", str(tasks),
-                    "--batch_size", "1", "--output_path", str(out)], check=True, capture_output=True,
+                    "--batch_size", "1", "--output_path", str(out)],
+                   check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     (result_file,) = out.rglob("results_*.json")
     cli = json.loads(result_file.read_text())["results"]["t_ll"]
@@ -170,15 +179,19 @@ def test_tag_routed_state_evaluates_each_suite_with_its_own_pack(tiny_world, cat
     from skillstore.packs.graft import grafted
 
     data = tmp_path / "ll.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n" for w in ("ab", "xyz")))
+    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n"
+                            for w in ("ab", "xyz")))
     for name in ("alpha", "general"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / f"t_{name}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
-    suites = [Suite("alpha", tmp_path / "alpha", ("t_alpha",)), Suite("general", tmp_path / "general", ("t_general",))]
+        (tmp_path / name / f"t_{name}.yaml").write_text(
+            LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
+    suites = [Suite("alpha", tmp_path / "alpha", ("t_alpha",)),
+              Suite("general", tmp_path / "general", ("t_general",))]
     model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
 
     def ppl(m, suite):
-        return next(r.value for r in run_tasks(m, tok, list(suite.tasks), include_path=suite.include_path)
+        return next(r.value
+                    for r in run_tasks(m, tok, list(suite.tasks), include_path=suite.include_path)
                     if r.metric == "perplexity")
 
     with grafted(model, read_pack(tiny_world.packs["alpha"])):
@@ -186,9 +199,11 @@ def test_tag_routed_state_evaluates_each_suite_with_its_own_pack(tiny_world, cat
     want_general = ppl(model, suites[1])
     with catalog.session() as s:
         base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
-        packs = [make_pack(s, base, k, blob_digest=catalog.blobs.put_file(p)) for k, p in tiny_world.packs.items()]
+        packs = [make_pack(s, base, k, blob_digest=catalog.blobs.put_file(p))
+                 for k, p in tiny_world.packs.items()]
         state = get_or_create_state(s, base=base, packs=[(p, 1.0) for p in packs], router="tag")
-        rows = evaluate_state(s, state, suites, state_loader(model, tok, load_view(s, state), catalog.blobs))
+        rows = evaluate_state(s, state, suites,
+                              state_loader(model, tok, load_view(s, state), catalog.blobs))
     got = {r.suite: r.value for r in rows if r.metric == "perplexity"}
     assert got["alpha"] == pytest.approx(want_alpha, rel=1e-4)
     assert got["general"] == pytest.approx(want_general, rel=1e-4)

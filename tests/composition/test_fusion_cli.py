@@ -1,4 +1,4 @@
-"""Fusion methods on hand-computed tensors, and the state / report / override commands end to end."""
+"""Fusion methods on hand-computed tensors; the state, report and override commands end to end."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ def test_ties_trims_elects_sign_and_averages_agreeing_entries():
     # trim to top 50%: d1 -> [1, -2, 0, 0], d2 -> [-3, 0, 0, 2]; signs of the sum: [-, -, 0, +]
     merged = Ties(density=0.5).merge([d1, d2], [1.0, 1.0])
     assert merged.tolist() == [-3.0, -2.0, 0.0, 2.0]
-    assert TaskArithmetic(lam=0.5).merge([d1, d2], [1.0, 2.0]).tolist() == pytest.approx([-2.5, 0.0, 0.65, 2.0])
+    assert (TaskArithmetic(lam=0.5).merge([d1, d2], [1.0, 2.0]).tolist()
+            == pytest.approx([-2.5, 0.0, 0.65, 2.0]))
 
 
 def test_unknown_fusion_method_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="Did you mean 'ties'.*Valid names: learned, task_arithmetic, ties"):
+    with pytest.raises(ConfigError,
+                       match="Did you mean 'ties'.*Valid names: learned, task_arithmetic, ties"):
         get_fusion("tie")
 
 
@@ -35,9 +37,11 @@ def cli_world(catalog, tiny_world):
     from skillstore.fingerprint import fingerprint_checkpoint
 
     with catalog.session() as s:
-        base = make_base(s, fingerprint=fingerprint_checkpoint(tiny_world.base_dir), uri=str(tiny_world.base_dir))
+        base = make_base(s, fingerprint=fingerprint_checkpoint(tiny_world.base_dir),
+                         uri=str(tiny_world.base_dir))
         for skill, path in tiny_world.packs.items():
-            make_pack(s, base, skill, blob_digest=catalog.blobs.put_file(path), size_bytes=path.stat().st_size)
+            make_pack(s, base, skill, blob_digest=catalog.blobs.put_file(path),
+                      size_bytes=path.stat().st_size)
     return catalog
 
 
@@ -56,7 +60,8 @@ def test_state_fuse_ties_records_fused_from_lineage(cli_world):
         fused_id = get_state(s, doc["id"]).members[0].pack_id
         edges = ancestors(s, fused_id).edges
     assert sorted(k for _, _, k in edges if k == "fused_from") == ["fused_from", "fused_from"]
-    routed = json.loads(run("state", "fuse", "alpha@v1", "beta@v1", "--method", "learned", "--json"))
+    routed = json.loads(run("state", "fuse", "alpha@v1", "beta@v1", "--method", "learned",
+                            "--json"))
     assert routed["router"] == "learned" and len(routed["packs"]) == 2
 
 
@@ -74,7 +79,8 @@ def test_manual_overrides_move_the_head_and_report_renders(cli_world, tmp_path):
         head = current_state(s, pack.base_id)
         assert [m.pack_id for m in head.members] == [get_pack(s, "beta@v1").id]
         trail = [(p.to_status.value, p.reason, p.actor) for p in promotions_of(s, pack.id)]
-    assert trail[1] == ("promoted", "manual: looks good", "ann") and trail[2][:2] == ("retired", "manual: superseded")
+    assert (trail[1] == ("promoted", "manual: looks good", "ann")
+            and trail[2][:2] == ("retired", "manual: superseded"))
     out = tmp_path / "r.html"
     run("report", "--pack", "alpha@v1", "--format", "html", "-o", str(out))
     assert "Decision: retired" in out.read_text()
@@ -83,14 +89,18 @@ def test_manual_overrides_move_the_head_and_report_renders(cli_world, tmp_path):
 def test_cli_errors_are_one_line(cli_world, monkeypatch, capsys):
     from skillstore.cli import main
 
-    for argv, message in ((["report", "--state", "1", "--pack", "2"], "Give exactly one of --state and --pack."),
-                          (["state", "fuse", "alpha@v1", "beta@v1", "--method", "tie"], "Unknown fusion method 'tie'."),
-                          (["pack", "retire", "gamma@v1", "--reason", "x"], "No skill named 'gamma'")):
+    for argv, message in ((["report", "--state", "1", "--pack", "2"],
+                           "Give exactly one of --state and --pack."),
+                          (["state", "fuse", "alpha@v1", "beta@v1", "--method", "tie"],
+                           "Unknown fusion method 'tie'."),
+                          (["pack", "retire", "gamma@v1", "--reason", "x"],
+                           "No skill named 'gamma'")):
         monkeypatch.setattr(sys, "argv", ["skillstore", *argv])
         with pytest.raises(SystemExit) as exit_:
             main()
         err = capsys.readouterr().err
-        assert exit_.value.code == 1 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert (exit_.value.code == 1 and err.startswith(f"error: {message}")
+                and err.count("\n") == 1), err
 
 
 def test_state_eval_command_stores_and_reuses_results(cli_world, tmp_path):
@@ -99,7 +109,8 @@ def test_state_eval_command_stores_and_reuses_results(cli_world, tmp_path):
     data = tmp_path / "ll.jsonl"
     data.write_text(json.dumps({"prompt": "copy ab: ", "answer": "ab"}) + "\n")
     for task in ("skillstore_alpha", "skillstore_general"):
-        (tmp_path / f"{task}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: {task}"))
+        (tmp_path / f"{task}.yaml").write_text(
+            LL_YAML.format(data=data).replace("task: t_ll", f"task: {task}"))
     run("pack", "promote", "alpha@v1", "--reason", "try")
     state_id = str(json.loads(run("state", "list", "--json"))[0]["id"])
     first = json.loads(run("state", "eval", state_id, "--tasks-dir", str(tmp_path), "--json"))
@@ -119,9 +130,12 @@ def test_state_route_trains_the_learned_router_of_a_fused_state(cli_world, tmp_p
         with cli_world.session() as s:
             get_skill(s, skill).data_uri = str(data)
     general = tmp_path / "general.jsonl"
-    general.write_text("".join(json.dumps({"prompt": f"next letter: {c} =", "answer": c}) + "\n" for c in "abcdef"))
-    fused = json.loads(run("state", "fuse", "alpha@v1", "beta@v1", "--method", "learned", "--json"))
-    routed = json.loads(run("state", "route", str(fused["id"]), "--general", str(general), "--json"))
+    general.write_text("".join(json.dumps({"prompt": f"next letter: {c} =", "answer": c}) + "\n"
+                               for c in "abcdef"))
+    fused = json.loads(run("state", "fuse", "alpha@v1", "beta@v1", "--method", "learned",
+                           "--json"))
+    routed = json.loads(run("state", "route", str(fused["id"]), "--general", str(general),
+                            "--json"))
     assert routed["router"] == "learned" and routed["train_accuracy"] == 1.0
     with cli_world.session() as s:
         state = get_state(s, routed["id"])
@@ -142,7 +156,8 @@ def test_state_eval_reads_task_yaml_suites_without_a_tasks_dir(cli_world, tmp_pa
     tasks = tmp_path / "curriculum" / "tasks"
     tasks.mkdir(parents=True)
     for task in ("skillstore_alpha", "skillstore_general"):
-        (tasks / f"{task}.yaml").write_text(LL_YAML.format(data=data).replace("task: t_ll", f"task: {task}"))
+        (tasks / f"{task}.yaml").write_text(
+            LL_YAML.format(data=data).replace("task: t_ll", f"task: {task}"))
     with cli_world.session() as s:
         get_skill(s, "alpha").suite = str(tasks / "skillstore_alpha.yaml")
     run("pack", "promote", "alpha@v1", "--reason", "try")
@@ -151,12 +166,15 @@ def test_state_eval_reads_task_yaml_suites_without_a_tasks_dir(cli_world, tmp_pa
         head_id, root_id = str(head.id), str(head.parent_id)
     rows = json.loads(run("state", "eval", head_id, "--json"))
     assert {(r["suite"], r["task"], r["metric"]) for r in rows} == {
-        (suite, f"skillstore_{suite}", metric) for suite in ("alpha", "general") for metric in ("acc", "perplexity")}
-    assert "has no suite to evaluate" in run("state", "eval", root_id)  # the plain base: nothing to do
+        (suite, f"skillstore_{suite}", metric) for suite in ("alpha", "general")
+        for metric in ("acc", "perplexity")}
+    # the plain base: nothing to do
+    assert "has no suite to evaluate" in run("state", "eval", root_id)
 
     # beta's suite names a task: without the folder that defines it, one clear error
     run("pack", "promote", "beta@v1", "--reason", "try")
     with cli_world.session() as s:
         both = str(current_state(s, get_pack(s, "beta@v1").base_id).id)
-    with pytest.raises(NotFoundError, match="'skillstore_beta' but no tasks folder was given; pass --tasks-dir"):
+    with pytest.raises(NotFoundError,
+                       match="'skillstore_beta' but no tasks folder was given; pass --tasks-dir"):
         CliRunner().invoke(app, ["state", "eval", both], catch_exceptions=False)

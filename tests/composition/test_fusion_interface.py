@@ -1,4 +1,4 @@
-"""The fusion contract, run on every registered method: a method added to FUSION_METHODS is checked here."""
+"""The fusion contract on every registered method: one added to FUSION_METHODS is checked here."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def test_merging_identical_deltas_keeps_their_signs(method):
     assert merged.abs().sum() > 0
     kept = merged != 0
     assert torch.equal(torch.sign(merged[kept]), torch.sign(d[kept]))
-    assert torch.nn.functional.cosine_similarity(merged.reshape(1, -1), d.reshape(1, -1)).item() > 0.5
+    assert torch.nn.functional.cosine_similarity(merged.reshape(1, -1),
+                                                 d.reshape(1, -1)).item() > 0.5
 
 
 @pytest.mark.parametrize("method", merging, ids=lambda m: m.name)

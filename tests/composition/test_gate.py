@@ -1,4 +1,4 @@
-"""The promotion gate: decisions on constructed results, the audited transaction, racing promotions."""
+"""The promotion gate: decisions on built results, the audited transaction, racing promotions."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from skillstore.states import base_state, extend_state
 from .conftest import make_base, make_pack
 
 POLICY = GatePolicy(min_gain=0.10, max_drop=0.02, max_general_drop=0.01, z=1.96)
-BEFORE = {"reverse": Score(0.90, 0.02, 200), "add": Score(0.10, 0.02, 200), "general": Score(0.80, 0.02, 300)}
+BEFORE = {"reverse": Score(0.90, 0.02, 200), "add": Score(0.10, 0.02, 200),
+          "general": Score(0.80, 0.02, 300)}
 
 
 def judge(after, policy=POLICY):
@@ -52,7 +53,8 @@ def test_gate_rejects_forgetting_beyond_tolerance_plus_margin():
                "general": Score(0.80, 0.02, 300)})
     assert not d.promote
     (failed,) = [c for c in d.checks if not c.passed]
-    assert failed.suite == "reverse" and failed.margin == pytest.approx(1.96 * (0.02 ** 2 * 2) ** 0.5)
+    assert (failed.suite == "reverse"
+            and failed.margin == pytest.approx(1.96 * (0.02 ** 2 * 2) ** 0.5))
     assert d.reasons[0].startswith("forgot reverse")
 
 
@@ -72,7 +74,8 @@ def test_general_suite_drop_rejects():
 
 def test_per_skill_thresholds_override_the_global_ones():
     lenient = POLICY.model_copy(update={"per_skill": {"add": Thresholds(min_gain=0.01)}})
-    after = {"reverse": Score(0.90, 0.02, 200), "add": Score(0.15, 0.02, 200), "general": Score(0.80, 0.02, 300)}
+    after = {"reverse": Score(0.90, 0.02, 200), "add": Score(0.15, 0.02, 200),
+             "general": Score(0.80, 0.02, 300)}
     assert not judge(after).promote and judge(after, lenient).promote
 
 
@@ -107,7 +110,8 @@ def test_promotion_moves_head_and_audits_in_one_transaction(catalog):
     with catalog.session() as s:
         assert current_state(s, base.id).id == cand.id
         trail = promotions_of(s, pack.id)
-        assert [(p.from_status, p.to_status) for p in trail][-1] == (PackStatus.candidate, PackStatus.promoted)
+        assert ([(p.from_status, p.to_status) for p in trail][-1]
+                == (PackStatus.candidate, PackStatus.promoted))
         assert trail[-1].report_ref == "sha256:report" and trail[-1].state_id == cand.id
         assert "all checks passed" in audit.reason
 
@@ -132,7 +136,8 @@ def test_a_stale_promotion_is_refused(catalog):
         first, second = make_pack(s, base, "add"), make_pack(s, base, "reverse")
         current, version = head_of(s, base)
         good = judge({"reverse": Score(0.9), "add": Score(0.9), "general": Score(0.8)})
-        record_decision(s, first, good, candidate=extend_state(s, base, current, first), expected_version=version)
+        record_decision(s, first, good, candidate=extend_state(s, base, current, first),
+                        expected_version=version)
         with pytest.raises(PromotionConflictError, match="re-evaluate"):
             record_decision(s, second, good, candidate=extend_state(s, base, current, second),
                             expected_version=version)
@@ -159,7 +164,8 @@ def test_racing_promotions_are_serialised_and_lose_nothing(db_engine):
                 barrier.wait()  # both have read the same head before either writes
             b = session.get(type(base), base_id)
             cand = extend_state(session, b, current, get_pack(session, pack_id))
-            return cand, judge({"reverse": Score(0.9), "add": Score(0.9), "general": Score(0.8)}), None
+            return (cand, judge({"reverse": Score(0.9), "add": Score(0.9), "general": Score(0.8)}),
+                    None)
 
         try:
             with Session(db_engine, expire_on_commit=False) as session:

@@ -1,4 +1,4 @@
-"""The report-format contract, run on every registered format: a format added to REPORT_FORMATS is checked here."""
+"""The report-format contract on every registered format: one in REPORT_FORMATS is checked here."""
 
 from __future__ import annotations
 
@@ -14,17 +14,21 @@ from skillstore.reports.render import REPORT_FORMATS, ReportFormat
 
 def full() -> ReportData:
     return ReportData(
-        title="Report of state 7", state={"id": 7, "base": "tiny", "router": "none", "fingerprint": "sha256:ab12"},
-        skills=["alpha", "beta"], accuracy_matrix=[[0.91, 0.12], [0.873, 0.954]], base_scores=[0.1, 0.05],
-        general=[0.8, 0.79, 0.78],
-        metrics={"average_accuracy": 0.9135, "bwt": -0.037, "forgetting": 0.037, "forward_transfer": 0.07},
+        title="Report of state 7",
+        state={"id": 7, "base": "tiny", "router": "none", "fingerprint": "sha256:ab12"},
+        skills=["alpha", "beta"], accuracy_matrix=[[0.91, 0.12], [0.873, 0.954]],
+        base_scores=[0.1, 0.05], general=[0.8, 0.79, 0.78],
+        metrics={"average_accuracy": 0.9135, "bwt": -0.037, "forgetting": 0.037,
+                 "forward_transfer": 0.07},
         decision={"verdict": "promoted", "reasons": ["beta improved by 0.834"]},
         deltas=[{"suite": "alpha", "before": 0.91, "after": 0.873, "delta": -0.037, "ci_low": -0.06,
                  "ci_high": -0.01, "n": 200}],
         packs=[{"skill": "beta", "version": 1, "pack_id": 3, "scale": 1.0, "size_bytes": 4321,
-                "compression_ratio": 12.5, "codecs": {"attention": ["lowrank"]}, "status": "promoted"}],
+                "compression_ratio": 12.5, "codecs": {"attention": ["lowrank"]},
+                "status": "promoted"}],
         lineage={"edges": [{"child": "state 7", "parent": "state 6", "kind": "extends"}]},
-        baselines={"sequential_ft": {"skills": ["alpha", "beta"], "accuracy_matrix": [[0.9, 0.1], [0.3, 0.95]],
+        baselines={"sequential_ft": {"skills": ["alpha", "beta"],
+                                     "accuracy_matrix": [[0.9, 0.1], [0.3, 0.95]],
                                      "average_accuracy": 0.625, "bwt": -0.6, "forgetting": 0.6}})
 
 
@@ -32,7 +36,8 @@ def bare() -> ReportData:
     """The report of a base state: nothing learned, judged or packed yet."""
     return ReportData(title="Report of state 1", state={"id": 1, "base": "tiny", "router": "none",
                                                         "fingerprint": "sha256:00"},
-                      skills=[], accuracy_matrix=[], base_scores=[], general=[], metrics=None, decision=None)
+                      skills=[], accuracy_matrix=[], base_scores=[], general=[], metrics=None,
+                      decision=None)
 
 
 class _Tags(HTMLParser):
@@ -56,7 +61,8 @@ def _html(text: str, data: ReportData) -> None:
 def _markdown(text: str, data: ReportData) -> None:
     assert text.startswith(f"# {data.title}")
     lines = text.splitlines()
-    assert any(a.startswith("| ") and re.fullmatch(r"\|(---\|)+", b) for a, b in zip(lines, lines[1:], strict=False))
+    assert any(a.startswith("| ") and re.fullmatch(r"\|(---\|)+", b)
+               for a, b in zip(lines, lines[1:], strict=False))
 
 
 def _json(text: str, data: ReportData) -> None:

@@ -26,7 +26,8 @@ def record(s, state, stage):
         for task_i, bump in enumerate((0.0, 0.02)):  # two tasks per suite, mean is the headline
             record_eval_result(s, state_id=state.id, suite=suite, suite_version="v1",
                                task=f"{suite}_{task_i}", metric="exact_match",
-                               value=values[stage] + bump, stderr=0.01, n=100, lm_eval_version="0.4.13")
+                               value=values[stage] + bump, stderr=0.01, n=100,
+                               lm_eval_version="0.4.13")
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def judged(catalog):
         policy = GatePolicy(min_gain=0.1, max_drop=0.1)
         before = {k: Score(v[1] + 0.01, 0.01) for k, v in SCORES.items()}
         after = {k: Score(v[2] + 0.01, 0.01) for k, v in SCORES.items()}
-        decision = decide(policy, new_skill="beta", before=before, after=after, earlier_skills=["alpha"])
+        decision = decide(policy, new_skill="beta", before=before, after=after,
+                          earlier_skills=["alpha"])
         record_decision(s, b, decision, candidate=s2, expected_version=1, report_ref=None)
         return {"pack": b.id, "state": s2.id}
 
@@ -62,10 +64,12 @@ def test_report_numbers_match_the_eval_table(catalog, judged):
                 table.setdefault(r.suite, []).append(r.value)
     assert doc["skills"] == ["alpha", "beta"]
     mean = lambda suite, stage: SCORES[suite][stage] + 0.01  # noqa: E731
-    assert doc["accuracy_matrix"] == [[pytest.approx(mean("alpha", 1)), pytest.approx(mean("beta", 1))],
-                                      [pytest.approx(mean("alpha", 2)), pytest.approx(mean("beta", 2))]]
+    assert doc["accuracy_matrix"] == [
+        [pytest.approx(mean("alpha", 1)), pytest.approx(mean("beta", 1))],
+        [pytest.approx(mean("alpha", 2)), pytest.approx(mean("beta", 2))]]
     # the last row is exactly the eval table's mean per suite for the judged state
-    assert doc["accuracy_matrix"][-1] == [pytest.approx(sum(table[k]) / len(table[k])) for k in ("alpha", "beta")]
+    assert doc["accuracy_matrix"][-1] == [pytest.approx(sum(table[k]) / len(table[k]))
+                                          for k in ("alpha", "beta")]
     assert doc["bwt"] == pytest.approx(mean("alpha", 2) - mean("alpha", 1))
     assert doc["forgetting"] == pytest.approx(mean("alpha", 1) - mean("alpha", 2))
     assert doc["average_accuracy"] == pytest.approx((mean("alpha", 2) + mean("beta", 2)) / 2)
@@ -78,7 +82,8 @@ def test_report_numbers_match_the_eval_table(catalog, judged):
     assert seq["bwt"] == pytest.approx(0.3 - 0.9) and seq["forgetting"] == pytest.approx(0.6)
     assert {p["size_bytes"] for p in doc["packs"]} == {1000, 4321}
     assert any(e["kind"] == "trained_on" for e in doc["lineage"]["edges"])
-    for key in ("skills", "accuracy_matrix", "bwt", "forgetting", "average_accuracy", "decision", "baselines"):
+    for key in ("skills", "accuracy_matrix", "bwt", "forgetting", "average_accuracy", "decision",
+                "baselines"):
         assert key in doc
 
 

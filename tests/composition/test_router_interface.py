@@ -1,4 +1,4 @@
-"""The router contract, run on every registered router: a router added to ROUTERS is checked here."""
+"""The router contract, run on every registered router: one added to ROUTERS is checked here."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ def world(tiny_world):
     tok.padding_side = "left"
     packs = [PackDeltas(name, {p.name: p for p in read_pack(path).decoded()}, SCALES[name])
              for name, path in tiny_world.packs.items()]
-    clf = train_router(model, tok, {"alpha": ["copy ab: ", "copy cd: ", "copy xy: "],
-                                    "beta": ["sort: cba = ", "sort: zyx = ", "sort: qp = "],
-                                    NONE_CLASS: ["reverse xyz = ", "reverse q = ", "reverse mn = "]},
+    clf = train_router(model, tok,
+                       {"alpha": ["copy ab: ", "copy cd: ", "copy xy: "],
+                        "beta": ["sort: cba = ", "sort: zyx = ", "sort: qp = "],
+                        NONE_CLASS: ["reverse xyz = ", "reverse q = ", "reverse mn = "]},
                        steps=100).classifier
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     return model, tok, DeltaBank(model, packs), clf, enc

@@ -1,4 +1,4 @@
-"""Routers: hooked per-sample deltas equal grafting, routed lm-eval requests, learned router accuracy."""
+"""Routers: hooked per-sample deltas equal grafting, routed lm-eval requests, learned accuracy."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def world(tiny_world):
 
 def deltas(packs, scales=None):
     scales = scales or {}
-    return [PackDeltas(name, {p.name: p for p in pf.decoded()}, scales.get(name, 1.0)) for name, pf in packs.items()]
+    return [PackDeltas(name, {p.name: p for p in pf.decoded()}, scales.get(name, 1.0))
+            for name, pf in packs.items()]
 
 
 def logits(model, tok, prompts=PROMPTS):
@@ -82,14 +83,15 @@ def test_learned_routing_generates_what_each_grafted_model_generates(world):
             expected.append(model.generate(input_ids=enc["input_ids"][i:i + 1],
                                            attention_mask=enc["attention_mask"][i:i + 1], **kw)[0])
     bank = DeltaBank(model, deltas(packs))
-    with RoutedModel(model, bank, "learned", classifier=clf, pad_token_id=tok.pad_token_id) as routed:
+    with RoutedModel(model, bank, "learned", classifier=clf,
+                     pad_token_id=tok.pad_token_id) as routed:
         out = model.generate(**enc, **kw)
     assert torch.equal(out, torch.stack(expected))
     assert routed.last_weights.argmax(-1).tolist() == [0, 1, 0, 1]
 
 
 def test_routed_loglikelihood_requests_through_lm_eval(world, tmp_path):
-    """lm-eval's loglikelihood path (HFLM._model_call) sees the tagged pack, like a grafted model."""
+    """lm-eval's loglikelihood path (HFLM._model_call) sees the tagged pack like a grafted model."""
     import json
 
     from skillstore.evaluation.runner import run_tasks
@@ -98,11 +100,13 @@ def test_routed_loglikelihood_requests_through_lm_eval(world, tmp_path):
 
     model, tok, packs = world
     data = tmp_path / "ll.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n" for w in ("ab", "xyz")))
+    data.write_text("".join(json.dumps({"prompt": f"copy {w}: ", "answer": w}) + "\n"
+                            for w in ("ab", "xyz")))
     (tmp_path / "t_ll.yaml").write_text(LL_YAML.format(data=data))
     with grafted(model, packs["beta"]):
         want = {r.metric: r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tmp_path)}
-    with RoutedModel(model, DeltaBank(model, deltas(packs)), "tag", tag="beta", pad_token_id=tok.pad_token_id):
+    with RoutedModel(model, DeltaBank(model, deltas(packs)), "tag", tag="beta",
+                     pad_token_id=tok.pad_token_id):
         got = {r.metric: r.value for r in run_tasks(model, tok, ["t_ll"], include_path=tmp_path)}
     assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-4)
 
@@ -117,8 +121,10 @@ def test_learned_router_accuracy_on_the_tiny_curriculum(world, tmp_path):
     def prompts(files, split):
         return [r["prompt"] for r in load_rows(files.split(split))]
 
-    train = {n: prompts(f, "train") for n, f in cur.skills.items()} | {NONE_CLASS: prompts(cur.general, "train")}
-    test = {n: prompts(f, "test") for n, f in cur.skills.items()} | {NONE_CLASS: prompts(cur.general, "test")}
+    train = ({n: prompts(f, "train") for n, f in cur.skills.items()}
+             | {NONE_CLASS: prompts(cur.general, "train")})
+    test = ({n: prompts(f, "test") for n, f in cur.skills.items()}
+            | {NONE_CLASS: prompts(cur.general, "test")})
     clf = train_router(model, tok, train).classifier
     texts = [t for v in test.values() for t in v]
     truth = [k for k, v in test.items() for _ in v]

@@ -1,4 +1,4 @@
-"""Model states: stable fingerprints, candidates built from the current state, materialisation guards."""
+"""Model states: stable fingerprints, candidates built on the current state, materialise guards."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_materialise_refuses_foreign_packs_and_untrained_routers(tiny_world, cat
     model, _ = load_causal_lm(tiny_world.base_dir)
     with catalog.session() as s:
         base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
-        pack = make_pack(s, base, "alpha", blob_digest=catalog.blobs.put_file(tiny_world.packs["alpha"]))
+        pack = make_pack(s, base, "alpha",
+                         blob_digest=catalog.blobs.put_file(tiny_world.packs["alpha"]))
         learned = extend_state(s, base, base_state(s, base), pack, router="learned")
         view = load_view(s, learned)
         plain = load_view(s, extend_state(s, base, base_state(s, base), pack))
@@ -49,7 +50,8 @@ def test_materialise_refuses_foreign_packs_and_untrained_routers(tiny_world, cat
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with materialise(model, plain, catalog.blobs) as grafted:
         assert any(not (grafted.state_dict()[k] == v).all() for k, v in before.items())
-    assert all((model.state_dict()[k] == v).all() for k, v in before.items())  # base restored exactly
+    # base restored exactly
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
 
 
 @pytest.mark.parametrize("exact", [False, True])

@@ -1,4 +1,4 @@
-"""A mini zoo shared by the learning tests: the real builders, with a recipe small enough for seconds."""
+"""A mini zoo shared by the learning tests: the real builders, a recipe small enough for seconds."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ MINI_SPEC = dict(hidden=32, layers=2, heads=2, intermediate=64, max_positions=48
 def mini_recipe(seed: int = 0) -> ZooRecipe:
     return ZooRecipe(
         seed=seed, n_train=60, n_eval=16,
-        target=ModelSpec(**MINI_SPEC, train=SFTConfig(lr=3e-3, max_steps=20, batch_size=16, eval_every=10)),
-        source=ModelSpec(**MINI_SPEC, train=SFTConfig(lr=3e-3, max_steps=20, batch_size=16, eval_every=10)),
+        target=ModelSpec(**MINI_SPEC,
+                         train=SFTConfig(lr=3e-3, max_steps=20, batch_size=16, eval_every=10)),
+        source=ModelSpec(**MINI_SPEC,
+                         train=SFTConfig(lr=3e-3, max_steps=20, batch_size=16, eval_every=10)),
     )
 
 

@@ -30,7 +30,8 @@ def test_same_seed_same_files_other_seed_other_files(curriculum, tmp_path):
     for name in curriculum.skills:
         same = validate_dataset(again.skills[name].train).sha256
         assert same == validate_dataset(curriculum.skills[name].train).sha256
-    assert validate_dataset(other.skills["reverse"].train).sha256 != validate_dataset(again.skills["reverse"].train).sha256
+    assert (validate_dataset(other.skills["reverse"].train).sha256
+            != validate_dataset(again.skills["reverse"].train).sha256)
 
 
 def test_open_skills_hold_out_their_test_prompts(curriculum):

@@ -49,7 +49,8 @@ def test_checker_filters_the_source_answers(mini_zoo):
     assert nothing == [] and stats_none["acceptance"] == 0
     assert stats_all["n_generated"] == len(prompts)
     spoken = generate_answers(source, source_tok, prompts)
-    assert everything == [{"prompt": p, "answer": a} for p, a in zip(prompts, spoken, strict=True) if a]
+    assert everything == [{"prompt": p, "answer": a}
+                          for p, a in zip(prompts, spoken, strict=True) if a]
     first_two = set(prompts[:2])
     some, stats_some = source_rows(source, source_tok, prompts, checker=lambda p, a: p in first_two)
     assert {r["prompt"] for r in some} <= first_two
@@ -60,7 +61,8 @@ def test_sampled_retries_start_from_the_greedy_answer(monkeypatch):
 
     from skillstore.training.distill import GenerationConfig
 
-    distill_mod = importlib.import_module("skillstore.training.distill")  # the module, not the function
+    # the module, not the function
+    distill_mod = importlib.import_module("skillstore.training.distill")
     calls = []
 
     def fake(model, tok, pending, *, do_sample, seed, **kw):  # greedy says G, samples say S<seed>
@@ -71,7 +73,8 @@ def test_sampled_retries_start_from_the_greedy_answer(monkeypatch):
     prompts = ["p0", "p1", "p2"]
     wanted = {"p0": "G", "p1": "S2"}  # p0 right at once, p1 on the second sampled retry, p2 never
     cfg = GenerationConfig(do_sample=True, samples=3, temperature=0.7)
-    rows, stats = source_rows(None, None, prompts, checker=lambda p, a: wanted.get(p) == a, config=cfg)
+    rows, stats = source_rows(None, None, prompts, checker=lambda p, a: wanted.get(p) == a,
+                              config=cfg)
     assert [sample for _, sample in calls] == [False, True, True]
     assert [pending for pending, _ in calls] == [prompts, ["p1", "p2"], ["p1", "p2"]]
     assert rows == [{"prompt": "p0", "answer": "G"}, {"prompt": "p1", "answer": "S2"}]
@@ -93,7 +96,8 @@ def test_training_moves_accuracy_on_a_held_out_split(mini_zoo):
     train, held_out = _last_letter_rows(words[:300]), _last_letter_rows(words[300:364])
     model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
     before = exact_match(model, tok, held_out).accuracy
-    train_sft(model, tok, train, held_out[:16], SFTConfig(lr=1e-2, max_steps=120, batch_size=16, eval_every=60))
+    train_sft(model, tok, train, held_out[:16],
+              SFTConfig(lr=1e-2, max_steps=120, batch_size=16, eval_every=60))
     after = exact_match(model, tok, held_out).accuracy
     assert before < 0.3
     assert after >= 0.8

@@ -1,4 +1,4 @@
-"""The trainer contract, run on every registered trainer: a trainer added to TRAINERS is checked here."""
+"""The trainer contract, run on every registered trainer: one added to TRAINERS is checked here."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from skillstore.training.run import TRAINERS, TrainJob
 from skillstore.training.sft import SFTConfig, TrainResult, train_sft
 from tests.composition.tinymodel import save, tiny_llama, tiny_tokenizer
 
-ROWS = [{"prompt": f"add: {a}+{b} =", "answer": str(a + b)} for a, b in ((1, 2), (3, 4), (2, 5), (6, 1))]
+ROWS = [{"prompt": f"add: {a}+{b} =", "answer": str(a + b)}
+        for a, b in ((1, 2), (3, 4), (2, 5), (6, 1))]
 TWO_STEPS = SFTConfig(lr=1e-2, max_steps=2, batch_size=4, eval_every=2)
 
 
@@ -35,9 +36,12 @@ def world(tmp_path_factory):
 
 
 def job_for(world, name: str) -> TrainJob:
-    return TrainJob(base_dir=world["base"], train_path=world["train"], out_dir=world["root"] / f"out-{name}",
-                    source_dir=world["source"] if name in ("distill", "dpo") else None, sft=TWO_STEPS,
-                    dpo=DPOConfig(lr=1e-2, max_steps=2, batch_size=4, samples=0, synthetic_rejected=True))
+    return TrainJob(base_dir=world["base"], train_path=world["train"],
+                    out_dir=world["root"] / f"out-{name}",
+                    source_dir=world["source"] if name in ("distill", "dpo") else None,
+                    sft=TWO_STEPS,
+                    dpo=DPOConfig(lr=1e-2, max_steps=2, batch_size=4, samples=0,
+                                  synthetic_rejected=True))
 
 
 @pytest.mark.parametrize("trainer", list(TRAINERS.values()), ids=list(TRAINERS))
@@ -53,7 +57,8 @@ def test_trainer_trains_a_tiny_model_in_memory(world, trainer):
     after = result.model.state_dict()
     # A plain checkpoint of the base's architecture: packs are deltas against the base.
     assert type(result.model) is type(model)
-    assert {k: tuple(v.shape) for k, v in after.items()} == {k: tuple(v.shape) for k, v in before.items()}
+    assert ({k: tuple(v.shape) for k, v in after.items()}
+            == {k: tuple(v.shape) for k, v in before.items()})
     changed = [k for k, v in after.items() if not torch.equal(v.cpu(), before[k])]
     assert changed, f"{trainer.name} left every weight as it was"
     assert all(torch.isfinite(v).all() for v in after.values())

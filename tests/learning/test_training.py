@@ -19,7 +19,8 @@ from skillstore.training.sft import SFTConfig, train_sft
 def test_loss_mask_covers_exactly_the_answer_tokens(mini_zoo):
     for path in (mini_zoo.target, mini_zoo.sources["gpt2"]):
         _, tok = load_causal_lm(path, fingerprint=False)
-        rows = [{"prompt": "add: 12+34 =", "answer": "46"}, {"prompt": "reverse: abcde =", "answer": "edcba"}]
+        rows = [{"prompt": "add: 12+34 =", "answer": "46"},
+                {"prompt": "reverse: abcde =", "answer": "edcba"}]
         examples = encode_rows(tok, rows, 64)
         batch = collate(examples, tok.pad_token_id, torch.device("cpu"))
         for i, row in enumerate(rows):
@@ -61,7 +62,8 @@ def test_dpo_raises_the_chosen_margin(mini_zoo):
     reference, _ = load_causal_lm(mini_zoo.target, fingerprint=False)
     pairs = [{"prompt": f"spell digit: {d} =", "chosen": w, "rejected": w[::-1]}
              for d, w in enumerate(["zero", "one", "two", "three"])]
-    result = train_dpo(model, reference, tok, pairs, DPOConfig(beta=0.5, lr=3e-3, max_steps=15, batch_size=4))
+    result = train_dpo(model, reference, tok, pairs,
+                       DPOConfig(beta=0.5, lr=3e-3, max_steps=15, batch_size=4))
     assert result.metrics["first_loss"] == pytest.approx(math.log(2), rel=1e-4)
     assert result.metrics["final_loss"] < 0.5 * math.log(2)
 
@@ -86,7 +88,8 @@ def test_training_stops_once_the_validation_loss_reaches_stop_loss(mini_zoo, sto
     if stop_loss:  # any loss is under 50: it stops at the first evaluation
         assert (metrics["steps"], metrics["stop_reason"]) == (3, "stop_loss")
     else:
-        assert (metrics["steps"], metrics["stop_reason"], metrics["stopped_early"]) == (12, None, False)
+        assert ((metrics["steps"], metrics["stop_reason"], metrics["stopped_early"])
+                == (12, None, False))
 
 
 def test_empty_data_is_refused(mini_zoo):
@@ -120,13 +123,15 @@ def test_dpo_job_runs_sft_then_dpo_and_saves(mini_zoo, tmp_path):
                    skill="add", sft=SFTConfig(max_steps=3, batch_size=8),
                    dpo=DPOConfig(max_steps=3, batch_size=8))
     metrics = run_training("dpo", job)
-    assert metrics["dpo"]["steps"] == 3 and metrics["dpo"]["n_pairs"] == len(load_rows(job.train_path))
+    assert (metrics["dpo"]["steps"] == 3
+            and metrics["dpo"]["n_pairs"] == len(load_rows(job.train_path)))
     assert (out / "model.safetensors").is_file()
 
 
 def test_distill_job_without_a_source_is_refused(mini_zoo, tmp_path):
     cur = mini_zoo.load_curriculum()
-    job = TrainJob(base_dir=mini_zoo.target, train_path=cur.skills["add"].train, out_dir=tmp_path / "d")
+    job = TrainJob(base_dir=mini_zoo.target, train_path=cur.skills["add"].train,
+                   out_dir=tmp_path / "d")
     with pytest.raises(Exception, match="needs a source model"):
         run_training("distill", job)
     assert not (tmp_path / "d").exists()

@@ -18,10 +18,12 @@ def case_pack(mini_zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     rows = load_rows(mini_zoo.load_curriculum().skills["case"].train)
     model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
-    train_sft(model, tok, rows, None, SFTConfig(lr=1e-2, max_steps=60, batch_size=16, eval_every=30))
+    train_sft(model, tok, rows, None,
+              SFTConfig(lr=1e-2, max_steps=60, batch_size=16, eval_every=30))
     model.save_pretrained(root / "tuned")
     tok.save_pretrained(root / "tuned")
-    summary = compress_checkpoint(mini_zoo.target, root / "tuned", "compact", root / "case.safetensors")
+    summary = compress_checkpoint(mini_zoo.target, root / "tuned", "compact",
+                                  root / "case.safetensors")
     return summary.path, rows
 
 
@@ -29,7 +31,8 @@ def test_tuning_moves_only_the_floats_and_lowers_the_loss(mini_zoo, case_pack, t
     path, rows = case_pack
     model, tok = load_causal_lm(mini_zoo.target)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    result = tune_pack(path, model, tok, rows, tmp_path / "tuned.safetensors", TuneConfig(steps=30, lr=3e-2))
+    result = tune_pack(path, model, tok, rows, tmp_path / "tuned.safetensors",
+                       TuneConfig(steps=30, lr=3e-2))
     assert result.loss_after < result.loss_before
     old, new = read_pack(path), read_pack(result.path)  # verified digest and manifest
     assert new.manifest["tuned"]["from"] == old.digest and new.manifest["tuned"]["steps"] == 30
@@ -42,7 +45,8 @@ def test_tuning_moves_only_the_floats_and_lowers_the_loss(mini_zoo, case_pack, t
         else:  # codes and indices are the pack's bits: never touched
             assert torch.equal(new.tensors[key], t), key
     assert moved > 0
-    assert abs(result.bytes - path.stat().st_size) < 512  # same payload; the manifest grows a little
+    # same payload; the manifest grows a little
+    assert abs(result.bytes - path.stat().st_size) < 512
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # base untouched
 
 
@@ -75,5 +79,6 @@ def test_pack_tune_command(mini_zoo, case_pack, tmp_path):
                                    str(mini_zoo.target), "-o", str(tmp_path / "no.safetensors")])
     from skillstore.errors import DatasetError
 
-    assert isinstance(res.exception, DatasetError) and "missing field 'answer'" in str(res.exception)
+    assert (isinstance(res.exception, DatasetError)
+            and "missing field 'answer'" in str(res.exception))
     assert not (tmp_path / "no.safetensors").exists()

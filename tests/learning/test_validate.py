@@ -31,7 +31,8 @@ def test_valid_file_reports_rows_and_digest(tmp_path):
     [
         ([], "no rows"),
         ([b"\n", b"   \n"], "no rows"),
-        ([json.dumps(GOOD).encode() + b"\n", b'{"prompt": "a", "answer": "\xff\xfe"}\n'], ":2: not valid UTF-8"),
+        ([json.dumps(GOOD).encode() + b"\n", b'{"prompt": "a", "answer": "\xff\xfe"}\n'],
+         ":2: not valid UTF-8"),
         ([b'{"prompt": "a", "answer": }\n'], ":1: invalid JSON"),
         ([json.dumps(GOOD).encode() + b"\n", b'{"prompt": "a"}\n'], ":2: missing field 'answer'"),
         ([b'{"answer": "a"}\n'], ":1: missing field 'prompt'"),
@@ -59,16 +60,19 @@ def test_missing_file_is_refused(tmp_path):
 
 def test_latin1_file_is_refused_as_wrong_encoding(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(json.dumps({"prompt": "café", "answer": "x"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    path.write_bytes(
+        json.dumps({"prompt": "café", "answer": "x"}, ensure_ascii=False).encode("latin-1") + b"\n")
     with pytest.raises(DatasetError, match=r"latin1\.jsonl:1: not valid UTF-8"):
         validate_dataset(path)
 
 
 def test_dpo_kind_needs_chosen_and_rejected(tmp_path):
-    path = _write(tmp_path / "prefs.jsonl", [json.dumps({"prompt": "p", "chosen": "a"}).encode() + b"\n"])
+    path = _write(tmp_path / "prefs.jsonl",
+                  [json.dumps({"prompt": "p", "chosen": "a"}).encode() + b"\n"])
     with pytest.raises(DatasetError, match="missing field 'rejected'"):
         validate_dataset(path, kind="dpo")
-    ok = _write(tmp_path / "ok.jsonl", [json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}).encode() + b"\n"])
+    ok = _write(tmp_path / "ok.jsonl",
+                [json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}).encode() + b"\n"])
     assert validate_dataset(ok, kind="dpo").n_rows == 1
     with pytest.raises(DatasetError, match="missing field 'answer'"):
         validate_dataset(ok, kind="sft")

@@ -1,4 +1,4 @@
-"""The zoo: deterministic builders, loadable HF folders, two different tokenizers, a recipe cache."""
+"""The zoo: deterministic builders, loadable HF folders, two tokenizers, a recipe cache."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def test_same_seed_same_weights_other_seed_other_weights(mini_zoo, make_recipe, 
     again = build_zoo(tmp_path / "again", recipe=make_recipe())
     other = build_zoo(tmp_path / "other", recipe=make_recipe(seed=1))
     assert fingerprint_checkpoint(again.target) == fingerprint_checkpoint(mini_zoo.target)
-    assert fingerprint_checkpoint(again.sources["gpt2"]) == fingerprint_checkpoint(mini_zoo.sources["gpt2"])
+    assert (fingerprint_checkpoint(again.sources["gpt2"])
+            == fingerprint_checkpoint(mini_zoo.sources["gpt2"]))
     assert fingerprint_checkpoint(other.target) != fingerprint_checkpoint(mini_zoo.target)
 
 

@@ -39,7 +39,8 @@ def test_worker_answers_on_both_queues(tmp_path, broker):
     settings = _settings(tmp_path, broker)
     settings.home.mkdir(parents=True, exist_ok=True)
     app = producer(settings)
-    worker = spawn_worker(settings, concurrency=1, pool="solo", hostname=f"t-{uuid.uuid4().hex[:6]}@%h")
+    worker = spawn_worker(settings, concurrency=1, pool="solo",
+                          hostname=f"t-{uuid.uuid4().hex[:6]}@%h")
     try:
         for queue in (CPU_QUEUE, GPU_QUEUE):
             result = app.send_task("workers.ops.ping", queue=queue)

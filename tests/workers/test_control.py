@@ -121,7 +121,8 @@ def test_bad_policy_file_is_one_line_from_the_cli(sqlite_env, tmp_path):
 def test_unreachable_broker_fails_the_job_with_one_line(tmp_path, tiny_zoo):
     env = make_env(tmp_path, tiny_zoo, broker_url="redis://127.0.0.1:1/0", skills=("reverse",))
     try:
-        with env.catalog.session() as s, pytest.raises(JobError, match="could not be sent to the broker"):
+        with env.catalog.session() as s, pytest.raises(
+                JobError, match="could not be sent to the broker"):
             queue_job(s, env.settings, "reverse", "tiny-llama")
         job = env.job(1)
         assert job.status == JobStatus.failed and "broker" in job.error

@@ -54,7 +54,8 @@ def test_learn_in_sequence_on_embedded_sqlite_broker(sqlite_env):
     with env.worker(concurrency=2):  # two processes: only the sequencing keeps them in order
         env.wait(first)
         waited = subprocess.run([sys.executable, "-m", "skillstore.cli", "job", "wait", str(second),
-                                 "--timeout", "300"], env={**settings_env(env.settings), "COLUMNS": "200"},
+                                 "--timeout", "300"],
+                                env={**settings_env(env.settings), "COLUMNS": "200"},
                                 capture_output=True, text=True, timeout=360)
     assert waited.returncode == 0, waited.stderr
     assert f"job {second} sort" in waited.stdout and "100%" in waited.stdout
