@@ -18,6 +18,7 @@ from kombu import Queue
 
 from .errors import ConfigError
 from .settings import Settings
+from .sqlbroker import split_url
 
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
@@ -47,8 +48,6 @@ TASK_ROUTES = {
 
 def celery_config(settings: Settings) -> dict:
     """Celery settings shared by producers and workers: JSON only, long-job safety."""
-    from .sqlbroker import split_url
-
     if settings.broker_url.startswith("sqla+sqlite"):
         settings.home.mkdir(parents=True, exist_ok=True)
     broker_url, transport = split_url(settings.broker_url)

@@ -1,4 +1,5 @@
-"""CLI: `skillstore state list|show|fuse|route|eval`, `report`, `pack promote|reject|retire`."""
+"""CLI: `skillstore state list|show|fuse|route|eval|unload`, `report`,
+`pack promote|reject|retire`."""
 
 from __future__ import annotations
 
@@ -160,24 +161,33 @@ def report(state: str | None = typer.Option(None, "--state", help="State id or f
         typer.echo(f"Wrote {out}")
 
 
-def _override(action: str):
+def _override(action: str, doc: str | None = None):
     def command(ref: str = typer.Argument(..., help="Pack id or SKILL@vN."),
                 reason: str = typer.Option(..., "--reason", help="Why; kept in the audit."),
                 actor: str = typer.Option(None, "--actor", help="Who (default: your user name)."),
                 as_json: bool = JSON_OPTION) -> None:
         from ..catalog import get_pack
         from ..catalog.serialize import promotion_dict
-        from ..states import manual_override
+        from ..gate import override_pack
 
-        with workspace_session() as (_, session):
-            audit = manual_override(session, get_pack(session, ref), action, reason=reason,
-                                    actor=actor or getpass.getuser())
+        with workspace_session() as (catalog, session):
+            audit = override_pack(session, catalog.blobs, get_pack(session, ref), action,
+                                  reason=reason, actor=actor or getpass.getuser())
             row = promotion_dict(audit)
         print_json(row) if as_json else typer.echo(
-            f"Pack {row['pack_id']}: {row['from'].value} -> {row['to'].value} ({reason})")
+            f"Pack {row['pack_id']}: {row['from'].value} -> {row['to'].value} ({row['reason']}); "
+            f"state {row['state_id']}")
 
-    command.__doc__ = f"Manual override: {action} a pack, with a reason recorded in the audit."
+    command.__doc__ = doc or (
+        f"Manual override: {action} a pack, with a reason recorded in the audit.\n\nThe base's "
+        "current state moves as the gate's would; a learned router is retrained for its packs.")
     return command
+
+
+UNLOAD_DOC = ("Remove a pack's skill from its base's current state (`pack retire`).\n\n"
+              "A learned router is retrained for the packs left, or they are grafted when there "
+              "is nothing left to route between; with no pack left the state is the plain base. "
+              "The reason is kept in the audit.")
 
 
 def register(app: typer.Typer) -> None:
@@ -185,3 +195,4 @@ def register(app: typer.Typer) -> None:
     app.command("report")(report)
     for action in ("promote", "reject", "retire"):
         PACK.app.command(action)(_override(action))
+    STATE.app.command("unload")(_override("retire", UNLOAD_DOC))

@@ -3,14 +3,19 @@
 from .decision import Check, Decision, decide
 from .judge import (
                     CandidateEvaluation,
+                    GateOutcome,
+                    Judge,
                     evaluate_candidate,
+                    gate_pack,
+                    head_of,
                     make_judge,
+                    record_decision,
                     recorded_judge,
                     store_report,
 )
+from .override import override_pack
 from .policy import GatePolicy, Thresholds
-from .promote import GateOutcome, Judge, gate_pack, head_of, record_decision
 
 __all__ = ["CandidateEvaluation", "Check", "Decision", "GateOutcome", "GatePolicy", "Judge",
            "Thresholds", "decide", "evaluate_candidate", "gate_pack", "head_of", "make_judge",
-           "record_decision", "recorded_judge", "store_report"]
+           "override_pack", "record_decision", "recorded_judge", "store_report"]

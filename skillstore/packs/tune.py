@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch.func import functional_call
 
 from ..errors import TrainingError
+from ..training.data import batches, collate, encode_rows, pad_id_of
+from ..training.sft import check_finite
 from .codecs import get_codec
 from .format import SEP, PackFile, write_pack
 from .graft import _as_pack, check_base
@@ -70,11 +73,6 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
     minimises the SFT loss (answer tokens only) of the base plus the decoded pack, through
     ``torch.func.functional_call``; integer payloads (codes, indices) never change.
     """
-    from torch.func import functional_call
-
-    from ..training.data import batches, collate, encode_rows, pad_id_of
-    from ..training.sft import check_finite
-
     cfg = config or TuneConfig()
     pack = _as_pack(pack_path)
     targets = check_base(model, pack)

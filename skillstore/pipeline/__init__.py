@@ -1,6 +1,5 @@
 """The learning job: a typed request, its lifecycle, and five idempotent steps that workers call."""
 
-from .gating import evaluate, gate
 from .lifecycle import (
                         KIND,
                         STAGES,
@@ -13,7 +12,7 @@ from .lifecycle import (
                         send_chain,
 )
 from .request import METHODS, LearnRequest, request_of
-from .steps import compress, prepare, train
+from .steps import compress, evaluate, gate, prepare, train
 
 # stage -> step function; workers.learn builds one Celery task per entry, in this order.
 STEPS = {"prepare": prepare, "train": train, "compress": compress, "evaluate": evaluate,

@@ -20,8 +20,7 @@ from ..catalog.schema import JobStatus, utcnow
 from ..errors import JobError, unknown_name
 from ..jobqueue import LEARN_STAGES, LEARN_TASKS, producer
 from ..settings import Settings
-from .checks import check_request, resolved
-from .request import LearnRequest
+from .request import LearnRequest, check_request, resolved
 
 KIND = "learn"
 STAGES = LEARN_STAGES
@@ -84,7 +83,7 @@ def queue(session: Session, settings: Settings, request: LearnRequest, *,
     """Store a validated request as a queued job, then send its chain; returns the job.
 
     The references in the request (skill, base, source, policy) are checked first by
-    :func:`skillstore.pipeline.checks.check_request`; nothing is written when one fails.
+    :func:`skillstore.pipeline.request.check_request`; nothing is written when one fails.
     """
     skill, base = check_request(session, request)
     request = resolved(request)

@@ -1,4 +1,4 @@
-"""First three steps of a learning job, thin calls into the library: prepare, train, compress."""
+"""The five steps of a learning job, each a thin call into one library function."""
 
 from __future__ import annotations
 
@@ -10,13 +10,34 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..atomic import publish_dir
-from ..catalog import EdgeKind, create_pack, current_head, get_base, get_job, get_state
+from ..catalog import EdgeKind, create_pack, current_head, get_base, get_job, get_pack, get_state
 from ..catalog.models import BaseCheckpoint, Job, Skill
+from ..catalog.schema import PackStatus
+from ..errors import StaleEvaluationError
+from ..evaluation.suites import general_suite, skill_suite
+from ..gate import CandidateEvaluation, evaluate_candidate, gate_pack, head_of, recorded_judge
+from ..models import load_causal_lm
+from ..packs import FORMAT_VERSION, compress_checkpoint, load_policy
+from ..packs.tune import TuneConfig, tune_pack
 from ..settings import Settings
 from ..skilldata import read_rows, rows_blob, skill_rows
-from .lifecycle import Progress, is_stopped, output, record_output
+from ..states import load_view
+from ..training.run import GraftSpec, TrainJob, run_training
+from .lifecycle import (
+    Progress,
+    finish,
+    forget_output,
+    is_stopped,
+    output,
+    record_output,
+    send_chain,
+)
 from .request import LearnRequest, request_of
 from .workdir import blobs, scaled, scratch, work_dir
+
+EVAL_BATCH = 32
+# The candidate routes by the learned router, retrained for its pack set on every job.
+CANDIDATE_ROUTER = "learned"
 
 
 def prepare(session: Session, job_id: int, settings: Settings,
@@ -41,9 +62,6 @@ def prepare(session: Session, job_id: int, settings: Settings,
 
 def _graft_specs(session: Session, job: Job, request: LearnRequest, store, settings: Settings):
     """The current state's packs, by local path and scale, when the job starts from it."""
-    from ..states import load_view
-    from ..training.run import GraftSpec
-
     head = current_head(session, job.base_id) if request.start_from == "current" else None
     if head is None:
         return ()
@@ -55,8 +73,6 @@ def _graft_specs(session: Session, job: Job, request: LearnRequest, store, setti
 
 def train_job(session: Session, job: Job, settings: Settings):
     """The library's TrainJob for this learning job: its request, its prepared rows, its base."""
-    from ..training.run import TrainJob
-
     request, prep, store = request_of(job), output(job, "prepare"), blobs(settings)
     base = session.get(BaseCheckpoint, job.base_id)
     source = get_base(session, request.source) if request.source else None
@@ -74,8 +90,6 @@ def train(session: Session, job_id: int, settings: Settings,
           progress: Progress | None = None) -> dict:
     """Fine-tune with the request's method through `run_training`; the checkpoint lands in a
     folder named by its weights' fingerprint, so a rerun after a crash never sees half a model."""
-    from ..training.run import run_training
-
     job = get_job(session, job_id)
     done = output(job, "train")
     if is_stopped(job) or (done and Path(done["tuned_dir"], "config.json").is_file()):
@@ -117,9 +131,6 @@ def tuned_checkpoint(store, settings: Settings, job_id: int, tuned: dict) -> Pat
 def _tune(base: BaseCheckpoint, store, job: Job, pack_file: Path, tmp: Path, steps: int,
           progress: Progress | None) -> tuple[Path, dict]:
     """Tune the fresh pack's float payload on the job's training rows (``tune_steps``)."""
-    from ..models import load_causal_lm
-    from ..packs.tune import TuneConfig, tune_pack
-
     rows = read_rows(store, output(job, "prepare")["train"])
     model, tok = load_causal_lm(base.uri)
     report = ((lambda i, n, _loss: progress("compress", 0.5 + 0.4 * i / max(1, n)))
@@ -134,8 +145,6 @@ def compress(session: Session, job_id: int, settings: Settings,
              progress: Progress | None = None) -> dict:
     """Compress tuned - base with the job's policy, store the pack as a blob, and create the
     candidate pack row with its lineage; a job that already has its pack returns it."""
-    from ..packs import FORMAT_VERSION, compress_checkpoint, load_policy
-
     job = get_job(session, job_id)
     if is_stopped(job) or job.pack_id is not None:
         return output(job, "compress") or {}
@@ -184,3 +193,60 @@ def compress(session: Session, job_id: int, settings: Settings,
            "dense_fp16_bytes": summary.dense_fp16_bytes, "ratio": ratio,
            "rel_error": summary.rel_error, **({"tune": tune_info} if tune_info else {})}
     return record_output(session, job, "compress", out)
+
+
+def evaluate(session: Session, job_id: int, settings: Settings,
+             progress: Progress | None = None) -> dict:
+    """Score the candidate state (the head's packs + this job's pack) against the head on the
+    same suites, with the eval cache, and record the scores and the head they were read at."""
+    job = get_job(session, job_id)
+    if is_stopped(job) or output(job, "evaluate"):
+        return output(job, "evaluate") or {}
+    request = request_of(job)
+    pack = get_pack(session, job.pack_id)
+    base = session.get(BaseCheckpoint, pack.base_id)
+    general = general_suite(request.general_suite,
+                            beside=[skill_suite(session.get(Skill, pack.skill_id))])
+    current, version = head_of(session, base)
+    model, tokenizer = load_causal_lm(base.uri)
+    evaluation = evaluate_candidate(
+        session, blobs(settings), model, tokenizer, pack, current, version, general=general,
+        router=CANDIDATE_ROUTER, batch_size=EVAL_BATCH, limit=request.eval_limit,
+        cache_dir=work_dir(settings, "cache"),
+        progress=(lambda done: progress("evaluate", done)) if progress else None)
+    return record_output(session, job, "evaluate", evaluation.as_json())
+
+
+def gate(session: Session, job_id: int, settings: Settings,
+         progress: Progress | None = None) -> dict:
+    """Decide with the request's policy on the recorded scores, store the report, and record
+    the verdict with the head compare-and-swap (gate_pack commits it); never evaluates.
+
+    When the head moved since the evaluate step, the scores are stale: the step forgets them
+    and sends the job back to evaluate (it stays running) instead of deciding.
+    """
+    job = get_job(session, job_id)
+    if is_stopped(job) or output(job, "gate"):
+        return output(job, "gate") or {}
+    pack = get_pack(session, job.pack_id)
+    if pack.status == PackStatus.candidate:
+        recorded = output(job, "evaluate")
+        try:
+            if recorded is None:  # a redelivered gate after its evaluation was forgotten
+                raise StaleEvaluationError(f"Job {job.id} has no evaluation to decide on.")
+            judge = recorded_judge(blobs(settings), pack, CandidateEvaluation.from_json(recorded),
+                                   request_of(job).gate)
+            outcome = gate_pack(session, pack, judge, actor=f"job:{job.id}")
+        except StaleEvaluationError:
+            forget_output(session, job, "evaluate")
+            session.commit()
+            send_chain(session, settings, job, "evaluate")
+            return {"sent_back_to": "evaluate"}
+        verdict, reasons = outcome.decision.verdict, outcome.decision.reasons
+    else:
+        verdict, reasons = pack.status.value, ["decided before this attempt"]
+    job = get_job(session, job_id)
+    out = record_output(session, job, "gate", {"verdict": verdict, "reasons": reasons,
+                                               "pack_id": pack.id})
+    finish(session, job, pack_id=pack.id)
+    return out

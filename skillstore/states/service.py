@@ -1,10 +1,10 @@
 """State operations behind the CLI and the pipeline: fuse packs, train a state's router, build a
-candidate, manual overrides."""
+candidate or the state without a pack, manual overrides."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -14,7 +14,8 @@ from ..catalog.packs import create_pack, set_pack_status
 from ..catalog.registry import add_skill
 from ..catalog.schema import EdgeKind, PackStatus
 from ..catalog.states import advance_head, current_head, get_or_create_state, get_state
-from ..errors import ConfigError
+from ..errors import ConfigError, PromotionConflictError
+from ..models import load_causal_lm
 from ..packs.format import FORMAT_VERSION, read_pack
 from ..routing import NONE_CLASS, save_router, train_router
 from ..skilldata import skill_rows
@@ -23,6 +24,8 @@ from .view import base_state, extend_state, extended_members
 
 # Prompts per class that the learned router trains on (a skill's first training prompts).
 ROUTER_PROMPTS = 200
+# () -> (model, tokenizer) of the plain base, called only when a router is trained.
+LoadModel = Callable[[], tuple[object, object]]
 
 
 def _skill_names(session, packs: Sequence[SkillPack]) -> list[str]:
@@ -123,6 +126,19 @@ def attach_router(session, blobs, state: ModelState, model, tokenizer,
         parent_id=state.parent_id, description=state.description)
 
 
+def _learned_routing(session, blobs, packs: Sequence[SkillPack], load_model: LoadModel,
+                     general_prompts: Sequence[str], top_k: int) -> dict:
+    """The router fields of a learned-routing state of ``packs``: a router trained by the one
+    trainer on each skill's training prompts (and ``general_prompts`` as NONE_CLASS) and stored,
+    or router ``none`` with fewer than two classes to tell apart (nothing to route: graft)."""
+    if len(packs) + bool(general_prompts) < 2:
+        return {"router": "none", "router_config": {}}
+    prompts = router_prompts(session, blobs, packs, general_prompts)
+    model, tokenizer = load_model()
+    digest, facts = _trained_router(blobs, model, tokenizer, prompts, min(top_k, len(prompts)))
+    return {"router": "learned", "router_config": facts, "router_blob_digest": digest}
+
+
 def candidate_state(session, blobs, current: ModelState, pack: SkillPack, model, tokenizer, *,
                     router: str | None = None, general_prompts: Sequence[str] = (),
                     top_k: int = 1) -> ModelState:
@@ -134,46 +150,95 @@ def candidate_state(session, blobs, current: ModelState, pack: SkillPack, model,
     its router file is ever written. With a single class to tell apart there is nothing to
     route: the state grafts its pack (router ``none``).
     """
+    return _extended(session, blobs, current, pack, lambda: (model, tokenizer), router=router,
+                     general_prompts=general_prompts, top_k=top_k)
+
+
+def _extended(session, blobs, current: ModelState, pack: SkillPack, load_model: LoadModel, *,
+              router: str | None = None, general_prompts: Sequence[str] = (), top_k: int = 1,
+              description: str = "") -> ModelState:
     base = session.get(BaseCheckpoint, pack.base_id)
     if (router or current.router) != "learned":
-        return extend_state(session, base, current, pack, router=router)
+        return extend_state(session, base, current, pack, router=router, description=description)
     packs = [p for p, _ in extended_members(session, current, pack)]
-    prompts = router_prompts(session, blobs, packs, general_prompts)
-    if len(prompts) < 2:
-        return extend_state(session, base, current, pack, router="none")
-    digest, facts = _trained_router(blobs, model, tokenizer, prompts, top_k)
-    return extend_state(session, base, current, pack, router="learned", router_config=facts,
-                        router_blob_digest=digest)
+    return extend_state(session, base, current, pack, description=description,
+                        **_learned_routing(session, blobs, packs, load_model, general_prompts,
+                                           top_k))
 
 
-def manual_override(session, pack: SkillPack, action: str, *, reason: str, actor: str) -> Promotion:
-    """`pack promote|reject|retire`: the status change, the audit row, and the head move it implies.
+def unloaded_state(session, blobs, current: ModelState, pack: SkillPack, load_model: LoadModel, *,
+                   general_prompts: Sequence[str] = (), description: str = "") -> ModelState:
+    """The state ``current`` becomes without ``pack``: with no pack left, the base's plain state;
+    a learned router is retrained for the packs left, as :func:`candidate_state` trains one (with
+    a single class left the state grafts, router ``none``); any other router is kept."""
+    base = session.get(BaseCheckpoint, current.base_id)
+    by_id = {p.id: p for p in session.scalars(
+        sa.select(SkillPack).where(SkillPack.id.in_([m.pack_id for m in current.members])))}
+    keep = [(by_id[m.pack_id], float(m.scale)) for m in current.members if m.pack_id != pack.id]
+    if not keep:
+        return base_state(session, base)
+    routing = {"router": current.router, "router_config": dict(current.router_config)}
+    if current.router == "learned":
+        routing = _learned_routing(session, blobs, [p for p, _ in keep], load_model,
+                                   general_prompts, int(current.router_config.get("top_k", 1)))
+    return get_or_create_state(session, base=base, packs=keep, parent_id=current.id,
+                               description=description, **routing)
 
-    Promote adds the pack to the current state; retire removes it; reject leaves the head alone.
-    The head is locked and compare-and-swapped exactly as the gate does.
+
+def _routing_note(current: ModelState, target: ModelState) -> str:
+    """How an override's target routes, for its audit reason ("" when nothing changed)."""
+    n = len(target.members)
+    if n == 0:
+        return "the plain base: no packs left"
+    if current.router != "learned":
+        return ""
+    if target.router == "learned":
+        return f"learned router retrained for {n} packs"
+    return f"router none: {n} pack left, grafted"
+
+
+def manual_override(session, blobs, pack: SkillPack, action: str, *, reason: str, actor: str,
+                    general_prompts: Sequence[str] = (),
+                    load_model: LoadModel | None = None) -> Promotion:
+    """`pack promote|reject|retire` (`state unload` is retire): the status change, the audit
+    row, and the head move it implies.
+
+    Promote adds the pack to the current state (as :func:`candidate_state` does); reject and
+    retire take it out (:func:`unloaded_state`); a pack outside the current state leaves the
+    head alone. A learned router is retrained for the new pack set (``general_prompts`` as its
+    NONE_CLASS; the base is loaded by ``load_model``, default ``load_causal_lm(base.uri)``), so
+    the target state is ready, router stored, before anything moves; the audit reason says how
+    it routes. Then the head is locked and the audit row and the head's compare-and-swap are
+    written in the caller's transaction; a head that moved meanwhile raises
+    PromotionConflictError.
     """
     to = {"promote": PackStatus.promoted, "reject": PackStatus.rejected,
           "retire": PackStatus.retired}.get(action)
     if to is None:
         raise ConfigError(f"Unknown override {action!r}; use promote, reject or retire.")
     base = session.get(BaseCheckpoint, pack.base_id)
-    head = current_head(session, base.id, lock=True)
+    head = current_head(session, base.id)  # locked below, once the target is built
     current = get_state(session, head.state_id) if head else base_state(session, base)
     version = head.version if head else None
+    load = load_model or (lambda: load_causal_lm(base.uri))
     in_state = any(m.pack_id == pack.id for m in current.members)
     target = None
     if to is PackStatus.promoted and not in_state:
-        target = extend_state(session, base, current, pack,
-                              description=f"manual promotion of pack {pack.id}")
+        target = _extended(session, blobs, current, pack, load, general_prompts=general_prompts,
+                           top_k=int(current.router_config.get("top_k", 1)),
+                           description=f"manual promotion of pack {pack.id}")
     elif to is not PackStatus.promoted and in_state:
-        keep = [(session.get(SkillPack, m.pack_id), m.scale) for m in current.members
-                if m.pack_id != pack.id]
-        target = get_or_create_state(session, base=base, packs=keep, router=current.router,
-                                     router_config=dict(current.router_config),
-                                     parent_id=current.id,
-                                     description=f"pack {pack.id} {to.value} by hand")
-    audit = set_pack_status(session, pack, to, reason=f"manual: {reason}", actor=actor,
-                            state_id=target.id if target else current.id)
+        target = unloaded_state(session, blobs, current, pack, load,
+                                general_prompts=general_prompts,
+                                description=f"pack {pack.id} {to.value} by hand")
+    locked = current_head(session, base.id, lock=True)
+    if (locked.version if locked else None) != version:
+        raise PromotionConflictError(
+            f"The current state of base {base.name!r} moved while the {action} of pack "
+            f"{pack.id} was prepared; run it again to retry.")
+    note = _routing_note(current, target) if target is not None else ""
+    audit = set_pack_status(session, pack, to, reason=f"manual: {reason}" + (
+        f"; {note}" if note else ""), actor=actor, state_id=target.id if target else current.id)
     if target is not None:
         advance_head(session, base.id, target.id, expected_version=version)
     return audit

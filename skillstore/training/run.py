@@ -12,6 +12,10 @@ from ..atomic import publish_dir
 from ..curriculum.skills import GENERAL_SKILLS, SKILLS
 from ..curriculum.validate import load_rows
 from ..errors import ConfigError
+from ..fingerprint import fingerprint_checkpoint
+from ..models import load_causal_lm
+from ..packs.format import read_pack
+from ..packs.graft import grafted_all
 from ..registry import Registry
 from .baselines import LoRAConfig, train_lora
 from .distill import Checker, GenerationConfig, distill
@@ -68,8 +72,6 @@ def _checker(job: TrainJob) -> Checker | None:
 
 
 def _load(path: Path, device: str | None):
-    from ..models import load_causal_lm
-
     model, tok = load_causal_lm(path, device=device, fingerprint=False)
     return model, tok
 
@@ -153,8 +155,6 @@ def save_model_atomically(model, tokenizer, out_dir: Path, *,
     Returns (folder, fingerprint). ``content_addressed`` names the folder by the checkpoint's
     fingerprint inside ``out_dir`` and keeps an existing copy; otherwise ``out_dir`` is replaced.
     """
-    from ..fingerprint import fingerprint_checkpoint
-
     out_dir = Path(out_dir)
     where = out_dir if content_addressed else out_dir.parent
     tmp = where / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -179,9 +179,6 @@ def run_training(method: str, job: TrainJob, progress: Progress | None = None) -
     skill's delta, which is what a pack of this skill must hold. Any failure (bad data, NaN
     loss, a cancel) raises before anything is written.
     """
-    from ..packs.format import read_pack
-    from ..packs.graft import grafted_all
-
     trainer = get_trainer(method)
     model, tok = _load(job.base_dir, job.device)
     packs = [read_pack(g.path) for g in job.graft]

@@ -21,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..curriculum.build import Curriculum, load_curriculum, write_curriculum
 from ..curriculum.validate import load_rows
 from ..errors import TrainingError
+from ..fingerprint import fingerprint_checkpoint
+from ..models import pick_device
 from ..settings import get_settings
-from ..training.sft import SFTConfig
+from ..training.sft import SFTConfig, train_sft
+from .tokenizers import bpe_tokenizer, char_tokenizer
 
 Progress = Callable[[str, float], None]
 #: Bump when the builder's code changes what a recipe produces.
@@ -134,9 +137,6 @@ def _train_and_save(model, tokenizer, train, val, spec: ModelSpec, out: Path, st
                     progress: Progress | None) -> dict:
     import torch
 
-    from ..models import pick_device
-    from ..training.sft import train_sft
-
     model.to(pick_device())
     sub = (lambda s, f: progress(stage, f)) if progress else None
     result = train_sft(model, tokenizer, train, val, spec.train, sub)
@@ -150,8 +150,6 @@ def _train_and_save(model, tokenizer, train, val, spec: ModelSpec, out: Path, st
 def build_source(recipe: ZooRecipe, paths: ZooPaths, progress: Progress | None = None) -> dict:
     """Train the GPT-2 source on every curriculum skill, with a BPE fitted to that text."""
     import torch
-
-    from .tokenizers import bpe_tokenizer
 
     cur = paths.load_curriculum()
     train_all = _rows(cur, None, "train", general=True)
@@ -261,9 +259,6 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     curriculum skill so it can teach them. Same recipe and seed give the same weights.
     """
     import torch
-
-    from ..fingerprint import fingerprint_checkpoint
-    from .tokenizers import char_tokenizer
 
     recipe = recipe or ZooRecipe()
     if seed is not None:

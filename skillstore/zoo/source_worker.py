@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from .build import ZooRecipe, _paths, build_source
+
 
 def main(argv: list[str]) -> int:
     import torch
-
-    from .build import ZooRecipe, _paths, build_source
 
     root, threads = Path(argv[0]), int(argv[1])
     torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from skillstore.catalog.models import BaseCheckpoint
 from skillstore.catalog.schema import PackStatus
 from skillstore.evaluation import Score
 from skillstore.gate import CandidateEvaluation, head_of
-from skillstore.pipeline import gating
+from skillstore.pipeline import steps as gating
 from skillstore.pipeline.lifecycle import output, record_output
 from skillstore.pipeline.request import LearnRequest
 from skillstore.states import extend_state, manual_override
@@ -77,7 +77,8 @@ def test_a_stale_evaluation_is_sent_back_to_evaluate_not_re_evaluated(catalog, n
     job_id, pack_id = evaluated_job(catalog)
     with catalog.session() as s:  # another pack is promoted after the evaluation was recorded
         other = make_pack(s, s.get(BaseCheckpoint, get_pack(s, pack_id).base_id), "beta")
-        manual_override(s, other, "promote", reason="meanwhile", actor="test")
+        manual_override(s, catalog.blobs, other, "promote", reason="meanwhile",
+                        actor="test")
     with catalog.session() as s:
         out = gating.gate(s, job_id, catalog.settings)
     assert out == {"sent_back_to": "evaluate"} and sent == [(job_id, "evaluate")]

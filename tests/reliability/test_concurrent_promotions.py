@@ -179,6 +179,7 @@ def test_first_head_race_is_a_conflict_not_a_crash(postgres_url):
     base state again (that was the bug: get_or_create_state did not expect a racing insert)."""
     import threading
 
+    from skillstore.blobstore import BlobStore
     from skillstore.catalog import migrate
     from skillstore.catalog.db import make_engine, session_scope
     from skillstore.errors import PromotionConflictError
@@ -189,6 +190,7 @@ def test_first_head_race_is_a_conflict_not_a_crash(postgres_url):
     with session_scope(engine) as s:
         base = make_base(s, "first")
         a_id, b_id = (make_pack(s, make_skill(s, n), base, tag=n).id for n in ("ha", "hb"))
+    blobs = BlobStore("memory://first-head-race")  # plain states: no router to store
     a_flushed, b_reading = threading.Event(), threading.Event()
     outcome: dict = {}
 
@@ -196,13 +198,15 @@ def test_first_head_race_is_a_conflict_not_a_crash(postgres_url):
         try:
             with session_scope(engine) as s:
                 b_reading.set()
-                manual_override(s, s.get(SkillPack, b_id), "promote", reason="b", actor="b")
+                manual_override(s, blobs, s.get(SkillPack, b_id), "promote",
+                                reason="b", actor="b")
             outcome["b"] = "promoted"
         except Exception as exc:  # noqa: BLE001 - the test reports whatever B got
             outcome["b"] = exc
 
     with session_scope(engine) as s:
-        manual_override(s, s.get(SkillPack, a_id), "promote", reason="a", actor="a")
+        manual_override(s, blobs, s.get(SkillPack, a_id), "promote", reason="a",
+                        actor="a")
         a_flushed.set()
         thread = threading.Thread(target=promote_b)
         thread.start()

@@ -115,17 +115,17 @@ def _upload(ctx: ApiContext, file: UploadFile, skill: str, base: str | None, who
 
 def _override(action: str):
     def handler(ref: Ref, body: OverrideIn, request: Request, ctx: Ctx) -> dict:
-        from ...states import manual_override
+        from ...gate import override_pack
 
         with ctx.session() as session:
-            audit = manual_override(session, get_pack(session, ref), action, reason=body.reason,
-                                    actor=actor(request))
+            audit = override_pack(session, ctx.blobs, get_pack(session, ref), action,
+                                  reason=body.reason, actor=actor(request))
             return promotion_dict(audit)
 
     handler.__name__ = f"{action}_pack"
     handler.__doc__ = (f"Manual override: {action} a pack; the reason and the caller are kept "
                        "in the audit trail, and the base's current state moves as the gate's "
-                       "would.")
+                       "would (a learned router is retrained for its packs).")
     return handler
 
 
