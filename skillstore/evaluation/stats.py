@@ -1,0 +1,249 @@
+"""Paired tests, intervals and multiplicity control for comparing two states on the same prompts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from ..errors import EvaluationError
+
+_NORMAL = NormalDist()
+# Resample in blocks of ~this many index cells: memory stays bounded, the stream unchanged.
+_BLOCK_CELLS = 1_000_000
+
+
+class _Record:
+    """as_dict() for the frozen results below; every field is a str, number, bool or None."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Interval(_Record):
+    """A two-sided confidence interval [low, high]."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class PairedTest(_Record):
+    """after - before on the same n prompts: estimate, two-sided interval at `confidence`, p.
+
+    `low`/`high` are a two-sided interval; each end alone is a one-sided bound at
+    (1 + confidence) / 2. For a one-sided 95% lower bound of the gain, run the test with
+    ``confidence=one_sided(0.95)`` (= 0.90) and read `low`. `b` (right before, wrong after) and
+    `c` (wrong before, right after) are McNemar's discordant counts.
+    """
+
+    test: str
+    n: int
+    before: float
+    after: float
+    difference: float
+    low: float
+    high: float
+    confidence: float
+    p_value: float
+    b: int | None = None
+    c: int | None = None
+
+    @property
+    def one_sided_confidence(self) -> float:
+        """The confidence with which `low` alone (or `high` alone) bounds the difference."""
+        return (1.0 + self.confidence) / 2.0
+
+
+@dataclass(frozen=True)
+class HolmResult(_Record):
+    """One hypothesis after Holm's step-down: adjusted p and whether it is rejected."""
+
+    adjusted_p: float
+    reject: bool
+
+
+def _check_open(value: float, name: str = "confidence") -> None:
+    if not 0.0 < value < 1.0:
+        raise EvaluationError(f"{name} must lie strictly between 0 and 1, got {value}.")
+
+
+def _z(confidence: float) -> float:
+    _check_open(confidence)  # the normal quantile for a two-sided interval
+    return _NORMAL.inv_cdf(0.5 + confidence / 2.0)
+
+
+def one_sided(confidence: float) -> float:
+    """The two-sided confidence whose interval ends are one-sided bounds at `confidence`.
+
+    ``one_sided(0.95) == 0.90``: the lower end of a two-sided 90% interval is a 95% lower bound.
+    """
+    _check_open(confidence)
+    return 2.0 * confidence - 1.0
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
+    """Wilson score interval for a proportion; nonzero width even at 0/n and n/n."""
+    if n <= 0:
+        raise EvaluationError(f"Cannot compute an interval for {successes}/{n}: n must be > 0.")
+    if not 0 <= successes <= n:
+        raise EvaluationError(f"successes must lie in [0, n]; got {successes} of {n}.")
+    z = _z(confidence)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    # At 0/n and n/n the near end is the bound itself; set it exactly rather than to ~1e-17.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Interval(low, high)
+
+
+def proportion_stderr(p: float, n: int) -> float:
+    """Binomial standard error sqrt(p(1-p)/n); positive whenever 0 < p < 1."""
+    if n <= 0:
+        raise EvaluationError(f"Cannot compute a standard error with n={n}: n must be > 0.")
+    if not 0.0 <= p <= 1.0:
+        raise EvaluationError(f"A proportion must lie in [0, 1], got {p}.")
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def _binary(values: Sequence[bool | int | float], name: str) -> list[int]:
+    out = []
+    for i, v in enumerate(values):
+        if v not in (0, 1):
+            raise EvaluationError(f"mcnemar_exact needs 0/1 outcomes; {name}[{i}] is {v!r}. "
+                                  "Use paired_bootstrap for a continuous metric.")
+        out.append(int(v))
+    return out
+
+
+def _check_pair(before: Sequence, after: Sequence) -> int:
+    if len(before) != len(after):
+        raise EvaluationError(f"Paired scores must cover the same prompts: before has "
+                              f"{len(before)} values, after has {len(after)}.")
+    if len(before) == 0:
+        raise EvaluationError("Paired scores are empty; evaluate at least one prompt.")
+    return len(before)
+
+
+def _binomial_two_sided(k: int, m: int) -> float:
+    """Exact two-sided p for k successes in m trials at p=0.5: 2 * P(X <= min(k, m-k)), capped."""
+    tail, term = 0, 1  # exact integers: term = C(m, i)
+    for i in range(min(k, m - k) + 1):
+        tail += term
+        term = term * (m - i) // (i + 1)
+    return min(1.0, 2 * tail / 2**m)
+
+
+def mcnemar_exact(before: Sequence[bool | int], after: Sequence[bool | int],
+                  confidence: float = 0.95) -> PairedTest:
+    """Exact McNemar test and an Agresti-Min interval for the paired difference of accuracies.
+
+    The p-value is the exact two-sided binomial test of b against b + c trials at 0.5 (1 when
+    there are no discordant pairs). The interval is Agresti & Min (2005): the Wald interval for
+    paired proportions after adding 1/2 to each cell of the 2x2 table, i.e. centre
+    (c' - b') / n' and variance ((b' + c') - (c' - b')^2 / n') / n'^2 with b' = b + 1/2,
+    c' = c + 1/2, n' = n + 2. The variance is always positive, so the interval is never zero
+    width (not even with no discordant pairs: n agreeing prompts do not prove d = 0). It is
+    clipped to [-1, 1]. `difference` is the unadjusted (c - b) / n.
+    """
+    n = _check_pair(before, after)
+    x, y = _binary(before, "before"), _binary(after, "after")
+    b = sum(1 for u, v in zip(x, y, strict=True) if u and not v)
+    c = sum(1 for u, v in zip(x, y, strict=True) if v and not u)
+    bb, cc, nn = b + 0.5, c + 0.5, n + 2.0
+    centre = (cc - bb) / nn
+    half = _z(confidence) * math.sqrt((bb + cc) - (cc - bb) ** 2 / nn) / nn
+    return PairedTest(test="mcnemar-exact", n=n, before=sum(x) / n, after=sum(y) / n,
+                      difference=(c - b) / n, low=max(-1.0, centre - half),
+                      high=min(1.0, centre + half), confidence=confidence,
+                      p_value=_binomial_two_sided(b, b + c), b=b, c=c)
+
+
+def _finite(values: Sequence[float], name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise EvaluationError(f"{name} has a NaN or infinite score; fix the metric before testing.")
+    return arr
+
+
+def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, iterations: int = 2000,
+                     seed: int = 0, confidence: float = 0.95) -> PairedTest:
+    """Paired bootstrap over prompts of mean(after) - mean(before); deterministic given `seed`.
+
+    Each resample draws n prompt indices with replacement (one numpy Generator seeded with
+    `seed`) and takes the mean per-prompt difference. The interval is the percentile interval
+    of those means. The p-value follows the paired bootstrap of Koehn (2004) / sacrebleu: the
+    smaller share of resamples at or beyond 0 on either side, doubled and capped at 1, with
+    add-one smoothing ((k + 1) / (iterations + 1)) so it is never reported as exactly 0:
+    with B resamples nothing below ~2 / B can be resolved. `b` and `c` are None.
+    """
+    n = _check_pair(before, after)
+    if iterations < 1:
+        raise EvaluationError(f"iterations must be at least 1, got {iterations}.")
+    _check_open(confidence)
+    x, y = _finite(before, "before"), _finite(after, "after")
+    delta = y - x
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BLOCK_CELLS // n)
+    means = np.concatenate([delta[rng.integers(0, n, size=(min(rows, iterations - s), n))]
+                            .mean(axis=1) for s in range(0, iterations, rows)])
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
+    crossing = min(int(np.sum(means <= 0.0)), int(np.sum(means >= 0.0)))
+    p = min(1.0, 2.0 * (crossing + 1) / (iterations + 1))
+    return PairedTest(test="paired-bootstrap", n=n, before=float(x.mean()),
+                      after=float(y.mean()), difference=float(delta.mean()), low=float(low),
+                      high=float(high), confidence=confidence, p_value=p)
+
+
+def paired_test(before: Sequence[float], after: Sequence[float], *, confidence: float = 0.95,
+                iterations: int = 2000, seed: int = 0) -> PairedTest:
+    """McNemar when every score is 0/1 (bool, int or float), else the paired bootstrap."""
+    if all(v in (0, 1) for v in before) and all(v in (0, 1) for v in after):
+        return mcnemar_exact(before, after, confidence=confidence)
+    return paired_bootstrap(before, after, iterations=iterations, seed=seed,
+                            confidence=confidence)
+
+
+def holm(p_values: Mapping[str, float], alpha: float = 0.05) -> dict[str, HolmResult]:
+    """Holm-Bonferroni step-down: monotone adjusted p capped at 1, reject if <= alpha.
+
+    The result keeps the input order; ties in p are broken by name.
+    """
+    _check_open(alpha, "alpha")
+    for name, p in p_values.items():
+        if not 0.0 <= p <= 1.0:
+            raise EvaluationError(f"p-value for {name!r} must lie in [0, 1], got {p}.")
+    m = len(p_values)
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for rank, name in enumerate(sorted(p_values, key=lambda k: (p_values[k], k))):
+        running = max(running, min(1.0, (m - rank) * p_values[name]))
+        adjusted[name] = running
+    return {name: HolmResult(adjusted[name], adjusted[name] <= alpha) for name in p_values}
+
+
+def required_n(p: float, margin: float, confidence: float = 0.95, power: float = 0.8) -> int:
+    """Paired prompts needed to show a drop below `margin` for a binary skill at accuracy p.
+
+    A non-inferiority sample size under a normal approximation, assuming no true change and
+    discordance 2p(1-p), the rate if the two states erred independently. Correlated states
+    disagree less, so this overstates n: read it as "inconclusive: needs n of about X".
+    `confidence` is one-sided (the level of the bound the gate reads), so
+    n = ceil((z_confidence + z_power)^2 * 2p(1-p) / margin^2).
+    """
+    if not 0.0 < p < 1.0:
+        raise EvaluationError(f"required_n needs 0 < p < 1, got {p}: at 0 or 1 the approximation "
+                              "has no variance; pass the end of the accuracy's Wilson interval.")
+    if not 0.0 < margin <= 1.0:
+        raise EvaluationError(f"margin must lie in (0, 1], got {margin}.")
+    _check_open(confidence)
+    _check_open(power, "power")
+    z = _NORMAL.inv_cdf(confidence) + _NORMAL.inv_cdf(power)
+    return math.ceil(z * z * 2.0 * p * (1.0 - p) / margin**2)
