@@ -37,7 +37,11 @@ class Skill(Record):
     description: Mapped[str] = mapped_column(sa.Text, default="")
     data_uri: Mapped[str | None] = mapped_column(sa.Text)
     data_sha256: Mapped[str | None] = mapped_column(DIGEST)
-    suite: Mapped[str] = mapped_column(sa.String(256))
+    # lm-eval task YAML paths or task names, comma-separated (skillstore.evaluation.suites).
+    suite: Mapped[str] = mapped_column(sa.Text)
+    # The held-out split made from a plain JSONL (seed, sizes, blob digests of both halves);
+    # None when the user brought their own suite or the data has its own test file.
+    heldout: Mapped[dict | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -234,6 +238,8 @@ class EvalResult(Record):
     stderr: Mapped[float | None]
     n: Mapped[int]
     lm_eval_version: Mapped[str] = mapped_column(sa.String(32))
+    # Blob of the per-sample outcomes (JSON: doc id -> value), for paired tests across states.
+    samples_digest: Mapped[str | None] = mapped_column(DIGEST)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
