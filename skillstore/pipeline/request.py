@@ -68,9 +68,16 @@ class LearnRequest(BaseModel):
         if self.method in ("distill", "dpo") and self.source is None:
             raise ValueError(f"method {self.method!r} learns from a source model; "
                              "name one with --source NAME")
-        if self.method == "sft" and self.source is not None:
-            raise ValueError("method 'sft' trains on the skill's own answers and reads no source; "
-                             "drop --source or use --method distill")
+        if self.method == "sft":  # settings of the source's answers would go unread
+            unread = [flag for flag, set_ in (
+                ("--source", self.source is not None),
+                ("--distill-prompts", self.distill_prompts is not None),
+                ("--no-verify", not self.verify),
+                ("--generation", self.generation != GenerationConfig())) if set_]
+            if unread:
+                raise ValueError(f"method 'sft' trains on the skill's own answers and reads no "
+                                 f"source, so {', '.join(unread)} would be ignored; drop it or "
+                                 "use --method distill")
         return self
 
     @classmethod
@@ -91,8 +98,8 @@ class LearnRequest(BaseModel):
             raise RequestError("DPO settings were given but the method is not dpo; "
                                "pass --method dpo or drop them.", "dpo")
         doc["dpo"] = stages["dpo"]
-        doc["generation"] = {**(generation or {}),
-                             **({"seed": seed} if seed is not None else {})}
+        doc["generation"] = {**(generation or {}), **(
+            {"seed": seed} if seed is not None and doc.get("method", "sft") != "sft" else {})}
         return parse_request(doc)
 
 
