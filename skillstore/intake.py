@@ -7,9 +7,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from .catalog import BaseCheckpoint, add_skill, create_pack, get_base, get_skill
+from .curriculum.validate import validate_dataset
 from .errors import ConfigError, FingerprintMismatchError, NotFoundError
+from .evaluation.suites import normalise_suite
+from .fingerprint import fingerprint_checkpoint, fingerprint_tokenizer
+from .heldout import plan_suite, split_dataset, write_suite
+from .packs.format import read_pack
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*"]
@@ -64,8 +71,6 @@ def architecture_of(folder: Path) -> str:
 def checkpoint_info(path_or_id: str, *, allow_hub: bool = True) -> CheckpointInfo:
     """Hash a checkpoint's weights and tokenizer (a source without a tokenizer is allowed here;
     a job that needs it refuses it)."""
-    from .fingerprint import fingerprint_checkpoint, fingerprint_tokenizer
-
     folder, uri = checkpoint_dir(path_or_id, allow_hub=allow_hub)
     architecture = architecture_of(folder)
     fingerprint = fingerprint_checkpoint(folder)
@@ -77,23 +82,47 @@ def checkpoint_info(path_or_id: str, *, allow_hub: bool = True) -> CheckpointInf
 
 
 def register_skill_dataset(session: Session, blobs, *, name: str, data: Path, suite: str = "",
-                           description: str = "", data_uri: str | None = None, store: bool = True):
+                           description: str = "", data_uri: str | None = None, store: bool = True,
+                           suites_dir: str | Path | None = None, seed: int | None = None,
+                           test_size: int | None = None, metric: str | None = None):
     """Validate a JSONL dataset (DatasetError names the line), store it as a blob, add the skill.
 
     ``data_uri`` is what the catalog records as the data's location (default: the file itself).
     ``suite`` is read as skillstore.evaluation.suites reads it: task YAML paths (checked, made
-    absolute) or task names (default: the skill's name).
+    absolute) or task names. Without one, a held-out test split of the rows (``seed``,
+    ``test_size``, ``metric``: skillstore.heldout) becomes the skill's suite, a task YAML under
+    ``suites_dir``, recorded in ``skill.heldout``; jobs train on the other rows only.
     """
-    from .catalog import add_skill
-    from .curriculum.validate import validate_dataset
-    from .evaluation.suites import normalise_suite
-
-    suite = normalise_suite(suite or name)  # a missing task YAML fails before anything is stored
-    summary = validate_dataset(data)  # every line, before anything is stored
-    digest = blobs.put_file(data) if store else summary.sha256
-    return add_skill(session, name=name, suite=suite, description=description,
-                     data_uri=data_uri if data_uri is not None else str(Path(data).resolve()),
-                     data_sha256=digest)
+    split_options = {"seed": seed, "test_size": test_size, "metric": metric}
+    given = [k for k, v in split_options.items() if v is not None]
+    if suite:
+        if given:
+            flag = given[0].replace("_", "-")
+            raise ConfigError(f"{given[0]} (--{flag}) sets the held-out split that skill "
+                              f"{name!r} would get without a suite; drop it or drop the suite.")
+        suite = normalise_suite(suite)  # a missing task YAML fails before anything is stored
+        summary = validate_dataset(data)  # every line, before anything is stored
+        digest = blobs.put_file(data) if store else summary.sha256
+        return add_skill(session, name=name, suite=suite, description=description,
+                         data_uri=data_uri if data_uri is not None else str(Path(data).resolve()),
+                         data_sha256=digest)
+    if suites_dir is None:
+        raise ConfigError(f"Skill {name!r} has no suite and no folder to write a held-out one "
+                          "to; pass the suite's task YAML.")
+    summary = validate_dataset(data)
+    split = split_dataset(data, **{k: split_options[k] for k in given})
+    plan = plan_suite(suites_dir, name, split)
+    row = add_skill(session, name=name, suite=str(plan.yaml_path), description=description,
+                    data_uri=data_uri if data_uri is not None else str(Path(data).resolve()),
+                    data_sha256=summary.sha256, heldout=plan.record())
+    # Written only once the catalog took the name: a refused skill leaves no suite folder.
+    if store:
+        blobs.put_file(data)
+    record = write_suite(blobs, plan)
+    if row.heldout != record:
+        row.heldout = record
+        session.flush()
+    return row
 
 
 def _codecs_by_role(manifest: dict) -> dict[str, list[str]]:
@@ -111,11 +140,6 @@ def import_pack_file(session: Session, blobs, path: Path, *, skill: str, base: s
     fingerprint must be the named base's (or, with no base named, a registered one's) before the
     blob is stored or a row is written: a refused file changes nothing.
     """
-    import sqlalchemy as sa
-
-    from .catalog import BaseCheckpoint, create_pack, get_base, get_skill
-    from .packs.format import read_pack
-
     pack_file = read_pack(path)  # CorruptPackError for truncated, altered or foreign files
     skill_row = get_skill(session, skill)
     fingerprint = pack_file.base_fingerprint

@@ -8,6 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalog.schema import JobStatus, PackStatus
+from ..curriculum.lmeval import METRICS
 from .params import NAME_PATTERN
 
 T = TypeVar("T")
@@ -37,8 +38,17 @@ class SkillIn(Body):
                       description="JSONL dataset on the server.")
     suite: str = Field(default="", max_length=4096, pattern=PATH_PATTERN.replace("+", "*"),
                        description="The lm-eval suite that measures it: task YAML paths on the "
-                                   "server or task names, comma-separated (default: the name).")
+                                   "server or task names, comma-separated. Without one, a "
+                                   "held-out test split of the rows becomes its suite.")
     description: str = Field(default="", max_length=2000)
+    seed: int | None = Field(default=None, ge=0, description="Seed of the held-out split "
+                                                             "(default 0; no suite only).")
+    test_size: int | None = Field(default=None, ge=1, description=(
+        "Rows held out for the test split (default: enough to see a 5-point drop at 80% "
+        "accuracy, at most a fifth of the rows; no suite only)."))
+    metric: Literal[METRICS] | None = Field(
+        default=None, description="How the held-out task scores an answer (default "
+                                  "exact_match; no suite only).")
 
 
 class JobIn(Body):
@@ -114,6 +124,10 @@ class SkillOut(Out):
     suite: str
     data_uri: str | None
     data_sha256: str | None
+    heldout: dict | None = Field(
+        default=None, description="The held-out split its suite was made from (seed, sizes, "
+                                  "blob digests of both halves, metric, suite version); null "
+                                  "when the skill was registered with its own suite.")
     created_at: datetime
 
 

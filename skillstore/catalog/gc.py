@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..blobstore import BlobInfo, BlobStore
-from .models import ModelState, Promotion, Skill, SkillPack
+from .models import EvalResult, ModelState, Promotion, Skill, SkillPack
 
 # Every column that may hold a blob digest. A later table that stores digests adds itself here.
 BLOB_REFERENCES = (
@@ -17,7 +17,10 @@ BLOB_REFERENCES = (
     ModelState.router_blob_digest,
     Skill.data_sha256,
     Promotion.report_ref,
+    EvalResult.samples_digest,
 )
+# Keys of a skill's held-out record (skills.heldout) that name blobs: the halves of its data.
+HELDOUT_REFERENCES = ("train_sha256", "test_sha256")
 
 
 @dataclass
@@ -39,6 +42,9 @@ def referenced_digests(session: Session) -> set[str]:
     for column in BLOB_REFERENCES:
         q = sa.select(column).where(column.is_not(None)).distinct()
         refs.update(v for v in session.scalars(q) if v)
+    for heldout in session.scalars(sa.select(Skill.heldout)):  # JSON: filtered in Python
+        if isinstance(heldout, dict):
+            refs.update(heldout[k] for k in HELDOUT_REFERENCES if heldout.get(k))
     return refs
 
 

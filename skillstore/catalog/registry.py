@@ -75,8 +75,11 @@ def list_bases(session: Session) -> list[BaseCheckpoint]:
 
 
 def add_skill(session: Session, *, name: str, suite: str, description: str = "",
-              data_uri: str | None = None, data_sha256: str | None = None) -> Skill:
-    """Add a skill; adding the same definition again returns the existing row."""
+              data_uri: str | None = None, data_sha256: str | None = None,
+              heldout: dict | None = None) -> Skill:
+    """Add a skill; adding the same definition again returns the existing row.
+
+    ``heldout`` records the held-out split its suite was made from (skillstore.heldout)."""
     check_name("skill", name)
     existing = session.scalar(sa.select(Skill).where(Skill.name == name))
     if existing is not None:
@@ -86,7 +89,9 @@ def add_skill(session: Session, *, name: str, suite: str, description: str = "",
         raise ConfigError(f"Skill {name!r} already exists with another suite or data; "
                           "pick another name.")
     row = Skill(name=name, suite=suite, description=description, data_uri=data_uri,
-                data_sha256=data_sha256)
+                data_sha256=data_sha256,
+                # Left unset rather than None: a JSON column would store None as JSON null.
+                **({"heldout": heldout} if heldout else {}))
     session.add(row)
     session.flush()
     return row

@@ -13,7 +13,8 @@ def base_dict(b: BaseCheckpoint) -> dict:
 
 def skill_dict(s: Skill) -> dict:
     return {"id": s.id, "name": s.name, "description": s.description, "suite": s.suite,
-            "data_uri": s.data_uri, "data_sha256": s.data_sha256, "created_at": s.created_at}
+            "data_uri": s.data_uri, "data_sha256": s.data_sha256, "heldout": s.heldout,
+            "created_at": s.created_at}
 
 
 def pack_dict(p: SkillPack) -> dict:
@@ -57,4 +58,4 @@ def eval_dict(r: EvalResult) -> dict:
     return {"id": r.id, "state_id": r.state_id, "skill_id": r.skill_id, "suite": r.suite,
             "suite_version": r.suite_version, "task": r.task, "metric": r.metric,
             "value": r.value, "stderr": r.stderr, "n": r.n, "lm_eval_version": r.lm_eval_version,
-            "created_at": r.created_at}
+            "samples_digest": r.samples_digest, "created_at": r.created_at}

@@ -1,4 +1,4 @@
-"""lm-eval task YAML for a skill: generate_until with exact match over local JSONL files."""
+"""lm-eval task YAML for a skill over local JSONL files: exact match, a number or a likelihood."""
 
 from __future__ import annotations
 
@@ -8,10 +8,52 @@ from pathlib import Path
 #: Bump when the task definition changes, so cached evaluation results are not reused.
 TASK_VERSION = 1
 MAX_GEN_TOKS = 16
+#: How a task scores an answer (`skillstore skill add --metric`): the generated text equal to
+#: the answer; the first number in the generated text equal to the first in the answer (the
+#: test rows carry it as ``number``); or the answer as the model's greedy continuation, from
+#: its log-likelihood (lm-eval's ``acc``).
+METRICS = ("exact_match", "number", "loglikelihood")
+#: The number a ``number`` task compares: the first match, in the answer and in the output.
+NUMBER_PATTERN = r"-?\d+(?:[.,]\d+)*"
 
 
-def task_yaml_text(task: str, data_files: dict[str, Path]) -> str:
-    """The YAML of one lm-eval task reading the given split files through ``dataset_path: json``.
+def _generation(q, max_gen_toks: int) -> list[str]:
+    return [
+        "output_type: generate_until",
+        "num_fewshot: 0",
+        'doc_to_text: "{{prompt}}"',
+        'doc_to_target: "{{answer}}"',
+        'target_delimiter: ""',
+        "generation_kwargs:",
+        f"  until: [{q(chr(10))}]",
+        "  do_sample: false",
+        f"  max_gen_toks: {max_gen_toks}",
+    ]
+
+
+def _scoring(metric: str, q, max_gen_toks: int) -> list[str]:
+    if metric == "exact_match":
+        return [*_generation(q, max_gen_toks), "metric_list:", "  - metric: exact_match"]
+    if metric == "number":
+        # The pipeline is named "none" on purpose: its scores then read as plain `exact_match`,
+        # the headline metric every suite reports (skillstore.evaluation.scores).
+        lines = [line.replace('"{{answer}}"', '"{{number}}"')
+                 for line in _generation(q, max_gen_toks)]
+        return [*lines, "filter_list:", "  - name: none", "    filter:",
+                "      - function: regex", f"        regex_pattern: {q(NUMBER_PATTERN)}",
+                "        group_select: 0", "      - function: take_first",
+                "metric_list:", "  - metric: exact_match"]
+    if metric == "loglikelihood":
+        return ["output_type: loglikelihood", "num_fewshot: 0", 'doc_to_text: "{{prompt}}"',
+                'doc_to_target: "{{answer}}"', 'target_delimiter: ""',
+                "metric_list:", "  - metric: acc"]
+    raise ValueError(f"Unknown task metric {metric!r}; use one of {', '.join(METRICS)}.")
+
+
+def task_yaml_text(task: str, data_files: dict[str, Path], metric: str = "exact_match",
+                   max_gen_toks: int = MAX_GEN_TOKS) -> str:
+    """The YAML of one lm-eval task reading the given split files through ``dataset_path: json``,
+    scored by ``metric`` (one of METRICS), generating at most ``max_gen_toks`` tokens.
 
     Values are written as JSON scalars (valid YAML) so paths and the newline stop string
     survive any quoting.
@@ -30,17 +72,7 @@ def task_yaml_text(task: str, data_files: dict[str, Path]) -> str:
         lines.append("validation_split: validation")
     lines += [
         f"test_split: {'test' if 'test' in data_files else next(iter(data_files))}",
-        "output_type: generate_until",
-        "num_fewshot: 0",
-        'doc_to_text: "{{prompt}}"',
-        'doc_to_target: "{{answer}}"',
-        'target_delimiter: ""',
-        "generation_kwargs:",
-        f"  until: [{q(chr(10))}]",
-        "  do_sample: false",
-        f"  max_gen_toks: {MAX_GEN_TOKS}",
-        "metric_list:",
-        "  - metric: exact_match",
+        *_scoring(metric, q, max_gen_toks),
         "    aggregation: mean",
         "    higher_is_better: true",
         "metadata:",
@@ -49,10 +81,11 @@ def task_yaml_text(task: str, data_files: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_task_yaml(tasks_dir: str | Path, task: str, data_files: dict[str, Path]) -> Path:
+def write_task_yaml(tasks_dir: str | Path, task: str, data_files: dict[str, Path],
+                    metric: str = "exact_match", max_gen_toks: int = MAX_GEN_TOKS) -> Path:
     """Write ``<tasks_dir>/<task>.yaml``; lm-eval finds it with
     ``TaskManager(include_path=tasks_dir)``."""
     out = Path(tasks_dir) / f"{task}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(task_yaml_text(task, data_files), encoding="utf-8")
+    out.write_text(task_yaml_text(task, data_files, metric, max_gen_toks), encoding="utf-8")
     return out

@@ -54,6 +54,12 @@ def _check_row(row: object, fields: tuple[str, ...], where: str) -> None:
 
 def iter_rows(path: str | Path, kind: str = "sft"):
     """Yield the validated rows of a JSONL file (blank lines are skipped)."""
+    for _, row in iter_numbered_rows(path, kind):
+        yield row
+
+
+def iter_numbered_rows(path: str | Path, kind: str = "sft"):
+    """Yield (line number, row) for the validated rows of a JSONL file (blank lines skipped)."""
     fields = _fields_for(kind)
     p = Path(path)
     if not p.is_file():
@@ -79,7 +85,7 @@ def iter_rows(path: str | Path, kind: str = "sft"):
                     "write exactly one JSON object per line."
                 ) from None
             _check_row(row, fields, where)
-            yield row
+            yield lineno, row
 
 
 def load_rows(path: str | Path, kind: str = "sft") -> list[dict]:

@@ -2,10 +2,11 @@
 
 A skill's ``suite`` is a comma-separated list of lm-eval tasks, each given as either
 
-* the path of its task YAML (what the zoo registers, and what `skillstore skill add --suite
-  PATH/TO/TASK.yaml` records, made absolute): it resolves on its own; or
-* a task name (the default `skill add` records is the skill's name): it is defined by a YAML
-  under a tasks folder that the caller names (`--tasks-dir`), and fails clearly without one.
+* the path of its task YAML (what the zoo registers, what `skillstore skill add --suite
+  PATH/TO/TASK.yaml` records, made absolute, and what `skill add` without a suite writes for a
+  held-out split: skillstore.heldout): it resolves on its own; or
+* a task name (`skill add --suite NAME`): it is defined by a YAML under a tasks folder that the
+  caller names (`--tasks-dir`), and fails clearly without one.
 
 The base's general suite is a task YAML too: the one a learning request names, else
 ``skillstore_general.yaml`` beside the skills' YAML (the zoo curriculum writes it there).

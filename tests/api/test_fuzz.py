@@ -62,7 +62,8 @@ def fuzz_workspace():
     try:
         init_workspace(SETTINGS).close()
         with TestClient(APP) as client:
-            r = client.post("/skills/upload", headers=AUTH, data={"name": "fuzzed"},
+            r = client.post("/skills/upload", headers=AUTH,
+                            data={"name": "fuzzed", "suite": "fuzzed"},
                             files={"data": ("d.jsonl", b'{"prompt": "a", "answer": "b"}\n')})
             assert r.status_code == 201, r.text
             yield

@@ -72,7 +72,7 @@ def test_oversized_upload_is_413_and_stores_nothing(api, tmp_path):
                           json={"name": "big", "path": "/x", "description": "d" * 5000})
     assert big_json.status_code == 413
     assert api.snapshot() == before
-    fits = small.post("/skills/upload", headers=AUTH, data={"name": "fits"},
+    fits = small.post("/skills/upload", headers=AUTH, data={"name": "fits", "suite": "fits"},
                       files={"data": ("fits.jsonl", row.encode())})
     assert fits.status_code == 201, fits.text  # the limit, not uploads, refused the first
 

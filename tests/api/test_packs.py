@@ -20,7 +20,7 @@ def world(api, tiny_world, fake_base):
                   ).status_code == 201
     packs = {}
     for skill, path in sorted(tiny_world.packs.items()):
-        assert c.post("/skills/upload", headers=AUTH, data={"name": skill},
+        assert c.post("/skills/upload", headers=AUTH, data={"name": skill, "suite": skill},
                       files={"data": ("d.jsonl", DATA)}).status_code == 201
         r = c.post("/packs", headers=AUTH, data={"skill": skill, "base": "tiny"},
                    files={"file": (path.name, path.read_bytes())})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import AUTH, write
@@ -36,7 +38,7 @@ def test_register_skill_by_upload_and_by_path(api, tmp_path):
     data = write(tmp_path / "arith.jsonl", '{"prompt": "1+1=", "answer": "2"}\n'
                                            '{"prompt": "2+2=", "answer": "4"}\n')
     r = api.client.post("/skills/upload", headers=AUTH,
-                        data={"name": "arith", "description": "sums"},
+                        data={"name": "arith", "description": "sums", "suite": "arith"},
                         files={"data": ("arith.jsonl", data.read_bytes())})
     assert r.status_code == 201, r.text
     skill = r.json()
@@ -95,4 +97,32 @@ def test_empty_dataset_upload_is_refused(api):
     blank = api.client.post("/skills/upload", headers=AUTH, data={"name": "blank"},
                             files={"data": ("blank.jsonl", b"\n\n")})
     assert blank.status_code == 422 and "has no rows" in blank.json()["error"]["message"]
+    assert api.snapshot() == before
+
+
+def _successor(n: int) -> bytes:
+    return "".join(json.dumps({"prompt": f"After {k} comes", "answer": f" {k + 1}"}) + "\n"
+                   for k in range(100, 100 + n)).encode()
+
+
+def test_a_skill_without_a_suite_gets_a_held_out_split(api, tmp_path):
+    r = api.client.post("/skills/upload", headers=AUTH, data={"name": "succ", "seed": "2"},
+                        files={"data": ("succ.jsonl", _successor(300))})
+    assert r.status_code == 201, r.text
+    skill = r.json()
+    assert skill["heldout"]["seed"] == 2 and skill["heldout"]["n_test"] == 60
+    assert skill["suite"].endswith("skillstore_succ.yaml")
+    data = write(tmp_path / "succ.jsonl", _successor(300).decode())
+    by_path = api.client.post("/skills", headers=AUTH, json={
+        "name": "succ2", "path": str(data), "test_size": 100, "metric": "number"})
+    assert by_path.status_code == 201, by_path.text
+    assert by_path.json()["heldout"]["n_test"] == 100
+    assert by_path.json()["heldout"]["metric"] == "number"
+    before = api.snapshot()
+    few = api.client.post("/skills/upload", headers=AUTH, data={"name": "few"},
+                          files={"data": ("few.jsonl", _successor(120))})
+    assert few.status_code == 422 and few.json()["error"]["message"].startswith("few.jsonl: ")
+    both = api.client.post("/skills", headers=AUTH, json={
+        "name": "both", "path": str(data), "suite": "both", "seed": 1})
+    assert both.status_code == 400 and "seed (--seed)" in both.json()["error"]["message"]
     assert api.snapshot() == before

@@ -90,7 +90,8 @@ def test_base_and_skill_registration(ready, capsys, checkpoint, tmp_path):
 
     data = tmp_path / "arith.jsonl"
     data.write_text('{"prompt": "1+1=", "answer": "2"}\n')  # the format skill add checks
-    code, out, _ = run(capsys, "skill", "add", "arith", "--data", str(data), "--json")
+    code, out, _ = run(capsys, "skill", "add", "arith", "--data", str(data), "--suite", "arith",
+                       "--json")
     assert code == 0
     skill = json.loads(out)
     assert skill["suite"] == "arith" and skill["data_sha256"].startswith("sha256:")

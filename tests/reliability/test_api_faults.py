@@ -14,7 +14,8 @@ DATA = b'{"prompt": "1+1=", "answer": "2"}\n'
 DURING_OUTAGE = [
     ("GET", "/packs", {}), ("GET", "/jobs", {}), ("GET", "/states", {}), ("GET", "/bases", {}),
     ("GET", "/skills/sums", {}), ("GET", "/packs/1/lineage", {}), ("GET", "/states/1/report", {}),
-    ("POST", "/skills/upload", {"data": {"name": "during"}, "files": {"data": ("d.jsonl", DATA)}}),
+    ("POST", "/skills/upload", {"data": {"name": "during", "suite": "during"},
+                                "files": {"data": ("d.jsonl", DATA)}}),
     ("POST", "/jobs", {"json": {"skill": "sums", "base": "ghost"}}),
     ("POST", "/packs/1/promote", {"json": {"reason": "outage"}}),
     ("POST", "/jobs/1/cancel", {}),
@@ -38,7 +39,8 @@ def test_api_answers_503_while_the_database_is_down(outage_db, tmp_path, figures
         "database_url": outage_db.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")})
     try:
         with TestClient(create_api(via_proxy)) as client:
-            up = client.post("/skills/upload", headers=AUTH, data={"name": "sums"},
+            up = client.post("/skills/upload", headers=AUTH,
+                             data={"name": "sums", "suite": "sums"},
                              files={"data": ("d.jsonl", DATA)})
             assert up.status_code == 201, up.text
             blobs_before = sorted((tmp_path / "ws" / "blobs").rglob("*"))

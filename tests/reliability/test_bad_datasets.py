@@ -68,7 +68,8 @@ def test_skill_add_accepts_the_good_file(ready, tmp_path, capsys):
     """The control: the same command registers a well-formed file, and stores it once."""
     data = tmp_path / "good.jsonl"
     data.write_text(GOOD + "\n")
-    code, out, err = cli(capsys, "skill", "add", "arith", "--data", str(data), "--json")
+    code, out, err = cli(capsys, "skill", "add", "arith", "--data", str(data), "--suite",
+                         "arith", "--json")
     assert code == 0, err
     assert json.loads(out)["name"] == "arith"
     assert len(tree_files(ready.settings.home / "blobs")) == 1

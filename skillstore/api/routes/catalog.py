@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from ...catalog import get_base, get_skill, list_bases, list_skills, register_base
 from ...catalog.serialize import base_dict, skill_dict
+from ...curriculum.lmeval import METRICS
 from ..context import ApiContext
 from ..params import NAME_PATTERN, Ref
 from ..params import PageParams as PageQ
@@ -59,8 +60,16 @@ def add_skill(body: SkillIn, ctx: Ctx) -> dict:
     data = ctx.server_path(body.path, "dataset")
     suite = _suite_paths(ctx, body.suite)
     with ctx.session() as session:
-        return skill_dict(register_skill_dataset(session, ctx.blobs, name=body.name, data=data,
-                                                 suite=suite, description=body.description))
+        return skill_dict(register_skill_dataset(
+            session, ctx.blobs, name=body.name, data=data, suite=suite,
+            description=body.description, suites_dir=_suites_dir(ctx), seed=body.seed,
+            test_size=body.test_size, metric=body.metric))
+
+
+def _suites_dir(ctx: ApiContext):
+    from ...heldout import SUITES_DIR
+
+    return ctx.settings.home / SUITES_DIR
 
 
 def _suite_paths(ctx: ApiContext, suite: str) -> str:
@@ -78,14 +87,19 @@ async def upload_skill(
     data: Annotated[UploadFile, File(description="The JSONL dataset.")],
     suite: Annotated[str, Form(max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")] = "",
     description: Annotated[str, Form(max_length=2000)] = "",
+    seed: Annotated[int | None, Form(ge=0)] = None,
+    test_size: Annotated[int | None, Form(ge=1)] = None,
+    metric: Annotated[Literal[METRICS] | None, Form()] = None,
 ) -> dict:
-    """Register a skill with an uploaded JSONL dataset (validated line by line, then stored)."""
+    """Register a skill with an uploaded JSONL dataset (validated line by line, then stored);
+    without a suite, a held-out split of it (seed, test_size, metric) becomes its suite."""
+    split = {"seed": seed, "test_size": test_size, "metric": metric}
     return await run_in_threadpool(_upload_skill, ctx, name, data, _suite_paths(ctx, suite),
-                                   description)
+                                   description, split)
 
 
 def _upload_skill(ctx: ApiContext, name: str, data: UploadFile, suite: str,
-                  description: str) -> dict:
+                  description: str, split: dict) -> dict:
     from ...errors import DatasetError
     from ...fingerprint import sha256_file
     from ...intake import register_skill_dataset
@@ -98,7 +112,8 @@ def _upload_skill(ctx: ApiContext, name: str, data: UploadFile, suite: str,
         uri = where if blobs.local else blobs.fs.unstrip_protocol(where)
         try:
             row = register_skill_dataset(session, blobs, name=name, data=path, suite=suite,
-                                         description=description, data_uri=uri)
+                                         description=description, data_uri=uri,
+                                         suites_dir=_suites_dir(ctx), **split)
         except DatasetError as exc:  # name the uploaded file, not the scratch copy
             raise DatasetError(str(exc).replace(str(path), label)) from None
         return skill_dict(row)
