@@ -147,14 +147,31 @@ def _check_suites(skill: Skill, request: LearnRequest) -> None:
     if request.general_suite and not Path(request.general_suite).is_file():
         raise NotFoundError(f"General suite YAML {request.general_suite!r} does not exist; "
                             "pass the path of an lm-eval task YAML.")
-    general_suite(request.general_suite, beside=[skill_suite(skill)])
+    try:
+        suite = skill_suite(skill)
+    except NotFoundError:  # a bare task name: a job has no tasks folder to find it in
+        raise NotFoundError(
+            f"Skill {skill.name!r} has suite {skill.suite!r}, which names no task YAML a job "
+            "can find; register the skill again with --suite PATH/TO/TASK.yaml, or with only "
+            "--data to get a held-out suite made for it.") from None
+    general_suite(request.general_suite, beside=[suite])
+
+
+def _check_gate(session: Session, request: LearnRequest) -> None:
+    """A per-skill threshold must name a registered skill: a typo would silently not apply."""
+    for name in request.gate.per_skill:
+        try:
+            get_skill(session, name)
+        except NotFoundError as exc:
+            raise NotFoundError(f"Gate policy per_skill: {exc}") from None
 
 
 def check_request(session: Session, request: LearnRequest) -> tuple[Skill, BaseCheckpoint]:
     """(skill, base) rows of a request whose every reference resolves; else one-line errors:
     an unknown skill, base or source, a skill without data, a source with no tokenizer, a policy
-    that does not parse, a general suite that is not there."""
+    that does not parse, a general suite that is not there, a gate threshold for no skill."""
     skill, base = get_skill(session, request.skill), get_base(session, request.base)
+    _check_gate(session, request)
     _check_data(skill)
     _check_policy(request)
     _check_suites(skill, request)

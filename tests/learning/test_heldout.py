@@ -198,7 +198,7 @@ def test_learn_accepts_a_heldout_skill_and_refuses_a_bare_task_name(catalog, tmp
                       fingerprint="sha256:" + "0" * 64)
         skill, _ = check_request(s, LearnRequest.build("successor", "b"))
         assert skill.name == "successor"
-        with pytest.raises(NotFoundError, match="'named' but no tasks folder was given"):
+        with pytest.raises(NotFoundError, match="names no task YAML a job can find"):
             check_request(s, LearnRequest.build("named", "b"))
 
 
