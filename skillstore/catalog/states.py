@@ -129,11 +129,12 @@ def advance_head(session: Session, base_id: int, state_id: int, *,
 
 def record_eval_result(session: Session, *, state_id: int, suite: str, suite_version: str,
                        task: str, metric: str, value: float, stderr: float | None, n: int,
-                       lm_eval_version: str, skill_id: int | None = None) -> EvalResult:
+                       lm_eval_version: str, skill_id: int | None = None,
+                       samples_digest: str | None = None) -> EvalResult:
     row = EvalResult(state_id=state_id, skill_id=skill_id, suite=suite, suite_version=suite_version,
                      task=task, metric=metric, value=float(value),
                      stderr=None if stderr is None else float(stderr), n=int(n),
-                     lm_eval_version=lm_eval_version)
+                     lm_eval_version=lm_eval_version, samples_digest=samples_digest)
     session.add(row)
     session.flush()
     return row

@@ -114,7 +114,7 @@ def _html_report(catalog, settings: Settings, naive: dict):
         head = current_head(s, get_base(s, BASE).id)
         if head is None:
             return None
-        data = build_report(s, state=get_state(s, head.state_id))
+        data = build_report(s, state=get_state(s, head.state_id), blobs=catalog.blobs)
     data.title = "skillstore demo: the promoted SkillPack state"
     if naive.get("metrics"):
         data.baselines["naive sequential fine-tuning"] = {

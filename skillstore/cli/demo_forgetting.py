@@ -44,7 +44,7 @@ def routed_matrix(session: Session, settings, base, *, limit: int | None = None)
         state = get_state(session, state_id)
         evaluate_state(session, state, suites,
                        state_loader(model, tok, load_view(session, state), store, cache_dir=cache),
-                       batch_size=EVAL_BATCH, limit=limit)
+                       batch_size=EVAL_BATCH, limit=limit, blobs=store)
     session.commit()  # the eval table is a cache shared with the jobs
     m = accuracy_matrix(session, final, suites, limit=limit)
     return {"skills": m.skills, "accuracy_matrix": m.matrix, "states": m.states,

@@ -131,7 +131,8 @@ def state_eval(ref: str = typer.Argument(..., help="State id or fingerprint."),
         load = state_loader(model, tok, view, catalog.blobs,
                             cache_dir=catalog.settings.home / "cache")
         rows = [eval_dict(r) for r in evaluate_state(session, state, suites, load,
-                                                     batch_size=batch_size, limit=limit)]
+                                                     batch_size=batch_size, limit=limit,
+                                                     blobs=catalog.blobs)]
     print_rows(rows, ["suite", "task", "metric", "value", "stderr", "n"], as_json=as_json,
                title=f"State {ref} results",
                empty=f"State {ref} has no suite to evaluate: it holds no packs and no general "
@@ -150,9 +151,9 @@ def report(state: str | None = typer.Option(None, "--state", help="State id or f
 
     if (state is None) == (pack is None):
         raise ConfigError("Give exactly one of --state and --pack.")
-    with workspace_session() as (_, session):
+    with workspace_session() as (catalog, session):
         data = build_report(session, state=get_state(session, state) if state else None,
-                            pack=get_pack(session, pack) if pack else None)
+                            pack=get_pack(session, pack) if pack else None, blobs=catalog.blobs)
         text = render_report(data, fmt)
     if out is None:
         typer.echo(text, nl=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ Loader = Callable[[Suite], AbstractContextManager[tuple[object, object]]]
 Runner = Callable[..., list[TaskResult]]
 
 
+def samples_bytes(samples: dict[str, float]) -> bytes:
+    """The blob of one result's per-sample scores: canonical JSON {doc id: score}."""
+    return json.dumps(samples, sort_keys=True, separators=(",", ":")).encode()
+
+
+def read_samples(blobs, digest: str) -> dict[str, float]:
+    """The per-sample scores an eval row's ``samples_digest`` names (verified by the store)."""
+    return {str(k): float(v) for k, v in json.loads(blobs.get_bytes(digest)).items()}
+
+
 def cache_version(suite: Suite, limit: int | None = None) -> str:
     """The suite version a result is stored under; a sample limit is part of it, so a quick
     run on a subset never stands in for a full one."""
@@ -62,10 +73,12 @@ def missing_tasks(session, state_id: int, suite: Suite, limit: int | None = None
 
 def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Loader, *,
                    runner: Runner = run_tasks, batch_size: int = 16,
-                   limit: int | None = None) -> list[EvalResult]:
+                   limit: int | None = None, blobs=None) -> list[EvalResult]:
     """Evaluate ``state`` on every suite, running lm-eval only on (task, suite version) pairs
     the eval table does not hold for this state; returns all rows, cached and new.
 
+    With a blob store, each new row of a mean metric keeps its per-sample scores as a blob
+    (``samples_digest``), which paired tests between states read; without one they are lost.
     Rows are flushed, not committed: the caller's transaction decides.
     """
     version = lm_eval_version()
@@ -79,7 +92,9 @@ def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Lo
         session.add_all(
             EvalResult(state_id=state.id, skill_id=suite.skill_id, suite=suite.name,
                        suite_version=cache_version(suite, limit), task=r.task, metric=r.metric,
-                       value=r.value, stderr=r.stderr, n=r.n, lm_eval_version=version)
+                       value=r.value, stderr=r.stderr, n=r.n, lm_eval_version=version,
+                       samples_digest=(blobs.put_bytes(samples_bytes(r.samples))
+                                       if blobs is not None and r.samples else None))
             for r in results
         )
         session.flush()

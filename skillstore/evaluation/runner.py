@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import numbers
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 from ..errors import EvaluationError, NotFoundError
+from .stats import proportion_stderr
 
 TASK_LINE = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
 DATA_PATH = re.compile(r"[\"\']?(/[^\"\'\n]+\.jsonl?)[\"\']?")
@@ -18,13 +22,18 @@ DATA_PATH = re.compile(r"[\"\']?(/[^\"\'\n]+\.jsonl?)[\"\']?")
 
 @dataclass(frozen=True)
 class TaskResult:
-    """One metric of one lm-eval task: value, stderr (None when lm-eval gives none) and n."""
+    """One metric of one lm-eval task: value, stderr (None when unknown) and n.
+
+    ``samples`` maps each doc id (as a string) to its score when the metric is a mean over
+    samples (exact_match, acc); None for other aggregations (perplexity).
+    """
 
     task: str
     metric: str
     value: float
     stderr: float | None
     n: int
+    samples: dict[str, float] | None = None
 
 
 def yaml_task(path: Path) -> str | None:
@@ -72,24 +81,56 @@ def lm_eval_version() -> str:
     return version("lm_eval")
 
 
+def per_sample(logged: Sequence[dict], metric: str, filt: str,
+               value: float) -> dict[str, float] | None:
+    """doc id -> score of ``metric`` under filter ``filt`` from lm-eval's logged samples; None
+    unless every score is a number and their mean is the reported value (a mean metric)."""
+    out: dict[str, float] = {}
+    for sample in logged:
+        if sample.get("filter", "none") != filt:
+            continue
+        score = sample.get(metric)
+        if not isinstance(score, numbers.Real):
+            return None
+        out[str(sample["doc_id"])] = float(score)
+    if not out or not math.isclose(math.fsum(out.values()) / len(out), value,
+                                   rel_tol=1e-9, abs_tol=1e-9):
+        return None
+    return out
+
+
+def sample_stderr(samples: dict[str, float]) -> float | None:
+    """Standard error of a mean metric from its per-sample scores: binomial for 0/1 scores
+    (positive whenever 0 < p < 1), else the sample standard deviation / sqrt(n)."""
+    values = list(samples.values())
+    n = len(values)
+    if all(v in (0.0, 1.0) for v in values):
+        return proportion_stderr(sum(values) / n, n)
+    return statistics.stdev(values) / math.sqrt(n) if n > 1 else None
+
+
 def _rows(results: dict, tasks: Sequence[str]) -> list[TaskResult]:
     rows: list[TaskResult] = []
-    samples = results.get("n-samples", {})
+    counts, logged = results.get("n-samples", {}), results.get("samples") or {}
     for task in tasks:
         block = results["results"].get(task)
         if block is None:
             raise EvaluationError(f"lm-eval returned no result for task {task!r}; check its YAML.")
-        n = int(samples.get(task, {}).get("effective", 0))
+        n = int(counts.get(task, {}).get("effective", 0))
         for key, value in sorted(block.items()):
             if key == "alias" or "," not in key or "_stderr," in key:
                 continue
             metric, filt = key.split(",", 1)
             if not isinstance(value, int | float):
                 continue
-            stderr = block.get(f"{metric}_stderr,{filt}")
-            stderr = float(stderr) if isinstance(stderr, int | float) else None
+            samples = per_sample(logged.get(task, ()), metric, filt, float(value))
+            if samples is not None:
+                stderr = sample_stderr(samples)
+            else:
+                stderr = block.get(f"{metric}_stderr,{filt}")
+                stderr = float(stderr) if isinstance(stderr, int | float) else None
             name = metric if filt == "none" else f"{metric},{filt}"
-            rows.append(TaskResult(task, name, float(value), stderr, n))
+            rows.append(TaskResult(task, name, float(value), stderr, n, samples))
     return rows
 
 
@@ -117,9 +158,11 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Pat
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
               device=str(next(model.parameters()).device))
+    # Per-sample scores give every mean metric its stderr (sample_stderr) and the gate its
+    # paired tests; lm-eval's bootstrap would only add stderrs of other aggregations.
     results = evaluator.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
-        bootstrap_iters=0 if limit else 1000, verbosity="ERROR",
+        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=True,
+        bootstrap_iters=0, verbosity="ERROR",
     )
     if results is None:
         raise EvaluationError("lm-eval returned nothing (non-zero rank?); "

@@ -38,7 +38,8 @@ class PairedTest(_Record):
     `low`/`high` are a two-sided interval; each end alone is a one-sided bound at
     (1 + confidence) / 2. For a one-sided 95% lower bound of the gain, run the test with
     ``confidence=one_sided(0.95)`` (= 0.90) and read `low`. `b` (right before, wrong after) and
-    `c` (wrong before, right after) are McNemar's discordant counts.
+    `c` (wrong before, right after) are McNemar's discordant counts. `se` is the standard error
+    behind a normal interval (Agresti-Min, unpaired normal); None for the bootstrap.
     """
 
     test: str
@@ -52,6 +53,7 @@ class PairedTest(_Record):
     p_value: float
     b: int | None = None
     c: int | None = None
+    se: float | None = None
 
     @property
     def one_sided_confidence(self) -> float:
@@ -140,6 +142,15 @@ def _binomial_two_sided(k: int, m: int) -> float:
     return min(1.0, 2 * tail / 2**m)
 
 
+def _agresti_min(x: list[int], y: list[int]) -> tuple[float, float, int, int]:
+    """(centre, standard error, b, c) of the Agresti-Min paired difference y - x."""
+    n = len(x)
+    b = sum(1 for u, v in zip(x, y, strict=True) if u and not v)
+    c = sum(1 for u, v in zip(x, y, strict=True) if v and not u)
+    bb, cc, nn = b + 0.5, c + 0.5, n + 2.0
+    return (cc - bb) / nn, math.sqrt((bb + cc) - (cc - bb) ** 2 / nn) / nn, b, c
+
+
 def mcnemar_exact(before: Sequence[bool | int], after: Sequence[bool | int],
                   confidence: float = 0.95) -> PairedTest:
     """Exact McNemar test and an Agresti-Min interval for the paired difference of accuracies.
@@ -154,15 +165,12 @@ def mcnemar_exact(before: Sequence[bool | int], after: Sequence[bool | int],
     """
     n = _check_pair(before, after)
     x, y = _binary(before, "before"), _binary(after, "after")
-    b = sum(1 for u, v in zip(x, y, strict=True) if u and not v)
-    c = sum(1 for u, v in zip(x, y, strict=True) if v and not u)
-    bb, cc, nn = b + 0.5, c + 0.5, n + 2.0
-    centre = (cc - bb) / nn
-    half = _z(confidence) * math.sqrt((bb + cc) - (cc - bb) ** 2 / nn) / nn
+    centre, se, b, c = _agresti_min(x, y)
+    half = _z(confidence) * se
     return PairedTest(test="mcnemar-exact", n=n, before=sum(x) / n, after=sum(y) / n,
                       difference=(c - b) / n, low=max(-1.0, centre - half),
                       high=min(1.0, centre + half), confidence=confidence,
-                      p_value=_binomial_two_sided(b, b + c), b=b, c=c)
+                      p_value=_binomial_two_sided(b, b + c), b=b, c=c, se=se)
 
 
 def _finite(values: Sequence[float], name: str) -> np.ndarray:
@@ -184,22 +192,27 @@ def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, iterati
     with B resamples nothing below ~2 / B can be resolved. `b` and `c` are None.
     """
     n = _check_pair(before, after)
-    if iterations < 1:
-        raise EvaluationError(f"iterations must be at least 1, got {iterations}.")
     _check_open(confidence)
     x, y = _finite(before, "before"), _finite(after, "after")
-    delta = y - x
-    rng = np.random.default_rng(seed)
-    rows = max(1, _BLOCK_CELLS // n)
-    means = np.concatenate([delta[rng.integers(0, n, size=(min(rows, iterations - s), n))]
-                            .mean(axis=1) for s in range(0, iterations, rows)])
+    means = _bootstrap_means(y - x, iterations, seed)
     alpha = 1.0 - confidence
     low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
     crossing = min(int(np.sum(means <= 0.0)), int(np.sum(means >= 0.0)))
     p = min(1.0, 2.0 * (crossing + 1) / (iterations + 1))
     return PairedTest(test="paired-bootstrap", n=n, before=float(x.mean()),
-                      after=float(y.mean()), difference=float(delta.mean()), low=float(low),
+                      after=float(y.mean()), difference=float((y - x).mean()), low=float(low),
                       high=float(high), confidence=confidence, p_value=p)
+
+
+def _bootstrap_means(delta: np.ndarray, iterations: int, seed: int) -> np.ndarray:
+    """Means of `iterations` resamples (with replacement) of `delta`, from one seeded stream."""
+    if iterations < 1:
+        raise EvaluationError(f"iterations must be at least 1, got {iterations}.")
+    n = len(delta)
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BLOCK_CELLS // n)
+    return np.concatenate([delta[rng.integers(0, n, size=(min(rows, iterations - s), n))]
+                           .mean(axis=1) for s in range(0, iterations, rows)])
 
 
 def paired_test(before: Sequence[float], after: Sequence[float], *, confidence: float = 0.95,
@@ -209,6 +222,46 @@ def paired_test(before: Sequence[float], after: Sequence[float], *, confidence: 
         return mcnemar_exact(before, after, confidence=confidence)
     return paired_bootstrap(before, after, iterations=iterations, seed=seed,
                             confidence=confidence)
+
+
+def normal_p_above(estimate: float, se: float, threshold: float) -> float:
+    """One-sided p of H0: true value <= threshold, for a normal estimate with standard error se."""
+    if se <= 0.0:
+        return 0.0 if estimate > threshold else 1.0
+    return 1.0 - _NORMAL.cdf((estimate - threshold) / se)
+
+
+def p_above(before: Sequence[float], after: Sequence[float], threshold: float, *,
+            iterations: int = 2000, seed: int = 0) -> float:
+    """One-sided p of H0: mean(after - before) <= threshold, by the test paired_test picks.
+
+    For 0/1 scores it inverts the Agresti-Min interval (p <= 1 - c exactly when the lower
+    one-sided bound at confidence c reaches the threshold); otherwise it is the bootstrap share
+    of resampled means at or below the threshold, add-one smoothed like paired_bootstrap's.
+    """
+    _check_pair(before, after)
+    if all(v in (0, 1) for v in before) and all(v in (0, 1) for v in after):
+        centre, se, _, _ = _agresti_min(_binary(before, "before"), _binary(after, "after"))
+        return normal_p_above(centre, se, threshold)
+    delta = _finite(after, "after") - _finite(before, "before")
+    means = _bootstrap_means(delta, iterations, seed)
+    return min(1.0, (int(np.sum(means <= threshold)) + 1) / (iterations + 1))
+
+
+def unpaired_normal(before: float, before_se: float, after: float, after_se: float, n: int,
+                    confidence: float = 0.95) -> PairedTest:
+    """after - before as two independent means (normal approximation, se combined in
+    quadrature): the fallback when the per-sample scores of a pair are not known. It ignores
+    the correlation of two states on the same prompts, so it is wider than a paired test."""
+    if before_se < 0.0 or after_se < 0.0:
+        raise EvaluationError(f"Standard errors must be >= 0, got {before_se} and {after_se}.")
+    se = math.sqrt(before_se**2 + after_se**2)
+    d = after - before
+    half = _z(confidence) * se
+    p = 1.0 if se == 0.0 and d == 0.0 else min(1.0, 2.0 * min(normal_p_above(d, se, 0.0),
+                                                              1.0 - normal_p_above(d, se, 0.0)))
+    return PairedTest(test="unpaired-normal", n=n, before=before, after=after, difference=d,
+                      low=d - half, high=d + half, confidence=confidence, p_value=p, se=se)
 
 
 def holm(p_values: Mapping[str, float], alpha: float = 0.05) -> dict[str, HolmResult]:
@@ -229,21 +282,26 @@ def holm(p_values: Mapping[str, float], alpha: float = 0.05) -> dict[str, HolmRe
     return {name: HolmResult(adjusted[name], adjusted[name] <= alpha) for name in p_values}
 
 
-def required_n(p: float, margin: float, confidence: float = 0.95, power: float = 0.8) -> int:
+def required_n(p: float, margin: float, confidence: float = 0.95, power: float = 0.8, *,
+               pair_variance: float | None = None) -> int:
     """Paired prompts needed to show a drop below `margin` for a binary skill at accuracy p.
 
     A non-inferiority sample size under a normal approximation, assuming no true change and
     discordance 2p(1-p), the rate if the two states erred independently. Correlated states
     disagree less, so this overstates n: read it as "inconclusive: needs n of about X".
     `confidence` is one-sided (the level of the bound the gate reads), so
-    n = ceil((z_confidence + z_power)^2 * 2p(1-p) / margin^2).
+    n = ceil((z_confidence + z_power)^2 * 2p(1-p) / margin^2). `pair_variance`, when known
+    (the observed variance of the per-prompt differences), replaces 2p(1-p).
     """
     if not 0.0 < p < 1.0:
         raise EvaluationError(f"required_n needs 0 < p < 1, got {p}: at 0 or 1 the approximation "
                               "has no variance; pass the end of the accuracy's Wilson interval.")
     if not 0.0 < margin <= 1.0:
         raise EvaluationError(f"margin must lie in (0, 1], got {margin}.")
+    if pair_variance is not None and not pair_variance >= 0.0:
+        raise EvaluationError(f"pair_variance must be >= 0, got {pair_variance}.")
     _check_open(confidence)
     _check_open(power, "power")
     z = _NORMAL.inv_cdf(confidence) + _NORMAL.inv_cdf(power)
-    return math.ceil(z * z * 2.0 * p * (1.0 - p) / margin**2)
+    variance = 2.0 * p * (1.0 - p) if pair_variance is None else pair_variance
+    return math.ceil(z * z * variance / margin**2)

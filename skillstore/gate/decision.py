@@ -1,54 +1,91 @@
-"""The gate decision: compare a candidate state's scores with the current one's, check by check."""
+"""The gate decision: confidence bounds on the new skill's gain and on every earlier drop."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..errors import EvaluationError
+from ..evaluation.compare import Comparison
 from ..evaluation.scores import GENERAL_SUITE, Score
+from ..evaluation.stats import holm
 from .policy import GatePolicy
+
+PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
 
 
 @dataclass(frozen=True)
 class Check:
-    """One line of the decision: which suite, what was compared, and whether it passed."""
+    """One claim of the decision, with the evidence for it.
+
+    ``kind`` "gain" (the new skill) or "drop" (an earlier skill, the general suite).
+    ``estimate`` is the paired gain (after - before) or drop (before - after) over the prompts;
+    ``low`` and ``high`` bound it, each end a one-sided bound at ``confidence`` (for drops the
+    Holm-adjusted level). ``p_value`` is one-sided, for H0 "gain <= threshold" or "drop >=
+    threshold" (Holm-adjusted for drops). ``status`` is passed, failed (the evidence says the
+    skill was not learned / was forgotten) or inconclusive (``needed_n`` prompts would decide).
+    ``before``/``after`` are the headline scores and ``delta`` their difference.
+    """
 
     suite: str
-    kind: str  # "gain" on the new skill, "drop" on an earlier skill or the general suite
+    kind: str
     before: float
     after: float
     delta: float
-    margin: float  # the confidence half-width used for drops (z * combined stderr)
     threshold: float
     passed: bool
     reason: str
+    estimate: float
+    low: float
+    high: float
+    test: str
+    p_value: float
+    n: int
+    confidence: float
+    status: str
+    needed_n: int | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """promote is True only when every check passed; reasons name each failed check."""
+    """promote is True only when every check passed. The verdict is "promoted", "rejected"
+    (a check failed) or "inconclusive" (no check failed but one could not be decided)."""
 
     promote: bool
     new_skill: str
     checks: tuple[Check, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def verdict(self) -> str:
+        if self.promote:
+            return "promoted"
+        statuses = {c.status for c in self.checks}
+        return "inconclusive" if INCONCLUSIVE in statuses and FAILED not in statuses \
+            else "rejected"
+
+    @property
+    def needed_n(self) -> int | None:
+        """The most prompts any inconclusive check asks for."""
+        wanted = [c.needed_n for c in self.checks if c.status == INCONCLUSIVE and c.needed_n]
+        return max(wanted) if wanted else None
 
     @property
     def reasons(self) -> list[str]:
         failed = [c.reason for c in self.checks if not c.passed]
         return failed or ["all checks passed"]
 
-    @property
-    def verdict(self) -> str:
-        return "promoted" if self.promote else "rejected"
-
     def summary(self) -> str:
+        """One line for the audit; an inconclusive one starts "inconclusive: needs n ≈ N"."""
+        if self.verdict == "inconclusive":
+            need = f"n ≈ {self.needed_n}" if self.needed_n else "more samples"
+            return f"inconclusive: needs {need} per suite; " + "; ".join(self.reasons)
         return f"{self.verdict}: " + "; ".join(self.reasons)
 
     def as_dict(self) -> dict:
         return {"promote": self.promote, "verdict": self.verdict, "new_skill": self.new_skill,
-                "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+                "reasons": self.reasons, "needed_n": self.needed_n, "notes": list(self.notes),
+                "checks": [asdict(c) for c in self.checks]}
 
 
 def _score(scores: Mapping[str, Score], suite: str, which: str) -> Score:
@@ -60,41 +97,95 @@ def _score(scores: Mapping[str, Score], suite: str, which: str) -> Score:
     return scores[suite]
 
 
-def _drop_check(suite: str, before: Score, after: Score, tolerance: float, z: float) -> Check:
-    delta = after.value - before.value
-    margin = z * math.sqrt(before.stderr ** 2 + after.stderr ** 2)
-    passed = -delta <= tolerance + margin
-    reason = (f"{suite}: {before.value:.3f} -> {after.value:.3f} ({delta:+.3f}), "
-              f"allowed drop {tolerance:.3f} + margin {margin:.3f}")
-    return Check(suite, "drop", before.value, after.value, delta, margin, tolerance, passed,
-                 ("" if passed else "forgot ") + reason)
+def _compare(suite: str, before: Mapping[str, Score], after: Mapping[str, Score]) -> Comparison:
+    return Comparison.of(suite, _score(before, suite, "current-state"),
+                         _score(after, suite, "candidate"))
+
+
+def _status(passes: bool, fails: bool) -> str:
+    return PASSED if passes else FAILED if fails else INCONCLUSIVE
+
+
+def _gain_check(cmp: Comparison, threshold: float, confidence: float, power: float) -> Check:
+    t = cmp.at(confidence)
+    est = t.difference
+    status = _status(t.low >= threshold, t.high < threshold)
+    need = (cmp.needed_n(abs(est - threshold), est - t.low, confidence, power)
+            if status == INCONCLUSIVE else None)
+    p = cmp.p_above(threshold)
+    reason = (f"{cmp.suite}: gained {est:+.3f} [{t.low:+.3f}, {t.high:+.3f}] ({t.test}, "
+              f"n={t.n}, p={p:.2g}); lower bound needs >= {threshold:+.3f}"
+              + {PASSED: "", FAILED: " (too little gain)",
+                 INCONCLUSIVE: f" (inconclusive: needs n ≈ {need})"}[status])
+    return Check(cmp.suite, "gain", cmp.before.value, cmp.after.value,
+                 cmp.after.value - cmp.before.value, threshold, status == PASSED, reason, est,
+                 t.low, t.high, t.test, p, t.n, confidence, status, need)
+
+
+def holm_levels(items: Mapping[str, tuple[Comparison, float]],
+                confidence: float) -> dict[str, float]:
+    """Holm's step-down run on the bounds: with r drop checks undecided, each is tested at
+    confidence 1 - alpha/r; those whose upper bound is within tolerance pass and leave, and the
+    rest are tested again at the next level, until none passes (they keep the last level)."""
+    alpha, level = 1.0 - confidence, {}
+    remaining = list(items)
+    while remaining:
+        c = 1.0 - alpha / len(remaining)
+        passing = [k for k in remaining if -items[k][0].at(c).low <= items[k][1]]
+        for k in passing or remaining:
+            level[k] = c
+        if not passing:
+            break
+        remaining = [k for k in remaining if k not in passing]
+    return level
+
+
+def _drop_checks(items: Mapping[str, tuple[Comparison, float]], confidence: float,
+                 power: float) -> list[Check]:
+    if not items:
+        return []
+    level = holm_levels(items, confidence)
+    adjusted = holm({k: cmp.p_above(-tol) for k, (cmp, tol) in items.items()},
+                    alpha=1.0 - confidence)
+    checks = []
+    for suite, (cmp, tol) in items.items():
+        t = cmp.at(level[suite])
+        drop, low, high = 0.0 - t.difference, 0.0 - t.high, 0.0 - t.low
+        status = _status(high <= tol, low > tol)
+        need = (cmp.needed_n(abs(tol - drop), high - drop, level[suite], power)
+                if status == INCONCLUSIVE else None)
+        p = adjusted[suite].adjusted_p
+        reason = (("forgot " if status == FAILED else "")
+                  + f"{suite}: dropped {drop:+.3f} [{low:+.3f}, {high:+.3f}] at {level[suite]:.4g}"
+                  f" ({t.test}, n={t.n}, Holm p={p:.2g}); upper bound allowed {tol:.3f}"
+                  + (f" (inconclusive: needs n ≈ {need})" if status == INCONCLUSIVE else ""))
+        checks.append(Check(suite, "drop", cmp.before.value, cmp.after.value,
+                            cmp.after.value - cmp.before.value, tol, status == PASSED, reason,
+                            drop, low, high, t.test, p, t.n, level[suite], status, need))
+    return checks
 
 
 def decide(policy: GatePolicy, *, new_skill: str, before: Mapping[str, Score],
            after: Mapping[str, Score], earlier_skills: Sequence[str],
            general_suites: Sequence[str] = (GENERAL_SUITE,)) -> Decision:
-    """Judge a candidate: ``before`` holds the current state's scores, ``after`` the candidate's.
+    """Judge a candidate: ``before`` holds the current state's scores, ``after`` the candidate's
+    (both on the same prompts; with per-sample scores the comparison is paired).
 
-    The new skill must gain at least ``min_gain`` (point estimate); every earlier skill and
-    every general suite may drop by at most its tolerance plus the confidence margin.
+    Learned: the one-sided lower bound (at ``policy.confidence``) of the new skill's gain is at
+    least its ``min_gain``. No regression: for every earlier skill and every general suite the
+    one-sided upper bound of the drop is within its tolerance, the bounds Holm-adjusted across
+    these checks. Promoted when every check passes; rejected when one fails (its opposite bound
+    is beyond the threshold); otherwise inconclusive, with the n that would decide it.
     """
-    checks: list[Check] = []
-    b, a = _score(before, new_skill, "current-state"), _score(after, new_skill, "candidate")
-    gain = a.value - b.value
-    need = policy.min_gain_for(new_skill)
-    passed = gain >= need
-    checks.append(Check(new_skill, "gain", b.value, a.value, gain, 0.0, need, passed,
-                        f"{new_skill}: gained {gain:+.3f}, needs at least {need:+.3f}"
-                        + ("" if passed else " (too little gain)")))
-    for skill in earlier_skills:
-        if skill == new_skill:
-            continue
-        checks.append(_drop_check(skill, _score(before, skill, "current-state"),
-                                  _score(after, skill, "candidate"), policy.max_drop_for(skill),
-                                  policy.z))
-    for suite in general_suites:
-        checks.append(_drop_check(suite, _score(before, suite, "current-state"),
-                                  _score(after, suite, "candidate"), policy.max_general_drop,
-                                  policy.z))
+    checks = [_gain_check(_compare(new_skill, before, after), policy.min_gain_for(new_skill),
+                          policy.confidence, policy.power)]
+    drops = {skill: (_compare(skill, before, after), policy.max_drop_for(skill))
+             for skill in dict.fromkeys(earlier_skills) if skill != new_skill}
+    drops |= {suite: (_compare(suite, before, after), policy.max_general_drop)
+              for suite in dict.fromkeys(general_suites)}
+    checks += _drop_checks(drops, policy.confidence, policy.power)
+    tested = {new_skill, *earlier_skills}
+    notes = tuple(f"policy per_skill names {name!r}, which this decision does not test"
+                  for name in policy.per_skill if name not in tested)
     return Decision(promote=all(c.passed for c in checks), new_skill=new_skill,
-                    checks=tuple(checks))
+                    checks=tuple(checks), notes=notes)

@@ -11,7 +11,7 @@ must not load one); :func:`make_judge` runs both in one call for code that holds
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -23,7 +23,7 @@ from ..catalog.states import advance_head, current_head, get_state
 from ..errors import PromotionConflictError, StaleEvaluationError
 from ..evaluation.cache import Suite, evaluate_state
 from ..evaluation.loader import state_loader
-from ..evaluation.scores import Score, suite_scores
+from ..evaluation.scores import Score, suite_scores, with_samples
 from ..evaluation.suites import state_suites, suite_prompts
 from ..reports import build_report, render_report
 from ..states.service import ROUTER_PROMPTS, candidate_state
@@ -44,6 +44,8 @@ def record_decision(session, pack: SkillPack, decision: Decision, *, candidate: 
                     expected_version: int | None, report_ref: str | None = None,
                     actor: str = "gate") -> Promotion:
     """Promote (pack promoted, head -> candidate) or reject (pack rejected), plus the audit row.
+    An inconclusive decision is recorded as rejected, its reason starting "inconclusive: needs
+    n ≈ N" (PackStatus is a CHECK-constrained column: a new status would need a migration).
 
     Runs in the caller's transaction. The head row is locked first (SELECT ... FOR UPDATE on
     PostgreSQL; SQLite serialises writers itself) and its version compared with the one the
@@ -107,7 +109,9 @@ def gate_pack(session, pack: SkillPack, judge: Judge, *, attempts: int = 5,
 @dataclass(frozen=True)
 class CandidateEvaluation:
     """What a gate decision is made on: the current state, the head version it was read at,
-    and the candidate, both scored on the same suites (``before`` and ``after``)."""
+    and the candidate, both scored on the same suites (``before`` and ``after``). Its JSON
+    keeps each score's value, stderr, n, suite version and metric; the per-sample scores stay
+    in the eval rows' blobs (``with_samples`` reads them back)."""
 
     current_state_id: int
     head_version: int | None
@@ -126,9 +130,16 @@ class CandidateEvaluation:
         return decide(policy, new_skill=self.new_skill, before=self.before, after=self.after,
                       earlier_skills=self.earlier, general_suites=self.general)
 
+    def with_samples(self, session, blobs) -> CandidateEvaluation:
+        """These scores with their per-sample scores read back from the eval rows (and blobs)
+        they came from, so the decision pairs the two states prompt by prompt."""
+        return replace(self, before=with_samples(session, blobs, self.current_state_id,
+                                                 self.before),
+                       after=with_samples(session, blobs, self.candidate_state_id, self.after))
+
     def as_json(self) -> dict:
         def scores(d: dict[str, Score]) -> dict:
-            return {k: {"value": s.value, "stderr": s.stderr, "n": s.n} for k, s in d.items()}
+            return {k: s.as_json() for k, s in d.items()}
 
         return {"current_state_id": self.current_state_id, "head_version": self.head_version,
                 "candidate_state_id": self.candidate_state_id, "new_skill": self.new_skill,
@@ -167,7 +178,7 @@ def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, curren
     for done, (state, view) in enumerate(((current, cur_view), (candidate, cand_view)), start=1):
         evaluate_state(session, state, suites,
                        state_loader(model, tokenizer, view, blobs, cache_dir=cache_dir),
-                       batch_size=batch_size, limit=limit)
+                       batch_size=batch_size, limit=limit, blobs=blobs)
         if progress is not None:
             progress(done / 2)
     new_skill = cand_view.skills[-1]  # the pack is the candidate's last member
@@ -175,21 +186,22 @@ def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, curren
         current.id, version, candidate.id, new_skill,
         earlier=tuple(s for s in cur_view.skills if s != new_skill),
         general=tuple(s.name for s in suites if s.skill_id is None),
-        before=suite_scores(session, current.id, suites, limit=limit),
-        after=suite_scores(session, candidate.id, suites, limit=limit))
+        before=suite_scores(session, current.id, suites, limit=limit, blobs=blobs),
+        after=suite_scores(session, candidate.id, suites, limit=limit, blobs=blobs))
 
 
 def store_report(session, blobs, state: ModelState, decision: Decision,
                  pack: SkillPack | None = None) -> str:
     """The report of a decision on ``state`` as one HTML page in the blob store; its digest."""
-    data = build_report(session, state=state, pack=pack)
+    data = build_report(session, state=state, pack=pack, blobs=blobs)
     data.decision = decision.as_dict()
     return blobs.put_bytes(render_report(data, "html").encode("utf-8"))
 
 
 def recorded_judge(blobs, pack: SkillPack, evaluation: CandidateEvaluation,
                    policy: GatePolicy) -> Judge:
-    """A judge for gate_pack that decides on recorded scores and never evaluates.
+    """A judge for gate_pack that decides on recorded scores and never evaluates; the
+    per-sample scores are read back from the eval rows, so the tests are paired.
 
     When the head is no longer the one the scores were measured against (another promotion
     won, before this gate or during one of gate_pack's attempts) it raises
@@ -203,7 +215,7 @@ def recorded_judge(blobs, pack: SkillPack, evaluation: CandidateEvaluation,
                 f"version {evaluation.head_version}); the head is now state {current.id} "
                 f"(version {version}). Evaluate it again on the new head.")
         candidate = get_state(session, evaluation.candidate_state_id)
-        decision = evaluation.decide(policy)
+        decision = evaluation.with_samples(session, blobs).decide(policy)
         return candidate, decision, store_report(session, blobs, candidate, decision, pack)
 
     return judge

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import sqlalchemy as sa
 
@@ -12,8 +11,9 @@ from ..catalog.models import ModelState, Promotion, SkillPack
 from ..catalog.states import get_state
 from ..errors import EvaluationError, NotFoundError
 from ..evaluation.cache import Suite
+from ..evaluation.compare import Comparison
 from ..evaluation.metrics import continual_metrics
-from ..evaluation.scores import GENERAL_SUITE, suite_scores
+from ..evaluation.scores import GENERAL_SUITE, Score, suite_scores
 from ..states.view import load_view
 
 
@@ -114,13 +114,29 @@ def _decision_for(session, state: ModelState, pack: SkillPack | None) -> dict | 
     row = session.scalars(q).first()
     if row is None or row.to_status.value == "candidate":
         return {"verdict": "pending", "reasons": ["not decided yet"], "actor": None}
-    return {"verdict": row.to_status.value, "reasons": row.reason.split("; "), "actor": row.actor,
+    # an inconclusive gate decision is stored as rejected with its reason saying so
+    verdict = ("inconclusive" if row.to_status.value == "rejected"
+               and row.reason.startswith("inconclusive:") else row.to_status.value)
+    return {"verdict": verdict, "reasons": row.reason.split("; "), "actor": row.actor,
             "pack_id": row.pack_id, "report_ref": row.report_ref, "at": row.created_at.isoformat()}
 
 
+def delta_row(suite: str, before: Score, after: Score, confidence: float = 0.95) -> dict:
+    """One suite's change with its two-sided interval: paired over prompts when both states
+    kept per-sample scores of the same suite version, else unpaired on their stderrs."""
+    if before.version != after.version:  # the newest versions differ: no prompt pairs them
+        before = replace(before, samples=None, version=None)
+        after = replace(after, samples=None, version=None)
+    t = Comparison.of(suite, before, after).at((1.0 + confidence) / 2.0)
+    return {"suite": suite, "before": before.value, "after": after.value,
+            "delta": after.value - before.value, "ci_low": t.low, "ci_high": t.high,
+            "n": t.n, "test": t.test, "p_value": t.p_value}
+
+
 def build_report(session, *, state: ModelState | None = None, pack: SkillPack | None = None,
-                 z: float = 1.96) -> ReportData:
-    """Gather a report on a state, or on a pack (the state its gate decision was made on)."""
+                 blobs=None, confidence: float = 0.95) -> ReportData:
+    """Gather a report on a state, or on a pack (the state its gate decision was made on).
+    With the blob store the per-suite deltas are paired over prompts."""
     if pack is not None and state is None:
         state_id = session.scalar(
             sa.select(Promotion.state_id)
@@ -134,17 +150,11 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
         raise NotFoundError("Name a state or a pack to report on.")
     view = load_view(session, state)
     matrix = accuracy_matrix(session, state)
-    after_scores = suite_scores(session, state.id)
-    parent_scores = suite_scores(session, state.parent_id) if state.parent_id is not None else {}
-    deltas = []
-    for suite, after in sorted(after_scores.items()):
-        before = parent_scores.get(suite)
-        if before is None:
-            continue
-        half = z * math.sqrt(before.stderr ** 2 + after.stderr ** 2)
-        d = after.value - before.value
-        deltas.append({"suite": suite, "before": before.value, "after": after.value, "delta": d,
-                       "ci_low": d - half, "ci_high": d + half, "n": after.n})
+    after_scores = suite_scores(session, state.id, blobs=blobs)
+    parent_scores = (suite_scores(session, state.parent_id, blobs=blobs)
+                     if state.parent_id is not None else {})
+    deltas = [delta_row(suite, parent_scores[suite], after, confidence)
+              for suite, after in sorted(after_scores.items()) if suite in parent_scores]
     pack_rows = {p.id: p for p in session.scalars(sa.select(SkillPack).where(
         SkillPack.id.in_([m.pack_id for m in view.members])))}
     packs = [dict(asdict(m), method=pack_rows[m.pack_id].method,

@@ -73,11 +73,25 @@ def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
               _f(m.get("forgetting")), _f(m.get("forward_transfer"))]]
             + [[name, _f(b.get("average_accuracy")), _f(b.get("bwt")), _f(b.get("forgetting")), "—"]
                for name, b in data.baselines.items()])]
+    checks = (data.decision or {}).get("checks") or []
+    if checks:
+        out.append(("Gate checks (each end of the interval a one-sided bound at its level)",
+                    ["suite", "claim", "estimate", "interval", "level", "threshold", "test",
+                     "p", "n", "status"],
+                    [[c["suite"], "gain" if c["kind"] == "gain" else "drop",
+                      f"{c['estimate']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
+                      f"{c['confidence']:.4g}", f"{c['threshold']:+.3f}", c["test"],
+                      f"{c['p_value']:.2g}", str(c["n"]),
+                      c["status"] + (f" (needs n ≈ {c['needed_n']})" if c.get("needed_n")
+                                     else "")]
+                     for c in checks]))
     if data.deltas:
         out.append(("Per-suite change against the parent state (95% interval)",
-                    ["suite", "before", "after", "delta", "interval", "n"],
+                    ["suite", "before", "after", "delta", "interval", "test", "p", "n"],
                     [[d["suite"], _f(d["before"]), _f(d["after"]), f"{d['delta']:+.3f}",
-                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", str(d["n"])]
+                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", d.get("test", ""),
+                      f"{d['p_value']:.2g}" if d.get("p_value") is not None else "—",
+                      str(d["n"])]
                      for d in data.deltas]))
     if data.packs:
         out.append(("Packs", ["position", "pack", "scale", "bytes", "ratio", "codecs", "status"],
@@ -127,7 +141,8 @@ class Html:
                  "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
                  "table{border-collapse:collapse;margin:1em 0}"
                  "td,th{border:1px solid #bbb;padding:.3em .6em;"
-                 "text-align:right}th{background:#eee}.promoted{color:#060}.rejected{color:#a00}</style>",
+                 "text-align:right}th{background:#eee}.promoted{color:#060}.rejected{color:#a00}"
+                 ".inconclusive{color:#a60}</style>",
                  "</head><body>", f"<h1>{e(data.title)}</h1>",
                  f"<p>State {data.state['id']} on base <b>{e(str(data.state['base']))}</b>, router "
                  f"<code>{e(data.state['router'])}</code>, fingerprint "

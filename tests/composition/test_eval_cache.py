@@ -14,6 +14,7 @@ from skillstore.curriculum.lmeval import write_task_yaml
 from skillstore.evaluation.cache import Suite, evaluate_state
 from skillstore.evaluation.runner import run_tasks
 from skillstore.evaluation.scores import suite_scores
+from skillstore.evaluation.stats import wilson_interval
 from skillstore.models import load_causal_lm
 from skillstore.states import base_state, extend_state, load_view, materialise
 
@@ -108,6 +109,79 @@ def test_cache_hits_never_rerun_and_new_versions_do(tiny_world, quick_suites, ca
         evaluate_state(s, state, edited, load, runner=runner, batch_size=4)
         assert runner.calls[-1] == ("t_alpha",) and len(runner.calls) == 4
         assert {r.n for r in eval_results(s, state.id, suite="alpha")} == {4, 5}
+
+
+MC_YAML = """task: t_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: "{data}"
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def mc_suite(root, n=30):
+    """A multiple-choice task (two answers, the right one alternating) that the tiny model gets
+    partly right: a proportion strictly between 0 and 1."""
+    data = root / "mc.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"pick {i}: ", "choices": ["ab", "xyz"],
+                                        "label": i % 2}) + "\n" for i in range(n)))
+    (root / "tasks").mkdir(exist_ok=True)
+    (root / "tasks" / "t_mc.yaml").write_text(MC_YAML.format(data=data))
+    return Suite("mc", root / "tasks", ("t_mc",), headline_metric="acc")
+
+
+def test_a_limited_run_has_a_nonzero_stderr_from_its_per_sample_scores(tiny_world, tmp_path):
+    """With a sample limit lm-eval computes no stderr (the old rows said 0.80 +- 0.0); the
+    runner computes it from the per-sample outcomes."""
+    suite = mc_suite(tmp_path)
+    model, tok = load_causal_lm(tiny_world.base_dir)
+    (row,) = run_tasks(model, tok, ["t_mc"], include_path=suite.include_path, batch_size=8,
+                       limit=20)
+    assert row.metric == "acc" and row.n == 20 and 0.0 < row.value < 1.0
+    assert row.samples is not None and sorted(row.samples, key=int) == [str(i) for i in range(20)]
+    assert sum(row.samples.values()) / 20 == pytest.approx(row.value)
+    assert row.stderr == pytest.approx((row.value * (1 - row.value) / 20) ** 0.5) and row.stderr > 0
+
+
+def test_per_sample_scores_are_stored_once_and_paired_by_doc_id(tiny_world, catalog, tmp_path):
+    from skillstore.catalog.gc import referenced_digests
+    from skillstore.evaluation.cache import read_samples
+
+    suite = mc_suite(tmp_path)
+    model, tok = load_causal_lm(tiny_world.base_dir)
+    runner = CountingRunner()
+
+    @contextmanager
+    def load(_suite):
+        yield model, tok
+
+    with catalog.session() as s:
+        base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
+        state = base_state(s, base)
+        (row,) = evaluate_state(s, state, [suite], load, runner=runner, batch_size=8, limit=20,
+                                blobs=catalog.blobs)
+        stored = read_samples(catalog.blobs, row.samples_digest)
+        assert len(stored) == row.n == 20 and row.stderr > 0
+        (again,) = evaluate_state(s, state, [suite], load, runner=runner, batch_size=8,
+                                  limit=20, blobs=catalog.blobs)
+        assert runner.calls == [("t_mc",)] and again.samples_digest == row.samples_digest
+        assert row.samples_digest in referenced_digests(s)  # `skillstore gc` keeps it
+        score = suite_scores(s, state.id, [suite], limit=20, blobs=catalog.blobs)["mc"]
+        assert score.samples == stored and score.n == 20 and score.metric == "acc"
+        right = round(score.value * 20)
+        assert score.interval == wilson_interval(right, 20)  # every score carries n and interval
+        assert suite_scores(s, state.id, [suite], limit=20)["mc"].samples is None
 
 
 LL_YAML = """task: t_ll

@@ -47,7 +47,7 @@ def test_packs_pass_the_gate_in_sequence_and_nothing_is_evaluated_twice(tiny_wor
         (tasks / f"{name}.yaml").write_text(
             LL_YAML.format(data=data).replace("task: t_ll", f"task: {name}"))
     model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
-    lenient = GatePolicy(min_gain=0.0, max_drop=1.0, max_general_drop=1.0)
+    lenient = GatePolicy(min_gain=-1.0, max_drop=1.0, max_general_drop=1.0)  # never blocks
     with catalog.session() as s:
         base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
         for skill, path in tiny_world.packs.items():
@@ -72,6 +72,7 @@ def test_packs_pass_the_gate_in_sequence_and_nothing_is_evaluated_twice(tiny_wor
     assert audit.to_status == PackStatus.promoted and audit.report_ref
     page = catalog.blobs.get_bytes(audit.report_ref).decode()
     assert "Decision: promoted" in page and "data:image/png;base64," in page
+    assert "Gate checks" in page and "mcnemar-exact" in page  # paired, with its evidence
 
 
 def test_the_gate_rejects_a_pack_that_gains_too_little(tiny_world, catalog, tmp_path):
@@ -123,7 +124,7 @@ def test_evaluate_then_decide_on_recorded_scores_with_the_learned_router(
     and a decision on scores measured against an old head is refused as stale."""
     model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
     base_id = zoo_like(catalog, tiny_world, tmp_path, model)
-    lenient = GatePolicy(min_gain=0.0, max_drop=1.0, max_general_drop=1.0)
+    lenient = GatePolicy(min_gain=-1.0, max_drop=1.0, max_general_drop=1.0)  # never blocks
     recorded = {}
     for skill in ("alpha", "beta"):  # both evaluated against the same (pack-less) head
         with catalog.session() as s:
@@ -136,6 +137,8 @@ def test_evaluate_then_decide_on_recorded_scores_with_the_learned_router(
     first = CandidateEvaluation.from_json(recorded["alpha"])
     assert set(first.before) == set(first.after) == {"alpha", "general"}
     assert first.general == ("general",) and first.earlier == ()
+    # the recorded scores name their eval rows; the per-sample scores stay in blobs
+    assert first.before["alpha"].samples is None and first.before["alpha"].metric == "acc"
 
     calls = []
     monkeypatch.setattr(evaluator, "simple_evaluate", lambda *a, **kw: calls.append(kw))
@@ -143,6 +146,9 @@ def test_evaluate_then_decide_on_recorded_scores_with_the_learned_router(
         pack = get_pack(s, "alpha@v1")
         outcome = gate_pack(s, pack, recorded_judge(catalog.blobs, pack, first, lenient))
     assert outcome.decision.promote and calls == []
+    # the gate re-read the per-sample scores from the eval rows: every check is paired
+    assert {c.test for c in outcome.decision.checks} == {"mcnemar-exact"}
+    assert {c.n for c in outcome.decision.checks} == {4}
     with catalog.session() as s:
         state = get_state(s, outcome.state_id)
         assert state.router == "learned" and state.router_config["train_accuracy"] > 0

@@ -43,7 +43,7 @@ def judged(catalog):
         s2 = extend_state(s, base, s1, b)
         for stage, st in enumerate((root, s1, s2)):
             record(s, st, stage)
-        policy = GatePolicy(min_gain=0.1, max_drop=0.1)
+        policy = GatePolicy(min_gain=0.1, max_drop=0.1, max_general_drop=0.1)
         before = {k: Score(v[1] + 0.01, 0.01) for k, v in SCORES.items()}
         after = {k: Score(v[2] + 0.01, 0.01) for k, v in SCORES.items()}
         decision = decide(policy, new_skill="beta", before=before, after=after,
@@ -109,3 +109,45 @@ def test_unknown_format_is_refused(catalog, judged):
         data = build_report(s, state=get_state(s, judged["state"]))
     with pytest.raises(ConfigError, match="Did you mean 'html'"):
         render_report(data, "htm")
+
+
+def _two_states(s, before: dict, after: dict, blobs=None):
+    """A base state and its child, each with one 'sort' row of 100 prompts (stderr 0, as the old
+    runner stored it under a limit); with ``blobs`` the per-sample outcomes too."""
+    from skillstore.evaluation.cache import samples_bytes
+
+    base = make_base(s)
+    root = base_state(s, base)
+    child = extend_state(s, base, root, make_pack(s, base, "sort"))
+    for state, samples in ((root, before), (child, after)):
+        digest = blobs.put_bytes(samples_bytes(samples)) if blobs else None
+        record_eval_result(s, state_id=state.id, suite="sort", suite_version="v1", task="t_sort",
+                           metric="exact_match", value=sum(samples.values()) / 100, stderr=0.0,
+                           n=100, lm_eval_version="0.4.13", samples_digest=digest)
+    return child
+
+
+BEFORE_80 = {str(i): 1.0 if i < 80 else 0.0 for i in range(100)}
+AFTER_78 = {str(i): 1.0 if i < 78 else 0.0 for i in range(100)}  # two prompts lost
+
+
+def test_deltas_show_a_real_interval_even_from_rows_with_zero_stderr(catalog):
+    with catalog.session() as s:
+        data = build_report(s, state=_two_states(s, BEFORE_80, AFTER_78))
+    (d,) = data.deltas
+    assert d["delta"] == pytest.approx(-0.02) and d["test"].startswith("unpaired-normal")
+    assert d["ci_low"] < -0.1 and d["ci_high"] > 0.05  # plus-four binomial, never zero width
+    assert "[+0.000, +0.000]" not in render_report(data, "md")
+
+
+def test_deltas_are_paired_over_prompts_when_the_samples_were_kept(catalog):
+    with catalog.session() as s:
+        state = _two_states(s, BEFORE_80, AFTER_78, catalog.blobs)
+        paired = build_report(s, state=state, blobs=catalog.blobs).deltas[0]
+        unpaired = build_report(s, state=state).deltas[0]
+    # Agresti-Min with b = 2, c = 0: centre -2/102, se sqrt(3 - 4/102) / 102, 95% two-sided
+    se = (3 - 4 / 102) ** 0.5 / 102
+    assert paired["test"] == "mcnemar-exact" and paired["n"] == 100
+    assert paired["ci_low"] == pytest.approx(-2 / 102 - 1.959964 * se, abs=1e-5)
+    assert paired["ci_high"] == pytest.approx(-2 / 102 + 1.959964 * se, abs=1e-5)
+    assert paired["ci_high"] - paired["ci_low"] < (unpaired["ci_high"] - unpaired["ci_low"]) / 3

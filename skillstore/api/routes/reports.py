@@ -32,7 +32,7 @@ def _data(ctx: ApiContext, *, state: str | None = None, pack: str | None = None)
 
     with ctx.session() as session:
         return build_report(session, state=get_state(session, state) if state else None,
-                            pack=get_pack(session, pack) if pack else None)
+                            pack=get_pack(session, pack) if pack else None, blobs=ctx.blobs)
 
 
 def _rendered(data, fmt: str) -> Response:
