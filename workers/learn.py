@@ -201,6 +201,6 @@ def resume_orphans(**_kwargs) -> None:
             for folder in sweep_scratch(s, cat.settings, socket.gethostname(), _alive):
                 log.warning("removed %s: its job's worker is gone", folder)
             for job in lifecycle.resume_orphans(s, cat.settings, socket.gethostname(), _alive):
-                log.warning("resumed job %s from %s: its worker is gone", job.id, job.stage)
+                log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
     except SkillstoreError as exc:
         log.warning("cannot look for orphaned jobs: %s", exc)
