@@ -229,6 +229,7 @@ def gate(session: Session, job_id: int, settings: Settings,
     if is_stopped(job) or output(job, "gate"):
         return output(job, "gate") or {}
     pack = get_pack(session, job.pack_id)
+    outcome = None
     if pack.status == PackStatus.candidate:
         recorded = output(job, "evaluate")
         try:
@@ -238,10 +239,19 @@ def gate(session: Session, job_id: int, settings: Settings,
                                    request_of(job).gate)
             outcome = gate_pack(session, pack, judge, actor=f"job:{job.id}")
         except StaleEvaluationError:
-            forget_output(session, job, "evaluate")
-            session.commit()
-            send_chain(session, settings, job, "evaluate")
-            return {"sent_back_to": "evaluate"}
+            session.rollback()
+            # The head moved; if it was another attempt of this very job deciding this pack
+            # (a chain resumed beside a redelivered one), nothing is stale: finish with its
+            # verdict below. Otherwise the scores are stale: evaluate again on the gpu queue.
+            job, pack = get_job(session, job_id, lock=True), get_pack(session, pack.id)
+            if is_stopped(job) or output(job, "gate"):
+                return output(job, "gate") or {}
+            if pack.status == PackStatus.candidate:
+                forget_output(session, job, "evaluate")
+                session.commit()
+                send_chain(session, settings, job, "evaluate")
+                return {"sent_back_to": "evaluate"}
+    if outcome is not None:
         verdict, reasons = outcome.decision.verdict, outcome.decision.reasons
     else:
         verdict, reasons = pack.status.value, ["decided before this attempt"]

@@ -88,3 +88,27 @@ def test_a_stale_evaluation_is_sent_back_to_evaluate_not_re_evaluated(catalog, n
         assert job.status == JobStatus.running  # the chain goes on from evaluate
         assert pack.status == PackStatus.candidate
         assert [p.to_status for p in promotions_of(s, pack_id)] == [PackStatus.candidate]
+
+
+def test_a_gate_that_lost_the_race_to_its_own_twin_finishes_with_the_twins_verdict(
+        catalog, no_model, sent, monkeypatch):
+    """Two attempts of one gate (a chain resumed beside a redelivered message): the first
+    promotes the pack, which moves the head, so the second finds its scores "stale". It must
+    not forget the evaluation and send the job back: the job ends with the verdict (found by
+    the kill test: a job succeeded without its evaluate output)."""
+    job_id, pack_id = evaluated_job(catalog)
+    real_gate_pack = gating.gate_pack
+
+    def twin_wins_first(session, pack, judge, **kw):
+        with catalog.session() as twin:  # the other attempt decides and commits meanwhile
+            real_gate_pack(twin, twin.get(type(pack), pack.id), judge, **kw)
+        return real_gate_pack(session, pack, judge, **kw)  # now stale: the head moved
+
+    monkeypatch.setattr(gating, "gate_pack", twin_wins_first)
+    with catalog.session() as s:
+        out = gating.gate(s, job_id, catalog.settings)
+    assert sent == [] and out["verdict"] == "promoted"
+    with catalog.session() as s:
+        job, pack = get_job(s, job_id), get_pack(s, pack_id)
+        assert job.status == JobStatus.succeeded and output(job, "evaluate") is not None
+        assert pack.status == PackStatus.promoted
