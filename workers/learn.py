@@ -127,8 +127,7 @@ def run_step(task, stage: str, job_id: int, transient: int = 0) -> dict:
             out = STEPS[stage](s, job_id, settings, _reporter(job_id, stage))
             job = get_job(s, job_id)
             lifecycle.record_seconds(s, job, stage, time.perf_counter() - started)
-            if not lifecycle.is_stopped(job) and stage in job.outputs:
-                job.stage, job.progress = stage, (STAGES.index(stage) + 1) / len(STAGES)
+            lifecycle.step_done(s, job_id, stage)
         return {"job_id": job_id, "stage": stage, "out": out}
     except JobCancelled:
         return {"job_id": job_id, "stage": stage, "cancelled": True}

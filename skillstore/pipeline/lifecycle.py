@@ -162,6 +162,19 @@ def set_progress(session: Session, job_id: int, stage: str, fraction: float) -> 
     session.flush()
 
 
+def step_done(session: Session, job_id: int, stage: str) -> None:
+    """Move a running job to the end of ``stage`` once that step's output is recorded.
+
+    One conditional UPDATE, not a read then a write: a twin attempt of the job (a resumed
+    chain beside a redelivered message) may have finished it meanwhile, and a row read
+    earlier in the step would write its stale progress over the finished job's.
+    """
+    recorded = sa.exists().where(JobStep.job_id == Job.id, JobStep.stage == stage)
+    session.execute(sa.update(Job).where(Job.id == job_id, Job.status == JobStatus.running,
+                                         recorded)
+                    .values(stage=stage, progress=(STAGES.index(stage) + 1) / len(STAGES)))
+
+
 def finish(session: Session, job: Job, *, pack_id: int | None = None) -> None:
     job.status = JobStatus.succeeded
     job.progress = 1.0
