@@ -24,7 +24,8 @@ REDIS = "redis://127.0.0.1:6379"
 FAST_TRAIN = {"max_steps": 5, "batch_size": 8, "eval_every": 5}
 # (min_gain -1 and tolerances 1: every confidence bound passes, whatever five prompts say.)
 FAST_OPTIONS = {"eval_limit": 5,
-                "gate": {"min_gain": -1.0, "max_drop": 1.0, "max_general_drop": 1.0}}
+                "gate": {"min_gain": -1.0, "max_drop": 1.0, "max_general_drop": 1.0,
+                         "min_fidelity": 0.0}}
 
 
 def queue_job(session, settings, skill: str, base: str = "tiny-llama", *, send: bool = True,

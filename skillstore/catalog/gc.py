@@ -21,6 +21,9 @@ BLOB_REFERENCES = (
 )
 # Keys of a skill's held-out record (skills.heldout) that name blobs: the halves of its data.
 HELDOUT_REFERENCES = ("train_sha256", "test_sha256")
+# A pack's metrics record of its uncompressed fine-tune's score (gate/reference.py) names the
+# blob of its per-sample scores.
+FINETUNE_REFERENCE = ("finetune", "samples_digest")
 
 
 @dataclass
@@ -45,6 +48,10 @@ def referenced_digests(session: Session) -> set[str]:
     for heldout in session.scalars(sa.select(Skill.heldout)):  # JSON: filtered in Python
         if isinstance(heldout, dict):
             refs.update(heldout[k] for k in HELDOUT_REFERENCES if heldout.get(k))
+    for metrics in session.scalars(sa.select(SkillPack.metrics)):
+        record = metrics.get(FINETUNE_REFERENCE[0]) if isinstance(metrics, dict) else None
+        if isinstance(record, dict) and record.get(FINETUNE_REFERENCE[1]):
+            refs.add(record[FINETUNE_REFERENCE[1]])
     return refs
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import EvaluationError
 from ..evaluation.compare import Comparison
@@ -18,13 +18,17 @@ PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
 class Check:
     """One claim of the decision, with the evidence for it.
 
-    ``kind`` "gain" (the new skill) or "drop" (an earlier skill, the general suite).
-    ``estimate`` is the paired gain (after - before) or drop (before - after) over the prompts;
+    ``kind`` "gain" (the new skill), "fidelity" (the pack state against the uncompressed
+    fine-tune on the new skill) or "drop" (an earlier skill, the general suite).
+    ``estimate`` is the paired gain (after - before), the fidelity margin (pack state -
+    min_fidelity x fine-tune) or drop (before - after) over the prompts;
     ``low`` and ``high`` bound it, each end a one-sided bound at ``confidence`` (for drops the
-    Holm-adjusted level). ``p_value`` is one-sided, for H0 "gain <= threshold" or "drop >=
-    threshold" (Holm-adjusted for drops). ``status`` is passed, failed (the evidence says the
-    skill was not learned / was forgotten) or inconclusive (``needed_n`` prompts would decide).
-    ``before``/``after`` are the headline scores and ``delta`` their difference.
+    Holm-adjusted level). ``p_value`` is one-sided, for H0 "gain <= threshold", "fidelity gap
+    <= threshold" or "drop >= threshold" (Holm-adjusted for drops). ``status`` is passed,
+    failed (the evidence says the skill was not learned / was lost in compression / was
+    forgotten) or inconclusive (``needed_n`` prompts would decide). ``before``/``after`` are
+    the headline scores (for fidelity: the fine-tune's and the pack state's) and ``delta``
+    their difference.
     """
 
     suite: str
@@ -106,6 +110,12 @@ def _status(passes: bool, fails: bool) -> str:
     return PASSED if passes else FAILED if fails else INCONCLUSIVE
 
 
+def _inconclusive(need: int | None) -> str:
+    """The tail of an inconclusive check's reason; no n decides an estimate on its threshold."""
+    return (f" (inconclusive: needs n ≈ {need})" if need
+            else " (inconclusive: the estimate sits on the threshold; more samples)")
+
+
 def _gain_check(cmp: Comparison, threshold: float, confidence: float, power: float) -> Check:
     t = cmp.at(confidence)
     est = t.difference
@@ -116,10 +126,44 @@ def _gain_check(cmp: Comparison, threshold: float, confidence: float, power: flo
     reason = (f"{cmp.suite}: gained {est:+.3f} [{t.low:+.3f}, {t.high:+.3f}] ({t.test}, "
               f"n={t.n}, p={p:.2g}); lower bound needs >= {threshold:+.3f}"
               + {PASSED: "", FAILED: " (too little gain)",
-                 INCONCLUSIVE: f" (inconclusive: needs n ≈ {need})"}[status])
+                 INCONCLUSIVE: _inconclusive(need)}[status])
     return Check(cmp.suite, "gain", cmp.before.value, cmp.after.value,
                  cmp.after.value - cmp.before.value, threshold, status == PASSED, reason, est,
                  t.low, t.high, t.test, p, t.n, confidence, status, need)
+
+
+def _fidelity_check(suite: str, finetune: Score, pack: Score, min_fidelity: float,
+                    confidence: float, power: float) -> Check:
+    """The pack state keeps ``min_fidelity`` of the uncompressed fine-tune's score on the same
+    prompts: p_pack >= min_fidelity x p_finetune, i.e. the mean of the paired per-prompt
+    differences pack - min_fidelity x fine-tune is at least 0. Its lower bound (a paired
+    bootstrap: the differences are not 0/1) must reach 0. A fine-tune that scored 0 asks
+    nothing of the pack."""
+    scaled = replace(finetune, value=min_fidelity * finetune.value,
+                     stderr=min_fidelity * finetune.stderr,
+                     samples=(None if finetune.samples is None else
+                              {k: min_fidelity * v for k, v in finetune.samples.items()}))
+    cmp = Comparison.of(suite, scaled, pack)
+    if finetune.value <= 0.0:
+        reason = f"{suite}: the fine-tune scored 0, so there is nothing for the pack to keep"
+        return Check(suite, "fidelity", finetune.value, pack.value, pack.value, 0.0, True,
+                     reason, pack.value, pack.value, pack.value, "none", 0.0, cmp.n, confidence,
+                     PASSED)
+    t = cmp.at(confidence)
+    est = t.difference
+    status = _status(t.low >= 0.0, t.high < 0.0)
+    need = (cmp.needed_n(abs(est), est - t.low, confidence, power)
+            if status == INCONCLUSIVE else None)
+    p = cmp.p_above(0.0)
+    reason = (f"{suite}: the pack keeps {pack.value / finetune.value:.3f} of the fine-tune's "
+              f"{finetune.value:.3f}; "
+              f"pack - {min_fidelity:.2f} x fine-tune {est:+.3f} [{t.low:+.3f}, {t.high:+.3f}] "
+              f"({t.test}, n={t.n}, p={p:.2g}); lower bound needs >= 0"
+              + {PASSED: "", FAILED: " (compression lost the skill)",
+                 INCONCLUSIVE: _inconclusive(need)}[status])
+    return Check(suite, "fidelity", finetune.value, pack.value, pack.value - finetune.value, 0.0,
+                 status == PASSED, reason, est, t.low, t.high, t.test, p, t.n, confidence,
+                 status, need)
 
 
 def holm_levels(items: Mapping[str, tuple[Comparison, float]],
@@ -158,7 +202,7 @@ def _drop_checks(items: Mapping[str, tuple[Comparison, float]], confidence: floa
         reason = (("forgot " if status == FAILED else "")
                   + f"{suite}: dropped {drop:+.3f} [{low:+.3f}, {high:+.3f}] at {level[suite]:.4g}"
                   f" ({t.test}, n={t.n}, Holm p={p:.2g}); upper bound allowed {tol:.3f}"
-                  + (f" (inconclusive: needs n ≈ {need})" if status == INCONCLUSIVE else ""))
+                  + (_inconclusive(need) if status == INCONCLUSIVE else ""))
         checks.append(Check(suite, "drop", cmp.before.value, cmp.after.value,
                             cmp.after.value - cmp.before.value, tol, status == PASSED, reason,
                             drop, low, high, t.test, p, t.n, level[suite], status, need))
@@ -167,25 +211,35 @@ def _drop_checks(items: Mapping[str, tuple[Comparison, float]], confidence: floa
 
 def decide(policy: GatePolicy, *, new_skill: str, before: Mapping[str, Score],
            after: Mapping[str, Score], earlier_skills: Sequence[str],
-           general_suites: Sequence[str] = (GENERAL_SUITE,)) -> Decision:
+           general_suites: Sequence[str] = (GENERAL_SUITE,),
+           finetune: Score | None = None) -> Decision:
     """Judge a candidate: ``before`` holds the current state's scores, ``after`` the candidate's
     (both on the same prompts; with per-sample scores the comparison is paired).
 
     Learned: the one-sided lower bound (at ``policy.confidence``) of the new skill's gain is at
-    least its ``min_gain``. No regression: for every earlier skill and every general suite the
-    one-sided upper bound of the drop is within its tolerance, the bounds Holm-adjusted across
-    these checks. Promoted when every check passes; rejected when one fails (its opposite bound
-    is beyond the threshold); otherwise inconclusive, with the n that would decide it.
+    least its ``min_gain``. Faithful (when ``finetune``, the uncompressed fine-tune's score on
+    the new skill's prompts, is given and ``policy.min_fidelity`` > 0): the lower bound of the
+    paired mean of pack state - min_fidelity x fine-tune is at least 0. No regression:
+    for every earlier skill and every general suite the one-sided upper bound of the drop is
+    within its tolerance, the bounds Holm-adjusted across these checks. Promoted when every
+    check passes; rejected when one fails (its opposite bound is beyond the threshold);
+    otherwise inconclusive, with the n that would decide it.
     """
     checks = [_gain_check(_compare(new_skill, before, after), policy.min_gain_for(new_skill),
                           policy.confidence, policy.power)]
+    notes: list[str] = []
+    if finetune is not None and policy.min_fidelity > 0.0:
+        checks.append(_fidelity_check(new_skill, finetune, _score(after, new_skill, "candidate"),
+                                      policy.min_fidelity, policy.confidence, policy.power))
+    elif policy.min_fidelity > 0.0:
+        notes.append("fidelity not checked: no score of the uncompressed fine-tune was given")
     drops = {skill: (_compare(skill, before, after), policy.max_drop_for(skill))
              for skill in dict.fromkeys(earlier_skills) if skill != new_skill}
     drops |= {suite: (_compare(suite, before, after), policy.max_general_drop)
               for suite in dict.fromkeys(general_suites)}
     checks += _drop_checks(drops, policy.confidence, policy.power)
     tested = {new_skill, *earlier_skills}
-    notes = tuple(f"policy per_skill names {name!r}, which this decision does not test"
-                  for name in policy.per_skill if name not in tested)
+    notes += [f"policy per_skill names {name!r}, which this decision does not test"
+              for name in policy.per_skill if name not in tested]
     return Decision(promote=all(c.passed for c in checks), new_skill=new_skill,
-                    checks=tuple(checks), notes=notes)
+                    checks=tuple(checks), notes=tuple(notes))

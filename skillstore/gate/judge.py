@@ -199,9 +199,11 @@ def store_report(session, blobs, state: ModelState, decision: Decision,
 
 
 def recorded_judge(blobs, pack: SkillPack, evaluation: CandidateEvaluation,
-                   policy: GatePolicy) -> Judge:
+                   policy: GatePolicy, *, finetune: Score | None = None) -> Judge:
     """A judge for gate_pack that decides on recorded scores and never evaluates; the
-    per-sample scores are read back from the eval rows, so the tests are paired.
+    per-sample scores are read back from the eval rows, so the tests are paired. ``finetune``
+    is the uncompressed fine-tune's score on the new skill's prompts (gate/reference.py), for
+    the fidelity check.
 
     When the head is no longer the one the scores were measured against (another promotion
     won, before this gate or during one of gate_pack's attempts) it raises
@@ -215,7 +217,10 @@ def recorded_judge(blobs, pack: SkillPack, evaluation: CandidateEvaluation,
                 f"version {evaluation.head_version}); the head is now state {current.id} "
                 f"(version {version}). Evaluate it again on the new head.")
         candidate = get_state(session, evaluation.candidate_state_id)
-        decision = evaluation.with_samples(session, blobs).decide(policy)
+        scored = evaluation.with_samples(session, blobs)
+        decision = decide(policy, new_skill=scored.new_skill, before=scored.before,
+                          after=scored.after, earlier_skills=scored.earlier,
+                          general_suites=scored.general, finetune=finetune)
         return candidate, decision, store_report(session, blobs, candidate, decision, pack)
 
     return judge

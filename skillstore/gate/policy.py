@@ -24,8 +24,9 @@ class GatePolicy(BaseModel):
     """Frozen gate policy, global with optional per-skill overrides (docs/composition.md).
 
     Scores are fractions in [0, 1]. Every claim is a one-sided confidence bound at
-    ``confidence`` on the paired difference between the candidate and the current state: the
-    new skill's gain must have its lower bound at ``min_gain`` or above; every earlier skill's
+    ``confidence`` on a paired difference over the same prompts: the new skill's gain over the
+    current state must have its lower bound at ``min_gain`` or above; the pack state must keep
+    ``min_fidelity`` of the uncompressed fine-tune's score on the new skill; every earlier skill's
     and the general suite's drop must have its upper bound within its tolerance (Holm-adjusted
     across those drop checks). A check the samples cannot decide is inconclusive.
     """
@@ -39,6 +40,10 @@ class GatePolicy(BaseModel):
         "Largest tolerated drop on any earlier skill (upper confidence bound)."))
     max_general_drop: float = Field(default=0.01, ge=0.0, le=1.0, description=(
         "Largest tolerated drop on the general suite (upper confidence bound)."))
+    min_fidelity: float = Field(default=0.95, ge=0.0, le=1.0, description=(
+        "Least share of the uncompressed fine-tune's score on the new skill that the pack "
+        "state must keep: the lower confidence bound of the paired mean of pack - "
+        "min_fidelity x fine-tune must reach 0. 0: no check."))
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description=(
         "Confidence of each one-sided bound (0.95: a 5% chance of a wrong claim per decision)."))
     power: float = Field(default=0.8, gt=0.0, lt=1.0, description=(

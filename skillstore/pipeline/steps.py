@@ -16,6 +16,7 @@ from ..catalog.schema import PackStatus
 from ..errors import StaleEvaluationError
 from ..evaluation.suites import general_suite, skill_suite
 from ..gate import CandidateEvaluation, evaluate_candidate, gate_pack, head_of, recorded_judge
+from ..gate.reference import evaluate_base, finetune_record, finetune_score, record_fidelity
 from ..models import load_causal_lm
 from ..packs import FORMAT_VERSION, compress_checkpoint, load_policy
 from ..packs.tune import TuneConfig, tune_pack
@@ -202,19 +203,32 @@ def evaluate(session: Session, job_id: int, settings: Settings,
     job = get_job(session, job_id)
     if is_stopped(job) or output(job, "evaluate"):
         return output(job, "evaluate") or {}
-    request = request_of(job)
+    request, store = request_of(job), blobs(settings)
     pack = get_pack(session, job.pack_id)
     base = session.get(BaseCheckpoint, pack.base_id)
-    general = general_suite(request.general_suite,
-                            beside=[skill_suite(session.get(Skill, pack.skill_id))])
+    new_suite = skill_suite(session.get(Skill, pack.skill_id))
+    general = general_suite(request.general_suite, beside=[new_suite])
     current, version = head_of(session, base)
     model, tokenizer = load_causal_lm(base.uri)
+    cache = work_dir(settings, "cache")
     evaluation = evaluate_candidate(
-        session, blobs(settings), model, tokenizer, pack, current, version, general=general,
+        session, store, model, tokenizer, pack, current, version, general=general,
         router=CANDIDATE_ROUTER, batch_size=EVAL_BATCH, limit=request.eval_limit,
-        cache_dir=work_dir(settings, "cache"),
-        progress=(lambda done: progress("evaluate", done)) if progress else None)
-    return record_output(session, job, "evaluate", evaluation.as_json())
+        cache_dir=cache,
+        progress=(lambda done: progress("evaluate", 0.8 * done)) if progress else None)
+    # The plain base on the new skill (forward transfer), then the uncompressed fine-tune on
+    # it (fidelity), each measured once: the eval cache and the pack's metrics keep them.
+    evaluate_base(session, store, model, tokenizer, base, [new_suite], limit=request.eval_limit,
+                  batch_size=EVAL_BATCH, cache_dir=cache)
+    del model
+    trained = output(job, "train")
+    finetune = finetune_record(session, store, pack,
+                               tuned_checkpoint(store, settings, job.id, trained), new_suite,
+                               fingerprint=trained.get("fingerprint"), limit=request.eval_limit,
+                               batch_size=EVAL_BATCH)
+    record_fidelity(session, pack, finetune, evaluation.after[evaluation.new_skill])
+    return record_output(session, job, "evaluate",
+                         {**evaluation.as_json(), "finetune": finetune})
 
 
 def gate(session: Session, job_id: int, settings: Settings,
@@ -235,8 +249,10 @@ def gate(session: Session, job_id: int, settings: Settings,
         try:
             if recorded is None:  # a redelivered gate after its evaluation was forgotten
                 raise StaleEvaluationError(f"Job {job.id} has no evaluation to decide on.")
-            judge = recorded_judge(blobs(settings), pack, CandidateEvaluation.from_json(recorded),
-                                   request_of(job).gate)
+            store = blobs(settings)
+            judge = recorded_judge(store, pack, CandidateEvaluation.from_json(recorded),
+                                   request_of(job).gate,
+                                   finetune=finetune_score(store, recorded.get("finetune")))
             outcome = gate_pack(session, pack, judge, actor=f"job:{job.id}")
         except StaleEvaluationError:
             session.rollback()

@@ -43,6 +43,22 @@ def assert_learned(env, job_id: int, skill: str) -> SkillPack:
         assert pack.id in [m.pack_id for m in state.members]
         evals = list(s.scalars(sa.select(EvalResult).where(EvalResult.state_id == state.id)))
         assert {e.suite for e in evals} >= {skill, "general"}
+        # The evaluate step also scored the uncompressed fine-tune on the same prompts
+        # (fidelity) and the plain base on the new skill (forward transfer).
+        evaluated = job.outputs["evaluate"]
+        finetune = evaluated["finetune"]
+        assert finetune["suite"] == skill and finetune["n"] == FAST_OPTIONS["eval_limit"]
+        assert finetune["version"] == evaluated["after"][skill]["version"]
+        assert finetune["fingerprint"] == job.outputs["train"]["fingerprint"]
+        assert pack.metrics["finetune"] == finetune
+        assert pack.metrics["fidelity"]["pack"] == evaluated["after"][skill]["value"]
+        env.catalog.blobs.verify(finetune["samples_digest"])
+        root = get_state(s, state.id)
+        while root.parent_id is not None:
+            root = get_state(s, root.parent_id)
+        assert not root.members
+        assert s.scalar(sa.select(EvalResult.id).where(
+            EvalResult.state_id == root.id, EvalResult.suite == skill)) is not None
     return pack
 
 
