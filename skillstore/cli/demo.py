@@ -77,8 +77,12 @@ def _matrix_table(title: str, doc: dict) -> Table:
     table.add_column("after learning")
     for name in doc["skills"]:
         table.add_column(name, justify="right")
-    for name, row in zip(doc["skills"], doc["accuracy_matrix"], strict=True):
-        table.add_row(name, *(f"{v:.2f}" for v in row))
+    verdicts = doc.get("verdicts") or ["promoted"] * len(doc["skills"])
+    held = doc.get("held") or [True] * len(doc["skills"])
+    for name, row, kept, verdict in zip(doc["skills"], doc["accuracy_matrix"], held, verdicts,
+                                        strict=True):
+        table.add_row(name if kept else f"{name} ({verdict}: state unchanged)",
+                      *("—" if v is None else f"{v:.2f}" for v in row))
     return table
 
 
@@ -102,15 +106,37 @@ def _packs_table(session, base) -> tuple[Table, list[dict]]:
 
 
 def _metrics_line(name: str, doc: dict) -> str:
-    m = doc.get("metrics")
-    if not m or m.get("bwt") is None:
-        return f"{name:<28} needs at least two learned skills for BWT and forgetting"
-    return (f"{name:<28} avg acc {m['average_accuracy']:.3f}   BWT {m['bwt']:+.3f}   "
-            f"forgetting {m['forgetting']:.3f}")
+    m = doc.get("metrics") or {}
+    acc = m.get("average_accuracy")
+    acc_text = "—" if acc is None else f"{acc:.3f}"
+    if m.get("bwt") is None:
+        return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills); needs two "
+                "learned skills for BWT and forgetting")
+    return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills)   "
+            f"BWT {m['bwt']:+.3f}   forgetting {m['forgetting']:.3f} (learned skills)")
 
 
-def _html_report(catalog, settings: Settings, naive: dict):
-    """The head state's report from skillstore.reports, with the naive baseline beside it."""
+def _store_baselines(catalog, job_ids: list[int], naive: dict) -> None:
+    """Keep the naive baseline on every pack this run's jobs made, where build_report finds it,
+    so `skillstore report --pack P` (any format) shows it beside the routed matrix."""
+    from .demo_forgetting import NAIVE
+
+    if not naive.get("accuracy_matrix"):
+        return
+    doc = {k: v for k, v in naive.items() if k != "metrics"}  # reports recompute the metrics
+    with catalog.session() as s:
+        for job in s.scalars(sa.select(Job).where(Job.id.in_(job_ids))):
+            pack = s.get(SkillPack, job.pack_id) if job.pack_id is not None else None
+            if pack is not None:  # a new dict: the JSON column sees the change
+                metrics = dict(pack.metrics or {})
+                metrics["baselines"] = {**metrics.get("baselines", {}), NAIVE: doc}
+                pack.metrics = metrics
+        s.commit()
+
+
+def _html_report(catalog, settings: Settings):
+    """The head state's report from skillstore.reports, the baselines beside it (read from
+    the packs, as `skillstore report` reads them)."""
     from ..catalog import current_head, get_state
     from ..reports.data import build_report
     from ..reports.render import render_report
@@ -121,10 +147,6 @@ def _html_report(catalog, settings: Settings, naive: dict):
             return None
         data = build_report(s, state=get_state(s, head.state_id), blobs=catalog.blobs)
     data.title = "skillstore demo: the promoted SkillPack state"
-    if naive.get("metrics"):
-        data.baselines["naive sequential fine-tuning"] = {
-            "skills": naive["skills"], "accuracy_matrix": naive["accuracy_matrix"],
-            **naive["metrics"]}
     out = settings.home / "reports" / "demo.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(data, "html"), encoding="utf-8")
@@ -178,22 +200,25 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
         for j in failed:
             job = s.get(Job, j)
             console.print(f"[red]job {j} {job.status.value}[/] in {job.stage}: {job.error}")
-        with console.status("measuring the accuracy matrix of the promoted states..."), \
+        # The baseline's lm-eval runs finish before the routed ones start: one lm-eval at a time.
+        with console.status("naive sequential fine-tuning baseline (cached after the first "
+                            "run)..."):
+            naive = naive_future.result()
+            pool.shutdown()
+        with console.status("measuring the accuracy matrix of the states..."), \
                 open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
             routed = routed_matrix(s, settings, base, limit=EVAL_LIMIT)
         packs_table, _ = _packs_table(s, base)
         promoted = s.scalar(sa.select(sa.func.count()).select_from(SkillPack)
                             .where(SkillPack.status == PackStatus.promoted))
-    with console.status("naive sequential fine-tuning baseline (cached after the first run)..."):
-        naive = naive_future.result()
-        pool.shutdown()
+    _store_baselines(catalog, job_ids, naive)
     console.print(_matrix_table(
-        "Routed SkillPack state: R[i][j] = exact match on skill j after stage i", routed))
-    console.print(_matrix_table("Naive sequential fine-tuning", naive))
+        "Routed SkillPack state: R[i][j] = lm-eval score on skill j after stage i", routed))
+    console.print(_matrix_table("Naive sequential fine-tuning (same lm-eval suites)", naive))
     console.print(_metrics_line("routed SkillPack state", routed))
     console.print(_metrics_line("naive sequential fine-tuning", naive))
     console.print(packs_table)
-    html = _html_report(catalog, settings, naive)
+    html = _html_report(catalog, settings)
     console.print(f"{promoted} pack(s) promoted. HTML report: {html}")
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
     catalog.close()

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from ..catalog.models import EvalResult
 from ..errors import EvaluationError
-from .cache import Suite, cached_rows, read_samples
+from .cache import Suite, cache_version, cached_rows, read_samples
+from .runner import run_tasks
 from .stats import Interval, wilson_interval
 
 # The name the base's general suite is stored, decided and reported under.
@@ -142,3 +143,22 @@ def with_samples(session, blobs, state_id: int, scores: Mapping[str, Score]) -> 
             .order_by(EvalResult.task)))
         out[suite] = replace(score, samples=_samples(rows, blobs))
     return out
+
+
+def model_score(model, tokenizer, suite: Suite, *, limit: int | None = None,
+                batch_size: int = 16, runner=run_tasks) -> Score:
+    """A plain in-memory model's headline score on ``suite`` (a fine-tuned checkpoint, a
+    baseline stage: no ModelState): the runner and the headline rule that evaluate_state and
+    suite_scores apply to a state, at the same suite version, with per-sample scores keyed as
+    a state's are, so the two pair prompt by prompt."""
+    results = runner(model, tokenizer, list(suite.tasks), include_path=suite.include_path,
+                     batch_size=batch_size, limit=limit)
+    score = headline([EvalResult(suite=suite.name, suite_version=cache_version(suite, limit),
+                                 task=r.task, metric=r.metric, value=r.value, stderr=r.stderr,
+                                 n=r.n) for r in results], suite.headline_metric)
+    picked = sorted((r for r in results if r.metric == score.metric), key=lambda r: r.task)
+    if not all(r.samples for r in picked):
+        return score
+    samples = (picked[0].samples if len(picked) == 1 else
+               {f"{r.task}/{doc}": v for r in picked for doc, v in r.samples.items()})
+    return replace(score, samples=samples)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from sqlalchemy.orm.attributes import flag_modified
 
-from ..catalog.models import BaseCheckpoint, EvalResult, SkillPack
+from ..catalog.models import BaseCheckpoint, SkillPack
 from ..evaluation.cache import Suite, cache_version, evaluate_state, read_samples, samples_bytes
 from ..evaluation.loader import state_loader
 from ..evaluation.runner import run_tasks
-from ..evaluation.scores import Score, headline
+from ..evaluation.scores import Score, model_score
 from ..models import load_causal_lm
 from ..states.view import base_state, load_view
 
@@ -38,18 +38,11 @@ def finetune_record(session, blobs, pack: SkillPack, tuned_dir: str | Path, suit
     if known and known.get("version") == version and known.get("fingerprint") == fingerprint:
         return known
     model, tokenizer = load_causal_lm(tuned_dir)
-    results = runner(model, tokenizer, list(suite.tasks), include_path=suite.include_path,
-                     batch_size=batch_size, limit=limit)
-    score = headline([EvalResult(task=r.task, metric=r.metric, value=r.value, stderr=r.stderr,
-                                 n=r.n, suite=suite.name, suite_version=version)
-                      for r in results], suite.headline_metric)
-    picked = sorted((r for r in results if r.metric == score.metric), key=lambda r: r.task)
-    samples = None  # keyed as scores.headline keys the candidate's, so the two pair up
-    if all(r.samples for r in picked):
-        samples = (picked[0].samples if len(picked) == 1 else
-                   {f"{r.task}/{doc}": v for r in picked for doc, v in r.samples.items()})
+    score = model_score(model, tokenizer, suite, limit=limit, batch_size=batch_size,
+                        runner=runner)
     record = {**score.as_json(), "suite": suite.name, "fingerprint": fingerprint,
-              "samples_digest": blobs.put_bytes(samples_bytes(samples)) if samples else None}
+              "samples_digest": (blobs.put_bytes(samples_bytes(score.samples))
+                                 if score.samples else None)}
     pack.metrics = {**(pack.metrics or {}), FINETUNE: record}
     flag_modified(pack, "metrics")
     session.flush()

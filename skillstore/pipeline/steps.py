@@ -269,10 +269,11 @@ def gate(session: Session, job_id: int, settings: Settings,
                 return {"sent_back_to": "evaluate"}
     if outcome is not None:
         verdict, reasons = outcome.decision.verdict, outcome.decision.reasons
+        decided = {"decision": outcome.decision.as_dict()}
     else:
-        verdict, reasons = pack.status.value, ["decided before this attempt"]
+        verdict, reasons, decided = pack.status.value, ["decided before this attempt"], {}
     job = get_job(session, job_id)
     out = record_output(session, job, "gate", {"verdict": verdict, "reasons": reasons,
-                                               "pack_id": pack.id})
+                                               "pack_id": pack.id, **decided})
     finish(session, job, pack_id=pack.id)
     return out

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 
 from ..catalog.lineage import ancestors, describe_nodes
-from ..catalog.models import ModelState, Promotion, SkillPack
+from ..catalog.models import Job, JobStep, ModelState, Promotion, Skill, SkillPack
+from ..catalog.schema import PackStatus
 from ..catalog.states import get_state
 from ..errors import EvaluationError, NotFoundError
 from ..evaluation.cache import Suite
@@ -33,6 +35,9 @@ class ReportData:
     packs: list[dict] = field(default_factory=list)
     lineage: dict | None = None
     baselines: dict[str, dict] = field(default_factory=dict)
+    # one per skill (matrix column): whether the state holds its pack, the gate's verdict on
+    # that pack, the state its row measures, and the pack's fidelity when it was measured
+    columns: list[dict] = field(default_factory=list)
 
     def as_json(self) -> dict:
         m = self.metrics or {}
@@ -40,9 +45,10 @@ class ReportData:
                 "accuracy_matrix": self.accuracy_matrix, "base_scores": self.base_scores,
                 "general": self.general, "bwt": m.get("bwt"), "forgetting": m.get("forgetting"),
                 "average_accuracy": m.get("average_accuracy"),
+                "learned_average_accuracy": m.get("learned_average_accuracy"),
                 "forward_transfer": m.get("forward_transfer"), "decision": self.decision,
                 "deltas": self.deltas, "packs": self.packs, "lineage": self.lineage,
-                "baselines": self.baselines}
+                "baselines": self.baselines, "columns": self.columns}
 
 
 def chain(session, state: ModelState) -> list[ModelState]:
@@ -54,13 +60,79 @@ def chain(session, state: ModelState) -> list[ModelState]:
     return out
 
 
+def verdict_of(row: Promotion | None) -> str:
+    """promoted, rejected, inconclusive (stored as rejected, its reason saying so), retired or
+    pending (not decided yet)."""
+    if row is None or row.to_status == PackStatus.candidate:
+        return "pending"
+    if row.to_status == PackStatus.rejected and row.reason.startswith("inconclusive:"):
+        return "inconclusive"
+    return row.to_status.value
+
+
+def _last_promotion(session, pack_id: int) -> Promotion | None:
+    return session.scalars(sa.select(Promotion).where(Promotion.pack_id == pack_id)
+                           .order_by(Promotion.id.desc())).first()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One skill attempted in a state's history (a matrix column, and the row after it).
+
+    ``state_id`` is the state after the attempt: the one that added the pack when the state
+    holds it (``held``), else the state that stayed, the one the gate evaluated the rejected
+    (or inconclusive) pack against. ``verdict`` is the gate's on ``pack_id``.
+    """
+
+    skill: str
+    state_id: int
+    held: bool
+    verdict: str
+    pack_id: int
+
+
+def attempts(session, state: ModelState) -> list[Attempt]:
+    """Every skill attempted on the way to ``state``, in order: the skills it holds (one per
+    stage of its chain that holds packs) and the skills whose packs the gate rejected or found
+    inconclusive against a state of that chain, each after the state it was judged on. A skill
+    the state holds is listed once, as held; one rejected several times, at its last attempt."""
+    view = load_view(session, state)
+    stages = chain(session, state)
+    index = {s.id: i for i, s in enumerate(stages)}
+    learned = [s for s in stages if s.members][-len(view.skills):] if view.skills else []
+    # packs that joined together (a state composed or fused in one step) share its stage
+    learned = learned[:1] * (len(view.members) - len(learned)) + learned
+    events = [((index[st.id], 0, 0),
+               Attempt(m.skill, st.id, True, verdict_of(_last_promotion(session, m.pack_id)),
+                       m.pack_id))
+              for st, m in zip(learned, view.members, strict=True)]
+    candidate = aliased(ModelState)
+    rows = session.execute(
+        sa.select(Promotion, Skill.name, candidate.parent_id)
+        .join(SkillPack, SkillPack.id == Promotion.pack_id)
+        .join(Skill, Skill.id == SkillPack.skill_id)
+        .join(candidate, candidate.id == Promotion.state_id)
+        .where(SkillPack.base_id == state.base_id, SkillPack.status == PackStatus.rejected,
+               Promotion.to_status == PackStatus.rejected, candidate.parent_id.in_(list(index)))
+        .order_by(Promotion.id))
+    rejected = {}
+    for promo, skill, parent in rows:
+        if skill not in view.skills:
+            rejected[skill] = ((index[parent], 1, promo.id),
+                               Attempt(skill, parent, False, verdict_of(promo), promo.pack_id))
+    return [a for _, a in sorted(events + list(rejected.values()), key=lambda e: e[0])]
+
+
 @dataclass(frozen=True)
 class AccuracyMatrix:
     """R[i][j], the score on skill j after learning stage i, as the eval table holds it.
 
-    Stage i is the i-th state of the chain that holds packs (the last ``len(skills)`` of them,
-    ``states``). A cell never measured is None: the gate measures every learned skill and
-    R[i][i+1] (the score just before a skill is learned), nothing further above the diagonal.
+    The columns are every skill attempted on the way to the state (``attempts``), held or not;
+    row i is the state after attempt i (``states``; a rejected attempt's row is the state that
+    stayed, so it repeats the row before it). A cell never measured is None: the gate measures
+    the current state and the candidate on every skill the candidate holds, so a rejected
+    skill's column holds the score of the state it was judged against, and later states' scores
+    on it only where something else measured them (the demo measures every cell).
     """
 
     skills: list[str]
@@ -68,43 +140,67 @@ class AccuracyMatrix:
     matrix: list[list[float | None]]
     base: list[float | None]  # the pack-less root's score per skill, None when not measured
     general: list[float | None]  # the general suite's score at each state of the chain, root first
+    held: list[bool] = field(default_factory=list)  # per skill: the state holds its pack
+    verdicts: list[str] = field(default_factory=list)  # per skill: the gate's verdict
+    pack_ids: list[int] = field(default_factory=list)
 
     def metrics(self) -> dict | None:
-        """ACC, BWT, forgetting and FWT; None while a required cell is missing."""
-        if not self.matrix or len(self.matrix) != len(self.skills):
+        """ACC over every attempted skill (None while the final state's score on one is
+        missing), ACC over the held ones, and BWT, forgetting and FWT over the held ones (see
+        evaluation.metrics.continual_metrics); None for an empty matrix."""
+        if not self.matrix:
             return None
-        return metrics_of(self.skills, self.matrix, self.base)
+        return metrics_of(self.skills, self.matrix, self.base, learned=self.held)
 
 
 def accuracy_matrix(session, state: ModelState, suites: list[Suite] | None = None, *,
                     limit: int | None = None) -> AccuracyMatrix:
-    """The accuracy matrix of the learning history that led to ``state`` (its skills, in pack
-    order), from the eval table only. Scores are each suite's newest version, or exactly
-    ``suites`` at ``limit`` when given (named after the skills and GENERAL_SUITE)."""
-    skills = load_view(session, state).skills
+    """The accuracy matrix of the learning history that led to ``state`` (every skill attempted,
+    see ``attempts``), from the eval table only. Scores are each suite's newest version, or
+    exactly ``suites`` at ``limit`` when given (named after the skills and GENERAL_SUITE)."""
+    history = attempts(session, state)
     stages = chain(session, state)
-    scores = {s.id: suite_scores(session, s.id, suites, limit=limit) for s in stages}
+    ids = {s.id for s in stages} | {a.state_id for a in history}
+    scores = {i: suite_scores(session, i, suites, limit=limit) for i in ids}
 
     def score(state_id: int, suite: str) -> float | None:
         sc = scores[state_id].get(suite)
         return None if sc is None else sc.value
 
-    learned = [s for s in stages if s.members][-len(skills):] if skills else []
+    skills = [a.skill for a in history]
     root = stages[0] if not stages[0].members else None
     return AccuracyMatrix(
-        skills=skills, states=[s.id for s in learned],
-        matrix=[[score(s.id, sk) for sk in skills] for s in learned],
+        skills=skills, states=[a.state_id for a in history],
+        matrix=[[score(a.state_id, sk) for sk in skills] for a in history],
         base=[score(root.id, sk) if root else None for sk in skills],
-        general=[score(s.id, GENERAL_SUITE) for s in stages])
+        general=[score(s.id, GENERAL_SUITE) for s in stages],
+        held=[a.held for a in history], verdicts=[a.verdict for a in history],
+        pack_ids=[a.pack_id for a in history])
 
 
 def metrics_of(skills: list[str], matrix: list[list[float | None]],
-               base: list[float | None]) -> dict | None:
+               base: list[float | None], *, learned: list[bool] | None = None) -> dict | None:
+    """The continual-learning metrics of a matrix (every skill learned unless ``learned`` says
+    otherwise); None when a cell they need is missing."""
     try:
-        b = None if any(v is None for v in base) else base
-        return continual_metrics(matrix, b).as_dict()
+        if len(base) != len(matrix) or (learned is None and any(v is None for v in base)):
+            base = None  # without the base on every skill there is no FWT
+        return continual_metrics(matrix, base, learned=learned).as_dict()
     except EvaluationError:
         return None  # an incomplete matrix shows as a table, without metrics
+
+
+def _recorded_decision(session, pack: SkillPack) -> dict | None:
+    """The decision the job that made ``pack`` recorded in its gate step, when it kept one (a
+    Decision.as_dict() under "decision", or its "checks" beside the verdict)."""
+    out = session.scalars(
+        sa.select(JobStep.output).join(Job, Job.id == JobStep.job_id)
+        .where(Job.pack_id == pack.id, JobStep.stage == "gate")
+        .order_by(JobStep.id.desc())).first() or {}
+    decision = out.get("decision")
+    if isinstance(decision, dict) and decision.get("checks"):
+        return decision
+    return {"checks": out["checks"]} if out.get("checks") else None
 
 
 def _decision_for(session, state: ModelState, pack: SkillPack | None) -> dict | None:
@@ -114,11 +210,13 @@ def _decision_for(session, state: ModelState, pack: SkillPack | None) -> dict | 
     row = session.scalars(q).first()
     if row is None or row.to_status.value == "candidate":
         return {"verdict": "pending", "reasons": ["not decided yet"], "actor": None}
-    # an inconclusive gate decision is stored as rejected with its reason saying so
-    verdict = ("inconclusive" if row.to_status.value == "rejected"
-               and row.reason.startswith("inconclusive:") else row.to_status.value)
-    return {"verdict": verdict, "reasons": row.reason.split("; "), "actor": row.actor,
-            "pack_id": row.pack_id, "report_ref": row.report_ref, "at": row.created_at.isoformat()}
+    out = {"verdict": verdict_of(row), "reasons": row.reason.split("; "), "actor": row.actor,
+           "pack_id": row.pack_id, "report_ref": row.report_ref,
+           "at": row.created_at.isoformat()}
+    recorded = _recorded_decision(session, session.get(SkillPack, row.pack_id))
+    if recorded is not None:  # the checks with their intervals, as the gate decided them
+        out.update({k: v for k, v in recorded.items() if k in ("checks", "needed_n", "notes")})
+    return out
 
 
 def delta_row(suite: str, before: Score, after: Score, confidence: float = 0.95) -> dict:
@@ -156,15 +254,25 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
     deltas = [delta_row(suite, parent_scores[suite], after, confidence)
               for suite, after in sorted(after_scores.items()) if suite in parent_scores]
     pack_rows = {p.id: p for p in session.scalars(sa.select(SkillPack).where(
-        SkillPack.id.in_([m.pack_id for m in view.members])))}
+        SkillPack.id.in_([m.pack_id for m in view.members] + matrix.pack_ids)))}
     packs = [dict(asdict(m), method=pack_rows[m.pack_id].method,
-                  status=pack_rows[m.pack_id].status.value) for m in view.members]
+                  status=pack_rows[m.pack_id].status.value,
+                  fidelity=(pack_rows[m.pack_id].metrics or {}).get("fidelity"))
+             for m in view.members]
+    columns = [{"skill": sk, "held": held, "verdict": verdict, "pack_id": pid,
+                "state_id": sid, "fidelity": (pack_rows[pid].metrics or {}).get("fidelity")}
+               for sk, held, verdict, pid, sid in zip(matrix.skills, matrix.held,
+                                                      matrix.verdicts, matrix.pack_ids,
+                                                      matrix.states, strict=True)]
     focus = pack or (pack_rows[view.members[-1].pack_id] if view.members else None)
     lineage = describe_nodes(session, ancestors(session, focus.id)).to_json() if focus else None
+    # The focus pack's baselines first, then any other pack of this history's (a run such as
+    # the demo stores its baselines on every pack it made).
+    others = [pack_rows[i] for i in reversed(matrix.pack_ids) if focus is None or i != focus.id]
     baselines = {}
-    for name, b in ((focus.metrics or {}).get("baselines", {}) if focus else {}).items():
-        baselines[name] = {"skills": b["skills"], "accuracy_matrix": b["accuracy_matrix"],
-                           **(metrics_of(b["skills"], b["accuracy_matrix"], [None]) or {})}
+    for p in ([focus] if focus else []) + others:
+        for name, b in (p.metrics or {}).get("baselines", {}).items():
+            baselines.setdefault(name, baseline_row(b, matrix.skills))
     title = (f"Pack {focus.id} ({view.members[-1].skill}@v{view.members[-1].version})" if pack
              else f"State {state.id}")
     return ReportData(
@@ -174,4 +282,13 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
         skills=matrix.skills, accuracy_matrix=matrix.matrix, base_scores=matrix.base,
         general=matrix.general, metrics=matrix.metrics(),
         decision=_decision_for(session, state, pack), deltas=deltas, packs=packs, lineage=lineage,
-        baselines=baselines)
+        baselines=baselines, columns=columns)
+
+
+def baseline_row(doc: dict, skills: list[str]) -> dict:
+    """A stored baseline (``skills``, ``accuracy_matrix``, and how it was scored) with its
+    metrics, every skill learned; ``same_skills`` says whether its columns are the report's."""
+    kept = {k: v for k, v in doc.items() if k != "metrics"}  # recomputed below, never trusted
+    return {**kept, "skills": doc["skills"], "accuracy_matrix": doc["accuracy_matrix"],
+            **(metrics_of(doc["skills"], doc["accuracy_matrix"], []) or {}),
+            "same_skills": list(doc["skills"]) == list(skills)}

@@ -37,7 +37,7 @@ def heatmap_png(data: ReportData) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = [("this state", data.skills, data.accuracy_matrix)] + [
+    panels = [("this state", _column_names(data), data.accuracy_matrix)] + [
         (name, b["skills"], b["accuracy_matrix"]) for name, b in data.baselines.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (name, skills, matrix) in zip(axes[0], panels, strict=True):
@@ -58,33 +58,78 @@ def heatmap_png(data: ReportData) -> bytes:
     return buf.getvalue()
 
 
+def _column_names(data: ReportData) -> list[str]:
+    """Each skill, with the gate's verdict when the state does not hold its pack."""
+    verdicts = {c["skill"]: c for c in data.columns}
+    return [sk if verdicts.get(sk, {}).get("held", True) else f"{sk} ({verdicts[sk]['verdict']})"
+            for sk in data.skills]
+
+
 def _matrix_rows(skills: list[str], matrix: list[list[float | None]]) -> list[list[str]]:
     return [[f"after {skills[i]}", *(_f(v) for v in row)] for i, row in enumerate(matrix)]
+
+
+FIDELITY_KEYS = ("ratio", "pack", "finetune", "low", "n", "status")
+
+
+def _fidelity(doc: dict | None) -> str:
+    """A pack's fidelity as stored (known keys first, in order; the rest after); — when none."""
+    if not doc:
+        return "—"
+    parts = []
+    for k in [*(k for k in FIDELITY_KEYS if k in doc), *sorted(set(doc) - set(FIDELITY_KEYS))]:
+        v = doc[k]
+        parts.append(f"{k} {_f(v) if isinstance(v, float) else v}")
+    return ", ".join(parts)
+
+
+def _num(v, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _check_row(c: dict) -> list[str]:
+    """One gate check; a key the check does not carry shows as —."""
+    interval = ("—" if c.get("low") is None or c.get("high") is None
+                else f"[{c['low']:+.3f}, {c['high']:+.3f}]")
+    return [str(c.get("suite", "")), str(c.get("kind", "")), _num(c.get("estimate"), "+.3f"),
+            interval, _num(c.get("confidence"), ".4g"), _num(c.get("threshold"), "+.3f"),
+            str(c.get("test", "")), _num(c.get("p_value"), ".2g"), str(c.get("n", "—")),
+            str(c.get("status", "")) + (f" (needs n ≈ {c['needed_n']})" if c.get("needed_n")
+                                        else "")]
 
 
 def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, header, rows) of every table, shared by Markdown and HTML."""
     m = data.metrics or {}
-    out = [("Accuracy matrix R[i][j] (row: after learning stage i; column: skill j)",
-            ["stage", *data.skills], _matrix_rows(data.skills, data.accuracy_matrix)
+    out = [("Accuracy matrix R[i][j] (row: after learning stage i; column: skill j; a skill the "
+            "state does not hold shows its verdict, and its row is the state that stayed)",
+            ["stage", *_column_names(data)], _matrix_rows(data.skills, data.accuracy_matrix)
             + [["base (no packs)", *(_f(v) for v in data.base_scores)]]),
-           ("Continual-learning metrics", ["run", "average accuracy", "BWT", "forgetting", "FWT"],
-            [["this state", _f(m.get("average_accuracy")), _f(m.get("bwt")),
-              _f(m.get("forgetting")), _f(m.get("forward_transfer"))]]
-            + [[name, _f(b.get("average_accuracy")), _f(b.get("bwt")), _f(b.get("forgetting")), "—"]
+           ("Continual-learning metrics (ACC over every attempted skill; BWT, forgetting and FWT "
+            "over the learned ones)",
+            ["run", "average accuracy", "ACC over learned", "BWT", "forgetting", "FWT",
+             "scored by"],
+            [["this state", _f(m.get("average_accuracy")), _f(m.get("learned_average_accuracy")),
+              _f(m.get("bwt")), _f(m.get("forgetting")), _f(m.get("forward_transfer")),
+              "lm-eval (eval table)"]]
+            + [[name, _f(b.get("average_accuracy")), _f(b.get("learned_average_accuracy")),
+                _f(b.get("bwt")), _f(b.get("forgetting")), "—",
+                str(b.get("scorer", "unknown"))
+                + ("" if b.get("same_skills", True) else " (other skills)")]
                for name, b in data.baselines.items()])]
+    if data.columns:
+        out.append(("Skills attempted", ["skill", "pack", "held by this state", "verdict",
+                                         "fidelity"],
+                    [[c["skill"], f"#{c['pack_id']}", "yes" if c["held"] else "no", c["verdict"],
+                      _fidelity(c.get("fidelity"))] for c in data.columns]))
+    for name, b in data.baselines.items():
+        out.append((f"Baseline: {name} (R[i][j])", ["stage", *b["skills"]],
+                    _matrix_rows(b["skills"], b["accuracy_matrix"])))
     checks = (data.decision or {}).get("checks") or []
     if checks:
         out.append(("Gate checks (each end of the interval a one-sided bound at its level)",
                     ["suite", "claim", "estimate", "interval", "level", "threshold", "test",
-                     "p", "n", "status"],
-                    [[c["suite"], "gain" if c["kind"] == "gain" else "drop",
-                      f"{c['estimate']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
-                      f"{c['confidence']:.4g}", f"{c['threshold']:+.3f}", c["test"],
-                      f"{c['p_value']:.2g}", str(c["n"]),
-                      c["status"] + (f" (needs n ≈ {c['needed_n']})" if c.get("needed_n")
-                                     else "")]
-                     for c in checks]))
+                     "p", "n", "status"], [_check_row(c) for c in checks]))
     if data.deltas:
         out.append(("Per-suite change against the parent state (95% interval)",
                     ["suite", "before", "after", "delta", "interval", "test", "p", "n"],
@@ -94,10 +139,12 @@ def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
                       str(d["n"])]
                      for d in data.deltas]))
     if data.packs:
-        out.append(("Packs", ["position", "pack", "scale", "bytes", "ratio", "codecs", "status"],
+        out.append(("Packs", ["position", "pack", "scale", "bytes", "ratio", "codecs", "status",
+                              "fidelity"],
                     [[str(i), f"{p['skill']}@v{p['version']} (#{p['pack_id']})", f"{p['scale']:g}",
                       str(p["size_bytes"]), _f(p["compression_ratio"], 1),
-                      ", ".join(f"{k}: {v}" for k, v in sorted(p["codecs"].items())), p["status"]]
+                      ", ".join(f"{k}: {v}" for k, v in sorted(p["codecs"].items())), p["status"],
+                      _fidelity(p.get("fidelity"))]
                      for i, p in enumerate(data.packs)]))
     if data.lineage:
         out.append(("Lineage (child -> parent)", ["child", "parent", "kind"],

@@ -71,3 +71,41 @@ def test_malformed_matrices_are_refused(bad):
 def test_base_scores_must_cover_every_skill():
     with pytest.raises(EvaluationError, match="evaluate the base"):
         forward_transfer(R, [0.0, 0.0])
+
+
+def test_forgetting_ignores_scores_measured_before_the_skill_was_learned():
+    # R[0][1] (skill 1 just before it was learned) is the largest score in column 1; Chaudhry's
+    # max runs over stages 1 <= l < 2 only: skill 0: max(0.9, 0.8) - 0.6; skill 1: 0.7 - 0.5
+    before_peak = [[0.90, 0.99, 0.00],
+                   [0.80, 0.70, 0.10],
+                   [0.60, 0.50, 0.95]]
+    assert forgetting(before_peak) == pytest.approx((0.30 + 0.20) / 2)
+
+
+# Skills alpha (learned), beta (rejected: its row is the state that stayed), gamma (learned),
+# delta (inconclusive). Later states were never measured on beta.
+ATTEMPTED = [[0.90, 0.30, 0.25, None],
+             [0.90, 0.30, 0.25, None],
+             [0.85, None, 0.80, 0.40],
+             [0.85, None, 0.80, 0.40]]
+LEARNED = [True, False, True, False]
+
+
+def test_unlearned_skills_count_in_acc_and_not_in_bwt_or_forgetting():
+    m = continual_metrics(ATTEMPTED, [0.1, 0.05, 0.2, 0.3], learned=LEARNED)
+    assert m.average_accuracy is None  # the final state's score on beta was never measured
+    assert m.learned_average_accuracy == pytest.approx((0.85 + 0.80) / 2)
+    # over the learned stages and skills only: [[0.90, 0.25], [0.85, 0.80]]
+    assert m.bwt == pytest.approx(-0.05) and m.forgetting == pytest.approx(0.05)
+    assert m.forward_transfer == pytest.approx(0.25 - 0.2)
+    full = [row[:1] + [0.3] + row[2:] for row in ATTEMPTED]
+    assert continual_metrics(full, learned=LEARNED).average_accuracy == pytest.approx(
+        (0.85 + 0.30 + 0.80 + 0.40) / 4)
+
+
+def test_nothing_learned_leaves_only_the_final_states_accuracy():
+    m = continual_metrics([[0.2, 0.1], [0.2, 0.1]], learned=[False, False])
+    assert m.average_accuracy == pytest.approx(0.15)
+    assert m.bwt is None and m.forgetting is None and m.learned_average_accuracy is None
+    with pytest.raises(EvaluationError, match="learned flags"):
+        continual_metrics([[0.2]], learned=[True, False])

@@ -151,3 +151,161 @@ def test_deltas_are_paired_over_prompts_when_the_samples_were_kept(catalog):
     assert paired["ci_low"] == pytest.approx(-2 / 102 - 1.959964 * se, abs=1e-5)
     assert paired["ci_high"] == pytest.approx(-2 / 102 + 1.959964 * se, abs=1e-5)
     assert paired["ci_high"] - paired["ci_low"] < (unpaired["ci_high"] - unpaired["ci_low"]) / 3
+
+
+def _scores(s, state, values: dict[str, float]):
+    for suite, value in values.items():
+        record_eval_result(s, state_id=state.id, suite=suite, suite_version="v1",
+                           task=f"t_{suite}", metric="exact_match", value=value, stderr=0.01,
+                           n=100, lm_eval_version="0.4.13")
+
+
+@pytest.fixture
+def attempted(catalog):
+    """alpha promoted; beta rejected against the alpha state; gamma promoted; delta
+    inconclusive against the alpha+gamma state. Each state has the scores its gates measured."""
+    from skillstore.catalog.packs import set_pack_status
+
+    with catalog.session() as s:
+        base = make_base(s)
+        root = base_state(s, base)
+        advance_head(s, base.id, root.id, expected_version=None)
+        packs, states = {}, {"root": root}
+
+        def attempt(skill, current, status, reason):
+            packs[skill] = make_pack(s, base, skill)
+            states[skill] = extend_state(s, base, current, packs[skill])
+            set_pack_status(s, packs[skill], status, reason=reason, actor="gate",
+                            state_id=states[skill].id)
+            return states[skill]
+
+        s1 = attempt("alpha", root, "promoted", "promoted: all checks passed")
+        advance_head(s, base.id, s1.id, expected_version=1)
+        attempt("beta", s1, "rejected", "rejected: beta: gained +0.010")
+        s2 = attempt("gamma", s1, "promoted", "promoted: all checks passed")
+        advance_head(s, base.id, s2.id, expected_version=2)
+        attempt("delta", s2, "rejected", "inconclusive: needs n ≈ 400 per suite; delta: ...")
+        _scores(s, root, {"alpha": 0.10, "gamma": 0.20})
+        _scores(s, s1, {"alpha": 0.90, "beta": 0.30, "gamma": 0.25})
+        _scores(s, states["beta"], {"alpha": 0.88, "beta": 0.31})
+        _scores(s, s2, {"alpha": 0.85, "gamma": 0.80, "delta": 0.40})
+        _scores(s, states["delta"], {"alpha": 0.84, "gamma": 0.79, "delta": 0.45})
+        return {"state": s2.id, "s1": s1.id, "packs": {k: p.id for k, p in packs.items()}}
+
+
+def test_rejected_and_inconclusive_skills_are_columns_with_the_states_scores(catalog, attempted):
+    from skillstore.catalog import get_state
+
+    with catalog.session() as s:
+        data = build_report(s, state=get_state(s, attempted["state"]))
+    doc = json.loads(render_report(data, "json"))
+    s1, s2 = attempted["s1"], attempted["state"]
+    assert doc["skills"] == ["alpha", "beta", "gamma", "delta"]
+    assert [(c["held"], c["verdict"], c["state_id"]) for c in doc["columns"]] == [
+        (True, "promoted", s1), (False, "rejected", s1), (True, "promoted", s2),
+        (False, "inconclusive", s2)]
+    # beta's row is the state that stayed; its column holds what the states gave on beta,
+    # measured by beta's gate on the alpha state and never on the later one
+    assert doc["accuracy_matrix"] == [[0.90, 0.30, 0.25, None], [0.90, 0.30, 0.25, None],
+                                      [0.85, None, 0.80, 0.40], [0.85, None, 0.80, 0.40]]
+    assert doc["base_scores"] == [0.10, None, 0.20, None]
+    assert doc["average_accuracy"] is None  # the final state on beta was never measured
+    assert doc["learned_average_accuracy"] == pytest.approx((0.85 + 0.80) / 2)
+    assert doc["bwt"] == pytest.approx(-0.05) and doc["forgetting"] == pytest.approx(0.05)
+    assert doc["forward_transfer"] == pytest.approx(0.25 - 0.20)
+    md = render_report(data, "md")
+    assert "| stage | alpha | beta (rejected) | gamma | delta (inconclusive) |" in md
+
+
+def test_acc_covers_every_attempted_skill_once_the_final_state_is_measured(catalog, attempted):
+    from skillstore.catalog import get_state
+
+    with catalog.session() as s:
+        _scores(s, get_state(s, attempted["state"]), {"beta": 0.35})
+        data = build_report(s, state=get_state(s, attempted["state"]))
+    assert data.metrics["average_accuracy"] == pytest.approx((0.85 + 0.35 + 0.80 + 0.40) / 4)
+
+
+def _cli_json(*args) -> dict:
+    from typer.testing import CliRunner
+
+    from skillstore.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_report_pack_json_carries_the_packs_baselines(catalog, judged):
+    doc = _cli_json("report", "--pack", str(judged["pack"]), "--format", "json")
+    seq = doc["baselines"]["sequential_ft"]
+    assert seq["accuracy_matrix"] == [[0.9, 0.1], [0.3, 0.95]] and seq["same_skills"]
+    assert seq["forgetting"] == pytest.approx(0.6)
+
+
+def test_the_demo_stores_its_baseline_where_any_pack_report_finds_it(catalog, attempted):
+    from skillstore.catalog import create_job
+    from skillstore.catalog.models import Job
+    from skillstore.cli.demo import _store_baselines
+    from skillstore.cli.demo_forgetting import NAIVE
+
+    naive = {"skills": ["alpha", "beta", "gamma", "delta"], "scorer": "lm-eval",
+             "accuracy_matrix": [[0.9, 0.1, 0.1, 0.1], [0.5, 0.9, 0.1, 0.1],
+                                 [0.4, 0.5, 0.9, 0.1], [0.3, 0.4, 0.5, 0.9]],
+             "metrics": {"average_accuracy": 1.0}}
+    with catalog.session() as s:
+        ids = []
+        for skill in ("alpha", "beta"):  # one job per pack, as the demo queues them
+            job = create_job(s, kind="learn", request={})
+            s.get(Job, job.id).pack_id = attempted["packs"][skill]
+            ids.append(job.id)
+        s.commit()
+    _store_baselines(catalog, ids, naive)
+    for skill in ("alpha", "beta"):  # promoted, and rejected (reported on its candidate)
+        doc = _cli_json("report", "--pack", str(attempted["packs"][skill]), "--format", "json")
+        row = doc["baselines"][NAIVE]
+        assert row["scorer"] == "lm-eval" and row["accuracy_matrix"] == naive["accuracy_matrix"]
+        assert row["average_accuracy"] == pytest.approx((0.3 + 0.4 + 0.5 + 0.9) / 4)
+    # a state report finds it on any pack of its history, not only on its last pack
+    doc = _cli_json("report", "--state", str(attempted["state"]), "--format", "json")
+    assert doc["baselines"][NAIVE]["same_skills"]
+
+
+CHECKS = [{"suite": "delta", "kind": "gain", "estimate": 0.05, "low": 0.01, "high": 0.09,
+           "test": "mcnemar-exact", "p_value": 0.02, "n": 100, "status": "passed",
+           "confidence": 0.95, "threshold": 0.0},
+          {"suite": "delta", "kind": "fidelity", "estimate": -0.01, "low": -0.04, "high": 0.02,
+           "test": "paired-bootstrap", "p_value": 0.3, "n": 100, "status": "inconclusive",
+           "needed_n": 400}]
+
+
+def test_pack_report_shows_the_recorded_checks_and_each_packs_fidelity(catalog, attempted):
+    from skillstore.catalog import create_job, get_pack
+    from skillstore.catalog.models import Job, JobStep
+
+    fidelity = {"finetune": 0.5, "pack": 0.45, "ratio": 0.9, "n": 100, "low": 0.8,
+                "status": "inconclusive"}
+    with catalog.session() as s:
+        job = create_job(s, kind="learn", request={})
+        s.get(Job, job.id).pack_id = attempted["packs"]["delta"]
+        s.add(JobStep(job_id=job.id, stage="gate", output={
+            "verdict": "inconclusive", "reasons": ["..."],
+            "decision": {"verdict": "inconclusive", "checks": CHECKS, "needed_n": 400}}))
+        get_pack(s, attempted["packs"]["delta"]).metrics = {"fidelity": fidelity}
+        get_pack(s, attempted["packs"]["alpha"]).metrics = {"fidelity": {"ratio": 1.0}}
+        s.commit()
+    doc = _cli_json("report", "--pack", str(attempted["packs"]["delta"]), "--format", "json")
+    assert doc["decision"]["verdict"] == "inconclusive" and doc["decision"]["checks"] == CHECKS
+    assert {p["skill"]: p["fidelity"] for p in doc["packs"]} == {
+        "alpha": {"ratio": 1.0}, "gamma": None, "delta": fidelity}
+    with catalog.session() as s:
+        data = build_report(s, pack=get_pack(s, attempted["packs"]["delta"]))
+    for fmt in ("md", "html"):
+        text = render_report(data, fmt)
+        assert "[-0.040, +0.020]" in text and "fidelity" in text  # the check and its interval
+        assert "needs n ≈ 400" in text
+        assert "ratio 0.900, pack 0.450, finetune 0.500, low 0.800, n 100" in text
+    # a report on a state whose pack's job recorded no decision shows no checks
+    with catalog.session() as s:
+        plain = build_report(s, pack=get_pack(s, attempted["packs"]["alpha"]))
+    assert plain.decision["verdict"] == "promoted" and "checks" not in plain.decision
