@@ -24,6 +24,9 @@ class BaseCheckpoint(Record):
     architecture: Mapped[str] = mapped_column(sa.String(128))
     tokenizer_fingerprint: Mapped[str | None] = mapped_column(DIGEST)
     fingerprint: Mapped[str] = mapped_column(DIGEST, unique=True)
+    # The behaviour suite built when it was registered (suite YAML paths, probe source, sizes,
+    # suite_version: skillstore.behaviour); None when registered with --no-general-suite.
+    behaviour: Mapped[dict | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -48,9 +48,9 @@ def get_skill(session: Session, ref: str | int) -> Skill:
     return _lookup(session, Skill, "skill", ref)
 
 
-def register_base(session: Session, *, name: str, uri: str, architecture: str, fingerprint: str,
-                  tokenizer_fingerprint: str | None = None) -> BaseCheckpoint:
-    """Add a base model; the same name with the same weights returns the existing row."""
+def existing_base(session: Session, name: str, fingerprint: str) -> BaseCheckpoint | None:
+    """The base ``name`` with these weights, None when neither is registered; ConfigError when
+    the name holds other weights or the weights another name (checked before costly work)."""
     check_name("base", name)
     by_name = session.scalar(sa.select(BaseCheckpoint).where(BaseCheckpoint.name == name))
     if by_name is not None:
@@ -63,8 +63,26 @@ def register_base(session: Session, *, name: str, uri: str, architecture: str, f
     if by_fp is not None:
         raise ConfigError(f"These weights are already registered as base {by_fp.name!r} "
                           f"(id {by_fp.id}); use that name.")
+    return None
+
+
+def register_base(session: Session, *, name: str, uri: str, architecture: str, fingerprint: str,
+                  tokenizer_fingerprint: str | None = None,
+                  behaviour: dict | None = None) -> BaseCheckpoint:
+    """Add a base model; the same name with the same weights returns the existing row.
+
+    ``behaviour`` records its behaviour suite (skillstore.behaviour), the general suite of jobs
+    whose skills have none beside them; registering again with another one replaces it."""
+    by_name = existing_base(session, name, fingerprint)
+    if by_name is not None:
+        if behaviour and behaviour != by_name.behaviour:
+            by_name.behaviour = behaviour
+            session.flush()
+        return by_name
     row = BaseCheckpoint(name=name, uri=uri, architecture=architecture, fingerprint=fingerprint,
-                         tokenizer_fingerprint=tokenizer_fingerprint)
+                         tokenizer_fingerprint=tokenizer_fingerprint,
+                         # Left unset rather than None: a JSON column would store JSON null.
+                         **({"behaviour": behaviour} if behaviour else {}))
     session.add(row)
     session.flush()
     return row

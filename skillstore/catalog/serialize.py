@@ -8,7 +8,7 @@ from .models import BaseCheckpoint, EvalResult, Job, ModelState, Promotion, Skil
 def base_dict(b: BaseCheckpoint) -> dict:
     return {"id": b.id, "name": b.name, "uri": b.uri, "architecture": b.architecture,
             "fingerprint": b.fingerprint, "tokenizer_fingerprint": b.tokenizer_fingerprint,
-            "created_at": b.created_at}
+            "behaviour": b.behaviour, "created_at": b.created_at}
 
 
 def skill_dict(s: Skill) -> dict:

@@ -62,17 +62,46 @@ def gc(yes: bool = typer.Option(False, "--yes", help="Delete; without it this is
 def base_add(name: str = typer.Argument(..., help="A short name, e.g. tiny-llama."),
              path: str = typer.Argument(...,
                                         help="Checkpoint folder, or a hub id (needs network)."),
+             general_data: Path = typer.Option(
+                 None, "--general-data",
+                 help="Probe prompts of the behaviour suite: JSONL rows with \"prompt\" or "
+                      "\"text\", or a text file, one prompt a line. Without it the base "
+                      "samples its own prompts (seed 0)."),
+             general_suite: bool = typer.Option(
+                 True, "--general-suite/--no-general-suite",
+                 help="Build the behaviour suite: agreement with the base's greedy answers "
+                      "and KL(base || state), the general suite of jobs whose skills have no "
+                      "skillstore_general.yaml beside their suite."),
              as_json: bool = JSON_OPTION) -> None:
-    """Register a checkpoint as a target or source base model (hashes its weights)."""
+    """Register a checkpoint as a target or source base model (hashes its weights) and build
+    its behaviour suite under <home>/suites/NAME-behaviour/ (runs the model: seconds on a GPU)."""
     from dataclasses import asdict
 
+    from ..behaviour import DEFAULT_PROMPTS, DEFAULT_TEXTS, build_for_checkpoint
     from ..catalog import register_base
+    from ..catalog.registry import existing_base
     from ..catalog.serialize import base_dict
-    from ..intake import checkpoint_info
+    from ..heldout import SUITES_DIR
+    from ..intake import checkpoint_dir, checkpoint_info
+    from ..settings import get_settings
 
+    if general_data is not None and not general_suite:
+        raise typer.BadParameter("--general-data builds the behaviour suite; drop "
+                                 "--no-general-suite or --general-data.")
     info = checkpoint_info(path)  # hashed before the session opens
+    with workspace_session() as (_, session):  # a name or weights clash fails before the build
+        existing_base(session, name, info.fingerprint)
+    behaviour = None
+    if general_suite:
+        typer.echo(f"Building the behaviour suite of base {name} (up to {DEFAULT_PROMPTS} prompts, "
+                   f"{DEFAULT_TEXTS} KL texts, "
+                   f"{'from ' + str(general_data) if general_data else 'self-sampled'})...",
+                   err=True)
+        behaviour = build_for_checkpoint(checkpoint_dir(path)[0],
+                                         get_settings().home / SUITES_DIR, base=name,
+                                         fingerprint=info.fingerprint, data=general_data)
     with workspace_session() as (_, session):
-        doc = base_dict(register_base(session, name=name, **asdict(info)))
+        doc = base_dict(register_base(session, name=name, behaviour=behaviour, **asdict(info)))
     print_record(doc, as_json=as_json, title=f"base {name}")
 
 

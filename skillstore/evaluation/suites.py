@@ -9,7 +9,8 @@ A skill's ``suite`` is a comma-separated list of lm-eval tasks, each given as ei
   caller names (`--tasks-dir`), and fails clearly without one.
 
 The base's general suite is a task YAML too: the one a learning request names, else
-``skillstore_general.yaml`` beside the skills' YAML (the zoo curriculum writes it there).
+``skillstore_general.yaml`` beside the skills' YAML (the zoo curriculum writes it there), else
+the behaviour suite `skillstore base add` built for the base (skillstore.behaviour).
 Every caller (the pipeline's evaluate step, `skillstore state eval`, the demo) resolves suites
 here, so the eval cache holds one result per (state, suite version) whoever asked for it.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 
-from ..catalog.models import Skill
+from ..catalog.models import BaseCheckpoint, Skill
 from ..curriculum.validate import load_rows
 from ..errors import ConfigError, EvaluationError, NotFoundError
 from .cache import Suite
@@ -88,10 +89,12 @@ def skill_suite(skill: Skill, tasks_dir: str | Path | None = None) -> Suite:
 
 
 def general_suite(given: str | Path | None = None, *, beside: Sequence[Suite] = (),
-                  tasks_dir: str | Path | None = None) -> Suite | None:
+                  tasks_dir: str | Path | None = None,
+                  base: BaseCheckpoint | None = None) -> Suite | None:
     """The base's general suite: ``given`` (a task YAML, or a task name under ``tasks_dir``),
     else GENERAL_YAML in the folder of the first of ``beside`` that has one, else in
-    ``tasks_dir``; None when there is none."""
+    ``tasks_dir``, else the behaviour suite registered with ``base`` (skillstore.behaviour);
+    None when there is none."""
     if given:
         folder, tasks = _resolve(str(given), "the general suite", tasks_dir)
         return Suite(GENERAL_SUITE, folder, tasks, None)
@@ -99,6 +102,10 @@ def general_suite(given: str | Path | None = None, *, beside: Sequence[Suite] = 
     for folder in folders:
         if (Path(folder) / GENERAL_YAML).is_file():
             return general_suite(Path(folder) / GENERAL_YAML)
+    if base is not None and base.behaviour:
+        folder, tasks = _resolve(base.behaviour["suite"],
+                                 f"the behaviour suite of base {base.name!r}", None)
+        return Suite(GENERAL_SUITE, folder, tasks, None)
     return None
 
 

@@ -207,7 +207,7 @@ def evaluate(session: Session, job_id: int, settings: Settings,
     pack = get_pack(session, job.pack_id)
     base = session.get(BaseCheckpoint, pack.base_id)
     new_suite = skill_suite(session.get(Skill, pack.skill_id))
-    general = general_suite(request.general_suite, beside=[new_suite])
+    general = general_suite(request.general_suite, beside=[new_suite], base=base)
     current, version = head_of(session, base)
     model, tokenizer = load_causal_lm(base.uri)
     cache = work_dir(settings, "cache")

@@ -77,7 +77,8 @@ def test_console_script_on_default_workspace(tmp_path):
 
 
 def test_base_and_skill_registration(ready, capsys, checkpoint, tmp_path):
-    code, out, _ = run(capsys, "base", "add", "tiny", str(checkpoint), "--json")
+    code, out, _ = run(capsys, "base", "add", "tiny", str(checkpoint), "--json",
+                       "--no-general-suite")
     assert code == 0
     doc = json.loads(out)
     from skillstore.fingerprint import fingerprint_checkpoint
