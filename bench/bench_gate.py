@@ -65,6 +65,48 @@ def _rate(k: int, n: int) -> dict:
     return {"k": k, "n": n, "rate": k / n, "low": ci.low, "high": ci.high}
 
 
+def _binomial(n: int, p: float):
+    """(k, P(Binomial(n, p) = k)) for k = 0, 1, ...; stops past the mean below 1e-15."""
+    weight = (1.0 - p) ** n
+    for k in range(n + 1):
+        if k > n * p and weight < 1e-15:
+            return
+        yield k, weight
+        weight *= (n - k) / (k + 1) * p / (1.0 - p)
+
+
+def _exact_all_loss(n: int, tol: float, drop: float) -> dict:
+    """When every flip is a loss, b ~ Binomial(n, drop), c = 0 and the verdict depends on b
+    alone: the exact rates, from the real decision run once per b (b of 0.8n right prompts
+    lost), weighted by the binomial pmf."""
+    keys, right = [f"{i:04d}" for i in range(n)], round(P_EARLIER * n)
+    policy = GatePolicy(max_drop=tol, max_general_drop=tol)
+    promoted = covers = 0.0
+    for b, weight in _binomial(n, drop):
+        assert b <= right, (n, b)
+        x = np.arange(n) < right
+        y = x & (np.arange(n) >= b)
+        d = decide(policy, new_skill=NEW, before={NEW: _LEARNED[0], OLD: _score(x, keys)},
+                   after={NEW: _LEARNED[1], OLD: _score(y, keys)}, earlier_skills=[OLD],
+                   general_suites=())
+        promoted += weight * d.promote
+        covers += weight * (d.checks[1].high >= drop - 1e-12)
+    return {"promoted": promoted, "upper_bound_covers": covers}
+
+
+def _exact_unlearned(n: int, p: float) -> dict:
+    """0/n before, so b = 0 and c ~ Binomial(n, p): the exact promotion rate, from the real
+    decision run once per c."""
+    keys, policy, promoted = [f"{i:04d}" for i in range(n)], GatePolicy(), 0.0
+    x = np.zeros(n, dtype=bool)
+    for c, weight in _binomial(n, p):
+        d = decide(policy, new_skill=NEW, before={NEW: _score(x, keys)},
+                   after={NEW: _score(np.arange(n) < c, keys)}, earlier_skills=(),
+                   general_suites=())
+        promoted += weight * d.promote
+    return {"promoted": promoted}
+
+
 def _drop_cell(n: int, tol: float, drop: float, discordance: float) -> dict:
     """The earlier skill (accuracy P_EARLIER) loses ``drop`` in truth; one drop check decides."""
     label = f"drop n={n} tol={tol} drop={drop} d={discordance}"
@@ -80,10 +122,11 @@ def _drop_cell(n: int, tol: float, drop: float, discordance: float) -> dict:
         assert d.checks[0].passed, d.checks[0].reason
         verdicts[d.verdict] += 1
         high_covers += d.checks[1].high >= drop - 1e-12
+    exact = {"exact": _exact_all_loss(n, tol, drop)} if drop > 0 and discordance == drop else {}
     return {"n": n, "tolerance": tol, "true_drop": drop, "discordance": discordance,
             "decisions": DECISIONS} | {v: _rate(k, DECISIONS) for v, k in verdicts.items()} \
         | {"not_promoted": _rate(DECISIONS - verdicts["promoted"], DECISIONS),
-           "upper_bound_covers": _rate(high_covers, DECISIONS)}
+           "upper_bound_covers": _rate(high_covers, DECISIONS)} | exact
 
 
 def _gain_cell(n: int, p: float, gain: float, discordance: float) -> dict:
@@ -102,7 +145,8 @@ def _gain_cell(n: int, p: float, gain: float, discordance: float) -> dict:
         verdicts[d.verdict] += 1
         low_covers += check.low <= gain + 1e-12
         high_covers += check.high >= gain - 1e-12
-    return {"n": n, "p_before": p, "true_gain": gain, "discordance": discordance,
+    exact = {"exact": _exact_unlearned(n, gain)} if p == 0.0 and discordance == gain else {}
+    return exact | {"n": n, "p_before": p, "true_gain": gain, "discordance": discordance,
             "min_gain": policy.min_gain, "confidence": policy.confidence, "decisions": DECISIONS,
             "lower_bound_covers": _rate(low_covers, DECISIONS),
             "upper_bound_covers": _rate(high_covers, DECISIONS)} \
@@ -124,11 +168,13 @@ def markdown(result: dict) -> str:
                      f"{_pct(c['promoted'])} |")
     lines += ["", f"**Power** (earlier skill at p = {P_EARLIER} drops {DROP} in truth; {per})",
               "", "| n | tolerance | discordance | not promoted | rejected | inconclusive | "
-              "drop's upper bound >= 0.05 (nominal 95) |", "|---|---|---|---|---|---|---|"]
+              "drop's upper bound >= 0.05 (nominal 95) | exact, every flip a loss |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in result["power"]:
+        exact = f"{100 * c['exact']['upper_bound_covers']:.2f}" if "exact" in c else "-"
         lines.append(f"| {c['n']} | {c['tolerance']} | {c['discordance']} | "
                      f"{_pct(c['not_promoted'])} | {_pct(c['rejected'])} | "
-                     f"{_pct(c['inconclusive'])} | {_pct(c['upper_bound_covers'])} |")
+                     f"{_pct(c['inconclusive'])} | {_pct(c['upper_bound_covers'])} | {exact} |")
     lines += ["", f"**Calibration of the gain check** (new skill at p = {P_NEW} before, "
               f"discordance = gain + {GAIN_NOISE}; one-sided bounds at 0.95; {per})", "",
               "| n | true gain | lower bound <= gain (nominal 95) | upper bound >= gain "
@@ -138,10 +184,11 @@ def markdown(result: dict) -> str:
                      f"{_pct(c['upper_bound_covers'])} | {_pct(c['promoted'])} |")
     lines += ["", f"**Learned check, the demo's unlearned case** (0/{UNLEARNED_N} before, "
               f"each prompt right after with probability p; min_gain 0.05; {per})", "",
-              "| p after (= true gain) | promoted | rejected | inconclusive |",
-              "|---|---|---|---|"]
+              "| p after (= true gain) | promoted | exact promoted | rejected | inconclusive |",
+              "|---|---|---|---|---|"]
     for c in result["unlearned"]:
-        lines.append(f"| {c['true_gain']} | {_pct(c['promoted'])} | {_pct(c['rejected'])} | "
+        lines.append(f"| {c['true_gain']} | {_pct(c['promoted'])} | "
+                     f"{100 * c['exact']['promoted']:.2f} | {_pct(c['rejected'])} | "
                      f"{_pct(c['inconclusive'])} |")
     lines += ["", f"seed {SEED}; {result['seconds']:.0f} s"]
     return "\n".join(lines) + "\n"
@@ -170,6 +217,11 @@ def run(out_dir: Path) -> None:
     result["nominal"] = {
         "drop_at_tolerance_promoted_at_most_5pct": all(
             c["promoted"]["low"] <= 0.05 for c in result["power"] if c["tolerance"] == DROP),
+        "drop_at_tolerance_promoted_at_most_5pct_exactly_when_every_flip_is_a_loss": all(
+            c["exact"]["promoted"] <= 0.05 for c in result["power"]
+            if c["tolerance"] == DROP and "exact" in c),
+        "gain_at_min_gain_promoted_at_most_5pct_exactly_when_every_flip_is_a_gain": next(
+            c for c in result["unlearned"] if c["true_gain"] == 0.05)["exact"]["promoted"] <= 0.05,
         "gain_lower_bound_covers_95pct": all(c["lower_bound_covers"]["high"] >= 0.95
                                              for c in result["calibration"])}
     result["seconds"] = time.perf_counter() - started

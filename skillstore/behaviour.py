@@ -31,10 +31,11 @@ from .evaluation.runner import suite_version
 
 #: Bump when the tasks change, so a rebuilt suite lands in another folder.
 BEHAVIOUR_VERSION = 1
-# 400 paired prompts: the fewest (in hundreds) at which one prompt the state answers otherwise
-# than the base keeps the drop's one-sided upper bound (exact McNemar, 95%) under the default
-# max_general_drop of 0.01; at 200 a single flip is already refused. The KL texts only report.
-DEFAULT_PROMPTS = 400
+# 800 paired prompts: the fewest (in hundreds) at which one prompt the state answers otherwise
+# than the base keeps the drop's one-sided upper bound (Tango's score bound) under the default
+# max_general_drop of 0.01 with five drop checks in the Holm family (0.0090; 0.0056 alone); at
+# 400 one flip gives 0.0111 even alone. The KL texts only report.
+DEFAULT_PROMPTS = 800
 DEFAULT_TEXTS = 100
 DEFAULT_SEED = 0
 PROMPT_TOKENS = 24  # a self-sampled prompt

@@ -39,7 +39,9 @@ class PairedTest(_Record):
     (1 + confidence) / 2. For a one-sided 95% lower bound of the gain, run the test with
     ``confidence=one_sided(0.95)`` (= 0.90) and read `low`. `b` (right before, wrong after) and
     `c` (wrong before, right after) are McNemar's discordant counts. `se` is the standard error
-    behind a normal interval (Agresti-Min, unpaired normal); None for the bootstrap.
+    of the difference: behind the interval for unpaired-normal; for mcnemar-exact the
+    unrestricted one at the estimate (Tango's score interval does not use it); None for the
+    bootstrap.
     """
 
     test: str
@@ -142,35 +144,81 @@ def _binomial_two_sided(k: int, m: int) -> float:
     return min(1.0, 2 * tail / 2**m)
 
 
-def _agresti_min(x: list[int], y: list[int]) -> tuple[float, float, int, int]:
-    """(centre, standard error, b, c) of the Agresti-Min paired difference y - x."""
-    n = len(x)
+def _discordant(x: list[int], y: list[int]) -> tuple[int, int]:
+    """McNemar's (b, c): prompts right before and wrong after, wrong before and right after."""
     b = sum(1 for u, v in zip(x, y, strict=True) if u and not v)
     c = sum(1 for u, v in zip(x, y, strict=True) if v and not u)
-    bb, cc, nn = b + 0.5, c + 0.5, n + 2.0
-    return (cc - bb) / nn, math.sqrt((bb + cc) - (cc - bb) ** 2 / nn) / nn, b, c
+    return b, c
+
+
+def _tango_z(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's (1998) score statistic for H0: p_c - p_b = delta, with delta in [-1, 1].
+
+    p_b, the probability of a b-type pair, is its MLE restricted to p_c = p_b + delta: the
+    root of 2n p^2 - B p - C = 0 with B = b(1 - 3 delta) + c(1 - delta) - 2(n - b - c) delta
+    and C = b delta (1 - delta). Z = (d - delta) / sqrt((2 p_b + delta - delta^2) / n) with
+    d = (c - b) / n; it falls as delta rises. The variance vanishes only at delta = +-1 (and at
+    0 when b = c = 0, where d = 0): Z is then 0 at delta = d and +-inf elsewhere.
+    """
+    d = (c - b) / n
+    if delta == d:
+        return 0.0
+    big_b = b * (1.0 - 3.0 * delta) + c * (1.0 - delta) - 2.0 * (n - b - c) * delta
+    big_c = b * delta * (1.0 - delta)
+    root = math.sqrt(max(0.0, big_b * big_b + 8.0 * n * big_c))
+    # The larger root, written so that neither form subtracts two near-equal numbers.
+    p_b = (big_b + root) / (4.0 * n) if big_b >= 0.0 else 2.0 * big_c / (root - big_b)
+    variance = (2.0 * p_b + delta - delta * delta) / n
+    if variance <= 0.0:
+        return math.copysign(math.inf, d - delta)
+    return (d - delta) / math.sqrt(variance)
+
+
+def _tango_end(b: int, c: int, n: int, z: float, side: float) -> float:
+    """The end of {delta in [-1, 1] : |Z(delta)| <= z} on `side` (-1 low, +1 high).
+
+    Z is 0 at d and monotone, so the end lies between d and `side`; 60 halvings of a bracket
+    at most 2 wide leave it ~2e-18 wide, and the end returned is its inner side (in the set).
+    """
+    inside, outside = (c - b) / n, side
+    if abs(_tango_z(b, c, n, outside)) <= z:
+        return outside
+    for _ in range(60):
+        mid = (inside + outside) / 2.0
+        if abs(_tango_z(b, c, n, mid)) <= z:
+            inside = mid
+        else:
+            outside = mid
+    return inside
 
 
 def mcnemar_exact(before: Sequence[bool | int], after: Sequence[bool | int],
                   confidence: float = 0.95) -> PairedTest:
-    """Exact McNemar test and an Agresti-Min interval for the paired difference of accuracies.
+    """Exact McNemar test and Tango's score interval for the paired difference of accuracies.
 
     The p-value is the exact two-sided binomial test of b against b + c trials at 0.5 (1 when
-    there are no discordant pairs). The interval is Agresti & Min (2005): the Wald interval for
-    paired proportions after adding 1/2 to each cell of the 2x2 table, i.e. centre
-    (c' - b') / n' and variance ((b' + c') - (c' - b')^2 / n') / n'^2 with b' = b + 1/2,
-    c' = c + 1/2, n' = n + 2. The variance is always positive, so the interval is never zero
-    width (not even with no discordant pairs: n agreeing prompts do not prove d = 0). It is
-    clipped to [-1, 1]. `difference` is the unadjusted (c - b) / n.
+    there are no discordant pairs). The interval is Tango (1998), "Equivalence test and
+    confidence interval for the difference in proportions for the paired-sample design": every
+    delta whose score statistic (see _tango_z) satisfies |Z(delta)| <= z, found by bisection.
+    When every discordant pair goes one way (c = 0, say) the end away from 0 is minus the
+    Wilson upper bound of b / n, which covers where a Wald end did not (the drop bound that
+    non-inferiority reads); the end nearer 0 is minus Wilson's lower bound unless b is tiny
+    (then it lies nearer 0), and like it under-covers a little for a small proportion
+    (docs/composition.md, gate benchmark). It is never zero width: with no discordant pairs
+    each end lies z^2 / (n + z^2) from 0 (n agreeing prompts do not prove d = 0). It lies
+    within [-1, 1]. `difference` is
+    (c - b) / n and `se` the unrestricted standard error sqrt(b + c - (c - b)^2 / n) / n, which
+    the score interval does not use (0 when there are no discordant pairs).
     """
     n = _check_pair(before, after)
     x, y = _binary(before, "before"), _binary(after, "after")
-    centre, se, b, c = _agresti_min(x, y)
-    half = _z(confidence) * se
+    b, c = _discordant(x, y)
+    z = _z(confidence)
     return PairedTest(test="mcnemar-exact", n=n, before=sum(x) / n, after=sum(y) / n,
-                      difference=(c - b) / n, low=max(-1.0, centre - half),
-                      high=min(1.0, centre + half), confidence=confidence,
-                      p_value=_binomial_two_sided(b, b + c), b=b, c=c, se=se)
+                      difference=(c - b) / n, low=_tango_end(b, c, n, z, -1.0),
+                      high=_tango_end(b, c, n, z, 1.0), confidence=confidence,
+                      p_value=_binomial_two_sided(b, b + c), b=b, c=c,
+                      se=math.sqrt(max(0.0, b + c - (c - b) ** 2 / n)) / n)
 
 
 def _finite(values: Sequence[float], name: str) -> np.ndarray:
@@ -235,14 +283,18 @@ def p_above(before: Sequence[float], after: Sequence[float], threshold: float, *
             iterations: int = 2000, seed: int = 0) -> float:
     """One-sided p of H0: mean(after - before) <= threshold, by the test paired_test picks.
 
-    For 0/1 scores it inverts the Agresti-Min interval (p <= 1 - c exactly when the lower
-    one-sided bound at confidence c reaches the threshold); otherwise it is the bootstrap share
-    of resampled means at or below the threshold, add-one smoothed like paired_bootstrap's.
+    For 0/1 scores it is 1 - Phi(Z(threshold)) with Tango's score statistic, the inverse of
+    mcnemar_exact's interval (p <= 1 - c exactly when the lower one-sided bound at confidence c
+    reaches the threshold); a threshold below -1 gives 0, one above 1 gives 1. Otherwise it is
+    the bootstrap share of resampled means at or below the threshold, add-one smoothed like
+    paired_bootstrap's.
     """
-    _check_pair(before, after)
+    n = _check_pair(before, after)
     if all(v in (0, 1) for v in before) and all(v in (0, 1) for v in after):
-        centre, se, _, _ = _agresti_min(_binary(before, "before"), _binary(after, "after"))
-        return normal_p_above(centre, se, threshold)
+        if not -1.0 <= threshold <= 1.0:
+            return 0.0 if threshold < -1.0 else 1.0
+        b, c = _discordant(_binary(before, "before"), _binary(after, "after"))
+        return 1.0 - _NORMAL.cdf(_tango_z(b, c, n, threshold))
     delta = _finite(after, "after") - _finite(before, "before")
     means = _bootstrap_means(delta, iterations, seed)
     return min(1.0, (int(np.sum(means <= threshold)) + 1) / (iterations + 1))

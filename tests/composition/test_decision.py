@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from statistics import NormalDist
 
 import pytest
 
@@ -15,6 +16,14 @@ from skillstore.gate import GatePolicy, Thresholds, decide
 from skillstore.pipeline.request import LearnRequest, check_request
 
 Z95 = 1.6448536  # one-sided 95%
+
+
+def tango_z(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic, by hand: p_b is the root of 2n p^2 - B p - C = 0."""
+    big_b = b * (1 - 3 * delta) + c * (1 - delta) - 2 * (n - b - c) * delta
+    big_c = b * delta * (1 - delta)
+    p_b = (big_b + math.sqrt(big_b**2 + 8 * n * big_c)) / (4 * n)
+    return ((c - b) / n - delta) / math.sqrt((2 * p_b + delta - delta**2) / n)
 
 
 def outcomes(vector: list[int], version: str = "v1") -> Score:
@@ -50,10 +59,13 @@ def test_six_right_of_a_hundred_from_nothing_is_not_promoted():
     evidence cannot tell from 0.05 (the old gate promoted it)."""
     d = gate(new=pairs(gained=6, both_wrong=94))
     (gain,) = d.checks
-    # Agresti-Min: centre 6/102, se sqrt(7 - 36/102) / 102 = 0.025275
+    # Tango with b = 0: the restricted p_b is 0 at both ends, so they are the roots of
+    # (n + z^2) delta^2 - (2c + z^2) delta + c^2 / n = 0 (the Wilson interval of 6/100)
+    qa, qb = 100 + Z95**2, 12 + Z95**2
+    root = math.sqrt(qb**2 - 4 * qa * 0.36)
     assert gain.estimate == pytest.approx(0.06)
-    assert gain.low == pytest.approx(6 / 102 - Z95 * 0.025275, abs=1e-5)  # 0.0172 < 0.05
-    assert gain.high == pytest.approx(6 / 102 + Z95 * 0.025275, abs=1e-5)  # 0.1004 > 0.05
+    assert gain.low == pytest.approx((qb - root) / (2 * qa), abs=1e-6)  # 0.0313 < 0.05
+    assert gain.high == pytest.approx((qb + root) / (2 * qa), abs=1e-6)  # 0.1118 > 0.05
     assert (gain.test, gain.n, gain.status) == ("mcnemar-exact", 100, "inconclusive")
     assert not d.promote and d.verdict == "inconclusive"
     assert gain.needed_n > 100
@@ -88,8 +100,9 @@ def test_a_drop_of_011_at_08_on_100_prompts_fails_a_001_tolerance():
     d = gate(sort=pairs(both_right=64, lost=16, gained=5, both_wrong=15))
     drop = d.checks[1]
     assert drop.kind == "drop" and drop.estimate == pytest.approx(0.11)
-    # Agresti-Min: centre 11/102, se sqrt(22 - 121/102) / 102 = 0.044729
-    assert drop.low == pytest.approx(11 / 102 - Z95 * 0.044729, abs=1e-5)  # 0.0343 > 0.01
+    # Tango (b = 16, c = 5): the gain's upper end solved at 40 digits; Z there is -z
+    assert drop.low == pytest.approx(0.0368602845, abs=1e-9)  # > 0.01
+    assert tango_z(16, 5, 100, -drop.low) == pytest.approx(-Z95, abs=1e-6)
     assert drop.status == "failed" and d.verdict == "rejected"
     assert d.reasons[0].startswith("forgot sort: dropped +0.110")
 
@@ -100,14 +113,16 @@ def test_a_drop_inside_the_tolerance_is_inconclusive_when_its_bound_is_not():
     assert d.checks[1].low < 0.01 < d.checks[1].high
 
 
-@pytest.mark.parametrize("n,verdict", [(100, "inconclusive"), (200, "promoted")])
+@pytest.mark.parametrize("n,verdict", [(100, "inconclusive"), (200, "inconclusive"),
+                                       (300, "promoted")])
 def test_equal_outcomes_pass_non_inferiority_only_with_enough_prompts(n, verdict):
-    """A/A: the upper bound of the drop is z / (n + 2) (Agresti-Min with no discordant pair),
-    0.0161 at n = 100 and 0.0081 at n = 200 against a 0.01 tolerance."""
+    """A/A: the upper bound of the drop is z^2 / (n + z^2) (Tango with no discordant pair),
+    0.0263 at n = 100, 0.0133 at n = 200 and 0.0089 at n = 300 against a 0.01 tolerance:
+    answering alike passes from n >= 99 z^2 = 268."""
     same = pairs(both_right=int(0.8 * n), both_wrong=n - int(0.8 * n))
     d = gate(sort=same)
     drop = d.checks[1]
-    assert drop.estimate == 0.0 and drop.high == pytest.approx(Z95 / (n + 2), abs=1e-6)
+    assert drop.estimate == 0.0 and drop.high == pytest.approx(Z95**2 / (n + Z95**2), abs=1e-9)
     assert d.verdict == verdict
     if verdict == "inconclusive":
         assert drop.needed_n > n and f"needs n ≈ {drop.needed_n}" in drop.reason
@@ -123,26 +138,29 @@ def aa(n: int) -> tuple[Score, Score]:
 
 
 def test_holm_step_down_across_three_skills():
-    """Three A/A drop checks against 0.01: a check passes at level c when n + 2 >= z_c / 0.01.
-    Holm tests all three at 1 - 0.05/3 (z 2.128: n >= 211), the rest at 1 - 0.05/2 (z 1.960:
-    n >= 194), the last at 0.95 (z 1.645: n >= 163)."""
-    d = gate(a=aa(300), b=aa(200), c=aa(170))
+    """Three A/A drop checks against 0.01: a check passes at level c when its bound
+    z_c^2 / (n + z_c^2) <= 0.01, i.e. n >= 99 z_c^2. Holm tests all three at 1 - 0.05/3
+    (z 2.128: n >= 449), the rest at 1 - 0.05/2 (z 1.960: n >= 381), the last at 0.95
+    (z 1.645: n >= 268)."""
+    d = gate(a=aa(500), b=aa(400), c=aa(300))
     level = {c.suite: c.confidence for c in d.checks[1:]}
     assert level == {"a": pytest.approx(1 - 0.05 / 3), "b": pytest.approx(1 - 0.05 / 2),
                      "c": pytest.approx(0.95)}
     assert d.verdict == "promoted"
-    # Holm-adjusted one-sided p: 1 - Phi(0.01 (n + 2)), times 3, 2, 1, made monotone
+    # One-sided p at threshold -0.01 with b = c = 0: p_b = 0.01, so Z = sqrt(n / 99);
+    # Holm-adjusted: times 3, 2, 1, made monotone (c's 0.0408 rises to b's 0.0444)
     p = {c.suite: c.p_value for c in d.checks[1:]}
-    assert p["b"] == pytest.approx(2 * (1 - 0.97830), abs=2e-4) and p["c"] == p["b"]
+    assert p["b"] == pytest.approx(2 * (1 - NormalDist().cdf(math.sqrt(400 / 99))), abs=1e-9)
+    assert p["c"] == p["b"]
     assert all(v <= 0.05 for v in p.values())
 
 
 def test_holm_stops_where_a_check_fails_its_level_though_each_passes_alone():
-    d = gate(a=aa(300), b=aa(180), c=aa(170))
+    d = gate(a=aa(500), b=aa(300), c=aa(280))
     status = {c.suite: c.status for c in d.checks[1:]}
     assert status == {"a": "passed", "b": "inconclusive", "c": "inconclusive"}
     assert d.verdict == "inconclusive"
-    for name, vectors in (("b", aa(180)), ("c", aa(170))):
+    for name, vectors in (("b", aa(300)), ("c", aa(280))):
         alone = gate(**{name: vectors})
         assert alone.promote  # unadjusted, each would have passed
     assert all(c.p_value > 0.05 for c in d.checks[2:])
@@ -204,7 +222,8 @@ def test_z_from_a_stored_request_becomes_the_confidence_with_the_same_quantile()
 
 
 def test_a_per_skill_name_the_decision_does_not_test_is_reported():
-    policy = GatePolicy(per_skill={"srot": Thresholds(max_drop=0.05)})
+    # min_fidelity 0: no fine-tune is given here, and the fidelity note is not this test's
+    policy = GatePolicy(min_fidelity=0.0, per_skill={"srot": Thresholds(max_drop=0.05)})
     d = gate(policy, sort=aa(400))
     assert d.notes == ("policy per_skill names 'srot', which this decision does not test",)
 

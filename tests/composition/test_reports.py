@@ -145,12 +145,24 @@ def test_deltas_are_paired_over_prompts_when_the_samples_were_kept(catalog):
         state = _two_states(s, BEFORE_80, AFTER_78, catalog.blobs)
         paired = build_report(s, state=state, blobs=catalog.blobs).deltas[0]
         unpaired = build_report(s, state=state).deltas[0]
-    # Agresti-Min with b = 2, c = 0: centre -2/102, se sqrt(3 - 4/102) / 102, 95% two-sided
-    se = (3 - 4 / 102) ** 0.5 / 102
+    # Tango's score interval with b = 2, c = 0 (95% two-sided): with no gains its lower end is
+    # minus the Wilson upper bound of 2/100; each end solves |Z(d)| = 1.96.
+    z = 1.959964
+    centre, half = (0.02 + z * z / 200) / (1 + z * z / 100), z * (
+        0.02 * 0.98 / 100 + z * z / 40000) ** 0.5 / (1 + z * z / 100)
     assert paired["test"] == "mcnemar-exact" and paired["n"] == 100
-    assert paired["ci_low"] == pytest.approx(-2 / 102 - 1.959964 * se, abs=1e-5)
-    assert paired["ci_high"] == pytest.approx(-2 / 102 + 1.959964 * se, abs=1e-5)
-    assert paired["ci_high"] - paired["ci_low"] < (unpaired["ci_high"] - unpaired["ci_low"]) / 3
+    assert paired["ci_low"] == pytest.approx(-(centre + half), abs=1e-5)  # -0.0700
+    assert _tango_z(2, 0, 100, paired["ci_high"]) == pytest.approx(-z, abs=1e-4)
+    assert 0.0 < paired["ci_high"] < 0.02  # the interval covers no change, not zero width
+    assert paired["ci_high"] - paired["ci_low"] < (unpaired["ci_high"] - unpaired["ci_low"]) / 2
+
+
+def _tango_z(b: int, c: int, n: int, d: float) -> float:
+    """Tango's score statistic for a paired difference d, with the restricted MLE of the
+    b-cell probability solved from its quadratic."""
+    big_b = b * (1 - 3 * d) + c * (1 - d) - 2 * (n - b - c) * d
+    p = (big_b + (big_b * big_b + 8 * n * b * d * (1 - d)) ** 0.5) / (4 * n)
+    return ((c - b) / n - d) / ((2 * p + d - d * d) / n) ** 0.5
 
 
 def _scores(s, state, values: dict[str, float]):

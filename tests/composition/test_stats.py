@@ -1,6 +1,8 @@
 """Paired tests, intervals and Holm's correction on hand-computed cases."""
 
 import json
+import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from skillstore.evaluation.stats import (
     holm,
     mcnemar_exact,
     one_sided,
+    p_above,
     paired_bootstrap,
     paired_test,
     proportion_stderr,
@@ -24,6 +27,32 @@ def pairs(both_right=0, lost=0, gained=0, both_wrong=0):
     before = [1] * both_right + [1] * lost + [0] * gained + [0] * both_wrong
     after = [1] * both_right + [0] * lost + [1] * gained + [0] * both_wrong
     return before, after
+
+
+def restricted_p_b(b, c, n, delta):
+    """P(b-type pair) maximising the likelihood under p_c = p_b + delta, as the zero of the
+    log-likelihood's derivative (decreasing: the log-likelihood is concave) found by bisection,
+    independently of the closed-form root that stats uses."""
+    m = n - b - c
+    lo, hi = max(0.0, -delta), (1.0 - delta) / 2.0
+    for _ in range(100):  # midpoints only: the derivative is infinite at the ends
+        p = (lo + hi) / 2.0
+        slope = ((b / p if b else 0.0) + (c / (p + delta) if c else 0.0)
+                 - (2.0 * m / (1.0 - 2.0 * p - delta) if m else 0.0))
+        lo, hi = (p, hi) if slope > 0.0 else (lo, p)
+    return (lo + hi) / 2.0
+
+
+def score_z(b, c, n, delta):
+    """Tango's score statistic (d - delta) / sqrt((2 p_b + delta - delta^2) / n)."""
+    d = (c - b) / n
+    variance = (2.0 * restricted_p_b(b, c, n, delta) + delta - delta * delta) / n
+    return (d - delta) / math.sqrt(variance)
+
+
+def z_of(confidence):
+    """The normal quantile behind a two-sided interval at `confidence`."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
 # --- proportions -----------------------------------------------------------------------------
@@ -69,7 +98,7 @@ def test_proportion_stderr_is_binomial_and_positive_inside_the_unit_interval():
 
 # --- McNemar -----------------------------------------------------------------------------------
 
-def test_mcnemar_b1_c8_exact_p_and_agresti_min_interval():
+def test_mcnemar_b1_c8_exact_p_and_tango_score_interval():
     before, after = pairs(both_right=6, lost=1, gained=8, both_wrong=5)
     t = mcnemar_exact(before, after)
     # 2 * P(X <= 1 | 9, 0.5) = 2 * (1 + 9) / 512
@@ -77,9 +106,14 @@ def test_mcnemar_b1_c8_exact_p_and_agresti_min_interval():
     assert (t.n, t.b, t.c, t.test) == (20, 1, 8, "mcnemar-exact")
     assert t.difference == pytest.approx(7 / 20)
     assert (t.before, t.after) == (pytest.approx(7 / 20), pytest.approx(14 / 20))
-    # b' = 1.5, c' = 8.5, n' = 22: centre 7/22, se = sqrt(10 - 49/22) / 22 = 0.126725
-    assert t.low == pytest.approx(7 / 22 - 1.959964 * 0.126725, abs=1e-5)
-    assert t.high == pytest.approx(7 / 22 + 1.959964 * 0.126725, abs=1e-5)
+    # Tango's ends, solved at 40 digits (restricted MLE by golden section on the likelihood)
+    assert t.low == pytest.approx(0.0659901033, abs=1e-9)
+    assert t.high == pytest.approx(0.5845318873, abs=1e-9)
+    # and each end solves the score equation Z = +-z
+    assert score_z(1, 8, 20, t.low) == pytest.approx(z_of(0.95), abs=1e-7)
+    assert score_z(1, 8, 20, t.high) == pytest.approx(-z_of(0.95), abs=1e-7)
+    # the unrestricted standard error at the estimate: sqrt(9 - 49/20) / 20
+    assert t.se == pytest.approx(math.sqrt(9 - 49 / 20) / 20)
 
 
 def test_mcnemar_balanced_discordance_has_p_one():
@@ -103,10 +137,73 @@ def test_mcnemar_all_agree_gives_p_one_d_zero_and_an_honest_interval():
     assert t.low < 0.0 < t.high
 
 
+@pytest.mark.parametrize("n", [4, 100, 200, 792])
+@pytest.mark.parametrize("confidence", [0.90, 0.95])
+def test_no_discordant_pair_bounds_the_difference_at_z2_over_n_plus_z2(n, confidence):
+    """b = c = 0: for delta > 0 the restricted p_b is 0, so Z^2 = n delta / (1 - delta), which
+    reaches z^2 at delta = z^2 / (n + z^2) (the Wilson bound of 0/n); the same on the left."""
+    t = mcnemar_exact(*pairs(both_right=n // 2, both_wrong=n - n // 2), confidence)
+    bound = z_of(confidence) ** 2 / (n + z_of(confidence) ** 2)
+    assert t.high == pytest.approx(bound, abs=1e-12)
+    assert t.low == pytest.approx(-bound, abs=1e-12)
+    assert t.se == 0.0
+
+
 def test_mcnemar_every_prompt_flipped_is_not_zero_width():
+    """b = 0, c = n: p_b = (1 - delta) / 2, so Z^2 = n (1 - delta) / (1 + delta) and the lower
+    end is (n - z^2) / (n + z^2)."""
     t = mcnemar_exact(*pairs(gained=5))
     assert t.difference == 1.0 and t.high == 1.0
-    assert t.low < 0.9
+    z2 = z_of(0.95) ** 2
+    assert t.low == pytest.approx((5 - z2) / (5 + z2), abs=1e-12)  # 0.131
+
+
+def test_gains_only_give_the_wilson_interval_of_c_over_n():
+    """b = 0, c = 6, n = 100: where the restricted p_b is 0 (B <= 0), Z^2 = n (d - delta)^2 /
+    (delta (1 - delta)), so both ends are the roots of (n + z^2) delta^2 - (2c + z^2) delta
+    + c^2 / n = 0."""
+    n, c, z2 = 100, 6, z_of(0.90) ** 2
+    qa, qb, qc = n + z2, -(2 * c + z2), c * c / n
+    root = math.sqrt(qb * qb - 4 * qa * qc)
+    low, high = (-qb - root) / (2 * qa), (-qb + root) / (2 * qa)
+    for delta in (low, high):  # B = c (1 - delta) - 2 (n - c) delta <= 0 there
+        assert c * (1 - delta) - 2 * (n - c) * delta <= 0.0
+    t = mcnemar_exact(*pairs(gained=c, both_wrong=n - c), 0.90)
+    assert t.low == pytest.approx(low, abs=1e-12) and t.high == pytest.approx(high, abs=1e-12)
+    assert (t.low, t.high) == (pytest.approx(0.0313406, abs=1e-7),
+                               pytest.approx(0.1118410, abs=1e-7))
+
+
+@pytest.mark.parametrize("lost,n,confidence", [(5, 100, 0.90), (2, 100, 0.95), (3, 20, 0.95)])
+def test_losses_only_interval_is_the_set_where_the_score_is_within_z(lost, n, confidence):
+    """b > 0, c = 0, where a Wald-type interval under-covers: brute force over a grid of delta,
+    then a grid 1e-6 fine across the coarse cell that holds each end."""
+    z = z_of(confidence)
+    t = mcnemar_exact(*pairs(both_right=n - lost - 10, lost=lost, both_wrong=10), confidence)
+
+    def inside(delta):
+        return -1.0 < delta < 1.0 and abs(score_z(lost, 0, n, delta)) <= z
+
+    coarse = [i / 1000 - 1.0 for i in range(1, 2000)]
+    kept = [k for k, delta in enumerate(coarse) if inside(delta)]
+    assert kept == list(range(kept[0], kept[-1] + 1))  # one interval, no holes
+    first, last = coarse[kept[0]], coarse[kept[-1]]
+    low = min(e for e in (first - 1e-3 + i * 1e-6 for i in range(1001)) if inside(e))
+    high = max(e for e in (last + i * 1e-6 for i in range(1001)) if inside(e))
+    assert t.low == pytest.approx(low, abs=1.01e-6) and t.high == pytest.approx(high, abs=1.01e-6)
+    assert t.low < t.difference < t.high < 0.1
+
+
+@pytest.mark.parametrize("cells", [(6, 1, 8, 5), (85, 5, 0, 10), (40, 0, 0, 10), (2, 3, 3, 2),
+                                   (0, 0, 5, 0), (64, 16, 5, 15)])
+def test_swapping_before_and_after_negates_the_interval(cells):
+    before, after = pairs(*cells)
+    forward, backward = mcnemar_exact(before, after), mcnemar_exact(after, before)
+    assert backward.low == pytest.approx(-forward.high, abs=1e-12)
+    assert backward.high == pytest.approx(-forward.low, abs=1e-12)
+    assert backward.difference == -forward.difference
+    assert (backward.b, backward.c) == (forward.c, forward.b)
+    assert backward.p_value == forward.p_value
 
 
 def test_mcnemar_mismatched_lengths_names_both():
@@ -127,8 +224,37 @@ def test_one_sided_bound_is_the_two_sided_interval_at_lower_confidence():
     two, one = mcnemar_exact(before, after), mcnemar_exact(before, after, one_sided(0.95))
     assert one.one_sided_confidence == pytest.approx(0.95)
     assert two.low < one.low and one.high < two.high
-    # z(0.95 one-sided) = 1.644854
-    assert one.low == pytest.approx(7 / 22 - 1.644854 * 0.126725, abs=1e-5)
+    # Tango's lower end at z = 1.644854, solved at 40 digits, and Z there is z
+    assert one.low == pytest.approx(0.1189301719, abs=1e-9)
+    assert score_z(1, 8, 20, one.low) == pytest.approx(1.644854, abs=1e-6)
+
+
+@pytest.mark.parametrize("cells", [(6, 1, 8, 5), (85, 5, 0, 10), (100, 0, 0, 100),
+                                   (64, 16, 5, 15), (0, 0, 6, 94), (8, 7, 7, 8), (0, 0, 5, 0)])
+@pytest.mark.parametrize("confidence", [0.90, 0.95, 0.99])
+def test_p_above_is_at_most_alpha_exactly_when_the_lower_bound_reaches_the_threshold(cells,
+                                                                                       confidence):
+    before, after = pairs(*cells)
+    low = mcnemar_exact(before, after, one_sided(confidence)).low
+    thresholds = [i / 100 - 1.0 for i in range(201)] + [low - 1e-7, low + 1e-7]
+    for threshold in thresholds:
+        if abs(threshold - low) < 1e-9:
+            continue
+        p = p_above(before, after, threshold)
+        assert (p <= 1.0 - confidence) == (low >= threshold), (threshold, low, p)
+
+
+def test_p_above_for_binary_scores_is_the_score_test_tail():
+    # b = c = 0, threshold -0.02: p_b = 0.02, so Z = 0.02 / sqrt(0.02 * 0.98 / n) at n = 200
+    before, after = pairs(both_right=160, both_wrong=40)
+    expected = 1.0 - NormalDist().cdf(0.02 / math.sqrt(0.02 * 0.98 / 200))
+    assert p_above(before, after, -0.02) == pytest.approx(expected, abs=1e-12)
+    # independent restricted MLE for a table with every kind of pair
+    before, after = pairs(6, 1, 8, 5)
+    expected = 1.0 - NormalDist().cdf(score_z(1, 8, 20, 0.05))
+    assert p_above(before, after, 0.05) == pytest.approx(expected, abs=1e-9)
+    assert p_above(before, after, 7 / 20) == pytest.approx(0.5)
+    assert p_above(before, after, -1.5) == 0.0 and p_above(before, after, 1.5) == 1.0
 
 
 def test_results_are_json_able():
