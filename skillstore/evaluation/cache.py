@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 
@@ -37,6 +38,21 @@ class Suite:
 # (the tag router, for one, puts a different pack in front of each skill's suite).
 Loader = Callable[[Suite], AbstractContextManager[tuple[object, object]]]
 Runner = Callable[..., list[TaskResult]]
+
+
+class PartialPlan(Protocol):
+    """A task whose outcomes are partly copied from another state (evaluation.reuse.TaskPlan):
+    only the ``changed`` docs run, and ``merged`` completes their results."""
+
+    changed: tuple[int, ...]
+
+    def merged(self, fresh: Sequence[TaskResult]) -> list[TaskResult]: ...
+
+
+class Reuse(Protocol):
+    """Decides which tasks of a suite reuse outcomes (evaluation.reuse.OutcomeReuse)."""
+
+    def plan(self, suite: Suite, tasks: Sequence[str]) -> Mapping[str, PartialPlan]: ...
 
 
 def samples_bytes(samples: dict[str, float]) -> bytes:
@@ -73,9 +89,13 @@ def missing_tasks(session, state_id: int, suite: Suite, limit: int | None = None
 
 def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Loader, *,
                    runner: Runner = run_tasks, batch_size: int = 16,
-                   limit: int | None = None, blobs=None) -> list[EvalResult]:
+                   limit: int | None = None, blobs=None,
+                   reuse: Reuse | None = None) -> list[EvalResult]:
     """Evaluate ``state`` on every suite, running lm-eval only on (task, suite version) pairs
     the eval table does not hold for this state; returns all rows, cached and new.
+
+    With ``reuse``, a task it plans runs lm-eval only on its changed docs (``samples=``) and
+    copies the other docs' outcomes; the model is not even loaded when nothing changed.
 
     With a blob store, each new row of a mean metric keeps its per-sample scores as a blob
     (``samples_digest``), which paired tests between states read; without one they are lost.
@@ -86,9 +106,21 @@ def evaluate_state(session, state: ModelState, suites: Sequence[Suite], load: Lo
         todo = missing_tasks(session, state.id, suite, limit)
         if not todo:
             continue
-        with load(suite) as (model, tokenizer):
-            results = runner(model, tokenizer, todo, include_path=suite.include_path,
-                             batch_size=batch_size, limit=limit)
+        plans = reuse.plan(suite, todo) if reuse is not None else {}
+        full = [t for t in todo if t not in plans]
+        subset = {t: list(p.changed) for t, p in plans.items() if p.changed}
+        fresh: list[TaskResult] = []
+        if full or subset:
+            with load(suite) as (model, tokenizer):
+                if full:
+                    fresh += runner(model, tokenizer, full, include_path=suite.include_path,
+                                    batch_size=batch_size, limit=limit)
+                if subset:
+                    fresh += runner(model, tokenizer, list(subset),
+                                    include_path=suite.include_path, batch_size=batch_size,
+                                    samples=subset)
+        results = [r for r in fresh if r.task in full] + [
+            r for t, p in plans.items() for r in p.merged([f for f in fresh if f.task == t])]
         session.add_all(
             EvalResult(state_id=state.id, skill_id=suite.skill_id, suite=suite.name,
                        suite_version=cache_version(suite, limit), task=r.task, metric=r.metric,

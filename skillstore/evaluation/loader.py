@@ -11,6 +11,12 @@ from ..states.view import StateView
 from .cache import Loader, Suite
 
 
+def suite_tag(view: StateView, suite: str) -> str | None:
+    """The tag a suite is run under: its own skill's under the tag router (none for the general
+    suite or a skill the state lacks); every other router routes by itself."""
+    return suite if view.router == "tag" and suite in view.skills else None
+
+
 def state_loader(model, tokenizer, view: StateView, blobs, *,
                  cache_dir: str | Path | None = None) -> Loader:
     """The Loader for evaluate_state: the tag router gets each skill's own pack (none for the
@@ -19,9 +25,9 @@ def state_loader(model, tokenizer, view: StateView, blobs, *,
 
     @contextmanager
     def load(suite: Suite) -> Iterator[tuple[object, object]]:
-        tag = suite.name if view.router == "tag" and suite.name in view.skills else None
-        with materialise(model, view, blobs, tag=tag, pad_token_id=tokenizer.pad_token_id,
-                         cache_dir=cache_dir, packs=packs) as m:
+        with materialise(model, view, blobs, tag=suite_tag(view, suite.name),
+                         pad_token_id=tokenizer.pad_token_id, cache_dir=cache_dir,
+                         packs=packs) as m:
             yield m, tokenizer
 
     return load

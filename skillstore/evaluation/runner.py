@@ -135,8 +135,12 @@ def _rows(results: dict, tasks: Sequence[str]) -> list[TaskResult]:
 
 
 def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Path,
-              batch_size: int = 16, limit: int | None = None) -> list[TaskResult]:
+              batch_size: int = 16, limit: int | None = None,
+              samples: dict[str, list[int]] | None = None) -> list[TaskResult]:
     """``simple_evaluate`` on ``model`` as it is in memory (grafted, routed or plain).
+
+    ``samples`` (task -> doc indices, instead of ``limit``) runs only those docs; their
+    per-sample scores keep the true doc ids.
 
     Only the suite folder is indexed (``include_defaults=False``): no network and no scan of
     lm-eval's thousands of bundled tasks.
@@ -161,7 +165,8 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Pat
     # Per-sample scores give every mean metric its stderr (sample_stderr) and the gate its
     # paired tests; lm-eval's bootstrap would only add stderrs of other aggregations.
     results = evaluator.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=True,
+        model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+        samples={t: sorted(d) for t, d in samples.items()} if samples else None, log_samples=True,
         bootstrap_iters=0, verbosity="ERROR",
     )
     if results is None:

@@ -21,8 +21,9 @@ from ..catalog.packs import set_pack_status
 from ..catalog.schema import PackStatus
 from ..catalog.states import advance_head, current_head, get_state
 from ..errors import PromotionConflictError, StaleEvaluationError
-from ..evaluation.cache import Suite, evaluate_state
+from ..evaluation.cache import Suite, evaluate_state, missing_tasks
 from ..evaluation.loader import state_loader
+from ..evaluation.reuse import OutcomeReuse, ReuseRecord
 from ..evaluation.scores import Score, suite_scores, with_samples
 from ..evaluation.suites import state_suites, suite_prompts
 from ..reports import build_report, render_report
@@ -111,7 +112,11 @@ class CandidateEvaluation:
     """What a gate decision is made on: the current state, the head version it was read at,
     and the candidate, both scored on the same suites (``before`` and ``after``). Its JSON
     keeps each score's value, stderr, n, suite version and metric; the per-sample scores stay
-    in the eval rows' blobs (``with_samples`` reads them back)."""
+    in the eval rows' blobs (``with_samples`` reads them back).
+
+    ``reuse`` says which of the candidate's outcomes were copied from the current state's rows
+    (docs routed the same way in both) and how many docs lm-eval answered; None when the
+    evaluation reused nothing by design (or was recorded before reuse existed)."""
 
     current_state_id: int
     head_version: int | None
@@ -121,6 +126,7 @@ class CandidateEvaluation:
     general: tuple[str, ...]
     before: dict[str, Score]
     after: dict[str, Score]
+    reuse: ReuseRecord | None = None
 
     def is_current(self, current: ModelState, version: int | None) -> bool:
         """True while the base's head is still the state these scores were measured against."""
@@ -144,7 +150,8 @@ class CandidateEvaluation:
         return {"current_state_id": self.current_state_id, "head_version": self.head_version,
                 "candidate_state_id": self.candidate_state_id, "new_skill": self.new_skill,
                 "earlier": list(self.earlier), "general": list(self.general),
-                "before": scores(self.before), "after": scores(self.after)}
+                "before": scores(self.before), "after": scores(self.after),
+                "reuse": self.reuse.as_json() if self.reuse is not None else None}
 
     @classmethod
     def from_json(cls, doc: dict) -> CandidateEvaluation:
@@ -153,7 +160,8 @@ class CandidateEvaluation:
 
         return cls(doc["current_state_id"], doc["head_version"], doc["candidate_state_id"],
                    doc["new_skill"], tuple(doc["earlier"]), tuple(doc["general"]),
-                   scores(doc["before"]), scores(doc["after"]))
+                   scores(doc["before"]), scores(doc["after"]),
+                   ReuseRecord.from_json(doc["reuse"]) if doc.get("reuse") else None)
 
 
 def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, current: ModelState,
@@ -161,13 +169,19 @@ def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, curren
                        tasks_dir: str | Path | None = None, router: str | None = None,
                        batch_size: int = 16, limit: int | None = None,
                        cache_dir: str | Path | None = None,
-                       progress: Callable[[float], None] | None = None) -> CandidateEvaluation:
+                       progress: Callable[[float], None] | None = None,
+                       reuse: bool = True) -> CandidateEvaluation:
     """Build the candidate (``current`` + ``pack``, see states.candidate_state: a learned router
     is retrained for the new pack set, the general suite's training prompts as its NONE class)
     and evaluate ``current`` and the candidate on the same suites: every skill the candidate
     holds, and ``general``. The eval cache runs only what the table does not hold yet; rows
     are flushed in the caller's transaction. ``version`` is the head version ``current`` was
-    read at; the gate refuses to decide on these scores once the head has moved."""
+    read at; the gate refuses to decide on these scores once the head has moved.
+
+    With ``reuse`` (evaluation.reuse), an earlier skill's docs that the candidate routes
+    exactly as ``current`` did keep ``current``'s outcomes; only the docs whose route changed
+    run again, so the cost stays flat as skills accumulate. The new skill's suite and the
+    general suite always run in full. The result's ``reuse`` records what was copied."""
     learned = (router or current.router) == "learned"
     general_prompts = (suite_prompts(general, ROUTER_PROMPTS)
                        if general is not None and learned else ())
@@ -175,19 +189,26 @@ def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, curren
                                 general_prompts=general_prompts)
     cand_view, cur_view = load_view(session, candidate), load_view(session, current)
     suites = state_suites(session, cand_view.skills, tasks_dir=tasks_dir, general=general)
-    for done, (state, view) in enumerate(((current, cur_view), (candidate, cand_view)), start=1):
+    new_skill = cand_view.skills[-1]  # the pack is the candidate's last member
+    todo = {s.name: missing_tasks(session, candidate.id, s, limit) for s in suites}
+    planner = OutcomeReuse(
+        session, blobs, model, tokenizer, cur_view, cand_view, limit=limit,
+        skills=[s for s in cur_view.skills if s != new_skill], batch_size=batch_size,
+        cache_dir=cache_dir) if reuse else None
+    for done, (state, view, plan) in enumerate(
+            ((current, cur_view, None), (candidate, cand_view, planner)), start=1):
         evaluate_state(session, state, suites,
                        state_loader(model, tokenizer, view, blobs, cache_dir=cache_dir),
-                       batch_size=batch_size, limit=limit, blobs=blobs)
+                       batch_size=batch_size, limit=limit, blobs=blobs, reuse=plan)
         if progress is not None:
             progress(done / 2)
-    new_skill = cand_view.skills[-1]  # the pack is the candidate's last member
     return CandidateEvaluation(
         current.id, version, candidate.id, new_skill,
         earlier=tuple(s for s in cur_view.skills if s != new_skill),
         general=tuple(s.name for s in suites if s.skill_id is None),
         before=suite_scores(session, current.id, suites, limit=limit, blobs=blobs),
-        after=suite_scores(session, candidate.id, suites, limit=limit, blobs=blobs))
+        after=suite_scores(session, candidate.id, suites, limit=limit, blobs=blobs),
+        reuse=planner.record(candidate.id, suites, todo) if planner is not None else None)
 
 
 def store_report(session, blobs, state: ModelState, decision: Decision,

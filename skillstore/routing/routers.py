@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -123,6 +125,40 @@ def _continuing(kwargs: dict) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class RouteTrace:
+    """One routing decision: an input's real (unmasked) tokens and every pack it got, by name,
+    with its weight."""
+
+    tokens: tuple[int, ...]
+    weights: tuple[tuple[str, float], ...]
+
+
+_TRACES: list[list[RouteTrace]] = []
+
+
+@contextmanager
+def traced_routes() -> Iterator[list[RouteTrace]]:
+    """Every routing decision RoutedModel makes while the block runs, in order. A diagnostic:
+    it shows whether the routes predicted before a run are the ones the run takes."""
+    trace: list[RouteTrace] = []
+    _TRACES.append(trace)
+    try:
+        yield trace
+    finally:
+        _TRACES.remove(trace)
+
+
+def _trace(bank: DeltaBank, ids: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> None:
+    names = bank.names
+    for row_ids, row_mask, row_w in zip(ids.tolist(), mask.tolist(), weights.tolist(),
+                                        strict=True):
+        entry = RouteTrace(tuple(t for t, m in zip(row_ids, row_mask, strict=True) if m),
+                           tuple((n, w) for n, w in zip(names, row_w, strict=True) if w))
+        for trace in _TRACES:
+            trace.append(entry)
+
+
 class RoutedModel:
     """Context that makes ``model`` route every forward pass: plain HF calls, ``generate`` and
     lm-eval's HFLM all work unchanged. Routing is decided on the first step of a sequence and
@@ -161,3 +197,5 @@ class RoutedModel:
         inputs = RouteInputs(self.bank, ids, mask, tag=self.tag, classifier=self.classifier)
         self.bank.weights = self.router.select(inputs)
         self.last_weights = self.bank.weights
+        if _TRACES:
+            _trace(self.bank, ids, mask, self.bank.weights)
