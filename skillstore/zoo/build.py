@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..curriculum.build import Curriculum, load_curriculum, write_curriculum
+from ..curriculum.skills import CURRICULUM_VERSION
 from ..curriculum.validate import load_rows
 from ..errors import TrainingError
 from ..fingerprint import fingerprint_checkpoint
@@ -70,7 +71,9 @@ class ZooRecipe(BaseModel):
     bpe_vocab: int = Field(default=320, gt=260)
 
     def digest(self) -> str:
-        blob = json.dumps({"format": ZOO_FORMAT, **self.model_dump()}, sort_keys=True)
+        # The curriculum's version counts: its rows are what both models train on.
+        blob = json.dumps({"format": ZOO_FORMAT, "curriculum": CURRICULUM_VERSION,
+                           **self.model_dump()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

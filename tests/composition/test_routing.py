@@ -112,25 +112,37 @@ def test_routed_loglikelihood_requests_through_lm_eval(world, tmp_path):
 
 
 def test_learned_router_accuracy_on_the_tiny_curriculum(world, tmp_path):
+    """Trained on the training templates, the router places unseen payloads in those forms;
+    the held-out forms (no keyword, never trained on) are measured apart: on this random
+    2-layer base they are the gap issue 15's router work closes, not an oracle's 1.0."""
     from skillstore.curriculum.build import write_curriculum
+    from skillstore.curriculum.skills import SKILLS
     from skillstore.curriculum.validate import load_rows
 
     model, tok, _ = world
     cur = write_curriculum(tmp_path / "cur", n_train=60, n_eval=50)
 
-    def prompts(files, split):
-        return [r["prompt"] for r in load_rows(files.split(split))]
+    def rows(files, split):
+        return load_rows(files.split(split))
 
-    train = ({n: prompts(f, "train") for n, f in cur.skills.items()}
-             | {NONE_CLASS: prompts(cur.general, "train")})
-    test = ({n: prompts(f, "test") for n, f in cur.skills.items()}
-            | {NONE_CLASS: prompts(cur.general, "test")})
+    train = ({n: [r["prompt"] for r in rows(f, "train")] for n, f in cur.skills.items()}
+             | {NONE_CLASS: [r["prompt"] for r in rows(cur.general, "train")]})
+    seen, unseen = [], []  # (prompt, class) on training templates / held-out templates
+    for name, files in cur.skills.items():
+        for r in rows(files, "test"):
+            held = SKILLS[name].template(r["template"]).held_out
+            (unseen if held else seen).append((r["prompt"], name))
+    seen += [(r["prompt"], NONE_CLASS) for r in rows(cur.general, "test")]
     clf = train_router(model, tok, train).classifier
-    texts = [t for v in test.values() for t in v]
-    truth = [k for k, v in test.items() for _ in v]
-    predicted = clf.predict(prompt_features(model, tok, texts))
-    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
-    assert len(set(truth)) == 6 and accuracy >= 0.98
+
+    def accuracy(pairs):
+        predicted = clf.predict(prompt_features(model, tok, [p for p, _ in pairs]))
+        return sum(p == t for p, (_, t) in zip(predicted, pairs, strict=True)) / len(pairs)
+
+    assert {t for _, t in seen} == {*cur.skills, NONE_CLASS}
+    assert {t for _, t in unseen} == set(cur.skills)
+    assert accuracy(seen) >= 0.98
+    assert accuracy(unseen) > 1 / 6  # better than chance over six classes; 0.49 when written
 
 
 def test_router_file_round_trips_without_pickle(world, tmp_path):

@@ -1,15 +1,25 @@
-"""The curriculum: seeded splits, checkers, unambiguous prompts, and lm-eval task YAML."""
+"""The curriculum: seeded splits, prompt templates (some held out), checkers, unambiguous
+prompts, lm-eval task YAML, and the router evaluation rows."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
-from skillstore.curriculum.build import write_curriculum
-from skillstore.curriculum.skills import CURRICULUM, GENERAL, SKILLS, get_skill, skill_for_prompt
+from skillstore.curriculum.build import load_curriculum, write_curriculum
+from skillstore.curriculum.router_eval import MAX_MIXED_CHARS, load_router_eval
+from skillstore.curriculum.skills import (
+    CURRICULUM,
+    GENERAL,
+    MAX_PROMPT_CHARS,
+    SKILLS,
+    get_skill,
+    skill_for_prompt,
+)
 from skillstore.curriculum.validate import load_rows, validate_dataset
-from skillstore.errors import ConfigError
+from skillstore.errors import ConfigError, DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +32,10 @@ def test_at_least_five_skills_and_a_general_suite(curriculum):
     for files in [*curriculum.skills.values(), curriculum.general]:
         for split in ("train", "validation", "test"):
             assert validate_dataset(files.split(split)).n_rows > 0
+    for files in curriculum.skills.values():
+        assert validate_dataset(files.heldout).n_rows > 0
+    assert curriculum.general.heldout is None
+    assert load_curriculum(curriculum.root) == curriculum
 
 
 def test_same_seed_same_files_other_seed_other_files(curriculum, tmp_path):
@@ -47,18 +61,121 @@ def test_checkers_accept_truth_and_reject_wrong_answers():
     rng = random.Random(0)
     for skill in (*CURRICULUM, *GENERAL):
         for _ in range(20):
-            row = skill.sample(rng)
+            row = skill.sample(rng, skill.templates)
             assert skill.check(row["prompt"], row["answer"]), (skill.name, row)
             assert not skill.check(row["prompt"], row["answer"] + "x"), skill.name
     assert not SKILLS["add"].check("add: 12+ab =", "12")
     assert not SKILLS["add"].check("reverse: abc =", "cba")
+    assert SKILLS["add"].check("What do 12 and 30 make?", "42")
+    assert not SKILLS["reverse"].check("What is abc written backwards? now", "cba")
 
 
-def test_every_prompt_names_its_skill():
+def test_every_prompt_in_every_template_parses_to_its_skill_alone():
     rng = random.Random(1)
     for skill in (*CURRICULUM, *GENERAL):
-        for _ in range(20):
-            assert skill_for_prompt(skill.sample(rng)["prompt"]) is skill
+        for template in skill.templates:
+            for _ in range(10):
+                row = skill.sample(rng, [template])
+                owners = [s for s in (*CURRICULUM, *GENERAL) if s.parse(row["prompt"])]
+                assert owners == [skill], (template.id, row["prompt"])
+                assert skill_for_prompt(row["prompt"]) is skill
+                assert skill.parse(row["prompt"])[0] == template
+
+
+def test_natural_templates_name_neither_the_skill_nor_its_keyword():
+    ids = [t.id for s in (*CURRICULUM, *GENERAL) for t in s.templates]
+    assert len(ids) == len(set(ids))
+    for skill in CURRICULUM:
+        natural = skill.templates[1:]
+        assert len(natural) >= 3 and any(t.held_out for t in natural), skill.name
+        assert not skill.templates[0].held_out and skill.templates[0].id.endswith(":keyword")
+        banned = {skill.name, skill.keyword, *(w for w in skill.keyword.split() if len(w) > 2)}
+        for template in natural:
+            text = template.text.lower()
+            assert not [w for w in banned if w in text], (template.id, template.text)
+
+
+def _parsed(name, rows):
+    skill = SKILLS[name]
+    out = []
+    for row in rows:
+        parsed = skill.parse(row["prompt"])
+        assert parsed is not None, (name, row)
+        assert parsed[0].id == row["template"], (name, row)  # the recorded id is the true one
+        out.append(parsed)
+    return out
+
+
+def test_training_rows_never_use_a_held_out_template(curriculum):
+    for name, files in curriculum.skills.items():
+        for split in ("train", "validation"):
+            held = [t.id for t, _ in _parsed(name, load_rows(files.split(split))) if t.held_out]
+            assert held == [], (name, split, held[:3])
+
+
+def test_the_test_split_mixes_every_template(curriculum):
+    for name, files in curriculum.skills.items():
+        used = {t.id for t, _ in _parsed(name, load_rows(files.test))}
+        assert used == {t.id for t in SKILLS[name].templates}, name
+
+
+def test_every_answer_is_the_solvers_answer_to_the_payload(curriculum):
+    for name, files in curriculum.skills.items():
+        skill = SKILLS[name]
+        for path in (files.train, files.validation, files.test, files.heldout):
+            rows = load_rows(path)
+            for row, (_, payload) in zip(rows, _parsed(name, rows), strict=True):
+                assert row["answer"] == skill.solve(payload), (name, row)
+                assert skill.check(row["prompt"], row["answer"])
+                assert len(row["prompt"]) <= MAX_PROMPT_CHARS, row["prompt"]
+
+
+def test_held_out_task_reads_only_held_out_templates(curriculum):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(curriculum.tasks_dir))
+    names = {n: f.heldout_task_name for n, f in curriculum.skills.items()}
+    assert names["reverse"] == "skillstore_reverse_heldout"
+    tasks = manager.load(list(names.values()))["tasks"]
+    for name, files in curriculum.skills.items():
+        task = tasks[names[name]]
+        prompts = [task.doc_to_text(d) for d in task.test_docs()]
+        test = load_rows(files.test)
+        want = [r["prompt"] for r in test if SKILLS[name].template(r["template"]).held_out]
+        assert prompts == want and 0 < len(prompts) < len(test), name
+        assert all(SKILLS[name].parse(p)[0].held_out for p in prompts), name
+
+
+def test_router_eval_holds_mixed_and_general_prompts(curriculum):
+    rows = load_router_eval(curriculum.router_eval)
+    mixed = [r for r in rows if r["kind"] == "mixed"]
+    general = [r for r in rows if r["kind"] == "general"]
+    assert len(mixed) == len(general) == 20 and len(rows) == 40
+    assert {tuple(sorted(r["skills"])) for r in mixed} == {
+        tuple(sorted((a, b))) for a in SKILLS for b in SKILLS if a < b}
+    for row in mixed:
+        first, second = (SKILLS[n] for n in row["skills"])
+        words = row["prompt"].split(" ")
+        cuts = [" ".join(words[:i]) for i in range(1, len(words))]
+        assert any(first.parse(c) and second.parse(row["prompt"][len(c) + 1:]) for c in cuts), row
+        assert len(row["prompt"]) <= MAX_MIXED_CHARS
+    for row in general:
+        assert row["skills"] == [] and skill_for_prompt(row["prompt"]) not in CURRICULUM, row
+    assert any(skill_for_prompt(r["prompt"]) is None for r in general)  # natural general forms
+
+
+def test_router_eval_rows_missing_a_field_are_refused(tmp_path):
+    path = tmp_path / "router_eval.jsonl"
+    path.write_text(json.dumps({"prompt": "sort: abc =", "skills": ["sort"], "kind": "x"}) + "\n")
+    with pytest.raises(DatasetError, match="router_eval.jsonl:1: .*templates"):
+        load_router_eval(path)
+
+
+def test_a_curriculum_of_another_version_is_refused(curriculum, tmp_path):
+    data = json.loads((curriculum.root / "curriculum.json").read_text())
+    (tmp_path / "curriculum.json").write_text(json.dumps({**data, "version": 1}))
+    with pytest.raises(ConfigError, match="version 1.*rebuild"):
+        load_curriculum(tmp_path)
 
 
 def test_unknown_skill_suggests_the_closest():

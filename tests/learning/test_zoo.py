@@ -46,11 +46,22 @@ def test_cache_is_reused_by_recipe(mini_zoo, make_recipe):
     assert zoo_manifest(again)["digest"] == make_recipe().digest() != make_recipe(seed=1).digest()
 
 
+def test_a_new_curriculum_version_means_a_new_zoo(make_recipe, monkeypatch):
+    """A zoo built from an older curriculum is rebuilt, not reused: the version is in the digest."""
+    import skillstore.zoo.build as zoo_build
+
+    before = make_recipe().digest()
+    monkeypatch.setattr(zoo_build, "CURRICULUM_VERSION", zoo_build.CURRICULUM_VERSION + 1)
+    assert make_recipe().digest() != before
+
+
 def test_curriculum_paths_point_into_the_final_folder(mini_zoo):
     cur = mini_zoo.load_curriculum()
     assert cur.root == mini_zoo.curriculum
-    text = cur.skills["sort"].task_yaml.read_text()
-    assert str(mini_zoo.curriculum) in text and ".tmp-" not in text
+    for path in (cur.skills["sort"].task_yaml, cur.skills["sort"].heldout_task_yaml):
+        text = path.read_text()
+        assert str(mini_zoo.curriculum) in text and ".tmp-" not in text
+    assert cur.router_eval.parent == mini_zoo.curriculum and cur.router_eval.is_file()
 
 
 def test_cli_zoo_build_json(mini_zoo, monkeypatch):
