@@ -20,7 +20,7 @@ from ..catalog.models import BaseCheckpoint, ModelState, Promotion, SkillPack
 from ..catalog.packs import set_pack_status
 from ..catalog.schema import PackStatus
 from ..catalog.states import advance_head, current_head, get_state
-from ..errors import PromotionConflictError, StaleEvaluationError
+from ..errors import EvaluationError, PromotionConflictError, StaleEvaluationError
 from ..evaluation.cache import Suite, evaluate_state, missing_tasks
 from ..evaluation.loader import state_loader
 from ..evaluation.reuse import OutcomeReuse, ReuseRecord
@@ -239,9 +239,14 @@ def recorded_judge(blobs, pack: SkillPack, evaluation: CandidateEvaluation,
                 f"(version {version}). Evaluate it again on the new head.")
         candidate = get_state(session, evaluation.candidate_state_id)
         scored = evaluation.with_samples(session, blobs)
-        decision = decide(policy, new_skill=scored.new_skill, before=scored.before,
-                          after=scored.after, earlier_skills=scored.earlier,
-                          general_suites=scored.general, finetune=finetune)
+        try:
+            decision = decide(policy, new_skill=scored.new_skill, before=scored.before,
+                              after=scored.after, earlier_skills=scored.earlier,
+                              general_suites=scored.general, finetune=finetune)
+        except EvaluationError as exc:  # e.g. two prompt sets: say which states they came from
+            raise EvaluationError(
+                f"Pack {pack.id}: current state {evaluation.current_state_id} and candidate "
+                f"state {evaluation.candidate_state_id} cannot be compared: {exc}") from exc
         return candidate, decision, store_report(session, blobs, candidate, decision, pack)
 
     return judge

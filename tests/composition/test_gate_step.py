@@ -8,8 +8,9 @@ import pytest
 from skillstore.catalog import JobStatus, create_job, get_job, get_pack, promotions_of
 from skillstore.catalog.models import BaseCheckpoint
 from skillstore.catalog.schema import PackStatus
+from skillstore.errors import EvaluationError
 from skillstore.evaluation import Score
-from skillstore.gate import CandidateEvaluation, head_of
+from skillstore.gate import CandidateEvaluation, GatePolicy, head_of, recorded_judge
 from skillstore.pipeline import steps as gating
 from skillstore.pipeline.lifecycle import output, record_output
 from skillstore.pipeline.request import LearnRequest
@@ -112,3 +113,21 @@ def test_a_gate_that_lost_the_race_to_its_own_twin_finishes_with_the_twins_verdi
         job, pack = get_job(s, job_id), get_pack(s, pack_id)
         assert job.status == JobStatus.succeeded and output(job, "evaluate") is not None
         assert pack.status == PackStatus.promoted
+
+
+def test_a_decision_on_two_prompt_sets_is_refused_naming_both_states(catalog):
+    with catalog.session() as s:
+        base = make_base(s)
+        pack = make_pack(s, base, "alpha")
+        current, version = head_of(s, base)
+        candidate = extend_state(s, base, current, pack)
+        before = Score(0.5, 0.35, 2, {"0": 1.0, "1": 0.0})
+        after = Score(0.5, 0.35, 2, {"0": 1.0, "7": 0.0})  # prompt 7 was never asked before
+        evaluation = CandidateEvaluation(current.id, version, candidate.id, "alpha", earlier=(),
+                                         general=(), before={"alpha": before},
+                                         after={"alpha": after})
+        judge = recorded_judge(catalog.blobs, pack, evaluation, GatePolicy())
+        with pytest.raises(EvaluationError, match=(
+                rf"current state {current.id} and candidate state {candidate.id} cannot be "
+                r"compared: Suite 'alpha' was evaluated on different prompts")):
+            judge(s, current, version)
