@@ -153,6 +153,40 @@ def _html_report(catalog, settings: Settings):
     return out
 
 
+def _template_table(session, catalog, base, curriculum) -> Table | None:
+    """The head state's score on each skill split by prompt template: the held-out forms (never
+    trained on, no skill keyword) against the training forms, from the per-prompt outcomes its
+    evaluation stored (doc id = row of the test split), with 95% Wilson intervals."""
+    from ..catalog import current_head
+    from ..curriculum.skills import SKILLS
+    from ..curriculum.validate import load_rows
+    from ..evaluation.scores import subset, suite_scores
+
+    head = current_head(session, base.id)
+    if head is None:
+        return None
+    scores = suite_scores(session, head.state_id, blobs=catalog.blobs)
+    table = Table(title="Head state by prompt template (test split, per-prompt outcomes)")
+    for column in ("skill", "held-out templates", "training templates"):
+        table.add_column(column, justify="left" if column == "skill" else "right")
+    for name, files in curriculum.skills.items():
+        if name not in scores or name not in SKILLS:
+            continue
+        rows = load_rows(files.split("test"))
+        held = {str(i) for i, r in enumerate(rows)
+                if r.get("template") and SKILLS[name].template(r["template"]).held_out}
+        cells = []
+        for keys in (held, {str(i) for i in range(len(rows))} - held):
+            part = subset(scores[name], keys)
+            if part is None:
+                cells.append("-")
+                continue
+            ci = part.interval
+            cells.append(f"{part.value:.2f} [{ci.low:.2f}, {ci.high:.2f}] n={part.n}")
+        table.add_row(name, *cells)
+    return table
+
+
 def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: float = 1800) -> None:
     """Build, learn through a real worker, and report; a second run reuses everything it can."""
     from ..zoo import build_zoo, register_zoo
@@ -209,6 +243,7 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
                 open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
             routed = routed_matrix(s, settings, base, limit=EVAL_LIMIT)
         packs_table, _ = _packs_table(s, base)
+        templates = _template_table(s, catalog, base, zoo.load_curriculum())
         promoted = s.scalar(sa.select(sa.func.count()).select_from(SkillPack)
                             .where(SkillPack.status == PackStatus.promoted))
     _store_baselines(catalog, job_ids, naive)
@@ -217,6 +252,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     console.print(_matrix_table("Naive sequential fine-tuning (same lm-eval suites)", naive))
     console.print(_metrics_line("routed SkillPack state", routed))
     console.print(_metrics_line("naive sequential fine-tuning", naive))
+    if templates is not None:
+        console.print(templates)
     console.print(packs_table)
     html = _html_report(catalog, settings)
     console.print(f"{promoted} pack(s) promoted. HTML report: {html}")

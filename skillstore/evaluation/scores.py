@@ -162,3 +162,21 @@ def model_score(model, tokenizer, suite: Suite, *, limit: int | None = None,
     samples = (picked[0].samples if len(picked) == 1 else
                {f"{r.task}/{doc}": v for r in picked for doc, v in r.samples.items()})
     return replace(score, samples=samples)
+
+
+def subset(score: Score, keys) -> Score | None:
+    """The score on the prompts ``keys`` (doc ids) only, from its per-sample scores: the mean
+    and, for 0/1 samples, the binomial stderr; None when it kept no samples or none of
+    ``keys`` was scored."""
+    if score.samples is None:
+        return None
+    values = [score.samples[k] for k in keys if k in score.samples]
+    if not values:
+        return None
+    n = len(values)
+    mean = sum(values) / n
+    stderr = (math.sqrt(mean * (1.0 - mean) / n) if all(v in (0.0, 1.0) for v in values)
+              else (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+                    if n > 1 else 0.0))
+    return Score(mean, stderr, n, {k: score.samples[k] for k in keys if k in score.samples},
+                 version=score.version, metric=score.metric)

@@ -109,3 +109,19 @@ def test_nothing_learned_leaves_only_the_final_states_accuracy():
     assert m.bwt is None and m.forgetting is None and m.learned_average_accuracy is None
     with pytest.raises(EvaluationError, match="learned flags"):
         continual_metrics([[0.2]], learned=[True, False])
+
+
+def test_a_score_split_by_prompts_keeps_its_samples():
+    from skillstore.evaluation.scores import Score, subset
+
+    score = Score(0.75, 0.2, 4, {"0": 1.0, "1": 0.0, "2": 1.0, "3": 1.0}, version="v",
+                  metric="exact_match")
+    part = subset(score, {"0", "2", "9"})  # "9" was never asked: left out
+    assert (part.value, part.n, part.samples) == (1.0, 2, {"0": 1.0, "2": 1.0})
+    assert (part.version, part.metric, part.stderr) == ("v", "exact_match", 0.0)
+    assert part.interval.low < 0.5 < part.interval.high == 1.0  # Wilson: 2 of 2 is no proof
+    half = subset(score, {"0", "1"})
+    assert half.value == 0.5 and half.stderr == pytest.approx((0.25 / 2) ** 0.5)
+    graded = subset(Score(0.6, 0.1, 2, {"0": 0.5, "1": 0.7}), {"0", "1"})
+    assert graded.stderr == pytest.approx(0.1)  # sample sd 0.1414 / sqrt(2)
+    assert subset(score, {"x"}) is None and subset(Score(0.5, 0.1, 10), {"0"}) is None
