@@ -39,7 +39,8 @@ def hooked(packs: Sequence[tuple[str, float]]) -> Route:
 class StateRoutes:
     """How one state routes the inputs of a suite, predicted from the base's features the way
     its router decides in the run; None for an input whose route cannot be told beforehand
-    (top-k mixing, or a top-1 choice within the margin)."""
+    (top-k mixing, a top-1 choice within the margin, or a top probability within the margin
+    of the router's abstention threshold). Below the threshold the route is the plain base."""
 
     def __init__(self, view: StateView, blobs, *, margin: float = MARGINS[torch.float32],
                  cache_dir: str | Path | None = None):
@@ -69,13 +70,22 @@ class StateRoutes:
         if clf.top_k != 1:
             return [None] * n
         with torch.no_grad():
-            top = clf(features.to(clf.mean.device)).topk(2, dim=-1)
+            logits = clf(features.to(clf.mean.device))
+        top = logits.topk(2, dim=-1)
+        # the same margin bounds the probability's move: softmax moves no faster than its logits
+        confidence = logits.softmax(-1).max(-1).values.tolist()
+        threshold = clf.threshold
         out: list[Route | None] = []
-        for (first, second), index in zip(top.values.tolist(), top.indices[:, 0].tolist(),
-                                          strict=True):
+        for (first, second), index, p in zip(top.values.tolist(), top.indices[:, 0].tolist(),
+                                             confidence, strict=True):
             name = clf.classes[index]
-            out.append(None if first - second < self.margin
-                       else BASE if name == NONE_CLASS else hooked([self.packs[name]]))
+            if threshold is not None and abs(p - threshold) < self.margin:
+                out.append(None)
+            elif threshold is not None and p < threshold:
+                out.append(BASE)  # the router abstains: no pack
+            else:
+                out.append(None if first - second < self.margin
+                           else BASE if name == NONE_CLASS else hooked([self.packs[name]]))
         return out
 
     def traced(self, trace: RouteTrace) -> Route:

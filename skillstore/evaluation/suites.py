@@ -135,9 +135,10 @@ class _TaskYamlLoader(yaml.SafeLoader):
 _TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def suite_prompts(suite: Suite, limit: int) -> list[str]:
-    """Up to ``limit`` prompts of the training split (else the test split) of the suite's first
-    task, read from the local data file its YAML names; [] when it names none."""
+def suite_prompts(suite: Suite, limit: int, *, split: str = "train") -> list[str]:
+    """Up to ``limit`` prompts of the suite's first task, read from the local data file its
+    YAML names: the training split (else the test split), or with ``split="test"`` the test
+    split only; [] when it names none."""
     path = task_files(Path(suite.include_path)).get(suite.tasks[0])
     if path is None:
         raise NotFoundError(f"Task {suite.tasks[0]!r} has no YAML under "
@@ -146,7 +147,8 @@ def suite_prompts(suite: Suite, limit: int) -> list[str]:
     files = (doc.get("dataset_kwargs") or {}).get("data_files") or {}
     if not isinstance(files, dict):
         return []
-    split = files.get("train") or files.get(doc.get("test_split", "test"))
-    if not split or not Path(split).is_file():
+    test = files.get(doc.get("test_split", "test"))
+    path = test if split == "test" else files.get("train") or test
+    if not path or not Path(path).is_file():
         return []
-    return [r["prompt"] for r in load_rows(split)[:limit]]
+    return [r["prompt"] for r in load_rows(path)[:limit]]

@@ -185,8 +185,10 @@ def evaluate_candidate(session, blobs, model, tokenizer, pack: SkillPack, curren
     learned = (router or current.router) == "learned"
     general_prompts = (suite_prompts(general, ROUTER_PROMPTS)
                        if general is not None and learned else ())
+    general_test = (suite_prompts(general, ROUTER_PROMPTS, split="test")
+                    if general is not None and learned else ())
     candidate = candidate_state(session, blobs, current, pack, model, tokenizer, router=router,
-                                general_prompts=general_prompts)
+                                general_prompts=general_prompts, general_test=general_test)
     cand_view, cur_view = load_view(session, candidate), load_view(session, current)
     suites = state_suites(session, cand_view.skills, tasks_dir=tasks_dir, general=general)
     new_skill = cand_view.skills[-1]  # the pack is the candidate's last member

@@ -16,6 +16,7 @@ from ..evaluation.cache import Suite
 from ..evaluation.compare import Comparison
 from ..evaluation.metrics import continual_metrics
 from ..evaluation.scores import GENERAL_SUITE, Score, suite_scores
+from ..evaluation.stats import wilson_interval
 from ..states.view import load_view
 
 
@@ -38,6 +39,9 @@ class ReportData:
     # one per skill (matrix column): whether the state holds its pack, the gate's verdict on
     # that pack, the state its row measures, and the pack's fidelity when it was measured
     columns: list[dict] = field(default_factory=list)
+    # the learned router's evaluation on held-out prompts (router_config["evaluation"]), and
+    # its abstention threshold; None for a state without one
+    router: dict | None = None
 
     def as_json(self) -> dict:
         m = self.metrics or {}
@@ -48,7 +52,7 @@ class ReportData:
                 "learned_average_accuracy": m.get("learned_average_accuracy"),
                 "forward_transfer": m.get("forward_transfer"), "decision": self.decision,
                 "deltas": self.deltas, "packs": self.packs, "lineage": self.lineage,
-                "baselines": self.baselines, "columns": self.columns}
+                "baselines": self.baselines, "columns": self.columns, "router": self.router}
 
 
 def chain(session, state: ModelState) -> list[ModelState]:
@@ -282,7 +286,19 @@ def build_report(session, *, state: ModelState | None = None, pack: SkillPack | 
         skills=matrix.skills, accuracy_matrix=matrix.matrix, base_scores=matrix.base,
         general=matrix.general, metrics=matrix.metrics(),
         decision=_decision_for(session, state, pack), deltas=deltas, packs=packs, lineage=lineage,
-        baselines=baselines, columns=columns)
+        baselines=baselines, columns=columns, router=router_facts(state.router_config))
+
+
+def router_facts(config: dict | None) -> dict | None:
+    """The stored evaluation of a state's learned router with its threshold and the 95% Wilson
+    interval of its accuracy; None without one."""
+    evaluation = (config or {}).get("evaluation")
+    if not evaluation:
+        return None
+    n, right = evaluation.get("n") or 0, evaluation.get("right")
+    interval = wilson_interval(right, n) if n and right is not None else None
+    return {**evaluation, "threshold": config.get("threshold"),
+            "interval": [interval.low, interval.high] if interval else None}
 
 
 def baseline_row(doc: dict, skills: list[str]) -> dict:

@@ -146,10 +146,31 @@ def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
                       ", ".join(f"{k}: {v}" for k, v in sorted(p["codecs"].items())), p["status"],
                       _fidelity(p.get("fidelity"))]
                      for i, p in enumerate(data.packs)]))
+    if data.router:
+        out += _router_sections(data.router)
     if data.lineage:
         out.append(("Lineage (child -> parent)", ["child", "parent", "kind"],
                     [[e["child"], e["parent"], e["kind"]] for e in data.lineage["edges"]]))
     return out
+
+
+def _router_sections(r: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The learned router's accuracy per class and its confusion matrix on held-out prompts."""
+    interval = r.get("interval")
+    threshold = r.get("threshold")
+    summary = (f"Learned router on the {r.get('prompts', 'held-out prompts')}: accuracy "
+               f"{_f(r.get('accuracy'))}"
+               + (f" [{interval[0]:.3f}, {interval[1]:.3f}] (95% Wilson)" if interval else "")
+               + f", n {r.get('n', '—')}; "
+               + ("never abstains" if threshold is None
+                  else f"abstains (no pack) below top probability {threshold:.3f}"))
+    per_class = [[c, _f(v["accuracy"]), str(v["n"])] for c, v in r.get("per_class", {}).items()]
+    confusion = r.get("confusion", {})
+    predicted = list(dict.fromkeys(p for row in confusion.values() for p in row))
+    return [(summary, ["class", "accuracy", "n"], per_class),
+            ("Router confusion matrix (row: true class; column: routed to)",
+             ["true class", *predicted],
+             [[t, *(str(row.get(p, 0)) for p in predicted)] for t, row in confusion.items()])]
 
 
 def _decision_lines(data: ReportData) -> list[str]:

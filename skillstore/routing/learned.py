@@ -15,6 +15,9 @@ from ..errors import CorruptPackError, RoutingError
 
 NONE_CLASS = "<none>"  # inputs that belong to the base's general skills: no pack
 ROUTER_FORMAT = "skillstore.router/1"
+# Calibration never abstains on more than this share of the in-skill calibration prompts that
+# the router routes to their pack (see calibrated_threshold).
+KEEP_ROUTED = 0.99
 
 
 def pooled_features(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -42,10 +45,15 @@ def prompt_features(model: nn.Module, tokenizer, prompts: Sequence[str], *, laye
 
 
 class RouterClassifier(nn.Module):
-    """Standardised features -> one hidden layer -> logits over packs plus the no-pack class."""
+    """Standardised features -> one hidden layer -> logits over packs plus the no-pack class.
+
+    With a ``threshold``, an input whose largest class probability is below it abstains: it
+    gets no pack (the base's own behaviour), whatever class is on top. None never abstains.
+    """
 
     def __init__(self, classes: Sequence[str], dim: int, *, hidden: int = 64, layer: int = -1,
-                 top_k: int = 1, base_fingerprint: str | None = None):
+                 top_k: int = 1, base_fingerprint: str | None = None,
+                 threshold: float | None = None):
         super().__init__()
         if len(set(classes)) != len(classes) or len(classes) < 2:
             raise RoutingError(
@@ -54,7 +62,7 @@ class RouterClassifier(nn.Module):
             raise RoutingError(
                 f"Router top_k={top_k} must be between 1 and {len(classes)} (the classes).")
         self.classes, self.layer, self.top_k = list(classes), layer, top_k
-        self.base_fingerprint = base_fingerprint
+        self.base_fingerprint, self.threshold = base_fingerprint, threshold
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, len(classes)))
@@ -66,20 +74,71 @@ class RouterClassifier(nn.Module):
         with torch.no_grad():
             return self(features.to(self.mean.device)).softmax(-1)
 
+    def abstains(self, probs: torch.Tensor) -> torch.Tensor:
+        """(batch,) bool: the inputs whose top probability is below the threshold."""
+        if self.threshold is None:
+            return torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
+        return probs.max(-1).values < self.threshold
+
     def class_weights(self, features: torch.Tensor) -> torch.Tensor:
-        """(batch, classes): 1 on the argmax for top-1, else renormalised top-k probabilities."""
+        """(batch, classes): 1 on the argmax for top-1, else renormalised top-k probabilities;
+        an all-zero row (no pack) where the router abstains."""
         p = self.probs(features)
         top = p.topk(self.top_k, dim=-1)
         out = torch.zeros_like(p).scatter(-1, top.indices, top.values)
-        return out / out.sum(-1, keepdim=True)
+        out = out / out.sum(-1, keepdim=True)
+        return out.masked_fill(self.abstains(p).unsqueeze(-1), 0.0)
 
     def predict(self, features: torch.Tensor) -> list[str]:
-        return [self.classes[i] for i in self.probs(features).argmax(-1).tolist()]
+        """The top class of each input, NONE_CLASS where the router abstains."""
+        p = self.probs(features)
+        return [NONE_CLASS if off else self.classes[i]
+                for i, off in zip(p.argmax(-1).tolist(), self.abstains(p).tolist(), strict=True)]
 
     def config(self) -> dict:
         return {"format": ROUTER_FORMAT, "classes": self.classes, "layer": self.layer,
                 "top_k": self.top_k, "hidden": self.net[0].out_features,
-                "dim": self.mean.numel(), "base_fingerprint": self.base_fingerprint}
+                "dim": self.mean.numel(), "base_fingerprint": self.base_fingerprint,
+                "threshold": self.threshold}
+
+
+def keep_bound(probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+               keep: float = KEEP_ROUTED) -> float | None:
+    """The largest threshold that keeps ``keep`` of the in-skill calibration inputs the router
+    routes to their pack (label and argmax the same pack, not NONE_CLASS) still routed there;
+    None when it routes none of them right."""
+    pack = torch.tensor([c != NONE_CLASS for c in classes])[labels]
+    top = probs.max(-1)
+    right = top.values[pack & (top.indices == labels)].sort().values
+    if right.numel() == 0:
+        return None
+    return float(right[int((1.0 - keep) * right.numel())])
+
+
+def calibrated_threshold(probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                         keep: float = KEEP_ROUTED) -> float | None:
+    """The abstention threshold from held-out calibration inputs: the smallest that routes the
+    most of them right (abstaining is right for a NONE_CLASS input, wrong for an in-skill one),
+    no larger than ``keep_bound`` (so at most 1 - ``keep`` of the right in-skill routes are
+    lost); None (never abstain) when abstaining gets none of them more right.
+
+    A router that is sure of its training forms keeps every route: the threshold only takes
+    away the low-confidence routes that sent general inputs to a pack.
+    """
+    bound = keep_bound(probs, labels, classes, keep)
+    top = probs.max(-1)
+    none = torch.tensor([c == NONE_CLASS for c in classes])[labels]
+    routed_right = (top.indices == labels) & ~none
+    routed_none = torch.tensor([classes[i] == NONE_CLASS for i in top.indices.tolist()])
+    best, best_right = None, int(routed_right.sum() + (none & routed_none).sum())
+    for t in top.values.sort().values.unique().tolist():
+        if bound is not None and t > bound:
+            break
+        kept = top.values >= t
+        right = int((routed_right & kept).sum() + (none & (routed_none | ~kept)).sum())
+        if right > best_right:
+            best, best_right = t, right
+    return best
 
 
 @dataclass(frozen=True)
@@ -87,22 +146,30 @@ class RouterTraining:
     classifier: RouterClassifier
     train_accuracy: float
     n_examples: int
+    n_calibration: int = 0  # prompts held out of fitting to calibrate the threshold
 
 
 def train_router(model: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str]], *,
                  layer: int = -1, top_k: int = 1, hidden: int = 64, steps: int = 300,
-                 lr: float = 1e-2, seed: int = 0) -> RouterTraining:
+                 lr: float = 1e-2, seed: int = 0, calibration: float = 0.0) -> RouterTraining:
     """Fit the classifier on prompts per class (a pack name, or NONE_CLASS for general inputs).
 
-    Full-batch AdamW on cached features: a few hundred steps take well under a second.
+    With ``calibration`` > 0, the last that share of each class's prompts is held out of fitting
+    and sets the abstention threshold (``calibrated_threshold``); with 0 the router never
+    abstains. Full-batch AdamW on cached features: a few hundred steps take well under a second.
     """
     empty = [name for name, items in prompts.items() if not items]
     if empty or len(prompts) < 2:
         raise RoutingError("Router training needs prompts for at least two classes; "
                            f"empty: {empty or 'n/a'}.")
     classes = list(prompts)
-    texts = [t for name in classes for t in prompts[name]]
-    labels = torch.tensor([i for i, name in enumerate(classes) for _ in prompts[name]])
+    fit, held = {}, {}
+    for name in classes:
+        cut = len(prompts[name]) - int(len(prompts[name]) * calibration)
+        cut = max(cut, 1)  # every class keeps a prompt to fit on
+        fit[name], held[name] = list(prompts[name][:cut]), list(prompts[name][cut:])
+    texts = [t for name in classes for t in fit[name]]
+    labels = torch.tensor([i for i, name in enumerate(classes) for _ in fit[name]])
     feats = prompt_features(model, tokenizer, texts, layer=layer)
     torch.manual_seed(seed)
     clf = RouterClassifier(classes, feats.shape[1], hidden=hidden, layer=layer, top_k=top_k,
@@ -117,7 +184,12 @@ def train_router(model: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str
         opt.step()
     clf.eval()
     accuracy = (clf.probs(feats).argmax(-1) == labels).float().mean().item()
-    return RouterTraining(clf, accuracy, len(texts))
+    cal_texts = [t for name in classes for t in held[name]]
+    if cal_texts:
+        cal_labels = torch.tensor([i for i, name in enumerate(classes) for _ in held[name]])
+        cal_probs = clf.probs(prompt_features(model, tokenizer, cal_texts, layer=layer))
+        clf.threshold = calibrated_threshold(cal_probs, cal_labels, classes)
+    return RouterTraining(clf, accuracy, len(texts), len(cal_texts))
 
 
 def save_router(clf: RouterClassifier, path: str | Path) -> Path:
@@ -149,7 +221,8 @@ def load_router(path: str | Path) -> RouterClassifier:
                                "retrain the router.") from None
     clf = RouterClassifier(config["classes"], config["dim"], hidden=config["hidden"],
                            layer=config["layer"], top_k=config["top_k"],
-                           base_fingerprint=config["base_fingerprint"])
+                           base_fingerprint=config["base_fingerprint"],
+                           threshold=config.get("threshold"))  # absent in older files: never
     clf.load_state_dict(tensors)
     clf.eval()
     return clf

@@ -81,7 +81,8 @@ class Tagged:
 
 
 class Learned:
-    """A classifier on pooled base hidden states picks the pack (top-1) or mixes the top k."""
+    """A classifier on pooled base hidden states picks the pack (top-1) or mixes the top k;
+    below its calibrated threshold it abstains, and the input gets no pack."""
 
     name = "learned"
 

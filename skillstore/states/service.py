@@ -14,16 +14,20 @@ from ..catalog.packs import create_pack, set_pack_status
 from ..catalog.registry import add_skill
 from ..catalog.schema import EdgeKind, PackStatus
 from ..catalog.states import advance_head, current_head, get_or_create_state, get_state
+from ..curriculum.validate import load_rows
 from ..errors import ConfigError, PromotionConflictError
 from ..models import load_causal_lm
 from ..packs.format import FORMAT_VERSION, read_pack
 from ..routing import NONE_CLASS, save_router, train_router
-from ..skilldata import skill_rows
+from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
+from ..skilldata import read_rows, skill_rows
 from .fusion import get_fusion, merged_deltas, write_fused_pack
 from .view import base_state, extend_state, extended_members
 
 # Prompts per class that the learned router trains on (a skill's first training prompts).
 ROUTER_PROMPTS = 200
+# The share of those prompts held out of fitting to calibrate the router's abstention threshold.
+CALIBRATION = 0.2
 # () -> (model, tokenizer) of the plain base, called only when a router is trained.
 LoadModel = Callable[[], tuple[object, object]]
 
@@ -85,6 +89,18 @@ def skill_prompts(skill: Skill, blobs, limit: int = ROUTER_PROMPTS) -> list[str]
     return [r["prompt"] for r in train[:limit]]
 
 
+def skill_test_prompts(skill: Skill, blobs, limit: int = EVAL_PROMPTS) -> list[str]:
+    """Up to ``limit`` prompts of a skill's test split, which no job trains on: the held-out
+    split of a skill registered from one JSONL, else the ``test.jsonl`` beside its data (a
+    curriculum skill's, every template, held-out ones included); [] when it has neither."""
+    if skill.heldout:
+        rows = read_rows(blobs, skill.heldout["test_sha256"])
+    else:
+        path = Path(skill.data_uri or "").with_name("test.jsonl")
+        rows = load_rows(path) if skill.data_uri and path.is_file() else []
+    return [r["prompt"] for r in rows[:limit]]
+
+
 def router_prompts(session, blobs, packs: Sequence[SkillPack], general: Sequence[str] = (), *,
                    limit: int = ROUTER_PROMPTS) -> dict[str, list[str]]:
     """class -> prompts for the learned router of ``packs``: each pack's skill's training
@@ -99,17 +115,58 @@ def router_prompts(session, blobs, packs: Sequence[SkillPack], general: Sequence
 
 
 def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]],
-                    top_k: int) -> tuple[str, dict]:
-    """(blob digest of the router file, router config facts) of a router trained on ``prompts``."""
-    trained = train_router(model, tokenizer, prompts, top_k=top_k)
+                    top_k: int, held_out: Mapping[str, Sequence[str]],
+                    ) -> tuple[str, dict, dict | None]:
+    """(blob digest of the router file, router config facts, its evaluation on ``held_out``) of
+    a router trained on ``prompts`` (CALIBRATION of them set its abstention threshold); no
+    evaluation (None) when no held-out prompt is left."""
+    trained = train_router(model, tokenizer, prompts, top_k=top_k, calibration=CALIBRATION)
+    clf = trained.classifier
     with tempfile.TemporaryDirectory() as tmp:
-        digest = blobs.put_file(save_router(trained.classifier, Path(tmp) / "router.safetensors"))
-    return digest, {"top_k": top_k, "train_accuracy": trained.train_accuracy}
+        digest = blobs.put_file(save_router(clf, Path(tmp) / "router.safetensors"))
+    trained_on = {p for items in prompts.values() for p in items}
+    unseen = {c: kept for c, items in held_out.items()
+              if (kept := [p for p in items if p not in trained_on])}
+    evaluation = ({**evaluate_router(clf, model, tokenizer, unseen),
+                   "prompts": "held-out test split"} if unseen else None)
+    return digest, {"top_k": top_k, "train_accuracy": trained.train_accuracy,
+                    "threshold": clf.threshold}, evaluation
+
+
+def held_out_prompts(session, blobs, packs: Sequence[SkillPack], general_test: Sequence[str] = (),
+                     *, limit: int = EVAL_PROMPTS) -> dict[str, list[str]]:
+    """class -> prompts a learned router of ``packs`` is evaluated on: each skill's test split
+    (``skill_test_prompts``) and ``general_test`` (the general suite's test prompts) as
+    NONE_CLASS, at most ``limit`` each."""
+    skills = {s.id: s for s in session.scalars(sa.select(Skill).where(
+        Skill.id.in_([p.skill_id for p in packs])))}
+    out = {skills[p.skill_id].name: skill_test_prompts(skills[p.skill_id], blobs, limit)
+           for p in packs}
+    if general_test:
+        out[NONE_CLASS] = list(general_test[:limit])
+    return out
+
+
+def with_evaluation(state: ModelState, evaluation: dict | None) -> ModelState:
+    """Store a router's held-out evaluation under ``router_config["evaluation"]``. It is a
+    measurement, not an input: the fingerprint was made without it (the same router on the
+    same packs is the same state), and a state that already has one keeps it."""
+    config = state.router_config or {}
+    if evaluation is not None and "evaluation" not in config:
+        state.router_config = {**config, "evaluation": evaluation}
+    return state
+
+
+def _inputs(config: Mapping) -> dict:
+    """A router config without its evaluation: what the fingerprint covers."""
+    return {k: v for k, v in config.items() if k != "evaluation"}
 
 
 def attach_router(session, blobs, state: ModelState, model, tokenizer,
-                  prompts: Mapping[str, Sequence[str]], *, top_k: int = 1) -> ModelState:
-    """Train the learned router for this state's packs and return the state that carries it."""
+                  prompts: Mapping[str, Sequence[str]], *, top_k: int = 1,
+                  general_test: Sequence[str] = ()) -> ModelState:
+    """Train the learned router for this state's packs and return the state that carries it,
+    its evaluation on the skills' test splits (and ``general_test`` as NONE_CLASS) stored."""
     members = {m.pack_id: m for m in state.members}
     packs = list(session.scalars(sa.select(SkillPack).where(SkillPack.id.in_(members))))
     packs.sort(key=lambda p: members[p.id].position)
@@ -118,52 +175,63 @@ def attach_router(session, blobs, state: ModelState, model, tokenizer,
     if unknown or set(names) - set(prompts):
         raise ConfigError(f"Router prompts must cover exactly the state's skills {names} (plus "
                           f"{NONE_CLASS!r}); got {sorted(prompts)}.")
-    digest, facts = _trained_router(blobs, model, tokenizer, prompts, top_k)
+    digest, facts, evaluation = _trained_router(
+        blobs, model, tokenizer, prompts, top_k,
+        held_out_prompts(session, blobs, packs, general_test))
     base = session.get(BaseCheckpoint, state.base_id)
-    return get_or_create_state(
+    return with_evaluation(get_or_create_state(
         session, base=base, packs=[(p, members[p.id].scale) for p in packs], router="learned",
-        router_config={**state.router_config, **facts}, router_blob_digest=digest,
-        parent_id=state.parent_id, description=state.description)
+        router_config={**_inputs(state.router_config), **facts}, router_blob_digest=digest,
+        parent_id=state.parent_id, description=state.description), evaluation)
 
 
 def _learned_routing(session, blobs, packs: Sequence[SkillPack], load_model: LoadModel,
-                     general_prompts: Sequence[str], top_k: int) -> dict:
-    """The router fields of a learned-routing state of ``packs``: a router trained by the one
-    trainer on each skill's training prompts (and ``general_prompts`` as NONE_CLASS) and stored,
-    or router ``none`` with fewer than two classes to tell apart (nothing to route: graft)."""
+                     general_prompts: Sequence[str], top_k: int,
+                     general_test: Sequence[str] = ()) -> tuple[dict, dict | None]:
+    """(the router fields of a learned-routing state of ``packs``, the router's held-out
+    evaluation): a router trained by the one trainer on each skill's training prompts (and
+    ``general_prompts`` as NONE_CLASS) and stored, evaluated on the skills' test splits (and
+    ``general_test``); or router ``none``, no evaluation, with fewer than two classes to tell
+    apart (nothing to route: graft)."""
     if len(packs) + bool(general_prompts) < 2:
-        return {"router": "none", "router_config": {}}
+        return {"router": "none", "router_config": {}}, None
     prompts = router_prompts(session, blobs, packs, general_prompts)
     model, tokenizer = load_model()
-    digest, facts = _trained_router(blobs, model, tokenizer, prompts, min(top_k, len(prompts)))
-    return {"router": "learned", "router_config": facts, "router_blob_digest": digest}
+    digest, facts, evaluation = _trained_router(
+        blobs, model, tokenizer, prompts, min(top_k, len(prompts)),
+        held_out_prompts(session, blobs, packs, general_test))
+    return ({"router": "learned", "router_config": facts, "router_blob_digest": digest},
+            evaluation)
 
 
 def candidate_state(session, blobs, current: ModelState, pack: SkillPack, model, tokenizer, *,
                     router: str | None = None, general_prompts: Sequence[str] = (),
-                    top_k: int = 1) -> ModelState:
+                    top_k: int = 1, general_test: Sequence[str] = ()) -> ModelState:
     """The state ``pack`` would make: ``current``'s packs plus ``pack`` (replacing an older
     version of its skill), with ``current``'s router unless ``router`` is given.
 
     A learned router is trained for the new pack set (on each skill's training prompts, and on
     ``general_prompts`` as NONE_CLASS) before the state row is made, so no learned state without
     its router file is ever written. With a single class to tell apart there is nothing to
-    route: the state grafts its pack (router ``none``).
+    route: the state grafts its pack (router ``none``). The learned router's evaluation on the
+    skills' test splits (and ``general_test``, the general suite's test prompts, as
+    NONE_CLASS) is stored in the state's ``router_config["evaluation"]``.
     """
     return _extended(session, blobs, current, pack, lambda: (model, tokenizer), router=router,
-                     general_prompts=general_prompts, top_k=top_k)
+                     general_prompts=general_prompts, top_k=top_k, general_test=general_test)
 
 
 def _extended(session, blobs, current: ModelState, pack: SkillPack, load_model: LoadModel, *,
               router: str | None = None, general_prompts: Sequence[str] = (), top_k: int = 1,
-              description: str = "") -> ModelState:
+              description: str = "", general_test: Sequence[str] = ()) -> ModelState:
     base = session.get(BaseCheckpoint, pack.base_id)
     if (router or current.router) != "learned":
         return extend_state(session, base, current, pack, router=router, description=description)
     packs = [p for p, _ in extended_members(session, current, pack)]
-    return extend_state(session, base, current, pack, description=description,
-                        **_learned_routing(session, blobs, packs, load_model, general_prompts,
-                                           top_k))
+    routing, evaluation = _learned_routing(session, blobs, packs, load_model, general_prompts,
+                                           top_k, general_test)
+    return with_evaluation(extend_state(session, base, current, pack, description=description,
+                                        **routing), evaluation)
 
 
 def unloaded_state(session, blobs, current: ModelState, pack: SkillPack, load_model: LoadModel, *,
@@ -177,12 +245,15 @@ def unloaded_state(session, blobs, current: ModelState, pack: SkillPack, load_mo
     keep = [(by_id[m.pack_id], float(m.scale)) for m in current.members if m.pack_id != pack.id]
     if not keep:
         return base_state(session, base)
-    routing = {"router": current.router, "router_config": dict(current.router_config)}
+    routing = {"router": current.router, "router_config": _inputs(current.router_config)}
+    evaluation = None
     if current.router == "learned":
-        routing = _learned_routing(session, blobs, [p for p, _ in keep], load_model,
-                                   general_prompts, int(current.router_config.get("top_k", 1)))
-    return get_or_create_state(session, base=base, packs=keep, parent_id=current.id,
-                               description=description, **routing)
+        routing, evaluation = _learned_routing(session, blobs, [p for p, _ in keep], load_model,
+                                               general_prompts,
+                                               int(current.router_config.get("top_k", 1)))
+    return with_evaluation(get_or_create_state(session, base=base, packs=keep,
+                                               parent_id=current.id, description=description,
+                                               **routing), evaluation)
 
 
 def _routing_note(current: ModelState, target: ModelState) -> str:
