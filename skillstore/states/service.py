@@ -101,17 +101,24 @@ def skill_test_prompts(skill: Skill, blobs, limit: int = EVAL_PROMPTS) -> list[s
     return [r["prompt"] for r in rows[:limit]]
 
 
+def _class_prompts(session, packs: Sequence[SkillPack], general: Sequence[str], limit: int,
+                   read: Callable[[Skill, int], list[str]]) -> dict[str, list[str]]:
+    """class -> prompts: ``read(skill, limit)`` for each pack's skill, and ``general`` (inputs
+    that get no pack) as NONE_CLASS."""
+    skills = {s.id: s for s in session.scalars(sa.select(Skill).where(
+        Skill.id.in_([p.skill_id for p in packs])))}
+    prompts = {skills[p.skill_id].name: read(skills[p.skill_id], limit) for p in packs}
+    if general:
+        prompts[NONE_CLASS] = list(general[:limit])
+    return prompts
+
+
 def router_prompts(session, blobs, packs: Sequence[SkillPack], general: Sequence[str] = (), *,
                    limit: int = ROUTER_PROMPTS) -> dict[str, list[str]]:
     """class -> prompts for the learned router of ``packs``: each pack's skill's training
     prompts, and ``general`` (the base's own inputs, which get no pack) as NONE_CLASS."""
-    skills = {s.id: s for s in session.scalars(sa.select(Skill).where(
-        Skill.id.in_([p.skill_id for p in packs])))}
-    prompts = {skills[p.skill_id].name: skill_prompts(skills[p.skill_id], blobs, limit)
-               for p in packs}
-    if general:
-        prompts[NONE_CLASS] = list(general[:limit])
-    return prompts
+    return _class_prompts(session, packs, general, limit,
+                          lambda skill, n: skill_prompts(skill, blobs, n))
 
 
 def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]],
@@ -138,13 +145,8 @@ def held_out_prompts(session, blobs, packs: Sequence[SkillPack], general_test: S
     """class -> prompts a learned router of ``packs`` is evaluated on: each skill's test split
     (``skill_test_prompts``) and ``general_test`` (the general suite's test prompts) as
     NONE_CLASS, at most ``limit`` each."""
-    skills = {s.id: s for s in session.scalars(sa.select(Skill).where(
-        Skill.id.in_([p.skill_id for p in packs])))}
-    out = {skills[p.skill_id].name: skill_test_prompts(skills[p.skill_id], blobs, limit)
-           for p in packs}
-    if general_test:
-        out[NONE_CLASS] = list(general_test[:limit])
-    return out
+    return _class_prompts(session, packs, general_test, limit,
+                          lambda skill, n: skill_test_prompts(skill, blobs, n))
 
 
 def with_evaluation(state: ModelState, evaluation: dict | None) -> ModelState:
