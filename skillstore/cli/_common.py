@@ -58,6 +58,29 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _block(value: Any, indent: int = 0) -> str:
+    """A nested dict or list as indented "key: value" lines (a job's request, its step
+    outputs) instead of one line of JSON; scalars and flat lists stay on one line."""
+    value = jsonable(value)
+    pad = "  " * indent
+    if isinstance(value, dict) and value:
+        lines = []
+        for key, item in value.items():
+            item = jsonable(item)
+            nested = (isinstance(item, dict) and item) or (
+                isinstance(item, list) and any(isinstance(v, dict | list) for v in item))
+            lines.append(f"{pad}{key}:\n{_block(item, indent + 1)}" if nested
+                         else f"{pad}{key}: {_block(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return "\n".join(f"{pad}- {_block(v, indent + 1).lstrip()}" for v in value)
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value) or "[]"
+    if isinstance(value, float) and abs(value) >= 1e6:  # a timestamp, a byte count
+        return f"{value:.0f}"
+    return _cell(value)
+
+
 def print_rows(rows: Sequence[dict], columns: Sequence[str], *, as_json: bool, title: str,
                empty: str = "Nothing yet.", footer: str | None = None) -> None:
     """A listing: a rich table for people, `--json` (the full rows) for programs."""
@@ -88,7 +111,7 @@ def print_record(doc: dict, *, as_json: bool, title: str) -> None:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in doc.items():
-        table.add_row(key, _cell(value))
+        table.add_row(key, _block(value))
     Console().print(table)
 
 

@@ -117,8 +117,8 @@ def _seed_packs():
         p4 = create_pack(s, blob_digest=digest("4"), parents=[(p2, "fused_from")], **mk)
         add_edge(s, p4, p3, "fused_from")
         set_pack_status(s, p4, "promoted", reason="gate passed", actor="gate")
-        job = create_job(s, kind="learn", request={"skill": "arith"}, base_id=b.id,
-                         skill_id=get_skill(s, "arith").id)
+        job = create_job(s, kind="learn", request={"skill": "arith", "sft": {"max_steps": 7}},
+                         base_id=b.id, skill_id=get_skill(s, "arith").id)
         assert get_base(s, "tiny").id == b.id
         return [p.id for p in (p1, p2, p3, p4)], job.id
 
@@ -147,7 +147,9 @@ def test_pack_and_job_views(ready, capsys):
     assert [j["id"] for j in json.loads(out)] == [job_id]
     code, out, _ = run(capsys, "job", "show", str(job_id), "--json")
     assert json.loads(out)["status"] == "queued"
-    assert "learn" in run(capsys, "job", "show", str(job_id))[1]
+    shown = run(capsys, "job", "show", str(job_id))[1]
+    assert "learn" in shown and '{"skill"' not in shown  # the request as lines, not one JSON
+    assert "skill: arith" in shown and "sft:" in shown and "  max_steps: 7" in shown
 
 
 def test_unknown_ids_and_names(ready, capsys):
