@@ -72,9 +72,11 @@ def _graft_specs(session: Session, job: Job, request: LearnRequest, store, setti
                  for m in view.members)
 
 
-def train_job(session: Session, job: Job, settings: Settings):
-    """The library's TrainJob for this learning job: its request, its prepared rows, its base."""
-    request, prep, store = request_of(job), output(job, "prepare"), blobs(settings)
+def train_job(session: Session, job: Job, settings: Settings, store=None):
+    """The library's TrainJob for this learning job: its request, its prepared rows (from
+    ``store``, else the settings' blob store), its base."""
+    request, prep = request_of(job), output(job, "prepare")
+    store = store or blobs(settings)
     base = session.get(BaseCheckpoint, job.base_id)
     source = get_base(session, request.source) if request.source else None
     return TrainJob(
@@ -95,12 +97,11 @@ def train(session: Session, job_id: int, settings: Settings,
     done = output(job, "train")
     if is_stopped(job) or (done and Path(done["tuned_dir"], "config.json").is_file()):
         return done or {}
-    started = time.time()
-    result = run_training(request_of(job).method, train_job(session, job, settings),
+    started, store = time.time(), blobs(settings)
+    result = run_training(request_of(job).method, train_job(session, job, settings, store),
                           scaled(progress, "train", 0.0, 0.95))
     out = {"tuned_dir": result.pop("out_dir"), "fingerprint": result.pop("fingerprint"),
            "started": started, "finished": time.time(), "metrics": result}
-    store = blobs(settings)
     if not store.local:  # compress may run on another host: hand the checkpoint over as blobs
         final = Path(out["tuned_dir"])
         out["tuned_blobs"] = {f.name: store.put_file(f) for f in sorted(final.iterdir())
