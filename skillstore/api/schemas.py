@@ -30,6 +30,13 @@ class BaseIn(Body):
     name: str = NameField
     path: str = Field(min_length=1, max_length=4096, pattern=PATH_PATTERN,
                       description="Checkpoint folder on the server (hub ids are not fetched).")
+    general_suite: bool = Field(default=False, description=(
+        "Build the base's behaviour suite (agreement with its greedy answers, KL(base || "
+        "state)), the general suite of its jobs, as `skillstore base add` does by default. It "
+        "runs the model in the server process, so it is off unless asked for."))
+    general_data: str | None = Field(default=None, max_length=4096, pattern=PATH_PATTERN,
+                                     description="Probe prompts for the behaviour suite: a "
+                                                 "JSONL or text file on the server.")
 
 
 class SkillIn(Body):
@@ -114,6 +121,7 @@ class BaseOut(Out):
     architecture: str
     fingerprint: str
     tokenizer_fingerprint: str | None
+    behaviour: dict | None = None
     created_at: datetime
 
 

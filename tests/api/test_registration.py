@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -32,6 +33,22 @@ def test_register_base_by_path_hashes_the_weights(api, tiny_world):
     assert missing.status_code == 404
     assert missing.json()["error"] == {
         "code": "not_found", "message": "Checkpoint folder '/no/such/folder' does not exist."}
+
+
+def test_register_base_with_its_behaviour_suite(api, tiny_world, tmp_path):
+    probes = write(tmp_path / "probes.txt", "".join(f"say {w}\n" for w in
+                                                   ("ab", "cd", "ef", "gh", "ij", "kl")))
+    body = {"name": "tiny", "path": str(tiny_world.base_dir), "general_data": str(probes)}
+    refused = api.client.post("/bases", json=body, headers=AUTH)
+    assert refused.status_code == 400
+    assert "set general_suite to true" in refused.json()["error"]["message"]
+    r = api.client.post("/bases", json={**body, "general_suite": True}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    behaviour = r.json()["behaviour"]
+    assert behaviour["source"] == "general-data"
+    tasks = [pathlib.Path(p) for p in behaviour["suite"].split(",")]
+    assert len(tasks) == 2 and all(t.is_file() for t in tasks)  # agreement and KL
+    assert api.client.get("/bases/tiny", headers=AUTH).json()["behaviour"] == behaviour
 
 
 def test_register_skill_by_upload_and_by_path(api, tmp_path):

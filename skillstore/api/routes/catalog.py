@@ -29,12 +29,30 @@ def _page(rows: list[dict], page) -> dict:
 @router.post("/bases", status_code=201, response_model=BaseOut, dependencies=WRITE,
              responses=errors(400, 401, 404, 413, 422, 503))
 def add_base(body: BaseIn, ctx: Ctx) -> dict:
-    """Register a checkpoint folder on the server as a base model (hashes its weights)."""
+    """Register a checkpoint folder on the server as a base model (hashes its weights); with
+    ``general_suite``, build its behaviour suite first (runs the model)."""
+    from ...behaviour import build_for_checkpoint
+    from ...catalog.registry import existing_base
+    from ...errors import ConfigError
+    from ...heldout import SUITES_DIR
     from ...intake import checkpoint_info
 
-    info = checkpoint_info(str(ctx.server_path(body.path, "checkpoint folder")), allow_hub=False)
+    if body.general_data is not None and not body.general_suite:
+        raise ConfigError("general_data builds the behaviour suite; set general_suite to true "
+                          "or drop general_data.")
+    folder = ctx.server_path(body.path, "checkpoint folder")
+    info = checkpoint_info(str(folder), allow_hub=False)
+    behaviour = None
+    if body.general_suite:
+        with ctx.session() as session:  # a name or weights clash fails before the build
+            existing_base(session, body.name, info.fingerprint)
+        data = (ctx.server_path(body.general_data, "probe file")
+                if body.general_data is not None else None)
+        behaviour = build_for_checkpoint(folder, ctx.settings.home / SUITES_DIR, base=body.name,
+                                         fingerprint=info.fingerprint, data=data)
     with ctx.session() as session:
-        return base_dict(register_base(session, name=body.name, **asdict(info)))
+        return base_dict(register_base(session, name=body.name, behaviour=behaviour,
+                                       **asdict(info)))
 
 
 @router.get("/bases", response_model=Page[BaseOut], responses=errors(401, 422, 503))
