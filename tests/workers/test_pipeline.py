@@ -84,6 +84,38 @@ def test_learn_in_sequence_on_embedded_sqlite_broker(sqlite_env):
         skills = [s.get(SkillPack, m.pack_id).skill_id for m in state.members]
         assert skills == [env.job(first).skill_id, env.job(second).skill_id]
         assert state.router == "learned" and state.router_blob_digest
+    assert_reuse_equals_a_full_evaluation(env, second, "reverse")
+
+
+def assert_reuse_equals_a_full_evaluation(env, job_id: int, earlier: str) -> None:
+    """The job's evaluate step copied the current state's outcomes on the earlier skill's
+    prompts that the candidate routes as before, and ran the rest: running the whole suite on
+    the candidate again gives exactly the outcomes its eval row holds."""
+    from skillstore.catalog.models import BaseCheckpoint
+    from skillstore.evaluation.loader import state_loader
+    from skillstore.evaluation.runner import run_tasks
+    from skillstore.evaluation.scores import suite_scores
+    from skillstore.evaluation.suites import state_suites
+    from skillstore.models import load_causal_lm
+    from skillstore.states import load_view
+
+    evaluated = env.job(job_id).outputs["evaluate"]
+    reuse, limit = evaluated["reuse"], FAST_OPTIONS["eval_limit"]
+    copied = sum(len(docs) for docs in reuse["reused"].get(earlier, {}).values())
+    assert copied + reuse["evaluated"].get(earlier, 0) == limit, reuse  # each doc one way
+    assert copied > 0, reuse  # else the comparison below is a full run against a full run
+    with env.catalog.session() as s:
+        candidate = get_state(s, evaluated["candidate_state_id"])
+        view = load_view(s, candidate)
+        (suite,) = state_suites(s, [earlier])
+        stored = suite_scores(s, candidate.id, [suite], limit=limit,
+                              blobs=env.catalog.blobs)[earlier]
+        model, tok = load_causal_lm(s.get(BaseCheckpoint, candidate.base_id).uri)
+        with state_loader(model, tok, view, env.catalog.blobs)(suite) as (m, t):
+            full = run_tasks(m, t, list(suite.tasks), include_path=suite.include_path,
+                             limit=limit)
+    (row,) = [r for r in full if r.metric == stored.metric]
+    assert row.samples == stored.samples
 
 
 def test_learn_on_redis_broker_with_postgres_catalog(tmp_path, tiny_zoo, redis_url, postgres_url):
