@@ -66,12 +66,15 @@ class Comparison:
     pairs: tuple[tuple[float, ...], tuple[float, ...]] | None
     iterations: int = 2000
     seed: int = 0
+    corrected: bool = False
     _tests: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, suite: str, before: Score, after: Score, *, iterations: int = 2000,
-           seed: int = 0) -> Comparison:
-        return cls(suite, before, after, aligned(suite, before, after), iterations, seed)
+           seed: int = 0, corrected: bool = False) -> Comparison:
+        """``corrected``: the paired 0/1 test with its continuity correction (stats)."""
+        return cls(suite, before, after, aligned(suite, before, after), iterations, seed,
+                   corrected)
 
     @property
     def n(self) -> int:
@@ -100,7 +103,7 @@ class Comparison:
         two_sided = one_sided(confidence)
         if self.pairs is not None:
             return paired_test(*self.pairs, confidence=two_sided, iterations=self.iterations,
-                               seed=self.seed)
+                               seed=self.seed, corrected=self.corrected)
         b, a = self.before, self.after
         se_b, se_a = _fallback_se(b), _fallback_se(a)
         if se_b is None or se_a is None:  # no n and no stderr: nothing bounds the difference
@@ -114,7 +117,8 @@ class Comparison:
     def p_above(self, threshold: float) -> float:
         """One-sided p of H0: after - before <= threshold (against: it is above)."""
         if self.pairs is not None:
-            return p_above(*self.pairs, threshold, iterations=self.iterations, seed=self.seed)
+            return p_above(*self.pairs, threshold, iterations=self.iterations, seed=self.seed,
+                           corrected=self.corrected)
         t = self.at(0.95)
         return normal_p_above(t.difference, t.se, threshold)
 

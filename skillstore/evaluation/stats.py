@@ -151,7 +151,7 @@ def _discordant(x: list[int], y: list[int]) -> tuple[int, int]:
     return b, c
 
 
-def _tango_z(b: int, c: int, n: int, delta: float) -> float:
+def _tango_z(b: int, c: int, n: int, delta: float, correction: float = 0.0) -> float:
     """Tango's (1998) score statistic for H0: p_c - p_b = delta, with delta in [-1, 1].
 
     p_b, the probability of a b-type pair, is its MLE restricted to p_c = p_b + delta: the
@@ -159,10 +159,12 @@ def _tango_z(b: int, c: int, n: int, delta: float) -> float:
     and C = b delta (1 - delta). Z = (d - delta) / sqrt((2 p_b + delta - delta^2) / n) with
     d = (c - b) / n; it falls as delta rises. The variance vanishes only at delta = +-1 (and at
     0 when b = c = 0, where d = 0): Z is then 0 at delta = d and +-inf elsewhere.
+    A continuity ``correction`` (in units of d) shrinks |d - delta| by that much, to 0 at most.
     """
     d = (c - b) / n
-    if delta == d:
+    if abs(d - delta) <= correction:
         return 0.0
+    gap = d - delta - math.copysign(correction, d - delta)
     big_b = b * (1.0 - 3.0 * delta) + c * (1.0 - delta) - 2.0 * (n - b - c) * delta
     big_c = b * delta * (1.0 - delta)
     root = math.sqrt(max(0.0, big_b * big_b + 8.0 * n * big_c))
@@ -170,30 +172,35 @@ def _tango_z(b: int, c: int, n: int, delta: float) -> float:
     p_b = (big_b + root) / (4.0 * n) if big_b >= 0.0 else 2.0 * big_c / (root - big_b)
     variance = (2.0 * p_b + delta - delta * delta) / n
     if variance <= 0.0:
-        return math.copysign(math.inf, d - delta)
-    return (d - delta) / math.sqrt(variance)
+        return math.copysign(math.inf, gap)
+    return gap / math.sqrt(variance)
 
 
-def _tango_end(b: int, c: int, n: int, z: float, side: float) -> float:
+def _tango_end(b: int, c: int, n: int, z: float, side: float, correction: float = 0.0) -> float:
     """The end of {delta in [-1, 1] : |Z(delta)| <= z} on `side` (-1 low, +1 high).
 
     Z is 0 at d and monotone, so the end lies between d and `side`; 60 halvings of a bracket
     at most 2 wide leave it ~2e-18 wide, and the end returned is its inner side (in the set).
     """
     inside, outside = (c - b) / n, side
-    if abs(_tango_z(b, c, n, outside)) <= z:
+    if abs(_tango_z(b, c, n, outside, correction)) <= z:
         return outside
     for _ in range(60):
         mid = (inside + outside) / 2.0
-        if abs(_tango_z(b, c, n, mid)) <= z:
+        if abs(_tango_z(b, c, n, mid, correction)) <= z:
             inside = mid
         else:
             outside = mid
     return inside
 
 
+def continuity(n: int) -> float:
+    """The continuity correction of a paired difference on n prompts: half its step, 1/(2n)."""
+    return 0.5 / n
+
+
 def mcnemar_exact(before: Sequence[bool | int], after: Sequence[bool | int],
-                  confidence: float = 0.95) -> PairedTest:
+                  confidence: float = 0.95, *, corrected: bool = False) -> PairedTest:
     """Exact McNemar test and Tango's score interval for the paired difference of accuracies.
 
     The p-value is the exact two-sided binomial test of b against b + c trials at 0.5 (1 when
@@ -209,14 +216,20 @@ def mcnemar_exact(before: Sequence[bool | int], after: Sequence[bool | int],
     within [-1, 1]. `difference` is
     (c - b) / n and `se` the unrestricted standard error sqrt(b + c - (c - b)^2 / n) / n, which
     the score interval does not use (0 when there are no discordant pairs).
+
+    ``corrected`` applies a continuity correction of 1/(2n) to the score statistic (test
+    "mcnemar-exact-cc"): the interval is wider by about that much at each end. The gate's
+    learned check uses it, because with no losses (b = 0) the uncorrected lower end is Wilson's
+    lower bound of c / n, which passes a true gain equal to the threshold too often.
     """
     n = _check_pair(before, after)
     x, y = _binary(before, "before"), _binary(after, "after")
     b, c = _discordant(x, y)
-    z = _z(confidence)
-    return PairedTest(test="mcnemar-exact", n=n, before=sum(x) / n, after=sum(y) / n,
-                      difference=(c - b) / n, low=_tango_end(b, c, n, z, -1.0),
-                      high=_tango_end(b, c, n, z, 1.0), confidence=confidence,
+    z, cc = _z(confidence), continuity(n) if corrected else 0.0
+    return PairedTest(test="mcnemar-exact-cc" if corrected else "mcnemar-exact", n=n,
+                      before=sum(x) / n, after=sum(y) / n,
+                      difference=(c - b) / n, low=_tango_end(b, c, n, z, -1.0, cc),
+                      high=_tango_end(b, c, n, z, 1.0, cc), confidence=confidence,
                       p_value=_binomial_two_sided(b, b + c), b=b, c=c,
                       se=math.sqrt(max(0.0, b + c - (c - b) ** 2 / n)) / n)
 
@@ -264,10 +277,11 @@ def _bootstrap_means(delta: np.ndarray, iterations: int, seed: int) -> np.ndarra
 
 
 def paired_test(before: Sequence[float], after: Sequence[float], *, confidence: float = 0.95,
-                iterations: int = 2000, seed: int = 0) -> PairedTest:
-    """McNemar when every score is 0/1 (bool, int or float), else the paired bootstrap."""
+                iterations: int = 2000, seed: int = 0, corrected: bool = False) -> PairedTest:
+    """McNemar when every score is 0/1 (bool, int or float; ``corrected``: with the continuity
+    correction), else the paired bootstrap."""
     if all(v in (0, 1) for v in before) and all(v in (0, 1) for v in after):
-        return mcnemar_exact(before, after, confidence=confidence)
+        return mcnemar_exact(before, after, confidence=confidence, corrected=corrected)
     return paired_bootstrap(before, after, iterations=iterations, seed=seed,
                             confidence=confidence)
 
@@ -280,21 +294,22 @@ def normal_p_above(estimate: float, se: float, threshold: float) -> float:
 
 
 def p_above(before: Sequence[float], after: Sequence[float], threshold: float, *,
-            iterations: int = 2000, seed: int = 0) -> float:
+            iterations: int = 2000, seed: int = 0, corrected: bool = False) -> float:
     """One-sided p of H0: mean(after - before) <= threshold, by the test paired_test picks.
 
     For 0/1 scores it is 1 - Phi(Z(threshold)) with Tango's score statistic, the inverse of
     mcnemar_exact's interval (p <= 1 - c exactly when the lower one-sided bound at confidence c
     reaches the threshold); a threshold below -1 gives 0, one above 1 gives 1. Otherwise it is
     the bootstrap share of resampled means at or below the threshold, add-one smoothed like
-    paired_bootstrap's.
+    paired_bootstrap's. ``corrected`` inverts mcnemar_exact's corrected interval.
     """
     n = _check_pair(before, after)
     if all(v in (0, 1) for v in before) and all(v in (0, 1) for v in after):
         if not -1.0 <= threshold <= 1.0:
             return 0.0 if threshold < -1.0 else 1.0
         b, c = _discordant(_binary(before, "before"), _binary(after, "after"))
-        return 1.0 - _NORMAL.cdf(_tango_z(b, c, n, threshold))
+        return 1.0 - _NORMAL.cdf(_tango_z(b, c, n, threshold,
+                                          continuity(n) if corrected else 0.0))
     delta = _finite(after, "after") - _finite(before, "before")
     means = _bootstrap_means(delta, iterations, seed)
     return min(1.0, (int(np.sum(means <= threshold)) + 1) / (iterations + 1))

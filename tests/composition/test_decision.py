@@ -59,14 +59,20 @@ def test_six_right_of_a_hundred_from_nothing_is_not_promoted():
     evidence cannot tell from 0.05 (the old gate promoted it)."""
     d = gate(new=pairs(gained=6, both_wrong=94))
     (gain,) = d.checks
-    # Tango with b = 0: the restricted p_b is 0 at both ends, so they are the roots of
-    # (n + z^2) delta^2 - (2c + z^2) delta + c^2 / n = 0 (the Wilson interval of 6/100)
-    qa, qb = 100 + Z95**2, 12 + Z95**2
-    root = math.sqrt(qb**2 - 4 * qa * 0.36)
+    # Tango's score statistic with the learned check's continuity correction 1/(2n): each end
+    # solves |d - delta| - 1/200 = z sqrt((2 p_b + delta - delta^2) / n), with p_b the
+    # restricted MLE (the larger root of 2n p^2 - B p - C = 0; C = 0 when b = 0).
+    def corrected_z(delta: float, b: int = 0, c: int = 6, n: int = 100) -> float:
+        big_b = b * (1 - 3 * delta) + c * (1 - delta) - 2 * (n - b - c) * delta
+        p_b = (big_b + math.sqrt(big_b**2 + 8 * n * b * delta * (1 - delta))) / (4 * n)
+        gap = abs((c - b) / n - delta) - 0.5 / n
+        return gap / math.sqrt((2 * p_b + delta - delta**2) / n)
+
     assert gain.estimate == pytest.approx(0.06)
-    assert gain.low == pytest.approx((qb - root) / (2 * qa), abs=1e-6)  # 0.0313 < 0.05
-    assert gain.high == pytest.approx((qb + root) / (2 * qa), abs=1e-6)  # 0.1118 > 0.05
-    assert (gain.test, gain.n, gain.status) == ("mcnemar-exact", 100, "inconclusive")
+    assert corrected_z(gain.low) == pytest.approx(Z95, abs=1e-4)  # low 0.0230 < 0.05
+    assert corrected_z(gain.high) == pytest.approx(Z95, abs=1e-4)  # high 0.1213 > 0.05
+    assert gain.low < 0.0313 < 0.1118 < gain.high  # wider than the uncorrected Wilson ends
+    assert (gain.test, gain.n, gain.status) == ("mcnemar-exact-cc", 100, "inconclusive")
     assert not d.promote and d.verdict == "inconclusive"
     assert gain.needed_n > 100
     assert d.summary().startswith(f"inconclusive: needs n ≈ {gain.needed_n}")

@@ -147,7 +147,7 @@ def test_evaluate_then_decide_on_recorded_scores_with_the_learned_router(
         outcome = gate_pack(s, pack, recorded_judge(catalog.blobs, pack, first, lenient))
     assert outcome.decision.promote and calls == []
     # the gate re-read the per-sample scores from the eval rows: every check is paired
-    assert {c.test for c in outcome.decision.checks} == {"mcnemar-exact"}
+    assert {c.test for c in outcome.decision.checks} == {"mcnemar-exact-cc", "mcnemar-exact"}
     assert {c.n for c in outcome.decision.checks} == {4}
     with catalog.session() as s:
         state = get_state(s, outcome.state_id)

@@ -379,3 +379,46 @@ def test_required_n_normal_approximation():
 def test_required_n_refuses_a_degenerate_accuracy():
     with pytest.raises(ValueError, match="0 < p < 1"):
         required_n(1.0, 0.05)
+
+
+# --- the continuity-corrected interval (the gate's learned check) ----------------------------
+
+def _table(b: int, c: int, n: int) -> tuple[list[int], list[int]]:
+    both_right = (n - b - c) // 2
+    before = [1] * both_right + [1] * b + [0] * c + [0] * (n - both_right - b - c)
+    after = [1] * both_right + [0] * b + [1] * c + [0] * (n - both_right - b - c)
+    return before, after
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(0, 6, 100), (3, 12, 100), (5, 0, 50), (0, 0, 80),
+                                            (40, 45, 200)])
+def test_the_corrected_interval_contains_the_uncorrected_one(b, c, n):
+    before, after = _table(b, c, n)
+    plain = mcnemar_exact(before, after, confidence=0.9)
+    cc = mcnemar_exact(before, after, confidence=0.9, corrected=True)
+    assert cc.test == "mcnemar-exact-cc" and cc.difference == plain.difference
+    assert cc.low < plain.low and cc.high > plain.high  # each end moves out
+    assert cc.p_value == plain.p_value  # the exact McNemar p is the same test
+
+
+def test_from_nothing_the_corrected_bound_needs_ten_of_a_hundred_for_a_five_point_gain():
+    """Uncorrected, 9 right of 100 from nothing already passes min_gain 0.05 at one-sided 95%,
+    and P(Binomial(100, 0.05) >= 9) = 6.3% > 5%: the corrected bound needs 10 (2.8%)."""
+    low = {c: mcnemar_exact(*_table(0, c, 100), confidence=one_sided(0.95), corrected=True).low
+           for c in (9, 10)}
+    plain = mcnemar_exact(*_table(0, 9, 100), confidence=one_sided(0.95)).low
+    assert plain >= 0.05 > low[9] and low[10] >= 0.05
+    tail = sum(math.comb(100, k) * 0.05**k * 0.95 ** (100 - k) for k in range(10, 101))
+    assert tail == pytest.approx(0.0282, abs=1e-4)
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(0, 9, 100), (4, 20, 120), (10, 3, 90)])
+def test_corrected_p_above_inverts_the_corrected_interval(b, c, n):
+    before, after = _table(b, c, n)
+    for threshold in [t / 100 for t in range(-20, 25)]:
+        for confidence in (0.9, 0.95, 0.99):
+            low = mcnemar_exact(before, after, confidence=one_sided(confidence),
+                                corrected=True).low
+            p = p_above(before, after, threshold, corrected=True)
+            if abs(low - threshold) > 1e-9:
+                assert (p <= 1 - confidence) == (low >= threshold), (threshold, confidence)
