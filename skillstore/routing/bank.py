@@ -107,6 +107,12 @@ class DeltaBank:
         if x is None:
             raise RoutingError(f"Cannot route {type(module).__name__}: it was called without a "
                                "tensor input.")
+        if (self.enabled and self.weights is not None and x.shape[0] == 1
+                and self.weights.shape[0] > 1 and output.shape[:1] == (1,)):
+            # An input shared by the whole batch (GPT-2's position ids are (1, L)): each sample
+            # gets its own packs, so the shared row becomes one row per sample.
+            rows = self.weights.shape[0]
+            x, output = x.expand(rows, *x.shape[1:]), output.expand(rows, *output.shape[1:])
         w = self._batch_weights(x.shape[0])
         if w is None:
             return None

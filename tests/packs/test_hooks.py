@@ -105,3 +105,23 @@ def test_hooks_refuse_buffers_and_non_tensor_outputs_with_the_fix():
         model(torch.ones(1, 4))
     hooks.remove()
     assert isinstance(model(torch.ones(1, 4)), tuple)  # removed: the layer is itself again
+
+
+def test_routing_a_batch_through_gpt2s_shared_position_embedding(gpt2_pair, tmp_path):
+    """GPT-2 embeds positions once for the whole batch ((1, L) position ids). A pack with a
+    `wpe` delta, routed per sample, must still give each sample its own packs: the routed
+    batch equals the merged pack's logits (it raised "Routing weights cover 2 inputs but the
+    batch has 1" before)."""
+    from skillstore.packs.format import read_pack
+    from skillstore.routing import DeltaBank, PackDeltas, RoutedModel
+
+    pack_path = compress_checkpoint(*gpt2_pair, "lossless", tmp_path / "p.safetensors").path
+    pack = read_pack(pack_path)
+    parts = {p.name: p for p in pack.decoded()}
+    assert any("wpe" in name for name in parts)  # the case this test is about
+    merged, routed = load_base(gpt2_pair[0]), load_base(gpt2_pair[0])
+    apply_pack(merged, pack_path, 1.0)
+    bank = DeltaBank(routed, [PackDeltas("skill", parts, 1.0)])
+    with RoutedModel(routed, bank, "tag", tag="skill"):
+        got = logits(routed)
+    assert got.shape[0] == 2 and torch.allclose(got, logits(merged), atol=1e-4)
