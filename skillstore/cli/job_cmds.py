@@ -54,8 +54,9 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
               [], "--generation", metavar="KEY=VALUE",
               help="How the source answers, e.g. --generation do_sample=true."),
           gate_options: list[str] = typer.Option(
-              [], "--gate", metavar="KEY=VALUE", help="A gate policy setting, e.g. --gate "
-                                                      "max_drop=0.02."),
+              [], "--gate", metavar="KEY=VALUE", help=(
+                  "A gate policy setting: min_gain, min_fidelity, max_drop, max_general_drop, "
+                  "confidence, power; e.g. --gate max_drop=0.02 (docs/composition.md).")),
           as_json: bool = JSON_OPTION) -> None:
     """Queue a learning job (prepare, train, compress, evaluate, gate) and print its id.
 
