@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from ..catalog.models import EvalResult
 from ..errors import EvaluationError
 from .cache import Suite, cache_version, cached_rows, read_samples
-from .runner import run_tasks
+from .runner import run_tasks, sample_stderr
 from .stats import Interval, wilson_interval
 
 # The name the base's general suite is stored, decided and reported under.
@@ -170,13 +170,8 @@ def subset(score: Score, keys) -> Score | None:
     ``keys`` was scored."""
     if score.samples is None:
         return None
-    values = [score.samples[k] for k in keys if k in score.samples]
-    if not values:
+    part = {k: score.samples[k] for k in keys if k in score.samples}
+    if not part:
         return None
-    n = len(values)
-    mean = sum(values) / n
-    stderr = (math.sqrt(mean * (1.0 - mean) / n) if all(v in (0.0, 1.0) for v in values)
-              else (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-                    if n > 1 else 0.0))
-    return Score(mean, stderr, n, {k: score.samples[k] for k in keys if k in score.samples},
+    return Score(sum(part.values()) / len(part), sample_stderr(part) or 0.0, len(part), part,
                  version=score.version, metric=score.metric)

@@ -43,9 +43,7 @@ def finetune_record(session, blobs, pack: SkillPack, tuned_dir: str | Path, suit
     record = {**score.as_json(), "suite": suite.name, "fingerprint": fingerprint,
               "samples_digest": (blobs.put_bytes(samples_bytes(score.samples))
                                  if score.samples else None)}
-    pack.metrics = {**(pack.metrics or {}), FINETUNE: record}
-    flag_modified(pack, "metrics")
-    session.flush()
+    _set_metric(session, pack, FINETUNE, record)
     return record
 
 
@@ -65,10 +63,15 @@ def record_fidelity(session, pack: SkillPack, finetune: dict, candidate: Score) 
     ratio = candidate.value / finetune["value"] if finetune["value"] > 0 else None
     fidelity = {"suite": finetune["suite"], "finetune": finetune["value"],
                 "pack": candidate.value, "ratio": ratio, "n": candidate.n}
-    pack.metrics = {**(pack.metrics or {}), FIDELITY: fidelity}
+    _set_metric(session, pack, FIDELITY, fidelity)
+    return fidelity
+
+
+def _set_metric(session, pack: SkillPack, key: str, value: dict) -> None:
+    """One key of the pack's metrics JSON, flushed in the caller's transaction."""
+    pack.metrics = {**(pack.metrics or {}), key: value}
     flag_modified(pack, "metrics")
     session.flush()
-    return fidelity
 
 
 def evaluate_base(session, blobs, model, tokenizer, base: BaseCheckpoint, suites: list[Suite], *,
