@@ -37,6 +37,16 @@ def pack_name(pack: SkillPack) -> str:
     return f"{pack.skill.name}@v{pack.version}"
 
 
+def pack_file_name(pack: SkillPack) -> str:
+    """The file name a downloaded pack gets: `arith-v2.safetensors`."""
+    return f"{pack.skill.name}-v{pack.version}.safetensors"
+
+
+def is_pack_ref(text: str) -> bool:
+    """Whether ``text`` reads as what `get_pack` looks up: an id (`12`) or SKILL@vN (`arith@v2`)."""
+    return text.isdigit() or PACK_REF_RE.match(text) is not None
+
+
 def get_pack(session: Session, ref: str | int) -> SkillPack:
     """A pack by id (`12`) or by skill and version (`arith@v2`), with skill and bases loaded."""
     text = str(ref)

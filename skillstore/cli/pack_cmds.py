@@ -1,34 +1,164 @@
-"""`skillstore pack compress|tune|inspect|apply|export`: SkillPacks from the command line."""
+"""`skillstore pack compress|tune|inspect|apply|export|download`: SkillPacks from the command line.
+
+`apply`, `export` and `download` take a pack file or a catalog pack (`12`, `sort@v1`); an
+existing file of that name wins.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import (
+    BlobError,
+    ConfigError,
+    CorruptPackError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    WorkspaceError,
+)
 from ._groups import PACK
 
+if TYPE_CHECKING:
+    from ..packs import PackFile
+
 FORMATS = ("merged", "peft")
+PACK_HELP = ("Pack file (.safetensors), or a catalog pack: an id (12) or SKILL@vN (sort@v1). "
+             "An existing file of that name wins.")
+BASE_HELP = ("Base model folder; default: the base the catalog records for a catalog pack, "
+             "else the folder recorded in the pack file.")
 
 
-def _parse_pack_arg(arg: str) -> tuple[Path, float]:
-    """``pack.safetensors`` or ``pack.safetensors@0.5`` -> (path, scale)."""
-    path, _, scale = arg.rpartition("@") if "@" in arg else (arg, "", "1.0")
+@dataclass(frozen=True)
+class Located:
+    """A pack named on the command line, as a local file: the file itself, or the verified blob
+    of a catalog pack with its name and the base folder the catalog records for it."""
+
+    path: Path
+    name: str | None = None  # `sort@v1` for a catalog pack
+    file_name: str = ""
+    base_name: str | None = None
+    base_uri: str | None = None
+
+
+def _lower_first(message: str) -> str:
+    return message[:1].lower() + message[1:]
+
+
+def _number(text: str) -> float | None:
     try:
-        return Path(path), float(scale)
+        return float(text)
     except ValueError:
-        raise ConfigError(f"Scale {scale!r} in {arg!r} is not a number; write PACK@0.5.") from None
+        return None
 
 
-def _base_of(pf, base: Path | None) -> Path:
-    """``--base``, or the base folder the pack records; a clear error when neither exists."""
-    base = base or Path(pf.manifest.get("created_from", {}).get("base", ""))
-    if not str(base) or not base.is_dir():
+def _parse_pack_arg(arg: str) -> tuple[str, float]:
+    """``PACK`` or ``PACK@0.5`` -> (PACK, scale); PACK is a file or a catalog pack.
+
+    An existing path wins, whole or before the scale (``a.safetensors@0.5``); otherwise a
+    reference before the scale (``sort@v1@0.5``, ``12@0.5``), else the argument is taken whole
+    (``sort@v1``; ``sort@2`` is version 2) for `_locate` to look up or refuse.
+    """
+    from ..catalog.packs import is_pack_ref
+
+    if Path(arg).exists():
+        return arg, 1.0
+    head, sep, tail = arg.rpartition("@")
+    if not sep or not (Path(head).exists() or is_pack_ref(head)):
+        return arg, 1.0  # a whole reference (`sort@v1`; `sort@2` is version 2), or unknown
+    scale = _number(tail)
+    if scale is None:
+        if is_pack_ref(arg):  # `sort@v1` beside a folder named `sort`
+            return arg, 1.0
+        raise ConfigError(f"Scale {tail!r} in {arg!r} is not a number; write PACK@0.5.")
+    return head, scale
+
+
+def _neither(arg: str) -> NotFoundError:
+    return NotFoundError(f"{arg!r} is neither an existing pack file nor a catalog pack "
+                         "reference; pass a .safetensors file, a pack id (12) or SKILL@vN "
+                         "(sort@v1), as `skillstore pack list` shows them.")
+
+
+def _locate(args: list[str]) -> list[Located]:
+    """Each argument as a local file: an existing path as it is; a reference looked up in the
+    workspace's catalog (as `GET /packs/{ref}/file` does) and its blob verified against its
+    digest. The catalog is opened once, and only when a reference is given."""
+    from ..catalog.packs import get_pack, is_pack_ref, pack_file_name, pack_name
+    from ._common import workspace_session
+
+    refs = [a for a in args if not Path(a).exists()]
+    if bad := next((a for a in refs if not is_pack_ref(a)), None):
+        raise _neither(bad)
+    rows: dict[str, tuple[str, Located]] = {}
+    blobs = cache = None
+    if refs:
+        try:
+            with workspace_session() as (catalog, session):
+                blobs, cache = catalog.blobs, catalog.settings.home / "cache"
+                for ref in refs:
+                    try:
+                        row = get_pack(session, ref)
+                    except NotFoundError as exc:
+                        raise NotFoundError(f"No file {ref!r} and no such pack in the catalog: "
+                                            f"{_lower_first(str(exc))}") from None
+                    rows[ref] = (row.blob_digest, Located(  # its path: the blob, read below
+                        Path(), pack_name(row), pack_file_name(row), row.base.name, row.base.uri))
+        except (WorkspaceError, DatabaseUnavailableError) as exc:
+            raise type(exc)(f"{refs[0]!r} is not a file, and the catalog to look it up in "
+                            f"cannot be opened: {_lower_first(str(exc))}") from None
+    found = []
+    for arg in args:
+        if arg not in rows:
+            found.append(Located(Path(arg), file_name=Path(arg).name))
+            continue
+        digest, row = rows[arg]
+        try:
+            path = blobs.local_path(digest, cache)
+        except BlobError as exc:
+            raise type(exc)(f"Pack {row.name}: {_lower_first(str(exc))}") from None
+        found.append(replace(row, path=path))
+    return found
+
+
+def _read(found: Located) -> PackFile:
+    """The verified pack; a damaged catalog blob is named by its pack."""
+    from ..packs import read_pack
+
+    try:
+        return read_pack(found.path)
+    except CorruptPackError as exc:
+        if found.name is None:
+            raise
+        raise CorruptPackError(f"Pack {found.name}: {exc}") from None
+
+
+def _base_of(pf: PackFile, base: Path | None, found: Located | None = None) -> Path:
+    """``--base``; else the catalog's base of a catalog pack, or the base folder a pack file
+    records; a clear error when that folder is not on this machine."""
+    if base is not None:
+        if not base.is_dir():
+            raise NotFoundError(f"Base folder {str(base)!r} does not exist; pass the base "
+                                "model's checkpoint folder to --base.")
+        return base
+    if found is not None and found.base_uri is not None:
+        base = Path(found.base_uri)
+        if not base.is_dir():
+            raise NotFoundError(f"The base of pack {found.name}, {found.base_name!r}, is recorded "
+                                f"at {found.base_uri!r}, which is not a folder on this machine; "
+                                "pass --base.")
+        return base
+    recorded = pf.manifest.get("created_from", {}).get("base") or ""
+    if not recorded or not Path(recorded).is_dir():  # Path("") would be the working folder
         raise ConfigError(f"The base folder of {str(pf.path)!r} is unknown or gone "
-                          f"({str(base)!r}); pass --base.")
-    return base
+                          f"({recorded!r}); pass --base.")
+    return Path(recorded)
 
 
 def compress(
@@ -139,34 +269,41 @@ def inspect(
 
 
 def apply(
-    packs: list[str] = typer.Argument(..., help="Pack files, each optionally PACK@SCALE."),
-    base: Path = typer.Option(..., "--base", help="Base model folder the packs were made for."),
+    packs: list[str] = typer.Argument(
+        ..., help="Packs, each a file or a catalog pack (12, sort@v1), optionally @SCALE "
+                  "(a.safetensors@0.5, sort@v1@0.5)."),
+    base: Path | None = typer.Option(
+        None, "--base", help="Base model folder; default: the first pack's base (the catalog's "
+                             "for a catalog pack, else the folder recorded in the file)."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for the merged model."),
 ) -> None:
     """Apply packs to a base and write the merged model folder."""
     from ..packs import export_merged
 
     pairs = [_parse_pack_arg(p) for p in packs]
-    export_merged(base, pairs, out)
+    found = _locate([name for name, _ in pairs])
+    files = [_read(f) for f in found]  # every pack verified before the base is loaded
+    export_merged(_base_of(files[0], base, found[0]),
+                  [(pf, scale) for pf, (_, scale) in zip(files, pairs, strict=True)], out)
     typer.echo(f"wrote merged model to {out} ({len(pairs)} pack(s))")
 
 
 def export(
-    pack: Path = typer.Argument(..., help="Pack file."),
+    pack: str = typer.Argument(..., help=PACK_HELP),
     fmt: str = typer.Option(..., "--format", help="merged or peft."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    base: Path | None = typer.Option(None, "--base",
-                                     help="Base folder; default: the one recorded in the pack."),
+    base: Path | None = typer.Option(None, "--base", help=BASE_HELP),
     scale: float = typer.Option(1.0, "--scale", help="Scale of the delta (merged only)."),
 ) -> None:
     """Export a pack as a merged model folder or a PEFT LoRA adapter."""
     from ..errors import unknown_name
-    from ..packs import export_merged, export_peft, read_pack
+    from ..packs import export_merged, export_peft
 
     if fmt not in FORMATS:
         raise unknown_name("export format", fmt, list(FORMATS))
-    pf = read_pack(pack)
-    base = _base_of(pf, base)
+    [found] = _locate([pack])
+    pf = _read(found)
+    base = _base_of(pf, base, found)
     if fmt == "merged":
         export_merged(base, [(pf, scale)], out)
     else:
@@ -174,7 +311,33 @@ def export(
     typer.echo(f"wrote {fmt} export to {out}")
 
 
+def download(
+    pack: str = typer.Argument(..., help=PACK_HELP),
+    out: Path = typer.Option(
+        ..., "-o", "--out",
+        help="File to write; an existing folder gets SKILL-vN.safetensors (or the file's name)."),
+) -> None:
+    """Write a pack's SkillPack file, byte for byte.
+
+    A catalog pack's blob is checked against its digest first, as the HTTP API's
+    `GET /packs/{ref}/file` does; a pack file given as a path is verified and copied."""
+    [found] = _locate([pack])
+    if found.name is None:
+        _read(found)  # a file given by path: a SkillPack, whole, before it is copied
+    target = out / found.file_name if out.is_dir() else out
+    if target.exists() and os.path.samefile(target, found.path):
+        raise ConfigError(f"{str(target)!r} is the pack itself; pass another -o.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        shutil.copyfile(found.path, tmp)
+        os.replace(tmp, target)  # a reader never sees half a pack
+    finally:
+        tmp.unlink(missing_ok=True)
+    typer.echo(f"wrote {found.name or pack} to {target} ({target.stat().st_size:,} bytes)")
+
+
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the shared `pack` group."""
-    for fn in (compress, tune, inspect, apply, export):
+    for fn in (compress, tune, inspect, apply, export, download):
         PACK.app.command(fn.__name__)(fn)
