@@ -77,13 +77,19 @@ def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
                 general: Path | None = typer.Option(None, "--general",
                                                     help="JSONL of general prompts (no pack)."),
                 top_k: int = typer.Option(1, "--top-k", min=1, help="Packs mixed per input."),
+                features: str = typer.Option(
+                    "ngrams", "--features",
+                    help="What the router reads: ngrams (the prompt's hashed token 1-3-grams) "
+                         "or hidden (the base's mean last hidden state)."),
                 as_json: bool = JSON_OPTION) -> None:
     """Train the learned router on each skill's training prompts; prints the routed state."""
     from ..catalog import get_pack, get_state
     from ..curriculum.validate import load_rows
     from ..models import load_causal_lm
+    from ..routing.learned import feature_kind
     from ..states import attach_router, load_view, router_prompts
 
+    feature_kind(features)  # an unknown name is refused before the base is loaded
     with workspace_session() as (catalog, session):
         state = get_state(session, ref)
         view = load_view(session, state)
@@ -92,7 +98,8 @@ def state_route(ref: str = typer.Argument(..., help="State id or fingerprint."),
         prompts = router_prompts(session, catalog.blobs, packs, general_prompts,
                                  limit=ROUTE_PROMPTS)
         model, tok = load_causal_lm(view.base_uri)
-        routed = attach_router(session, catalog.blobs, state, model, tok, prompts, top_k=top_k)
+        routed = attach_router(session, catalog.blobs, state, model, tok, prompts, top_k=top_k,
+                               features=features)
         row = _state_row(session, routed) | {
             "train_accuracy": routed.router_config.get("train_accuracy")}
     print_json(row) if as_json else typer.echo(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..routing.learned import input_features
+
 # One request's first forward pass: its token ids and the attention mask the router reads.
 Tokens = tuple[tuple[int, ...], tuple[int, ...]]
 
@@ -116,11 +118,9 @@ def same_contexts(include_path: str | Path, task: str, full: TaskRequests,
     return all(tuple(i.args for i in subset.get(d, ())) == full.args[d] for d in docs)
 
 
-def pooled(model, tokens: Sequence[Tokens], layer: int) -> dict[Tokens, torch.Tensor]:
-    """The learned router's features of each (ids, mask): the base's pooled hidden layer,
-    computed in batches of equal length, so no padding enters the sum."""
-    from ..routing.learned import pooled_features
-
+def pooled(model, tokens: Sequence[Tokens], key: tuple[str, int]) -> dict[Tokens, torch.Tensor]:
+    """The learned router's features ``key`` (its ``feature_key``) of each (ids, mask),
+    computed in batches of equal length, so no padding enters a pooled hidden layer."""
     device = next(model.parameters()).device
     by_length: dict[int, list[Tokens]] = {}
     for t in dict.fromkeys(tokens):
@@ -131,6 +131,6 @@ def pooled(model, tokens: Sequence[Tokens], layer: int) -> dict[Tokens, torch.Te
             chunk = group[start:start + 64]
             ids = torch.tensor([t[0] for t in chunk], device=device)
             mask = torch.tensor([t[1] for t in chunk], device=device)
-            feats = pooled_features(model, ids, mask, layer).cpu()
+            feats = input_features(model, ids, mask, features=key[0], layer=key[1])
             out.update(zip(chunk, feats, strict=True))
     return out

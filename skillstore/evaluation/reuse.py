@@ -108,7 +108,8 @@ class OutcomeReuse:
         self.reference = StateRoutes(reference, blobs, margin=margin, cache_dir=cache_dir)
         self.candidate = StateRoutes(candidate, blobs, margin=margin, cache_dir=cache_dir)
         self.reused: dict[str, dict[str, list[str]]] = {}
-        self.features: dict[tuple[int, Tokens], torch.Tensor] = {}  # both states read the base
+        # Both states read the base: (feature key, tokens) -> features.
+        self.features: dict[tuple[tuple[str, int], Tokens], torch.Tensor] = {}
         self.predicted: dict[str, dict[str, dict[tuple[int, ...], Route | None]]] = {
             "reference": {}, "candidate": {}}
 
@@ -153,13 +154,13 @@ class OutcomeReuse:
                     requests: TaskRequests) -> dict[int, tuple[Route, ...] | None]:
         """doc -> the route of each of its requests in one state (None: unpredictable)."""
         seqs = [t for ts in requests.tokens.values() if ts is not None for t in ts]
-        feats, layer = None, routes.layer
-        if layer is not None and seqs:
-            todo = [t for t in seqs if (layer, t) not in self.features]
+        feats, key = None, routes.feature_key
+        if key is not None and seqs:
+            todo = [t for t in seqs if (key, t) not in self.features]
             if todo:
-                self.features.update(((layer, t), f)
-                                     for t, f in pooled(self.model, todo, layer).items())
-            feats = torch.stack([self.features[layer, t] for t in seqs])
+                self.features.update(((key, t), f)
+                                     for t, f in pooled(self.model, todo, key).items())
+            feats = torch.stack([self.features[key, t] for t in seqs])
         flat = dict(zip(seqs, routes.routes(suite, feats, len(seqs)), strict=True))
         seen = self.predicted[which].setdefault(suite, {})
         for (ids, mask), route in flat.items():

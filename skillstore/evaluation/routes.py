@@ -51,9 +51,10 @@ class StateRoutes:
             self.classifier = load_router(blobs.local_path(view.router_blob_digest, cache_dir))
 
     @property
-    def layer(self) -> int | None:
-        """The hidden layer the router reads; None when routes need no features."""
-        return self.classifier.layer if self.classifier is not None else None
+    def feature_key(self) -> tuple[str, int] | None:
+        """What the router reads of an input (its ``feature_key``); None when routes need no
+        features."""
+        return self.classifier.feature_key if self.classifier is not None else None
 
     def routes(self, suite: str, features: torch.Tensor | None, n: int) -> list[Route | None]:
         """The route of each of ``n`` inputs of ``suite`` (``features``: (n, hidden), read only

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .learned import NONE_CLASS, RouterClassifier, prompt_features
+from .learned import NONE_CLASS, RouterClassifier
 
 #: Most prompts per class a state's router evaluation reads (keeps it to seconds).
 EVAL_PROMPTS = 200
@@ -37,8 +37,7 @@ def evaluate_router(clf: RouterClassifier, model, tokenizer,
     predicts NONE_CLASS) on ``labelled``, class (a pack name or NONE_CLASS) -> prompts."""
     truth = [c for c, prompts in labelled.items() for _ in prompts]
     texts = [p for prompts in labelled.values() for p in prompts]
-    predicted = clf.predict(prompt_features(model, tokenizer, texts, layer=clf.layer)) if texts \
-        else []
+    predicted = clf.predict(clf.featurize(model, tokenizer, texts)) if texts else []
     return confusion(clf.classes, truth, predicted)
 
 
@@ -75,7 +74,6 @@ def evaluate_top_k(clf: RouterClassifier, model, tokenizer, rows: Sequence[Mappi
     pass the mixed rows to compare top-2 against top-1 where two skills are asked at once)."""
     if not rows:
         return {k: top_k_measure([], []) for k in ks}
-    probs = clf.probs(prompt_features(model, tokenizer, [r["prompt"] for r in rows],
-                                      layer=clf.layer))
+    probs = clf.probs(clf.featurize(model, tokenizer, [r["prompt"] for r in rows]))
     labels = [r["skills"] for r in rows]
     return {k: top_k_measure(chosen_packs(clf, probs, k), labels) for k in ks}

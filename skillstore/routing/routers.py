@@ -13,12 +13,13 @@ from torch import nn
 from ..errors import RoutingError, unknown_name
 from ..registry import Registry
 from .bank import DeltaBank
-from .learned import NONE_CLASS, RouterClassifier, pooled_features
+from .learned import NONE_CLASS, RouterClassifier, input_features
 
 
 @dataclass
 class RouteInputs:
-    """What a router sees for one batch: token ids, their mask, and lazy base features."""
+    """What a router sees for one batch: token ids, their mask, and its features, read lazily
+    (hidden states from the plain base)."""
 
     bank: DeltaBank
     input_ids: torch.Tensor
@@ -27,13 +28,15 @@ class RouteInputs:
     classifier: RouterClassifier | None = None
     _features: torch.Tensor | None = field(default=None, repr=False)
 
-    def features(self, layer: int) -> torch.Tensor:
+    def features(self, key: tuple[str, int]) -> torch.Tensor:
+        """The batch's router features ``key`` (a classifier's ``feature_key``)."""
         if self._features is None:
             bank = self.bank
             enabled, bank.enabled = bank.enabled, False  # the router reads the plain base
             try:
-                self._features = pooled_features(bank.model, self.input_ids,
-                                                 self.attention_mask, layer)
+                self._features = input_features(bank.model, self.input_ids,
+                                                self.attention_mask, features=key[0],
+                                                layer=key[1])
             finally:
                 bank.enabled = enabled
         return self._features
@@ -81,7 +84,8 @@ class Tagged:
 
 
 class Learned:
-    """A classifier on pooled base hidden states picks the pack (top-1) or mixes the top k;
+    """A classifier on the input's features (token n-grams, or the base's pooled hidden states)
+    picks the pack (top-1) or mixes the top k;
     below its calibrated threshold it abstains, and the input gets no pack."""
 
     name = "learned"
@@ -98,7 +102,7 @@ class Learned:
                 f"Router knows pack {unknown[0]!r} that the state lacks; "
                 "retrain it for this state's packs."
             )
-        per_class = clf.class_weights(inputs.features(clf.layer)).cpu()
+        per_class = clf.class_weights(inputs.features(clf.feature_key)).cpu()
         w = torch.zeros(per_class.shape[0], len(bank.packs))
         for c, name in enumerate(clf.classes):
             if name != NONE_CLASS:

@@ -20,6 +20,7 @@ from ..models import load_causal_lm
 from ..packs.format import FORMAT_VERSION, read_pack
 from ..routing import NONE_CLASS, save_router, train_router
 from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
+from ..routing.learned import DEFAULT_FEATURES
 from ..skilldata import read_rows, skill_rows
 from .fusion import get_fusion, merged_deltas, write_fused_pack
 from .view import base_state, extend_state, extended_members
@@ -123,11 +124,12 @@ def router_prompts(session, blobs, packs: Sequence[SkillPack], general: Sequence
 
 def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]],
                     top_k: int, held_out: Mapping[str, Sequence[str]],
-                    ) -> tuple[str, dict, dict | None]:
+                    features: str = DEFAULT_FEATURES) -> tuple[str, dict, dict | None]:
     """(blob digest of the router file, router config facts, its evaluation on ``held_out``) of
     a router trained on ``prompts`` (CALIBRATION of them set its abstention threshold); no
     evaluation (None) when no held-out prompt is left."""
-    trained = train_router(model, tokenizer, prompts, top_k=top_k, calibration=CALIBRATION)
+    trained = train_router(model, tokenizer, prompts, top_k=top_k, calibration=CALIBRATION,
+                           features=features)
     clf = trained.classifier
     with tempfile.TemporaryDirectory() as tmp:
         digest = blobs.put_file(save_router(clf, Path(tmp) / "router.safetensors"))
@@ -137,7 +139,7 @@ def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]
     evaluation = ({**evaluate_router(clf, model, tokenizer, unseen),
                    "prompts": "held-out test split"} if unseen else None)
     return digest, {"top_k": top_k, "train_accuracy": trained.train_accuracy,
-                    "threshold": clf.threshold}, evaluation
+                    "threshold": clf.threshold, "features": clf.features}, evaluation
 
 
 def held_out_prompts(session, blobs, packs: Sequence[SkillPack], general_test: Sequence[str] = (),
@@ -166,6 +168,7 @@ def _inputs(config: Mapping) -> dict:
 
 def attach_router(session, blobs, state: ModelState, model, tokenizer,
                   prompts: Mapping[str, Sequence[str]], *, top_k: int = 1,
+                  features: str = DEFAULT_FEATURES,
                   general_test: Sequence[str] = ()) -> ModelState:
     """Train the learned router for this state's packs and return the state that carries it,
     its evaluation on the skills' test splits (and ``general_test`` as NONE_CLASS) stored."""
@@ -179,7 +182,7 @@ def attach_router(session, blobs, state: ModelState, model, tokenizer,
                           f"{NONE_CLASS!r}); got {sorted(prompts)}.")
     digest, facts, evaluation = _trained_router(
         blobs, model, tokenizer, prompts, top_k,
-        held_out_prompts(session, blobs, packs, general_test))
+        held_out_prompts(session, blobs, packs, general_test), features)
     base = session.get(BaseCheckpoint, state.base_id)
     return with_evaluation(get_or_create_state(
         session, base=base, packs=[(p, members[p.id].scale) for p in packs], router="learned",

@@ -137,10 +137,17 @@ def test_state_route_trains_the_learned_router_of_a_fused_state(cli_world, tmp_p
     routed = json.loads(run("state", "route", str(fused["id"]), "--general", str(general),
                             "--json"))
     assert routed["router"] == "learned" and routed["train_accuracy"] == 1.0
+    hidden = json.loads(run("state", "route", str(fused["id"]), "--general", str(general),
+                            "--features", "hidden", "--json"))
     with cli_world.session() as s:
         state = get_state(s, routed["id"])
         assert state.router_blob_digest and cli_world.blobs.exists(state.router_blob_digest)
         assert state.fingerprint != get_state(s, fused["id"]).fingerprint
+        assert state.router_config["features"] == "ngrams"
+        assert get_state(s, hidden["id"]).router_config["features"] == "hidden"
+    bad = CliRunner().invoke(app, ["state", "route", str(fused["id"]), "--features", "hiden"])
+    assert bad.exit_code == 1 and "Unknown router features 'hiden'. Did you mean 'hidden'?" \
+        in str(bad.exception)  # main() prints a SkillstoreError as its one error line
 
 
 def test_state_eval_reads_task_yaml_suites_without_a_tasks_dir(cli_world, tmp_path):

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from skillstore.routing import NONE_CLASS, DeltaBank, RouterClassifier, load_router, save_router
 from skillstore.routing.evaluate import chosen_packs, confusion, top_k_measure
-from skillstore.routing.learned import calibrated_threshold, keep_bound
+from skillstore.routing.learned import MAX_THRESHOLD, calibrated_threshold, keep_bound
 from skillstore.routing.routers import RouteInputs, get_router
 
 from .test_routing import deltas, world  # noqa: F401  (world is a fixture)
@@ -76,6 +76,20 @@ def test_threshold_abstains_on_general_inputs_only_as_far_as_it_keeps_skill_rout
     assert calibrated_threshold(probs, labels, CLASSES) is None
 
 
+def test_threshold_is_never_set_within_a_hair_of_certainty():
+    # a router sure of its skills (0.9999...) that sent one general prompt to a pack at 0.9995:
+    # abstaining above it would fix that prompt, but no threshold above MAX_THRESHOLD is set
+    probs, labels = _calibration([0.9995])
+    probs[:100, 0] = torch.linspace(0.99991, 0.99999, 100)
+    probs[:100, 1:] = (1 - probs[:100, :1]) / 2
+    assert keep_bound(probs, labels, CLASSES) > 0.9995
+    assert calibrated_threshold(probs, labels, CLASSES) is None
+    probs, labels = _calibration([0.9, 0.95])  # below the cap, the same rule still fires
+    probs[:100, 0] = torch.linspace(0.96, 0.989, 100)
+    assert calibrated_threshold(probs, labels, CLASSES) == pytest.approx(0.96)
+    assert MAX_THRESHOLD == 0.99
+
+
 def test_threshold_routes_a_low_confidence_input_to_no_pack(world):  # noqa: F811
     model, tok, packs = world
     bank = DeltaBank(model, deltas(packs))
@@ -104,6 +118,11 @@ def test_router_file_without_threshold_loads_and_never_abstains(tmp_path):
     clf = load_router(old)
     assert clf.threshold is None
     assert NONE_CLASS not in clf.predict(one_hot(None, 0, 1))
+    assert clf.features == "ngrams"  # what the file says
+    config.update(format="skillstore.router/1")
+    del config["features"]  # a router written before it named its features read hidden states
+    save_file(tensors, str(old), metadata={"skillstore_router": json.dumps(config)})
+    assert load_router(old).features == "hidden"
 
 
 def test_top_k_measure_on_a_hand_made_case():
