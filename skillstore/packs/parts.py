@@ -9,7 +9,8 @@ import torch
 
 @dataclass(frozen=True)
 class LowRankPart:
-    """delta = U @ V, with U (out, r) and V (r, in) in float32."""
+    """delta = U @ V, with U (out, r) and V (r, in): float32 as decoded, the base's dtype
+    once made ready for hooks (``hooks.prepare``)."""
 
     name: str
     U: torch.Tensor
@@ -30,7 +31,8 @@ class LowRankPart:
         """weight += scale * U @ V, computed in float32 and stored in the weight's dtype."""
         w = weight.data
         if w.dtype == torch.float32 and w.dim() == 2:  # in place, no dense temporary
-            w.addmm_(self.U.to(w.device), self.V.to(w.device), alpha=scale)
+            w.addmm_(self.U.to(w.device, torch.float32), self.V.to(w.device, torch.float32),
+                     alpha=scale)
         else:
             _add(weight, self.to_dense(), scale)
 
@@ -39,7 +41,7 @@ class LowRankPart:
         """weight + scale * U @ V in a new tensor, or in ``out`` (a spare of the same shape and
         dtype): one pass over the weight, which is left untouched."""
         w = weight.data
-        u, v = self.U.to(w.device), self.V.to(w.device)
+        u, v = self.U.to(w.device, torch.float32), self.V.to(w.device, torch.float32)
         if w.dtype == torch.float32 and w.dim() == 2:
             return torch.addmm(w, u, v, alpha=scale, out=out)
         return torch.addmm(w.float().reshape(self.shape), u, v, alpha=scale
@@ -75,7 +77,7 @@ class SparsePart:
 
 @dataclass(frozen=True)
 class DensePart:
-    """delta as one float32 tensor."""
+    """delta as one tensor: float32 as decoded, the base's dtype once ready for hooks."""
 
     name: str
     tensor: torch.Tensor

@@ -4,10 +4,19 @@ import pytest
 import torch
 
 from skillstore.errors import ConfigError, FingerprintMismatchError
-from skillstore.packs import active_packs, apply_pack, compress_checkpoint, grafted, unapply_pack
+from skillstore.packs import (
+    CodecSpec,
+    CompressionPolicy,
+    active_packs,
+    apply_pack,
+    compress_checkpoint,
+    grafted,
+    read_pack,
+    unapply_pack,
+)
 from skillstore.packs.export import load_base
 
-from .conftest import finetune_like, logits, tiny_llama
+from .conftest import finetune_like, logits, tiny_gpt2, tiny_llama
 
 
 def snapshot(model):
@@ -107,6 +116,33 @@ def test_hooks_refuse_buffers_and_non_tensor_outputs_with_the_fix():
     assert isinstance(model(torch.ones(1, 4)), tuple)  # removed: the layer is itself again
 
 
+class _Table(torch.nn.Module):
+    """Returns a view of its own weight, as a learned position table may."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, x):
+        return self.weight[: x.shape[-1]]
+
+
+def test_hooks_never_write_into_a_weight_that_a_module_returns():
+    """Deltas are added to module outputs in place (logits are not copied), but never to an
+    output that is a view of the module's own weight."""
+    from skillstore.packs.hooks import PackHooks
+    from skillstore.packs.parts import DensePart
+
+    model = torch.nn.Sequential(_Table())
+    before = model[0].weight.detach().clone()
+    PackHooks(model, {"0.weight": model[0].weight}, [DensePart("0.weight", torch.ones(8, 4))],
+              0.5)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 5))
+    assert torch.equal(model[0].weight, before)
+    torch.testing.assert_close(out, before[:5] + 0.5)
+
+
 def test_routing_a_batch_through_gpt2s_shared_position_embedding(gpt2_pair, tmp_path):
     """GPT-2 embeds positions once for the whole batch ((1, L) position ids). A pack with a
     `wpe` delta, routed per sample, must still give each sample its own packs: the routed
@@ -125,3 +161,143 @@ def test_routing_a_batch_through_gpt2s_shared_position_embedding(gpt2_pair, tmp_
     with RoutedModel(routed, bank, "tag", tag="skill"):
         got = logits(routed)
     assert got.shape[0] == 2 and torch.allclose(got, logits(merged), atol=1e-4)
+
+
+# Routed states keep every pack's delta in the form it was stored in (rows, entries, factors),
+# in the base's dtype. Each routed batch is checked against the pack's own decode merged into
+# a copy of the base, sample by sample, at that sample's weights.
+
+def _policy(embedding: tuple, attention: tuple, mlp: tuple) -> CompressionPolicy:
+    """A policy from (codec, params) per role."""
+    embedding, attention, mlp = (CodecSpec(codec=c, params=p) for c, p in (embedding, attention,
+                                                                           mlp))
+    return CompressionPolicy(name="test", embedding=embedding, attention=attention, mlp=mlp)
+
+
+ROWS_AND_ENTRIES = _policy(("magnitude", {"keep": 0.2, "layout": "rows"}),
+                           ("magnitude", {"keep": 0.1, "layout": "entries"}),
+                           ("dense", {}))
+ENTRIES_AND_FACTORS = _policy(("magnitude", {"keep": 0.05, "layout": "entries"}),
+                              ("lowrank", {"rank": 4}), ("dare", {"drop": 0.5}))
+
+
+def _decoded(path):
+    return list(read_pack(path).decoded())
+
+
+def _merged_per_sample(model, packs, weights, ids):
+    """Logits of each sample on its own, its packs' decoded deltas merged at its weights."""
+    import copy
+
+    rows = []
+    for b in range(ids.shape[0]):
+        merged = copy.deepcopy(model).float()
+        for parts, w in zip(packs, weights[b].tolist(), strict=True):
+            for part in parts:
+                if w:
+                    part.add_to(merged.get_parameter(part.name), w)
+        with torch.no_grad():
+            rows.append(merged(input_ids=ids[b:b + 1]).logits)
+    return torch.cat(rows)
+
+
+def _routed(model, packs, weights, ids):
+    from skillstore.routing import DeltaBank, PackDeltas
+
+    bank = DeltaBank(model, [PackDeltas(f"p{i}", {p.name: p for p in parts})
+                             for i, parts in enumerate(packs)])
+    with bank, torch.no_grad():
+        bank.weights = weights
+        return model(input_ids=ids).logits.float(), bank
+
+
+def _forms(bank):
+    return {type(ready).__name__ for entries in bank._entries.values() for *_, ready in entries}
+
+
+@pytest.fixture(scope="module")
+def llama_packs(llama_pair, tmp_path_factory):
+    """Three packs of three fine-tunes: pruned rows, pruned entries (embedding, head and
+    attention), dense, low-rank, DARE and the compact preset's quantised factors."""
+    root = tmp_path_factory.mktemp("routed")
+    spread = root / "spread"  # every embedding row moved: pruning by entries is not by rows
+    finetune_like(tiny_llama(0), seed=7, rows=96).save_pretrained(str(spread))
+    made = [(llama_pair[1], ROWS_AND_ENTRIES), (spread, ENTRIES_AND_FACTORS),
+            (llama_pair[1], "compact")]
+    return [_decoded(compress_checkpoint(llama_pair[0], tuned, policy,
+                                         root / f"{i}.safetensors").path)
+            for i, (tuned, policy) in enumerate(made)]
+
+
+WEIGHTS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.0], [0.5, 0.8, 0.3], [0.0, 0.0, 0.0],
+                        [0.0, 0.0, 1.2]])
+
+
+def test_routed_packs_match_each_samples_merged_packs(llama_pair, llama_packs):
+    model = load_base(llama_pair[0])
+    ids = torch.randint(0, 96, (len(WEIGHTS), 10), generator=torch.Generator().manual_seed(4))
+    want = _merged_per_sample(model, llama_packs, WEIGHTS, ids)
+    got, bank = _routed(model, llama_packs, WEIGHTS, ids)
+    assert _forms(bank) >= {"SparseRows", "SparseEntries", "LowRankPart", "DensePart"}
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+    assert (want - base).abs().amax(dim=(1, 2)).min() == 0  # the unrouted sample is the base
+    assert (want - base).abs().amax(dim=(1, 2)).sort().values[1] > 1e-2  # the others move
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_routed_packs_on_a_bf16_base_stay_bf16_and_match(llama_pair, llama_packs):
+    model = load_base(llama_pair[0])
+    ids = torch.randint(0, 96, (len(WEIGHTS), 10), generator=torch.Generator().manual_seed(5))
+    want = _merged_per_sample(model, llama_packs, WEIGHTS, ids)
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        rounding = (base - model.to(torch.bfloat16)(input_ids=ids).logits.float()).abs().max()
+    got, bank = _routed(model, llama_packs, WEIGHTS, ids)
+    held = [t for entries in bank._entries.values() for *_, ready in entries
+            for t in vars(ready).values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    assert held and all(t.dtype == torch.bfloat16 for t in held)  # no float32 copies
+    # of the order of what bf16 costs the plain base, far below what the packs change
+    assert (got - want).abs().max() < 4 * rounding < 0.1 * (want - base).abs().max()
+
+
+def test_routed_gpt2_conv1d_tied_head_and_positions_match_per_sample(gpt2_pair, tmp_path):
+    """Conv1D (weights stored (in, out)) with pruned entries and low rank, the tied head that
+    shares the pruned token embedding, and the batch-shared position embedding, with each
+    sample at its own weights."""
+    policy = _policy(("magnitude", {"keep": 0.2, "layout": "rows"}),
+                     ("magnitude", {"keep": 0.1, "layout": "entries"}), ("lowrank", {"rank": 4}))
+    other = tmp_path / "other"
+    finetune_like(tiny_gpt2(0), seed=9).save_pretrained(str(other))
+    packs = [_decoded(compress_checkpoint(gpt2_pair[0], tuned, p, tmp_path / f"{i}.st").path)
+             for i, (tuned, p) in enumerate([(gpt2_pair[1], policy), (other, "balanced")])]
+    assert any("wpe" in part.name for part in packs[0])
+    model = load_base(gpt2_pair[0])
+    weights = torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.7, 1.0]])
+    ids = torch.randint(0, 96, (3, 12), generator=torch.Generator().manual_seed(6))
+    got, bank = _routed(model, packs, weights, ids)
+    assert {"SparseRows", "SparseEntries", "LowRankPart"} <= _forms(bank)
+    torch.testing.assert_close(got, _merged_per_sample(model, packs, weights, ids),
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_a_pruned_tied_embedding_is_held_once_as_its_rows_in_the_base_dtype(gpt2_pair):
+    """A row-pruned embedding costs its rows, not the vocabulary, and a tied head reuses them."""
+    from skillstore.packs.parts import SparsePart
+    from skillstore.routing import DeltaBank, PackDeltas
+
+    model = load_base(gpt2_pair[0]).to(torch.bfloat16)
+    rows, width = torch.tensor([3, 17, 40]), model.config.n_embd
+    idx = (rows[:, None] * width + torch.arange(width)).reshape(-1)
+    part = SparsePart("transformer.wte.weight", idx, torch.randn(idx.numel()),
+                      (model.config.vocab_size, width))
+    bank = DeltaBank(model, [PackDeltas("skill", {part.name: part})])
+    assert bank.nbytes == 3 * width * 2 + 3 * 8  # bf16 rows and their int64 ids
+    assert bank.packs[0].parts == {}  # the float32 decode is not kept alive by the bank
+    ids = torch.tensor([[3, 5, 40, 40, 95]])
+    with bank, torch.no_grad():
+        bank.weights = torch.tensor([[2.0]])
+        hidden = model.transformer.wte(ids).float()
+    base = model.transformer.wte.weight.float()
+    want = base[ids] + 2 * part.to_dense().to(torch.bfloat16).float()[ids]
+    torch.testing.assert_close(hidden, want.to(torch.bfloat16).float())
