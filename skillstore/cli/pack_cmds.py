@@ -154,11 +154,32 @@ def _base_of(pf: PackFile, base: Path | None, found: Located | None = None) -> P
                                 f"at {found.base_uri!r}, which is not a folder on this machine; "
                                 "pass --base.")
         return base
-    recorded = pf.manifest.get("created_from", {}).get("base") or ""
-    if not recorded or not Path(recorded).is_dir():  # Path("") would be the working folder
-        raise ConfigError(f"The base folder of {str(pf.path)!r} is unknown or gone "
-                          f"({recorded!r}); pass --base.")
-    return Path(recorded)
+    recorded = pf.manifest.get("created_from", {}).get("base") or ""  # packs before v0.x
+    if recorded and Path(recorded).is_dir():  # Path("") would be the working folder
+        return Path(recorded)
+    registered = _registered_base(pf.base_fingerprint)
+    if registered is not None:
+        return registered
+    raise ConfigError(f"The base of {str(pf.path)!r} is named by fingerprint only "
+                      f"({pf.base_fingerprint}), and no base folder on this machine is "
+                      "registered with it; pass --base.")
+
+
+def _registered_base(fingerprint: str) -> Path | None:
+    """The folder of the catalog's base with ``fingerprint``, when the workspace has a catalog,
+    holds such a base, and its folder is on this machine; else None."""
+    import sqlalchemy as sa
+
+    from ..catalog.models import BaseCheckpoint
+    from ._common import workspace_session
+
+    try:
+        with workspace_session() as (_, session):
+            uri = session.scalar(sa.select(BaseCheckpoint.uri).where(
+                BaseCheckpoint.fingerprint == fingerprint))
+    except (WorkspaceError, DatabaseUnavailableError):
+        return None  # no catalog to ask: the caller's error asks for --base
+    return Path(uri) if uri and Path(uri).is_dir() else None
 
 
 def compress(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,20 +42,49 @@ class PackSummary:
         return self.bytes / max(1, self.dense_fp16_bytes)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch (and the BLAS/LAPACK under it) on ``n`` intra-op threads, then give back
+    the caller's setting. How a sum or a decomposition is split across threads changes its
+    float rounding, and a last-bit change can flip a quantization code."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
                         policy: str | Path | CompressionPolicy, out_path: str | Path, *,
                         base_fingerprint: str | None = None,
+                        tuned_fingerprint: str | None = None,
                         calibration: Mapping[str, torch.Tensor] | None = None,
                         progress: Progress | None = None) -> PackSummary:
     """Write the pack for ``tuned_dir - base_dir`` under ``policy`` to ``out_path``.
 
     ``calibration`` maps weight names to input second moments (quant.collect_hessians) and
     switches on GPTQ-style quantization for codecs that use it. Unchanged tensors are left out.
+
+    The file is reproducible: the same checkpoints (by content), policy and calibration give
+    the same bytes on the same platform, whatever torch's thread count or the folders'
+    paths. Encoding runs on one thread for that, and the manifest names both checkpoints by
+    fingerprint (pass them when known, to skip hashing the folders).
     """
+    with torch_threads(1):
+        return _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint,
+                         tuned_fingerprint, calibration, progress)
+
+
+def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fingerprint,
+              calibration, progress) -> PackSummary:
     start = time.perf_counter()
     policy = load_policy(policy)
     total = len(check_compatible(base_dir, tuned_dir))
     fingerprint = base_fingerprint or fingerprint_checkpoint(base_dir)
+    source = {"tuned_fingerprint": tuned_fingerprint or fingerprint_checkpoint(tuned_dir)}
     calibration = calibration or {}
     chosen: dict[str, tuple[object, Encoded]] = {}
     meta: dict[str, dict] = {}
@@ -89,7 +119,7 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
         for name, cand in budget_mode.choose(options, budget_total - fixed_bytes).items():
             chosen[name] = (cand.codec, cand.encoded)
             meta[name]["err2"] = cand.weight_error2
-    manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir)
+    manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
     overhead = header_nbytes(manifest, tensors)
     if options and fixed_bytes + summary["payload"] + overhead > budget_total:
         # the budget is for the whole file: on a small model the header is a few percent
@@ -97,7 +127,7 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
         for name, cand in budget_mode.choose(options, room).items():
             chosen[name] = (cand.codec, cand.encoded)
             meta[name]["err2"] = cand.weight_error2
-        manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir)
+        manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
     size = write_pack(out_path, manifest, tensors)
     err_num, err_den = summary["err2"]
     return PackSummary(Path(out_path), size, summary["payload"], 2 * dense_elems,
@@ -105,7 +135,7 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
                        (err_num / max(err_den, 1e-300)) ** 0.5)
 
 
-def _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir):
+def _layout(chosen, meta, policy, fingerprint, source):
     """The manifest, the payload tensors and a summary for one selection of encodings."""
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
@@ -125,8 +155,7 @@ def _layout(chosen, meta, policy, fingerprint, base_dir, tuned_dir):
         for key, t in enc.tensors.items():
             tensors[f"{name}{SEP}{key}"] = t
     manifest = {"base_fingerprint": fingerprint, "tensors": entries,
-                "policy": policy.model_dump(mode="json"),
-                "created_from": {"base": str(base_dir), "tuned": str(tuned_dir)}}
+                "policy": policy.model_dump(mode="json"), "created_from": source}
     return manifest, tensors, {"payload": sum(e["nbytes"] for e in entries.values()),
                                "by_role": {r: sorted(c) for r, c in by_role.items()},
                                "rel": rel, "err2": (err_num, err_den)}

@@ -41,6 +41,11 @@ PACKED = ("tensors", "policy", "created_from", "tuned")
 PACKED_KEY = "packed"  # base64(zlib(JSON of the PACKED keys present, plus "layout"))
 FLAT_PREFIX = "payload."  # one flat tensor per dtype: payload.uint8, payload.float16, ...
 TENSOR_REQUIRED = ("codec", "params", "shape", "dtype", "role", "info")
+# What a pack was made from, by content, so that the same inputs give the same file on any
+# host: compress_checkpoint's fine-tune (its base is base_fingerprint), or a fusion's packs.
+# Earlier packs recorded local folders ("base", "tuned"), so identical packs made in two
+# places differed; they still load.
+CREATED_FROM = (("tuned_fingerprint",), ("fused_from", "method"), ("base", "tuned"))
 READ_WHOLE_BYTES = 64 << 20  # packs up to this size are read into memory in one call
 
 
@@ -239,7 +244,22 @@ def read_pack(path: str | Path) -> PackFile:
     for name, entry in manifest["tensors"].items():
         if lacking := [k for k in TENSOR_REQUIRED if k not in entry]:
             raise _corrupt(path, f"tensor {name!r} lacks {', '.join(lacking)} in the manifest")
+    if "created_from" in manifest:
+        _check_created_from(path, manifest["created_from"])
     return PackFile(path, manifest, tensors)
+
+
+def _check_created_from(path: Path, source: Any) -> None:
+    """``created_from`` has one of the CREATED_FROM shapes: missing keys of the shape its
+    keys name fail, keys of no shape are warned about."""
+    if not isinstance(source, dict):
+        raise _corrupt(path, "its created_from is not a JSON object")
+    shape = next((s for s in CREATED_FROM if set(s) & set(source)), ())
+    if lacking := [k for k in shape if k not in source]:
+        raise _corrupt(path, f"its created_from lacks {', '.join(lacking)}")
+    if unknown := sorted(set(source) - set(shape)):
+        warnings.warn(f"Pack {str(path)!r} has unknown created_from keys {unknown}; "
+                      "ignoring them.", stacklevel=3)
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], int]:

@@ -16,7 +16,7 @@ from skillstore.catalog import (
     set_pack_status,
 )
 from skillstore.intake import import_pack_file
-from skillstore.packs import compress_checkpoint
+from skillstore.packs import compress_checkpoint, read_pack
 from skillstore.settings import Settings
 from skillstore.zoo.register import register_checkpoint
 from tests.conftest import run_cli as cli
@@ -101,6 +101,18 @@ def test_export_by_ref_is_the_export_of_the_file_on_the_catalogs_base(ws, capsys
        "-o", str(tmp_path / "file"))
     got, want = tree(tmp_path / "ref"), tree(tmp_path / "file")
     assert got == want and len(got) >= 2
+
+
+def test_a_pack_file_without_base_uses_the_registered_base_with_its_fingerprint(ws, capsys,
+                                                                               tmp_path):
+    """Packs name their base by fingerprint, not folder: without --base, a file is exported on
+    the catalog's base that has that fingerprint."""
+    assert "base" not in read_pack(ws["compact"]).manifest["created_from"]
+    ok(capsys, "pack", "export", str(ws["compact"]), "--format", "merged",
+       "-o", str(tmp_path / "auto"))
+    ok(capsys, "pack", "export", str(ws["compact"]), "--format", "merged", "--base",
+       str(ws["base"]), "-o", str(tmp_path / "given"))
+    assert tree(tmp_path / "auto") == tree(tmp_path / "given")
 
 
 def test_download_by_ref_writes_the_blob_byte_for_byte(ws, capsys, tmp_path):

@@ -41,6 +41,10 @@ def test_compress_inspect_apply_export(llama_pair, tmp_path):
 
     adapter = tmp_path / "adapter"
     res = runner.invoke(app, ["pack", "export", str(pack), "--format", "peft", "-o", str(adapter)])
+    # the pack names its base by fingerprint only, and no catalog here has registered it
+    assert isinstance(res.exception, ConfigError) and "pass --base" in str(res.exception)
+    res = runner.invoke(app, ["pack", "export", str(pack), "--format", "peft", "--base", str(base),
+                              "-o", str(adapter)])
     assert res.exit_code == 0, res.output
     assert (adapter / "adapter_config.json").is_file()
 

@@ -1,0 +1,167 @@
+"""Reproducible packs: the same base, fine-tune and policy give the same file, byte for byte,
+whatever torch's thread count, the working folder or where the checkpoints lie."""
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from skillstore.errors import CorruptPackError
+from skillstore.fingerprint import fingerprint_checkpoint, iter_checkpoint_tensors, sha256_file
+from skillstore.packs import (
+    CODECS,
+    CodecSpec,
+    CompressionPolicy,
+    compress_checkpoint,
+    load_policy,
+    read_pack,
+)
+from skillstore.packs.format import write_pack
+
+from .conftest import save_pair
+
+
+def wide_llama(seed: int = 0):
+    """A one-layer Llama with 256-wide matrices: wide enough that torch and MKL split its
+    decompositions and sums across threads (the conftest models are too small for that)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def wide_pair(tmp_path_factory):
+    return save_pair(tmp_path_factory.mktemp("wide"), wide_llama)
+
+
+def compress_on_threads(threads: int, pair, policy, out, **kw) -> str:
+    """sha256 of the pack written with torch on ``threads`` threads, which it leaves so."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        compress_checkpoint(*pair, policy, out, **kw)
+        assert torch.get_num_threads() == threads  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)
+    return sha256_file(out)
+
+
+@pytest.mark.parametrize("policy", ["compact", "balanced", load_policy("compact", budget=0.05)],
+                         ids=["compact", "balanced", "budget"])
+def test_thread_count_does_not_change_the_file(wide_pair, policy, tmp_path):
+    one = compress_on_threads(1, wide_pair, policy, tmp_path / "one.safetensors")
+    two = compress_on_threads(2, wide_pair, policy, tmp_path / "two.safetensors")
+    assert one == two
+
+
+@pytest.mark.parametrize("codec", list(CODECS), ids=list(CODECS))
+def test_every_codec_gives_the_same_file_on_any_thread_count(wide_pair, codec, tmp_path):
+    spec = CodecSpec(codec=codec)
+    policy = CompressionPolicy(embedding=spec, attention=spec, mlp=spec)
+    one = compress_on_threads(1, wide_pair, policy, tmp_path / "one.safetensors")
+    two = compress_on_threads(2, wide_pair, policy, tmp_path / "two.safetensors")
+    assert one == two
+
+
+def test_calibrated_packs_do_not_depend_on_the_thread_count(wide_pair, tmp_path):
+    """GPTQ's products, and the budget's output errors, on fixed calibration statistics."""
+    gen = torch.Generator().manual_seed(0)
+    calibration = {}
+    for name, t in iter_checkpoint_tensors(wide_pair[0]):
+        if t.dim() == 2 and "embed" not in name:
+            x = torch.randn(64, t.shape[1], generator=gen)
+            calibration[name] = x.T @ x
+    # compact quantizes with GPTQ; the budget weighs its candidates by output error instead
+    for policy, gptq in (("compact", True), (load_policy("compact", budget=0.05), False)):
+        one = compress_on_threads(1, wide_pair, policy, tmp_path / "one.safetensors",
+                                  calibration=calibration)
+        two = compress_on_threads(2, wide_pair, policy, tmp_path / "two.safetensors",
+                                  calibration=calibration)
+        assert one == two
+        entries = read_pack(tmp_path / "one.safetensors").manifest["tensors"].values()
+        assert any(e["info"].get("calibrated") for e in entries) == gptq
+
+
+def copy_pair(pair, root):
+    root.mkdir(parents=True)
+    return shutil.copytree(pair[0], root / "base"), shutil.copytree(pair[1], root / "tuned")
+
+
+def test_checkpoint_folders_do_not_change_the_file(llama_pair, tmp_path):
+    here = copy_pair(llama_pair, tmp_path / "host-a" / "models")
+    there = copy_pair(llama_pair, tmp_path / "elsewhere")
+    a = compress_checkpoint(*here, "compact", tmp_path / "a.safetensors").path
+    b = compress_checkpoint(*there, "compact", tmp_path / "b.safetensors").path
+    assert sha256_file(a) == sha256_file(b)
+    m = read_pack(a).manifest
+    assert m["created_from"] == {"tuned_fingerprint": fingerprint_checkpoint(llama_pair[1])}
+    assert m["base_fingerprint"] == fingerprint_checkpoint(llama_pair[0])
+    assert str(tmp_path) not in str(m)
+
+
+def test_a_fresh_process_elsewhere_writes_the_same_file(wide_pair, tmp_path):
+    """`skillstore pack compress` as a user runs it, with OMP_NUM_THREADS=2, from another
+    working folder on a copy of the checkpoints given by relative paths, against this
+    process on one thread and the original folders."""
+    cwd = tmp_path / "elsewhere" / "nested"
+    copy_pair(wide_pair, cwd)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env.pop("MKL_NUM_THREADS", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "skillstore.cli", "pack", "compress", "--base", "base",
+         "--tuned", "tuned", "--policy", "compact", "-o", "pack.safetensors"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    here = compress_on_threads(1, wide_pair, "compact", tmp_path / "here.safetensors")
+    assert sha256_file(cwd / "pack.safetensors") == here
+
+
+def test_the_fine_tune_is_named_where_the_payload_cannot_tell(llama_pair, tmp_path):
+    """Two fine-tunes one float32 step apart give the same fp16 payload; the fine-tune's
+    fingerprint in the manifest still tells their packs apart."""
+    other = shutil.copytree(llama_pair[1], tmp_path / "other")
+    shard = other / "model.safetensors"
+    weights = load_file(shard)
+    w = weights["model.norm.weight"]
+    w[0] = torch.nextafter(w[0], torch.tensor(2.0))
+    save_file(weights, shard, metadata={"format": "pt"})
+    a = read_pack(compress_checkpoint(*llama_pair, "lossless", tmp_path / "a.safetensors").path)
+    b = read_pack(compress_checkpoint(llama_pair[0], other, "lossless",
+                                      tmp_path / "b.safetensors").path)
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert a.manifest["created_from"] != b.manifest["created_from"] and a.digest != b.digest
+
+
+def rewrite(pack_path, out, created_from):
+    pack = read_pack(pack_path)
+    write_pack(out, {**pack.manifest, "created_from": created_from}, pack.tensors)
+    return out
+
+
+def test_packs_that_recorded_folders_still_load(compact_pack, tmp_path):
+    old = rewrite(compact_pack, tmp_path / "old.safetensors",
+                  {"base": "/home/someone/base", "tuned": "/home/someone/tuned"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pack = read_pack(old)
+    assert pack.manifest["created_from"]["base"] == "/home/someone/base"
+
+
+def test_created_from_unknown_keys_warn_and_missing_ones_fail(compact_pack, tmp_path):
+    odd = rewrite(compact_pack, tmp_path / "odd.safetensors",
+                  {"tuned_fingerprint": "sha256:" + "0" * 64, "host": "build-7"})
+    with pytest.warns(UserWarning, match=r"unknown created_from keys \['host'\]"):
+        read_pack(odd)
+    half = rewrite(compact_pack, tmp_path / "half.safetensors", {"base": "/models/base"})
+    with pytest.raises(CorruptPackError, match="created_from lacks tuned"):
+        read_pack(half)
