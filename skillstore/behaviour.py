@@ -8,6 +8,9 @@ Two lm-eval tasks in one content-addressed folder ``<home>/suites/<base>-behavio
 * ``..._agreement`` (generate_until, exact_match): the target of each prompt is the base's own
   greedy answer, so the base scores 1.0 and a state that keeps its behaviour does too; this is
   the suite's headline, paired prompt by prompt by the gate like any exact_match suite.
+  Its data also holds a ``train`` split that lm-eval never scores: probes the learned router
+  trains on as the base's own inputs (no pack), disjoint from the scored ones, so the gate never
+  scores a general prompt the router was fitted to.
 * ``..._kl`` (loglikelihood, metric ``kl``, lower is better): each doc holds a continuation the
   base sampled after a probe prompt and the base's log-probability of it; per doc the task
   reports (log p_base - log p_state) / tokens, a Monte-Carlo estimate of the per-token
@@ -30,13 +33,15 @@ from .errors import DatasetError
 from .evaluation.runner import suite_version
 
 #: Bump when the tasks change, so a rebuilt suite lands in another folder.
-BEHAVIOUR_VERSION = 1
+BEHAVIOUR_VERSION = 2  # 2: a train split of router probes, disjoint from the scored ones
 # 800 paired prompts: the fewest (in hundreds) at which one prompt the state answers otherwise
 # than the base keeps the drop's one-sided upper bound (Tango's score bound) under the default
 # max_general_drop of 0.01 with five drop checks in the Holm family (0.0090; 0.0056 alone); at
 # 400 one flip gives 0.0111 even alone. The KL texts only report.
 DEFAULT_PROMPTS = 800
 DEFAULT_TEXTS = 100
+#: Probes for the learned router's no-pack class (the router reads at most 200 a class).
+DEFAULT_ROUTER = 200
 DEFAULT_SEED = 0
 PROMPT_TOKENS = 24  # a self-sampled prompt
 TEXT_TOKENS = 32  # a sampled continuation the KL task scores
@@ -44,6 +49,7 @@ ANSWER_TOKENS = 32  # the longest greedy answer compared
 #: A self-sampled probe set must decode to usable text at least this often.
 MIN_DECODED = 0.5
 AGREEMENT_FILE, KL_FILE, UTILS_FILE = "agreement.jsonl", "kl.jsonl", "utils.py"
+ROUTER_FILE = "router.jsonl"
 UTILS_TEXT = '''"""The per-doc KL estimate of a skillstore behaviour suite."""
 
 
@@ -65,6 +71,20 @@ class BehaviourPlan:
     n_prompts: int
     n_texts: int
     seed: int
+    n_router: int = DEFAULT_ROUTER
+
+    def splits(self) -> tuple[list[str], list[str], list[str]]:
+        """(scored agreement prompts, KL contexts, router probes). The router's probes follow
+        the agreement prompts and the KL contexts; a probe set with none left over gives the
+        router the last quarter of the agreement prompts instead, never a scored one."""
+        prompts = list(self.prompts)
+        agree, rest = prompts[:self.n_prompts], prompts[self.n_prompts:]
+        contexts = (rest if len(rest) >= self.n_texts else prompts)[:self.n_texts]
+        router = rest[self.n_texts:][:self.n_router]
+        if not router and self.n_router:
+            cut = min(self.n_router, len(agree) // 4)
+            agree, router = agree[:len(agree) - cut], agree[len(agree) - cut:]
+        return agree, contexts, router
 
     @property
     def tasks(self) -> tuple[str, str]:
@@ -163,36 +183,42 @@ def sample_probes(model, tokenizer, n: int, *, seed: int, base: str) -> list[str
 
 def plan_behaviour(suites_dir: str | Path, base: str, fingerprint: str, prompts: Sequence[str],
                    *, source: str, n_prompts: int = DEFAULT_PROMPTS,
-                   n_texts: int = DEFAULT_TEXTS, seed: int = DEFAULT_SEED) -> BehaviourPlan:
+                   n_texts: int = DEFAULT_TEXTS, seed: int = DEFAULT_SEED,
+                   n_router: int = DEFAULT_ROUTER) -> BehaviourPlan:
     """The folder ``<suites_dir>/<base>-behaviour/<hash>`` of these weights and probes: other
     weights, probes or sizes are another folder, so a suite already measured never changes."""
     key = json.dumps({"version": BEHAVIOUR_VERSION, "fingerprint": fingerprint,
                       "prompts": hashlib.sha256("\0".join(prompts).encode()).hexdigest(),
-                      "n_prompts": n_prompts, "n_texts": n_texts, "seed": seed}, sort_keys=True)
+                      "n_prompts": n_prompts, "n_texts": n_texts, "seed": seed,
+                      "n_router": n_router}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     name = f"skillstore_behaviour_{base.replace('-', '_').replace('.', '_')}"
     folder = Path(suites_dir).absolute() / f"{base}-behaviour" / digest
-    return BehaviourPlan(folder, name, tuple(prompts), source, n_prompts, n_texts, seed)
+    return BehaviourPlan(folder, name, tuple(prompts), source, n_prompts, n_texts, seed, n_router)
 
 
-def _yaml(task: str, data: Path, lines: list[str]) -> str:
+def _yaml(task: str, data: Path, lines: list[str], train: Path | None = None) -> str:
     q = json.dumps
+    split = [f"    train: {q(str(train))}"] if train is not None else []
     return "\n".join([f"task: {task}", "dataset_path: json", "dataset_kwargs:", "  data_files:",
-                      f"    test: {q(str(data))}", "test_split: test", "num_fewshot: 0",
+                      f"    test: {q(str(data))}", *split, "test_split: test", "num_fewshot: 0",
                       'doc_to_text: "{{prompt}}"', 'target_delimiter: ""', *lines,
                       "metadata:", f"  version: {BEHAVIOUR_VERSION}.0"]) + "\n"
 
 
-def _write_tasks(folder: Path, plan: BehaviourPlan, agreement: list[dict], kl: list[dict]) -> None:
+def _write_tasks(folder: Path, plan: BehaviourPlan, agreement: list[dict], kl: list[dict],
+                 router: list[str]) -> None:
     write_jsonl(folder / AGREEMENT_FILE, agreement)
     write_jsonl(folder / KL_FILE, kl)
+    write_jsonl(folder / ROUTER_FILE, [{"prompt": p, "answer": ""} for p in router])
     (folder / UTILS_FILE).write_text(UTILS_TEXT, encoding="utf-8")
     agree, div = plan.tasks
     (folder / f"{agree}.yaml").write_text(_yaml(agree, plan.folder / AGREEMENT_FILE, [
         "output_type: generate_until", 'doc_to_target: "{{answer}}"', "generation_kwargs:",
         f"  until: [{json.dumps(chr(10))}]", "  do_sample: false",
         f"  max_gen_toks: {ANSWER_TOKENS}", "metric_list:", "  - metric: exact_match",
-        "    aggregation: mean", "    higher_is_better: true"]), encoding="utf-8")
+        "    aggregation: mean", "    higher_is_better: true"],
+        train=plan.folder / ROUTER_FILE if router else None), encoding="utf-8")
     (folder / f"{div}.yaml").write_text(_yaml(div, plan.folder / KL_FILE, [
         "output_type: loglikelihood", 'doc_to_target: "{{text}}"',
         "process_results: !function utils.kl", "metric_list:", "  - metric: kl",
@@ -226,29 +252,26 @@ def build_behaviour_suite(model, tokenizer, plan: BehaviourPlan, *,
     """Answer and sample the probes with the base, publish the task folder (skipped when it is
     already there), and return the record the base row keeps (``suite`` resolves like a
     skill's suite, skillstore.evaluation.suites)."""
+    agree_prompts, contexts, router = plan.splits()
     if not all(p.is_file() for p in plan.yaml_paths()):
-        prompts = list(plan.prompts)
-        agree_prompts = prompts[:plan.n_prompts]
-        rest = prompts[plan.n_prompts:]
-        contexts = (rest if len(rest) >= plan.n_texts else prompts)[:plan.n_texts]
         tmp = plan.folder.with_name(f".tmp-{plan.folder.name}-{uuid.uuid4().hex[:8]}")
         kl_rows = _kl_texts(model, tokenizer, contexts, plan.seed)
         draft = [{"prompt": p, "answer": ""} for p in agree_prompts]
         # The draft tasks read the temporary folder's files, so point the plan there for now.
         draft_plan = BehaviourPlan(tmp, plan.name, plan.prompts, plan.source, plan.n_prompts,
-                                   plan.n_texts, plan.seed)
-        _write_tasks(tmp, draft_plan, draft, [{**r, "base_ll": 0.0} for r in kl_rows])
+                                   plan.n_texts, plan.seed, plan.n_router)
+        _write_tasks(tmp, draft_plan, draft, [{**r, "base_ll": 0.0} for r in kl_rows], router)
         resps = _logged(model, tokenizer, tmp, plan.tasks, batch_size)
         answers = [{"prompt": p, "answer": a} for p, a in zip(agree_prompts, resps[plan.tasks[0]],
                                                               strict=True)]
         kl = [{**r, "base_ll": float(ll[0])} for r, ll in zip(kl_rows, resps[plan.tasks[1]],
                                                               strict=True)]
-        _write_tasks(tmp, plan, answers, kl)
+        _write_tasks(tmp, plan, answers, kl, router)
         publish_dir(tmp, plan.folder, replace=plan.folder.is_dir())
     agree_yaml, kl_yaml = plan.yaml_paths()
     return {"suite": f"{agree_yaml},{kl_yaml}", "source": plan.source, "seed": plan.seed,
-            "n_prompts": min(plan.n_prompts, len(plan.prompts)),
-            "n_texts": min(plan.n_texts, len(plan.prompts)), "version": BEHAVIOUR_VERSION,
+            "n_prompts": len(agree_prompts), "n_texts": len(contexts),
+            "n_router": len(router), "version": BEHAVIOUR_VERSION,
             "suite_version": suite_version(plan.folder, plan.tasks)}
 
 
@@ -271,15 +294,17 @@ def _kl_texts(model, tokenizer, contexts: Sequence[str], seed: int) -> list[dict
 def behaviour_suite_for(model, tokenizer, suites_dir: str | Path, *, base: str,
                         fingerprint: str, data: str | Path | None = None,
                         n_prompts: int = DEFAULT_PROMPTS, n_texts: int = DEFAULT_TEXTS,
-                        seed: int = DEFAULT_SEED, batch_size: int = 16) -> dict:
+                        n_router: int = DEFAULT_ROUTER, seed: int = DEFAULT_SEED,
+                        batch_size: int = 16) -> dict:
     """The probe set (``data``, else sampled from the base), planned and built: the record."""
     if data is not None:
         prompts, source = read_probes(data), "general-data"
     else:
-        prompts = sample_probes(model, tokenizer, n_prompts + n_texts, seed=seed, base=base)
+        prompts = sample_probes(model, tokenizer, n_prompts + n_texts + n_router, seed=seed,
+                                base=base)
         source = "self-sampled"
     plan = plan_behaviour(suites_dir, base, fingerprint, prompts, source=source,
-                          n_prompts=n_prompts, n_texts=n_texts, seed=seed)
+                          n_prompts=n_prompts, n_texts=n_texts, seed=seed, n_router=n_router)
     return build_behaviour_suite(model, tokenizer, plan, batch_size=batch_size)
 
 

@@ -66,9 +66,32 @@ def test_general_data_rows_are_the_probe_prompts(tiny, tmp_path):
     agreement = [json.loads(line)["prompt"]
                  for line in (folder / "agreement.jsonl").read_text().splitlines()]
     kl = [json.loads(line)["prompt"] for line in (folder / "kl.jsonl").read_text().splitlines()]
+    router = [json.loads(line)["prompt"]
+              for line in (folder / "router.jsonl").read_text().splitlines()]
     assert record["source"] == "general-data"
-    assert agreement == [f"{i} plus {i} is" for i in range(5)]
+    # nothing is left after the agreement prompts and the KL contexts, so the router's probes
+    # are the last quarter of the agreement prompts, which are then not scored
+    assert agreement == [f"{i} plus {i} is" for i in range(4)] and router == ["4 plus 4 is"]
     assert kl == ["5 plus 5 is", "The sky is"]  # the rows after the agreement prompts
+    assert record["n_prompts"] == 4 and record["n_router"] == 1
+
+
+def test_the_router_trains_on_probes_the_gate_never_scores(tiny, tmp_path):
+    from skillstore.evaluation.suites import general_suite, suite_prompts
+
+    model, tok = tiny
+    data = tmp_path / "general.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i} and {i} make"}) + "\n"
+                            for i in range(20)))
+    record = behaviour_suite_for(model, tok, tmp_path / "suites", base="tiny",
+                                 fingerprint=FINGERPRINT, data=data, n_prompts=10, n_texts=4,
+                                 n_router=6)
+    suite = general_suite(record["suite"])
+    scored = suite_prompts(suite, 100, split="test")
+    fitted = suite_prompts(suite, 100)  # what the gate hands the router as the no-pack class
+    assert scored == [f"{i} and {i} make" for i in range(10)]
+    assert fitted == [f"{i} and {i} make" for i in range(14, 20)]
+    assert record["n_router"] == 6 and not set(scored) & set(fitted)
 
 
 def test_a_text_file_gives_one_prompt_a_line(tmp_path):
@@ -120,7 +143,8 @@ def test_base_add_builds_and_records_the_behaviour_suite(tiny, workspace, tmp_pa
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout[out.stdout.index("{"):])
     assert doc["behaviour"]["source"] == "general-data"
-    assert doc["behaviour"]["n_prompts"] == 12
+    # 12 probes, all scored before; now a quarter of them train the router and are not scored
+    assert doc["behaviour"]["n_prompts"] == 9 and doc["behaviour"]["n_router"] == 3
     assert Path(doc["behaviour"]["suite"].split(",")[0]).is_file()
     bare = runner.invoke(app, ["base", "add", "other", str(save(perturbed_copy(
         model, 1, ("lm_head.weight",)), tok, tmp_path / "other")), "--no-general-suite",
