@@ -82,6 +82,11 @@ class JobIn(Body):
     eval_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     distill_prompts: int | None = Field(default=None, ge=1, le=100_000_000)
     verify: bool = True
+    backend: Literal["auto", "builtin", "trl"] = Field(
+        default="auto", description="Training loop: auto (builtin for a small model on the CPU, "
+                                    "TRL otherwise), builtin or trl.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory.")
     train: dict[str, Any] = Field(default_factory=dict, max_length=64,
                                   description="Other SFT settings (docs/learning.md).")
     dpo: dict[str, Any] = Field(default_factory=dict, max_length=64,

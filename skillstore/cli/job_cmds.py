@@ -44,6 +44,12 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
           verify: bool = typer.Option(True, "--verify/--no-verify",
                                       help="distill/dpo: keep only answers the skill's checker "
                                            "accepts."),
+          backend: str | None = typer.Option(
+              None, "--backend", help="Training loop: auto (default: builtin for a small model "
+                                      "on the CPU, TRL otherwise), builtin or trl."),
+          gradient_checkpointing: bool = typer.Option(
+              False, "--gradient-checkpointing",
+              help="Recompute activations in the backward pass: less memory, more compute."),
           train_options: list[str] = typer.Option(
               [], "--train", metavar="KEY=VALUE",
               help="Any other SFT setting, e.g. --train warmup_frac=0.1 (repeatable; "
@@ -68,7 +74,8 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
         skill, base, method=method, source=source, policy=policy, start_from=start_from,
         budget=None if budget is None else budget / 100, tune_steps=tune_steps,
         general_suite=str(general_suite) if general_suite else None, eval_limit=eval_limit,
-        distill_prompts=distill_prompts, verify=verify, max_steps=max_steps, lr=lr,
+        distill_prompts=distill_prompts, verify=verify, backend=backend,
+        gradient_checkpointing=gradient_checkpointing, max_steps=max_steps, lr=lr,
         batch_size=batch_size, seed=seed, sft=parse_key_values(train_options, "--train"),
         dpo=parse_key_values(dpo_options, "--dpo"),
         generation=parse_key_values(generation_options, "--generation"),

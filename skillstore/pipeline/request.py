@@ -15,6 +15,7 @@ from ..evaluation.suites import general_suite, skill_suite
 from ..fingerprint import fingerprint_tokenizer
 from ..gate.policy import GatePolicy
 from ..packs import load_policy
+from ..training.backends import BackendName, get_backend
 from ..training.distill import GenerationConfig
 from ..training.dpo import DPOConfig
 from ..training.sft import SFTConfig
@@ -62,6 +63,12 @@ class LearnRequest(BaseModel):
     general_suite: str | None = Field(default=None, min_length=1, description=(
         "The base's general suite (an lm-eval task YAML); default: the one beside the "
         "skill's suite, if any."))
+    backend: BackendName = Field(default="auto", description=(
+        "The loop the train step runs on: builtin (the hand-written AdamW loop), trl (TRL on "
+        "accelerate), or auto (builtin for a small model on the CPU, TRL otherwise; the "
+        "choice is recorded with the train step)."))
+    gradient_checkpointing: bool = Field(default=False, description=(
+        "Recompute activations in the backward pass: less memory, about a third more compute."))
 
     @model_validator(mode="after")
     def _source_for_transfer(self) -> LearnRequest:
@@ -125,6 +132,13 @@ def request_of(job) -> LearnRequest:
 # Queue-time checks against the catalog and the disk: refuse before anything is queued.
 
 
+def _check_backend(request: LearnRequest) -> None:
+    """A backend asked for by name must be importable here (an install may lack TRL; the train
+    step checks again on the worker, before loading anything)."""
+    if request.backend != "auto":
+        get_backend(request.backend)  # ConfigError: "... TRL is not installed ..."
+
+
 def _check_data(skill: Skill) -> None:
     if not skill.data_uri and not skill.data_sha256:
         raise ConfigError(f"Skill {skill.name!r} has no training data; register it with "
@@ -169,7 +183,9 @@ def _check_gate(session: Session, request: LearnRequest) -> None:
 def check_request(session: Session, request: LearnRequest) -> tuple[Skill, BaseCheckpoint]:
     """(skill, base) rows of a request whose every reference resolves; else one-line errors:
     an unknown skill, base or source, a skill without data, a source with no tokenizer, a policy
-    that does not parse, a general suite that is not there, a gate threshold for no skill."""
+    that does not parse, a general suite that is not there, a gate threshold for no skill, a
+    backend that is not installed."""
+    _check_backend(request)
     skill, base = get_skill(session, request.skill), get_base(session, request.base)
     _check_gate(session, request)
     _check_data(skill)

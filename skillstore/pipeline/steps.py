@@ -86,7 +86,8 @@ def train_job(session: Session, job: Job, settings: Settings, store=None):
         graft=_graft_specs(session, job, request, store, settings),
         source_dir=Path(source.uri) if source else None,
         skill=session.get(Skill, job.skill_id).name, verify=request.verify, sft=request.sft,
-        generation=request.generation, dpo=request.dpo)
+        generation=request.generation, dpo=request.dpo, backend=request.backend,
+        gradient_checkpointing=request.gradient_checkpointing)
 
 
 def train(session: Session, job_id: int, settings: Settings,

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .backends import BUILTIN
 from .generate import exact_match
+from .protocol import Backend
 from .sft import Progress, SFTConfig, TrainResult, train_sft
 
 
@@ -36,7 +38,8 @@ class LoRAConfig(BaseModel):
 
 
 def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
-               config: LoRAConfig | None = None, progress: Progress | None = None) -> TrainResult:
+               config: LoRAConfig | None = None, progress: Progress | None = None, *,
+               backend: Backend = BUILTIN) -> TrainResult:
     """Fine-tune a PEFT LoRA adapter and return the base with the adapter merged in.
 
     Merging gives a plain model of the base's architecture, so it is evaluated and compared
@@ -50,7 +53,7 @@ def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
                           task_type="CAUSAL_LM")
     wrapped = get_peft_model(model, peft_cfg)
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
-    result = train_sft(wrapped, tokenizer, train_rows, val_rows, cfg.sft, progress)
+    result = backend.sft(wrapped, tokenizer, train_rows, val_rows, cfg.sft, progress)
     merged = wrapped.merge_and_unload()
     merged.eval()
     return TrainResult(merged, {**result.metrics, "rank": cfg.rank, "trainable_params": trainable})

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TrainingError
+from .backends import BUILTIN
 from .generate import generate_answers
-from .sft import Progress, SFTConfig, TrainResult, train_sft
+from .protocol import Backend
+from .sft import Progress, SFTConfig, TrainResult
 
 Checker = Callable[[str, str], bool]
 
@@ -74,8 +76,10 @@ def distill(source, source_tokenizer, target, target_tokenizer, train_prompts: l
             val_prompts: list[str] | None = None, *, checker: Checker | None = None,
             generation: GenerationConfig | None = None, sft: SFTConfig | None = None,
             progress: Progress | None = None,
-            rejected: dict[str, list[str]] | None = None) -> TrainResult:
-    """GraftLLM-style distillation: source-generated, checker-verified text, then SFT of the target.
+            rejected: dict[str, list[str]] | None = None,
+            backend: Backend = BUILTIN) -> TrainResult:
+    """GraftLLM-style distillation: source-generated, checker-verified text, then SFT of the target
+    on ``backend``.
 
     The two models may have different architectures and tokenizers: the answers are decoded
     to text by the source's tokenizer and re-encoded by the target's; no logits are shared.
@@ -91,8 +95,8 @@ def distill(source, source_tokenizer, target, target_tokenizer, train_prompts: l
     if val_prompts:
         val_rows, _ = source_rows(source, source_tokenizer, val_prompts, checker=checker,
                                   config=generation)
-    result = train_sft(target, target_tokenizer, rows, val_rows or None, sft,
-                       (lambda s, f: progress("train", f)) if progress else None)
+    result = backend.sft(target, target_tokenizer, rows, val_rows or None, sft or SFTConfig(),
+                         (lambda s, f: progress("train", f)) if progress else None)
     result.metrics["distill"] = stats
     result.metrics["distilled_rows"] = rows
     return result

@@ -13,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import DatasetError
 from .data import IGNORE_INDEX, batches, collate, encode_example, pad_id_of
 from .generate import generate_answers
-from .sft import Progress, TrainResult, check_finite, lr_lambda, optimizer_step
+from .sft import (
+    Progress,
+    TrainResult,
+    activation_checkpointing,
+    check_finite,
+    lr_lambda,
+    optimizer_step,
+)
 
 
 class DPOConfig(BaseModel):
@@ -111,10 +118,16 @@ def preference_pairs(model, tokenizer, rows: list[dict], checker, *,
 
 
 def train_dpo(model, reference, tokenizer, pairs: list[dict], config: DPOConfig | None = None,
-              progress: Progress | None = None) -> TrainResult:
+              progress: Progress | None = None, *,
+              gradient_checkpointing: bool = False) -> TrainResult:
     """Train ``model`` in place with the DPO loss; ``reference`` (usually the SFT model) stays
     frozen."""
-    cfg = config or DPOConfig()
+    with activation_checkpointing(model, gradient_checkpointing):
+        return _train_dpo(model, reference, tokenizer, pairs, config or DPOConfig(), progress)
+
+
+def _train_dpo(model, reference, tokenizer, pairs: list[dict], cfg: DPOConfig,
+               progress: Progress | None) -> TrainResult:
     if not pairs:
         raise DatasetError("DPO got no preference pairs; give at least one "
                            "prompt/chosen/rejected row.")
@@ -157,4 +170,5 @@ def train_dpo(model, reference, tokenizer, pairs: list[dict], config: DPOConfig 
     return TrainResult(model, {"steps": step, "seconds": time.perf_counter() - t0,
                                "first_loss": losses[0], "final_loss": sum(tail) / len(tail),
                                "n_pairs": len(pairs), "initial_loss_expected": math.log(2),
+                               "backend": "builtin", "seed": cfg.seed,
                                "config": cfg.model_dump()})

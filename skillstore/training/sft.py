@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -90,14 +91,41 @@ def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> f
     return total / max(1, count)
 
 
+@contextmanager
+def activation_checkpointing(model, enabled: bool) -> Iterator[None]:
+    """Recompute each layer's activations in the backward pass while inside (less memory, about
+    a third more compute); the model is left as it was found."""
+    if not enabled:
+        yield
+        return
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.activation_checkpointing_disable
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.gradient_checkpointing_disable
+    try:
+        yield
+    finally:
+        disable()
+
+
 def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
-              config: SFTConfig | None = None, progress: Progress | None = None) -> TrainResult:
+              config: SFTConfig | None = None, progress: Progress | None = None, *,
+              gradient_checkpointing: bool = False) -> TrainResult:
     """Fine-tune ``model`` in place on prompt/answer rows and return it with metrics.
 
     The best weights by validation loss are restored at the end. A NaN or infinite loss
     raises TrainingError; the caller saves nothing because nothing is returned.
     """
-    cfg = config or SFTConfig()
+    with activation_checkpointing(model, gradient_checkpointing):
+        return _train_sft(model, tokenizer, train_rows, val_rows, config or SFTConfig(), progress)
+
+
+def _train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None,
+               cfg: SFTConfig, progress: Progress | None) -> TrainResult:
     train = encode_rows(tokenizer, train_rows, cfg.max_length, "SFT training data")
     val = (encode_rows(tokenizer, val_rows, cfg.max_length, "SFT validation data")
            if val_rows else [])
@@ -156,6 +184,7 @@ def train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | N
                "stop_reason": reason,
                "best_val_loss": best if best_state is not None else None,
                "n_train": len(train), "n_val": len(val), "history": history,
+               "backend": "builtin", "seed": cfg.seed,
                "config": cfg.model_dump()}  # what the trainer ran with, for the job's record
     return TrainResult(model, metrics)
 
