@@ -24,7 +24,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .atomic import publish_dir
@@ -258,8 +258,7 @@ def build_behaviour_suite(model, tokenizer, plan: BehaviourPlan, *,
         kl_rows = _kl_texts(model, tokenizer, contexts, plan.seed)
         draft = [{"prompt": p, "answer": ""} for p in agree_prompts]
         # The draft tasks read the temporary folder's files, so point the plan there for now.
-        draft_plan = BehaviourPlan(tmp, plan.name, plan.prompts, plan.source, plan.n_prompts,
-                                   plan.n_texts, plan.seed, plan.n_router)
+        draft_plan = replace(plan, folder=tmp)
         _write_tasks(tmp, draft_plan, draft, [{**r, "base_ll": 0.0} for r in kl_rows], router)
         resps = _logged(model, tokenizer, tmp, plan.tasks, batch_size)
         answers = [{"prompt": p, "answer": a} for p, a in zip(agree_prompts, resps[plan.tasks[0]],
