@@ -186,10 +186,12 @@ def compress(
     base: Path = typer.Option(..., "--base", help="Base model folder (safetensors)."),
     tuned: Path = typer.Option(..., "--tuned", help="Fine-tuned model folder."),
     policy: str = typer.Option("balanced", "--policy",
-                               help="Preset (lossless, balanced, compact) or a JSON policy file."),
+                               help="Preset or a JSON policy file: lossless; balanced (a payload "
+                                    "of at most 25% of the dense fp16 delta); compact (5%)."),
     budget: float | None = typer.Option(None, "--budget", min=0.01, max=100,
-                                         help="Fit in this percent of the dense fp16 delta "
-                                              "(e.g. 5)."),
+                                         help="Payload limit in percent of the dense fp16 "
+                                              "delta (e.g. 5), replacing the preset's; the "
+                                              "header is not counted."),
     out: Path = typer.Option(..., "-o", "--out", help="Pack file to write (.safetensors)."),
 ) -> None:
     """Compress the delta of a fine-tuned checkpoint against its base into one pack file."""

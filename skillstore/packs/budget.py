@@ -1,144 +1,169 @@
-"""Budget mode: pick rank and bits per module to minimise reconstruction error within N% bytes."""
+"""Budget mode: give each matrix the directions and bit widths that minimise the error in N% bytes.
+
+The allocation reads only spectra (``spectrum.measure``): per matrix, the error of leaving each
+singular direction out and of keeping it at each width, and for embeddings the error left by
+keeping its largest rows whole. For a price ``lam`` per byte every matrix takes, per direction,
+the width that minimises ``relative error + lam * bytes`` (widths never rise along the
+spectrum), or its best row-sparse layout where that costs less; ``lam`` is the smallest (by
+bisection) for which the whole fits the budget. Errors are relative to each matrix's own
+energy, so a matrix counts by how much of its change is lost, not by its norm: on the zoo an
+allocation by absolute error starved the small attention deltas the skills depend on.
+
+With an ``energy`` target per role a matrix stops taking bytes once it keeps that fraction of
+its energy: a low-rank delta is kept nearly exactly and the rest of the budget stays unspent.
+"""
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from .codecs import Encoded, MagnitudePrune, MixedPrecisionLowRank, svd
-from .parts import LowRankPart
-from .roles import EMBEDDING
+from .bitpack import packed_nbytes
+from .codec_protocol import Encoded
+from .codecs import MagnitudePrune, MixedPrecisionLowRank, _index_width
+from .spectrum import BITS, GROUP, Spectrum, direction_bytes, factors
 
-RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-SCHEDULES = (((1.0, 8),), ((0.5, 8), (0.5, 4)), ((0.25, 8), (0.25, 4), (0.5, 2)),
-             ((0.5, 4), (0.5, 2)))
-KEEPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+LOG_LAM = (-18.0, 6.0)  # log10 of the price per byte, relative error per byte
+STEPS = 50
 
 
 @dataclass(frozen=True)
-class Candidate:
-    codec: object
-    encoded: Encoded
-    err2: float  # what the allocation minimises: squared weight error, or output error
-    weight_err2: float | None = None  # the squared weight error when err2 is an output error
+class Choice:
+    """One matrix's encoding: ``blocks`` of (directions, bits) of its spectrum, or its
+    ``rows`` largest rows whole; neither means the matrix is left out."""
 
-    @property
-    def weight_error2(self) -> float:
-        return self.err2 if self.weight_err2 is None else self.weight_err2
+    name: str
+    shape: tuple[int, int]
+    blocks: tuple[tuple[int, int], ...] = ()
+    rows: int = 0
+    row_tol: float = 0.0
+    err2: float = 0.0  # predicted, in the spectrum's measure
+
+    def codec(self):
+        if self.rows:
+            return MagnitudePrune(layout="rows", row_tol=self.row_tol)
+        if not self.blocks:
+            return None
+        k = sum(c for c, _ in self.blocks)
+        return MixedPrecisionLowRank(rank=k, schedule=tuple((c / k, b) for c, b in self.blocks),
+                                     group_size=GROUP, calibrated=False)
 
     @property
     def nbytes(self) -> int:
-        return self.encoded.nbytes
+        """The payload bytes of this encoding, from the sizes alone."""
+        m, n = self.shape
+        if self.rows:
+            return packed_nbytes(self.rows, _index_width(m)) + 2 * self.rows * n
+        if not self.blocks:
+            return 0
+        codes = sum(packed_nbytes(c * cols, b) for c, b in self.blocks for cols in (m, n))
+        grid = sum(2 * c * math.ceil(cols / GROUP) for c, _ in self.blocks for cols in (m, n))
+        return codes + 2 * grid + 8
 
 
-def _lowrank_err2(d: torch.Tensor, norm2: float, part: LowRankPart) -> float:
-    """||d - U V||^2 = ||d||^2 - 2 tr(U^T d V^T) + tr(U^T U V V^T), without forming U V."""
-    u, v = part.U.double(), part.V.double()
-    cross = float(((d.double() @ v.T) * u).sum())
-    return max(0.0, norm2 - 2 * cross + float(((u.T @ u) * (v @ v.T)).sum()))
+def encode(choice: Choice, spectrum: Spectrum, delta: torch.Tensor) -> Encoded:
+    """The second pass for one matrix: the same factors as the first, encoded as chosen."""
+    codec = choice.codec()
+    if choice.rows:
+        enc = codec.encode(choice.name, delta)
+        assert enc.info.get("count") == choice.rows, (choice.name, enc.info)
+        return enc
+    u, s, vh = factors(spectrum.name, delta, spectrum.rank, spectrum.method)
+    return codec.encode(choice.name, delta, factors=(u, s, vh))
 
 
-def _front(found: list[Candidate]) -> list[Candidate]:
-    found = sorted(found, key=lambda c: (c.nbytes, c.err2))
-    front, best = [], float("inf")
-    for c in found:
-        if c.err2 < best:
-            front.append(c)
-            best = c.err2
-    return front
+class _Priced:
+    """One spectrum as tables of relative error and bytes, for quick picks at any price."""
+
+    def __init__(self, sp: Spectrum):
+        self.sp = sp
+        scale = 1 / sp.norm2 if sp.norm2 > 0 else 0.0
+        self.err = torch.cat([sp.drop[:, None], sp.quant], 1).double() * scale  # (k, 1 + widths)
+        self.bytes = torch.cat([torch.zeros(1, dtype=torch.float64), direction_bytes(sp.shape)])
+        self.tail = sp.tail * scale
+        self.rows_err = self.rows_bytes = None
+        if sp.rows is not None:
+            ok = ~torch.isnan(sp.row_tols)
+            count = torch.arange(1, sp.rows.numel() + 1, dtype=torch.float64)
+            m, n = sp.shape
+            self.rows_err = torch.where(ok, sp.rows.double() * scale, torch.inf)
+            self.rows_bytes = count * 2 * n + torch.ceil(count * _index_width(m) / 8)
+        self.floor = -math.inf  # log10 price below which the energy target is already met
+
+    def pick(self, log_lam: float) -> tuple[float, float, object]:
+        """(relative error, bytes, how) at this price; ``how`` is widths per direction or a
+        row count."""
+        lam = 10 ** max(log_lam, self.floor)
+        idx = (self.err + lam * self.bytes).argmin(1)
+        idx = torch.cummin(idx, 0).values  # widths never rise along the spectrum
+        err = float(self.err.gather(1, idx[:, None]).sum()) + self.tail
+        size = float(self.bytes[idx].sum()) + (8.0 if bool((idx > 0).any()) else 0.0)
+        best = (err, size, idx)
+        if self.rows_err is not None:
+            cost = self.rows_err + lam * self.rows_bytes
+            r = int(cost.argmin())
+            if float(cost[r]) < err + lam * size:
+                best = (float(self.rows_err[r]), float(self.rows_bytes[r]), r + 1)
+        return best
+
+    def set_target(self, rel_err2: float) -> None:
+        """The highest price at which the matrix still meets the target, or none."""
+        lo, hi = LOG_LAM
+        if self.pick(lo)[0] > rel_err2:
+            return
+        for _ in range(STEPS):
+            mid = (lo + hi) / 2
+            if self.pick(mid)[0] <= rel_err2:
+                lo = mid
+            else:
+                hi = mid
+        self.floor = lo
+
+    def choice(self, log_lam: float) -> Choice:
+        err, _, how = self.pick(log_lam)
+        sp = self.sp
+        if isinstance(how, int):
+            return Choice(sp.name, sp.shape, rows=how, row_tol=float(sp.row_tols[how - 1]),
+                          err2=err * sp.norm2)
+        blocks: list[list[int]] = []
+        for j in how.tolist():
+            if j == 0:
+                break
+            if blocks and blocks[-1][1] == BITS[j - 1]:
+                blocks[-1][0] += 1
+            else:
+                blocks.append([1, BITS[j - 1]])
+        return Choice(sp.name, sp.shape, tuple((c, b) for c, b in blocks), err2=err * sp.norm2)
 
 
-def output_err2(err: torch.Tensor, sensitivity: torch.Tensor) -> float:
-    """Squared output error of a weight error on the calibration inputs: tr(E H E^T) for a
-    linear layer's input second moment H, or sum_i count_i ||E_i||^2 for an embedding's
-    token counts (a 1-D sensitivity)."""
-    e = err.double()
-    if sensitivity.dim() == 1:
-        return float((e.pow(2).sum(1) * sensitivity.double()).sum())
-    return float(((e @ sensitivity.double()) * e).sum())
+def allocate(spectra: Mapping[str, Spectrum], budget_bytes: float,
+             energy: Mapping[str, float] | None = None) -> dict[str, Choice]:
+    """The choice per matrix that minimises the summed relative error within
+    ``budget_bytes``, each matrix spending no more than its role's ``energy`` target needs."""
+    priced = [_Priced(sp) for sp in spectra.values()]
+    for p in priced:
+        keep = (energy or {}).get(p.sp.role)
+        if keep is not None:
+            p.set_target(1 - keep)
 
+    def size(log_lam: float) -> float:
+        return sum(p.pick(log_lam)[1] for p in priced)
 
-def sensitivity_fits(sensitivity: torch.Tensor | None, delta: torch.Tensor) -> bool:
-    if sensitivity is None or delta.dim() != 2:
-        return False
-    if sensitivity.dim() == 1:
-        return sensitivity.shape[0] == delta.shape[0]
-    return tuple(sensitivity.shape) == (delta.shape[1], delta.shape[1])
-
-
-def candidates(name: str, role: str, delta: torch.Tensor,
-               sensitivity: torch.Tensor | None = None) -> list[Candidate]:
-    """The Pareto front (fewer bytes or less error) of the operators tried for one module.
-
-    Low-rank candidates are first ranked by a cheap estimate (SVD tail energy plus the
-    quantization error of the kept directions); the exact error is computed for the
-    survivors only. With a ``sensitivity`` (calibration statistics, see
-    quant.collect_hessians) the error is the layer's output error on the calibration
-    inputs instead of the weight error, so the budget goes where the outputs move most.
-    """
-    d = delta.float()
-    norm2 = float((d.double() ** 2).sum())
-    weigh = sensitivity if sensitivity_fits(sensitivity, d) else None
-    sparse = []
-    if role == EMBEDDING:  # sparse layouts, competing with the low-rank ones below
-        codecs = [MagnitudePrune(keep=k, layout="entries") for k in KEEPS]
-        codecs.append(MagnitudePrune(layout="rows"))
-        for codec in codecs:
-            enc = codec.encode(name, d)
-            rec = codec.decode(name, tuple(d.shape), enc.info, enc.tensors).to_dense()
-            w_err2 = float(((d - rec) ** 2).sum())
-            sparse.append(Candidate(codec, enc, output_err2(d - rec, weigh), w_err2)
-                          if weigh is not None else Candidate(codec, enc, w_err2))
-    u, s, vh = svd(d)
-    energy = torch.cumsum((s.double() ** 2).flip(0), 0).flip(0)  # energy[k] = tail from k
-    top = min(d.shape)
-    estimated = []
-    for r in sorted({min(r, top) for r in RANKS}):
-        for sched in SCHEDULES:
-            codec = MixedPrecisionLowRank(rank=r, schedule=sched, calibrated=False)
-            enc = codec.encode(name, d, factors=(u, s, vh))
-            part = codec.decode(name, tuple(d.shape), enc.info, enc.tensors)
-            k = part.rank
-            kept = (u[:, :k] * s[:k]).double()
-            a, b = part.U.double(), part.V.double()
-            # ||U_k S_k V_k^T - A B||^2 in k x k products, plus the dropped tail
-            g = float(((kept.T @ kept) * (vh[:k].double() @ vh[:k].double().T)).sum())
-            c = float(((kept.T @ a) * (vh[:k].double() @ b.T)).sum())
-            q = float(((a.T @ a) * (b @ b.T)).sum())
-            tail = float(energy[k]) if k < energy.numel() else 0.0
-            estimated.append(Candidate(codec, enc, max(0.0, g - 2 * c + q) + tail))
-    exact = []
-    for c in _front(estimated):
-        part = c.codec.decode(name, tuple(d.shape), c.encoded.info, c.encoded.tensors)
-        w_err2 = _lowrank_err2(d, norm2, part)
-        exact.append(Candidate(c.codec, c.encoded, output_err2(d - part.to_dense(), weigh), w_err2)
-                     if weigh is not None else Candidate(c.codec, c.encoded, w_err2))
-    return _front(exact + sparse)
-
-
-def choose(options: dict[str, list[Candidate]], budget_bytes: float) -> dict[str, Candidate]:
-    """Lagrangian allocation: each module takes argmin(err2 + lam * bytes); lam is the
-    smallest (by bisection) for which the total fits the budget."""
-    def pick(lam: float) -> dict[str, Candidate]:
-        return {n: min(cs, key=lambda c: c.err2 + lam * c.nbytes) for n, cs in options.items()}
-
-    def size(sel) -> int:
-        return sum(c.nbytes for c in sel.values())
-
-    smallest = {n: cs[0] for n, cs in options.items()}
-    if size(smallest) > budget_bytes:
-        warnings.warn(f"The budget of {budget_bytes:.0f} bytes is below the smallest encoding "
-                      f"({size(smallest)} bytes); using the smallest.", stacklevel=2)
-        return smallest
-    lo, hi = -40.0, 40.0  # log10 of lam
-    if size(pick(10**lo)) <= budget_bytes:
-        return pick(10**lo)
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if size(pick(10**mid)) <= budget_bytes:
-            hi = mid
-        else:
-            lo = mid
-    return pick(10**hi)
+    lo, hi = LOG_LAM
+    if size(hi) > budget_bytes:  # only when nothing fits at all: every matrix is left out
+        warnings.warn(f"The budget of {budget_bytes:.0f} bytes leaves nothing for the "
+                      "compressed matrices; they are left out of the pack.", stacklevel=2)
+    if size(lo) > budget_bytes:
+        for _ in range(STEPS):
+            mid = (lo + hi) / 2
+            if size(mid) <= budget_bytes:
+                hi = mid
+            else:
+                lo = mid
+    else:
+        hi = lo
+    return {p.sp.name: p.choice(hi) for p in priced}

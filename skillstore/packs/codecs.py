@@ -23,24 +23,44 @@ def _index_width(count: int) -> int:
     return max(1, (count - 1).bit_length())
 
 
-def svd(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD (U, S, Vh), float32. Large matrices go through the float64 eigenproblem of
-    the smaller Gram matrix, several times faster than LAPACK's SVD of the full matrix and
-    accurate for every direction above 1e-7 of the largest singular value."""
+CHUNK_ELEMS = 1 << 22  # float64 scratch per step of the chunked Gram and projections (32 MB)
+
+
+def svd(delta: torch.Tensor, rank: int | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (U, S, Vh), float32; with ``rank``, U and Vh hold only the leading ``rank``
+    directions (S stays whole). Large matrices go through the float64 eigenproblem of the
+    smaller Gram matrix, several times faster than LAPACK's SVD of the full matrix and
+    accurate for every direction above 1e-7 of the largest singular value. The Gram matrix
+    and the projection are built a slab of the long side at a time, so the scratch beside
+    the input is the factors plus a few tens of MB, not a float64 copy of the matrix."""
     d = delta.float()
     m, n = d.shape
     if min(m, n) < 256:
-        return torch.linalg.svd(d, full_matrices=False)
-    wide = m <= n
-    x = d.double() if wide else d.double().T
-    evals, evecs = torch.linalg.eigh(x @ x.T)
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        k = s.numel() if rank is None else min(rank, s.numel())
+        return u[:, :k].contiguous(), s, vh[:k].contiguous()
+    x = d if m <= n else d.T  # wide: the Gram matrix is the short side's
+    short, long = x.shape
+    step = max(1, CHUNK_ELEMS // short)
+    gram = torch.zeros(short, short, dtype=torch.float64)
+    for j in range(0, long, step):
+        c = x[:, j:j + step].double()
+        gram.addmm_(c, c.T)
+    evals, evecs = torch.linalg.eigh(gram)
+    del gram
     s = evals.flip(0).clamp_min(0).sqrt()
-    u = evecs.flip(1)
-    inv = torch.where(s > s[0] * 1e-7, 1 / s.clamp_min(1e-300), torch.zeros_like(s))
-    vh = (u.T @ x) * inv[:, None]
-    if not wide:
-        u, vh = vh.T, u.T
-    return u.float().contiguous(), s.float(), vh.float().contiguous()
+    k = short if rank is None else min(rank, short)
+    u = evecs.flip(1)[:, :k].contiguous()
+    inv = torch.where(s[:k] > s[0] * 1e-7, 1 / s[:k].clamp_min(1e-300), torch.zeros_like(s[:k]))
+    ut = u.T.contiguous()
+    vh = torch.empty(k, long)
+    for j in range(0, long, step):
+        vh[:, j:j + step] = (ut @ x[:, j:j + step].double()) * inv[:, None]
+    u = u.float()
+    if m > n:  # a transposed view, not a copy: U of a tall embedding is hundreds of MB
+        return vh.T, s.float(), u.T.contiguous()
+    return u.contiguous(), s.float(), vh
 
 
 def _need_2d(codec: str, delta: torch.Tensor) -> None:
@@ -80,7 +100,7 @@ class LowRank:
 
     def encode(self, name: str, delta: torch.Tensor, hessian=None) -> Encoded:
         _need_2d(self.name, delta)
-        u, s, vh = svd(delta)
+        u, s, vh = svd(delta, self.rank)
         r = min(self.rank, s.numel())
         sq = s[:r].sqrt()
         return Encoded({"U": (u[:, :r] * sq).half().contiguous(),
@@ -142,7 +162,7 @@ class MixedPrecisionLowRank:
     def encode(self, name: str, delta: torch.Tensor, hessian=None,
                factors: tuple[torch.Tensor, ...] | None = None) -> Encoded:
         _need_2d(self.name, delta)
-        u, s, vh = factors or svd(delta)
+        u, s, vh = factors or svd(delta, self.rank or self.max_rank)
         blocks = self.blocks(min(self.choose_rank(s), s.numel()))
         k = sum(c for c, _ in blocks)
         if k == 0:
@@ -160,10 +180,18 @@ class MixedPrecisionLowRank:
             gain = mat.abs().max().clamp_min(1e-30)
             gains.append(gain.float())
             for rows, bits in _row_ranges(blocks):
-                x = mat[rows] / gain
-                grid = quant.make_grid(x, bits, self.group_size)
-                codes.append(pack_bits(quant.quantize(x, grid), bits))
-                grids += [grid.scale.reshape(-1), grid.low.reshape(-1)]
+                block_codes, scales, lows = [], [], []
+                # 8 rows at a time end on a byte, so the packed slabs join into the block's
+                # stream; int64 codes of a whole 150k-wide block would be GBs
+                step = 8 * max(1, (1 << 21) // (8 * mat.shape[1]))
+                for r0 in range(rows.start, rows.stop, step):
+                    x = mat[r0:min(r0 + step, rows.stop)] / gain
+                    grid = quant.make_grid(x, bits, self.group_size)
+                    block_codes.append(pack_bits(quant.quantize(x, grid), bits))
+                    scales.append(grid.scale)
+                    lows.append(grid.low)
+                codes += block_codes
+                grids += [torch.cat(scales).reshape(-1), torch.cat(lows).reshape(-1)]
         return Encoded({"codes": torch.cat(codes), "grid": torch.cat(grids),
                         "gain": torch.stack(gains)},
                        {"blocks": [list(x) for x in blocks], "calibrated": use_h})

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelMismatchError
+from ..errors import ConfigError, ModelMismatchError
 from ..fingerprint import fingerprint_checkpoint
 from . import budget as budget_mode
 from .codecs import Encoded, codec_params
 from .delta import check_compatible, iter_deltas
-from .format import SEP, header_nbytes, write_pack
+from .format import SEP, write_pack
+from .parts import LowRankPart
 from .policy import CompressionPolicy, load_policy
 from .roles import ATTENTION, EMBEDDING, MLP, module_role
+from .spectrum import Spectrum, measure
 
 Progress = Callable[[int, int, str], None]
 
@@ -88,11 +90,14 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
     calibration = calibration or {}
     chosen: dict[str, tuple[object, Encoded]] = {}
     meta: dict[str, dict] = {}
-    options: dict[str, list[budget_mode.Candidate]] = {}
+    spectra: dict[str, Spectrum] = {}
+    allocating = policy.budget is not None
+    steps = 2 * total if allocating else total
     dense_elems = fixed_bytes = 0
+    # Pass one: fixed roles are encoded at once; the allocated ones keep only their spectra.
     for i, (name, delta, dtype) in enumerate(iter_deltas(base_dir, tuned_dir)):
         if progress:
-            progress(i, total, name)
+            progress(i, steps, name)
         dense_elems += delta.numel()
         norm2 = float((delta.double() ** 2).sum())
         if norm2 == 0.0:
@@ -104,35 +109,54 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
                 "(the training diverged); retrain it, e.g. with a lower learning rate.")
         role = module_role(name, delta.shape, policy.role_table)
         meta[name] = {"shape": list(delta.shape), "dtype": dtype, "role": role, "norm2": norm2}
-        if policy.budget is not None and role in (EMBEDDING, ATTENTION, MLP):
-            options[name] = budget_mode.candidates(name, role, delta, calibration.get(name))
+        if allocating and role in (EMBEDDING, ATTENTION, MLP) and delta.dim() == 2:
+            spectra[name] = measure(name, role, delta, budget=policy.budget,
+                                    energy=policy.energy.get(role),
+                                    sensitivity=calibration.get(name))
             continue
         codec = policy.spec_for(role).build()
         enc = codec.encode(name, delta, hessian=calibration.get(name))
         chosen[name] = (codec, enc)
         fixed_bytes += enc.nbytes
         meta[name]["err2"] = _err2(codec, name, delta, enc)
+    if spectra:
+        picks = _allocate(spectra, policy, 2 * dense_elems, fixed_bytes)
+        # Pass two: encode the allocated matrices as chosen, one at a time.
+        for i, (name, delta, _) in enumerate(iter_deltas(base_dir, tuned_dir)):
+            if progress:
+                progress(total + i, steps, name)
+            pick = picks.get(name)
+            if pick is None:
+                continue
+            codec = pick.codec()
+            if codec is None:  # nothing left of it: out of the pack, its error counted
+                meta[name]["err2"] = meta[name]["norm2"]
+                continue
+            enc = budget_mode.encode(pick, spectra[name], delta)
+            chosen[name] = (codec, enc)
+            meta[name]["err2"] = _err2(codec, name, delta, enc)
     if progress:
-        progress(total, total, "")
-    budget_total = policy.budget * 2 * dense_elems if policy.budget is not None else None
-    if options:
-        for name, cand in budget_mode.choose(options, budget_total - fixed_bytes).items():
-            chosen[name] = (cand.codec, cand.encoded)
-            meta[name]["err2"] = cand.weight_error2
+        progress(steps, steps, "")
     manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
-    overhead = header_nbytes(manifest, tensors)
-    if options and fixed_bytes + summary["payload"] + overhead > budget_total:
-        # the budget is for the whole file: on a small model the header is a few percent
-        room = budget_total - fixed_bytes - overhead
-        for name, cand in budget_mode.choose(options, room).items():
-            chosen[name] = (cand.codec, cand.encoded)
-            meta[name]["err2"] = cand.weight_error2
-        manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
     size = write_pack(out_path, manifest, tensors)
     err_num, err_den = summary["err2"]
     return PackSummary(Path(out_path), size, summary["payload"], 2 * dense_elems,
                        summary["by_role"], summary["rel"], time.perf_counter() - start,
                        (err_num / max(err_den, 1e-300)) ** 0.5)
+
+
+def _allocate(spectra, policy, dense_bytes, fixed_bytes):
+    """The allocation within the budget: ``budget`` of the dense fp16 bytes for the whole
+    payload, less what the tensors of the fixed roles (norms, biases) already took. The
+    header is not counted: it is a few KB whatever the model, so counting it left a 5% pack
+    of a small model nothing but its header."""
+    budget_total = policy.budget * dense_bytes
+    room = budget_total - fixed_bytes
+    if room <= 0:
+        raise ConfigError(f"A budget of {100 * policy.budget:g}% ({budget_total:.0f} bytes) "
+                          f"is below what the uncompressed tensors alone need ({fixed_bytes} "
+                          f"bytes, {100 * fixed_bytes / dense_bytes:.2f}%); raise the budget.")
+    return budget_mode.allocate(spectra, room, policy.energy)
 
 
 def _layout(chosen, meta, policy, fingerprint, source):
@@ -154,6 +178,9 @@ def _layout(chosen, meta, policy, fingerprint, source):
                          "rel_error": float(f"{rel[name]:.4g}")}
         for key, t in enc.tensors.items():
             tensors[f"{name}{SEP}{key}"] = t
+    for name in sorted(set(meta) - set(chosen)):  # left out by the allocation: all lost
+        err_num, err_den = err_num + meta[name]["err2"], err_den + meta[name]["norm2"]
+        rel[name] = 1.0
     manifest = {"base_fingerprint": fingerprint, "tensors": entries,
                 "policy": policy.model_dump(mode="json"), "created_from": source}
     return manifest, tensors, {"payload": sum(e["nbytes"] for e in entries.values()),
@@ -162,5 +189,20 @@ def _layout(chosen, meta, policy, fingerprint, source):
 
 
 def _err2(codec, name: str, delta: torch.Tensor, enc: Encoded) -> float:
-    rec = codec.decode(name, tuple(delta.shape), enc.info, enc.tensors).to_dense()
-    return float(((delta - rec.reshape(delta.shape)).double() ** 2).sum())
+    """||delta - decoded||^2 with scratch of the factors' size or a slab at a time, not
+    float64 copies of the matrix (an embedding of a 0.5B model is 545 MB in float32)."""
+    part = codec.decode(name, tuple(delta.shape), enc.info, enc.tensors)
+    d = delta.reshape(delta.shape[0], -1) if delta.dim() else delta.reshape(1, 1)
+    if isinstance(part, LowRankPart):  # ||d||^2 - 2 tr(U^T d V^T) + tr(U^T U V V^T)
+        u, v = part.U.double(), part.V.double()
+        cross = sum(float(((d[sl].double() @ v.T) * u[sl]).sum()) for sl in _slabs(d))
+        own = float(((u.T @ u) * (v @ v.T)).sum())
+        norm2 = sum(float((d[sl].double() ** 2).sum()) for sl in _slabs(d))
+        return max(0.0, norm2 - 2 * cross + own)
+    rec = part.to_dense().reshape(d.shape)
+    return sum(float(((d[sl] - rec[sl]).double() ** 2).sum()) for sl in _slabs(d))
+
+
+def _slabs(d: torch.Tensor):
+    step = max(1, (1 << 22) // max(1, d.shape[1]))
+    return [slice(r, r + step) for r in range(0, d.shape[0], step)]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, unknown_name
 from .codecs import get_codec
@@ -32,10 +32,15 @@ class CodecSpec(BaseModel):
         self.build()  # an unknown codec or bad parameter fails here, at the edge
 
 
+ALLOCATED = (EMBEDDING, ATTENTION, MLP)  # the roles the budget mode allocates
+
+
 class CompressionPolicy(BaseModel):
-    """The operator per module role. With ``budget`` (a fraction of the dense fp16 delta's
-    bytes) the rank and bits of embedding, attention and MLP modules are chosen per module
-    to minimise the total reconstruction error within that budget instead."""
+    """The operator per module role, or, with ``budget``, an allocation: the payload may take
+    a ``budget`` fraction of the dense fp16 delta's bytes (the header is not counted), and
+    the embedding, attention and MLP matrices get the singular directions and bit widths, or
+    embedding rows, that lose the least of each matrix's energy. ``energy`` (role ->
+    fraction) stops a matrix of that role taking more once it keeps that share of its energy."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "custom"
@@ -46,6 +51,7 @@ class CompressionPolicy(BaseModel):
     unknown: CodecSpec = CodecSpec(codec="dense")
     role_table: tuple[tuple[str, str], ...] = ()
     budget: float | None = None
+    energy: dict[str, float] = {}
 
     @field_validator("role_table")
     @classmethod
@@ -62,34 +68,44 @@ class CompressionPolicy(BaseModel):
             raise ValueError(f"budget is a fraction of the dense fp16 delta in (0, 1], got {v}")
         return v
 
+    @field_validator("energy")
+    @classmethod
+    def _energy_per_role(cls, v):
+        for role, keep in v.items():
+            if role not in ALLOCATED:
+                raise unknown_name("role with an energy target", role, list(ALLOCATED))
+            if not 0 < keep < 1:
+                raise ValueError(f"energy of {role} is the fraction of each matrix's energy "
+                                 f"to keep, in (0, 1), got {keep}")
+        return dict(v)
+
+    @model_validator(mode="after")
+    def _energy_needs_budget(self):
+        if self.energy and self.budget is None:
+            raise ValueError("energy targets steer the budget allocation; set budget too "
+                             "(1.0 for no byte limit)")
+        return self
+
     def spec_for(self, role: str) -> CodecSpec:
         return {EMBEDDING: self.embedding, ATTENTION: self.attention, MLP: self.mlp,
                 SMALL: self.small, UNKNOWN: self.unknown}[role]
 
 
-def _mplr(**params) -> CodecSpec:
-    return CodecSpec(codec="mplr", params=params)
+def _everywhere(keep: float) -> dict[str, float]:
+    return dict.fromkeys(ALLOCATED, keep)
 
 
+# The lossy presets are stated in relative terms, so that a name means the same trade-off on
+# the 0.45M zoo model and on an 8B one: a share of the dense fp16 delta's bytes, and the
+# energy at which a matrix is kept well enough. Fixed ranks meant 4.9% of a 128-wide
+# projection and 0.15% of a 4,096-wide one. On the zoo's SFT deltas (full-rank, flat
+# spectra) the byte budget binds; on a low-rank delta the energy target does, well before.
 PRESETS: dict[str, CompressionPolicy] = {p.name: p for p in (
     CompressionPolicy(
         name="lossless", embedding=CodecSpec(codec="dense"), attention=CodecSpec(codec="dense"),
         mlp=CodecSpec(codec="dense")),
-    CompressionPolicy(
-        name="balanced",
-        embedding=CodecSpec(codec="magnitude", params={"keep": 0.05}),
-        attention=_mplr(rank=64, schedule=[[0.5, 8], [0.5, 4]]),
-        mlp=_mplr(rank=None, energy=0.98, max_rank=256, schedule=[[0.5, 8], [0.5, 4]])),
-    # Per-role ablation on the zoo (docs/skillpack.md): pruning the embedding and head to 1%
-    # of entries lost half the accuracy alone, so they get low rank at 8/4 bits. Attention
-    # is where the rest goes, and its rank matters more than its bits: rank 20 at 3/2 bits
-    # kept what rank 16 at 4/2 lost. The MLP keeps 80% of its spectral energy at 3/2 bits.
-    # On the zoo's knowledge and case fine-tunes this fits in 5% of the dense fp16 delta.
-    CompressionPolicy(
-        name="compact",
-        embedding=_mplr(rank=20, schedule=[[0.5, 8], [0.5, 4]]),
-        attention=_mplr(rank=20, schedule=[[0.5, 3], [0.5, 2]]),
-        mlp=_mplr(rank=None, energy=0.8, max_rank=64, schedule=[[0.5, 3], [0.5, 2]])),
+    CompressionPolicy(name="balanced", budget=0.25, energy=_everywhere(0.9999)),
+    CompressionPolicy(name="compact", budget=0.05, energy=_everywhere(0.999)),
 )}
 
 

@@ -75,11 +75,11 @@ def test_presets_trade_bytes_for_error(llama_pair, tmp_path):
 def test_budget_mode_fits_the_budget_and_spends_it_well(llama_pair, tmp_path):
     from skillstore.packs import load_policy
 
-    # this model's whole delta is 49 KB, so the file's header (~14 KB) counts: budgets above it
-    budgeted = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.4),
+    # budgets under the point where compact's energy target stops the spending
+    budgeted = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.05),
                                    tmp_path / "b.safetensors")
-    assert budgeted.payload_bytes <= 0.4 * budgeted.dense_fp16_bytes
-    looser = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.6),
+    assert budgeted.payload_bytes <= 0.05 * budgeted.dense_fp16_bytes
+    looser = compress_checkpoint(*llama_pair, load_policy("compact", budget=0.1),
                                  tmp_path / "c.safetensors")
     assert looser.rel_error < budgeted.rel_error
 

@@ -80,8 +80,9 @@ def test_calibrated_packs_do_not_depend_on_the_thread_count(wide_pair, tmp_path)
         if t.dim() == 2 and "embed" not in name:
             x = torch.randn(64, t.shape[1], generator=gen)
             calibration[name] = x.T @ x
-    # compact quantizes with GPTQ; the budget weighs its candidates by output error instead
-    for policy, gptq in (("compact", True), (load_policy("compact", budget=0.05), False)):
+    # mplr quantizes with GPTQ; the budget weighs its directions by output error instead
+    gptq_policy = CompressionPolicy(attention=CodecSpec(codec="mplr", params={"rank": 16}))
+    for policy, gptq in ((gptq_policy, True), (load_policy("compact", budget=0.05), False)):
         one = compress_on_threads(1, wide_pair, policy, tmp_path / "one.safetensors",
                                   calibration=calibration)
         two = compress_on_threads(2, wide_pair, policy, tmp_path / "two.safetensors",

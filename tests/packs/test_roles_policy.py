@@ -49,14 +49,17 @@ def test_presets_and_their_operators():
     assert set(PRESETS) == {"lossless", "balanced", "compact"}
     assert all(PRESETS["lossless"].spec_for(r).codec == "dense"
                for r in (EMBEDDING, ATTENTION, MLP))
-    compact = PRESETS["compact"]
-    assert compact.embedding.codec == "mplr" and compact.embedding.build().rank == 20
-    assert PRESETS["balanced"].embedding.codec == "magnitude"
-    assert compact.attention.build().rank == 20
-    assert compact.attention.build().schedule == ((0.5, 3), (0.5, 2))  # rank over bits
-    assert compact.mlp.build().energy == 0.8
+    assert PRESETS["lossless"].budget is None
+    # the lossy presets are relative: a share of the dense delta and an energy to keep
+    compact, balanced = PRESETS["compact"], PRESETS["balanced"]
+    assert compact.budget == 0.05 and balanced.budget > compact.budget
+    assert all(balanced.energy[r] > compact.energy[r] for r in (EMBEDDING, ATTENTION, MLP))
     with pytest.raises(ValidationError):
         compact.budget = 0.1  # frozen
+    with pytest.raises(ValidationError, match="set budget too"):
+        CompressionPolicy(energy={"mlp": 0.9})
+    with pytest.raises(ValidationError, match="Unknown role with an energy target 'smal'"):
+        CompressionPolicy(budget=0.1, energy={"smal": 0.9})
 
 
 def test_unknown_preset_and_bad_policy_file(tmp_path):
