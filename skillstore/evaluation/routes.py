@@ -76,13 +76,19 @@ class StateRoutes:
         # the same margin bounds the probability's move: softmax moves no faster than its logits
         confidence = logits.softmax(-1).max(-1).values.tolist()
         threshold = clf.threshold
+        # familiarity: the similarity to the top class against that class's bound (-inf: none)
+        bound = clf.familiar[top.indices[:, 0]]
+        similar = clf.similarity(features).gather(-1, top.indices[:, :1]).squeeze(-1)
+        below = (similar - bound).tolist()
         out: list[Route | None] = []
-        for (first, second), index, p in zip(top.values.tolist(), top.indices[:, 0].tolist(),
-                                             confidence, strict=True):
+        for (first, second), index, p, gap in zip(top.values.tolist(), top.indices[:, 0].tolist(),
+                                                  confidence, below, strict=True):
             name = clf.classes[index]
             if threshold is not None and abs(p - threshold) < self.margin:
                 out.append(None)
-            elif threshold is not None and p < threshold:
+            elif abs(gap) < self.margin:
+                out.append(None)  # too near the familiarity bound to call
+            elif (threshold is not None and p < threshold) or gap < 0:
                 out.append(BASE)  # the router abstains: no pack
             else:
                 out.append(None if first - second < self.margin

@@ -298,6 +298,7 @@ def router_facts(config: dict | None) -> dict | None:
     n, right = evaluation.get("n") or 0, evaluation.get("right")
     interval = wilson_interval(right, n) if n and right is not None else None
     return {**evaluation, "threshold": config.get("threshold"),
+            "familiarity": config.get("familiarity"),
             "interval": [interval.low, interval.high] if interval else None}
 
 

@@ -162,8 +162,11 @@ def _router_sections(r: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                f"{_f(r.get('accuracy'))}"
                + (f" [{interval[0]:.3f}, {interval[1]:.3f}] (95% Wilson)" if interval else "")
                + f", n {r.get('n', '—')}; "
-               + ("never abstains" if threshold is None
-                  else f"abstains (no pack) below top probability {threshold:.3f}"))
+               + ("never abstains on confidence" if threshold is None
+                  else f"abstains (no pack) below top probability {threshold:.3f}")
+               + ("; and on inputs unlike their top skill (similarity below "
+                  + ", ".join(f"{c} {b:.2f}" for c, b in r["familiarity"].items()) + ")"
+                  if r.get("familiarity") else ""))
     per_class = [[c, _f(v["accuracy"]), str(v["n"])] for c, v in r.get("per_class", {}).items()]
     confusion = r.get("confusion", {})
     predicted = list(dict.fromkeys(p for row in confusion.values() for p in row))

@@ -41,11 +41,13 @@ def evaluate_router(clf: RouterClassifier, model, tokenizer,
     return confusion(clf.classes, truth, predicted)
 
 
-def chosen_packs(clf: RouterClassifier, probs: torch.Tensor, k: int) -> list[frozenset[str]]:
+def chosen_packs(clf: RouterClassifier, features: torch.Tensor, k: int) -> list[frozenset[str]]:
     """The packs each input gets when the router mixes its top ``k`` classes: those classes
-    less NONE_CLASS, and none at all where the router abstains (its threshold)."""
+    less NONE_CLASS, and none at all where the router abstains (its threshold, or an input
+    unfamiliar to its top class)."""
+    probs = clf.probs(features)
     top = probs.topk(k, dim=-1).indices.tolist()
-    off = clf.abstains(probs).tolist()
+    off = clf.abstains(probs, features).tolist()
     return [frozenset() if o else frozenset(clf.classes[i] for i in row) - {NONE_CLASS}
             for row, o in zip(top, off, strict=True)]
 
@@ -74,6 +76,6 @@ def evaluate_top_k(clf: RouterClassifier, model, tokenizer, rows: Sequence[Mappi
     pass the mixed rows to compare top-2 against top-1 where two skills are asked at once)."""
     if not rows:
         return {k: top_k_measure([], []) for k in ks}
-    probs = clf.probs(clf.featurize(model, tokenizer, [r["prompt"] for r in rows]))
+    features = clf.featurize(model, tokenizer, [r["prompt"] for r in rows])
     labels = [r["skills"] for r in rows]
-    return {k: top_k_measure(chosen_packs(clf, probs, k), labels) for k in ks}
+    return {k: top_k_measure(chosen_packs(clf, features, k), labels) for k in ks}

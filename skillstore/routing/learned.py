@@ -15,9 +15,11 @@ from torch import nn
 from ..errors import CorruptPackError, RoutingError, unknown_name
 
 NONE_CLASS = "<none>"  # inputs that belong to the base's general skills: no pack
-ROUTER_FORMAT = "skillstore.router/2"  # 2: the features the router reads are named
-#: Router files this version reads; a /1 file read pooled hidden states (FEATURES "hidden").
-READABLE_FORMATS = ("skillstore.router/1", ROUTER_FORMAT)
+#: 2: the features the router reads are named; 3: per-class centroids and familiarity bounds
+ROUTER_FORMAT = "skillstore.router/3"
+#: Router files this version reads; a /1 file read pooled hidden states (FEATURES "hidden"), and
+#: /1 and /2 files have no familiarity bounds (they abstain on their threshold only).
+READABLE_FORMATS = ("skillstore.router/1", "skillstore.router/2", ROUTER_FORMAT)
 # Calibration never abstains on more than this share of the in-skill calibration prompts that
 # the router routes to their pack (see calibrated_threshold).
 KEEP_ROUTED = 0.99
@@ -132,6 +134,10 @@ class RouterClassifier(nn.Module):
 
     With a ``threshold``, an input whose largest class probability is below it abstains: it
     gets no pack (the base's own behaviour), whatever class is on top. None never abstains.
+    An input also abstains when it is unfamiliar to its top class: its cosine similarity to
+    the mean of that class's training features is below the class's ``familiar`` bound
+    (``familiarity_bounds``; -inf, the default, never abstains). A softmax is sure of inputs
+    far from everything it was fitted on; the similarity is not.
     """
 
     def __init__(self, classes: Sequence[str], dim: int, *, hidden: int = 64, layer: int = -1,
@@ -150,6 +156,8 @@ class RouterClassifier(nn.Module):
         self.features = features
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("centroid", torch.zeros(len(classes), dim))
+        self.register_buffer("familiar", torch.full((len(classes),), float("-inf")))
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, len(classes)))
 
     @property
@@ -168,11 +176,24 @@ class RouterClassifier(nn.Module):
         with torch.no_grad():
             return self(features.to(self.mean.device)).softmax(-1)
 
-    def abstains(self, probs: torch.Tensor) -> torch.Tensor:
-        """(batch,) bool: the inputs whose top probability is below the threshold."""
-        if self.threshold is None:
-            return torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
-        return probs.max(-1).values < self.threshold
+    def similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, classes): cosine similarity of each input's features to each class's
+        training centroid."""
+        x = nn.functional.normalize(features.float().to(self.mean.device), dim=-1)
+        return x @ self.centroid.T
+
+    def abstains(self, probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """(batch,) bool: the inputs whose top probability is below the threshold, or whose
+        similarity to their top class is below that class's familiarity bound."""
+        top = probs.max(-1)
+        off = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
+        if self.threshold is not None:
+            off |= top.values < self.threshold
+        bound = self.familiar[top.indices]
+        if torch.isfinite(bound).any():
+            sim = self.similarity(features).gather(-1, top.indices.unsqueeze(-1)).squeeze(-1)
+            off |= sim < bound
+        return off
 
     def class_weights(self, features: torch.Tensor) -> torch.Tensor:
         """(batch, classes): 1 on the argmax for top-1, else renormalised top-k probabilities;
@@ -181,13 +202,19 @@ class RouterClassifier(nn.Module):
         top = p.topk(self.top_k, dim=-1)
         out = torch.zeros_like(p).scatter(-1, top.indices, top.values)
         out = out / out.sum(-1, keepdim=True)
-        return out.masked_fill(self.abstains(p).unsqueeze(-1), 0.0)
+        return out.masked_fill(self.abstains(p, features).unsqueeze(-1), 0.0)
 
     def predict(self, features: torch.Tensor) -> list[str]:
         """The top class of each input, NONE_CLASS where the router abstains."""
         p = self.probs(features)
-        return [NONE_CLASS if off else self.classes[i]
-                for i, off in zip(p.argmax(-1).tolist(), self.abstains(p).tolist(), strict=True)]
+        off = self.abstains(p, features).tolist()
+        return [NONE_CLASS if o else self.classes[i]
+                for i, o in zip(p.argmax(-1).tolist(), off, strict=True)]
+
+    def familiarity(self) -> dict[str, float]:
+        """class -> familiarity bound, for the classes that have one."""
+        return {c: round(float(b), 4) for c, b in zip(self.classes, self.familiar.tolist(),
+                                                      strict=True) if b != float("-inf")}
 
     def config(self) -> dict:
         return {"format": ROUTER_FORMAT, "classes": self.classes, "layer": self.layer,
@@ -236,6 +263,34 @@ def calibrated_threshold(probs: torch.Tensor, labels: torch.Tensor, classes: Seq
     return best
 
 
+def set_familiarity(clf: RouterClassifier, feats: torch.Tensor, labels: torch.Tensor,
+                    held: torch.Tensor) -> None:
+    """Each class's centroid (the normalised mean of its fitted inputs' normalised features)
+    and, for each pack class, its familiarity bound: just above the highest similarity to that
+    class of any NONE_CLASS input (the general inputs we know look at most this much like the
+    skill), where that is below every one of the class's own held-out inputs (``held``; its
+    fitted ones where none are held out). Where a general input is as like the skill as one of
+    its own prompts, similarity cannot tell them apart and the class gets no bound (-inf); so
+    does every class when there are no NONE_CLASS inputs.
+    """
+    x = nn.functional.normalize(feats.float(), dim=-1)
+    for c in range(len(clf.classes)):
+        clf.centroid[c] = nn.functional.normalize(x[(labels == c) & ~held].mean(0), dim=0)
+    clf.familiar.fill_(float("-inf"))
+    if NONE_CLASS not in clf.classes:
+        return
+    none = labels == clf.classes.index(NONE_CLASS)
+    sim = x @ clf.centroid.T
+    for c, name in enumerate(clf.classes):
+        own = (labels == c) & held
+        own = own if own.any() else labels == c
+        if name == NONE_CLASS or not own.any():
+            continue
+        ceiling = torch.nextafter(sim[none, c].max(), torch.tensor(float("inf")))
+        if ceiling < sim[own, c].min():
+            clf.familiar[c] = ceiling
+
+
 @dataclass(frozen=True)
 class RouterTraining:
     classifier: RouterClassifier
@@ -282,10 +337,13 @@ def train_router(model: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str
     clf.eval()
     accuracy = (clf.probs(feats).argmax(-1) == labels).float().mean().item()
     cal_texts = [t for name in classes for t in held[name]]
+    cal_feats = clf.featurize(model, tokenizer, cal_texts) if cal_texts else feats[:0]
+    cal_labels = torch.tensor([i for i, name in enumerate(classes) for _ in held[name]],
+                              dtype=torch.long)
     if cal_texts:
-        cal_labels = torch.tensor([i for i, name in enumerate(classes) for _ in held[name]])
-        cal_probs = clf.probs(clf.featurize(model, tokenizer, cal_texts))
-        clf.threshold = calibrated_threshold(cal_probs, cal_labels, classes)
+        clf.threshold = calibrated_threshold(clf.probs(cal_feats), cal_labels, classes)
+    set_familiarity(clf, torch.cat([feats, cal_feats]), torch.cat([labels, cal_labels]),
+                    held=torch.arange(len(texts) + len(cal_texts)) >= len(texts))
     return RouterTraining(clf, accuracy, len(texts), len(cal_texts))
 
 
@@ -321,6 +379,8 @@ def load_router(path: str | Path) -> RouterClassifier:
                            base_fingerprint=config["base_fingerprint"],
                            threshold=config.get("threshold"),  # absent in older files: never
                            features=config.get("features", "hidden"))  # /1 read hidden states
+    if config["format"] != ROUTER_FORMAT:  # no familiarity before /3: never abstain on it
+        tensors = {**tensors, "centroid": clf.centroid, "familiar": clf.familiar}
     clf.load_state_dict(tensors)
     clf.eval()
     return clf

@@ -139,7 +139,8 @@ def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]
     evaluation = ({**evaluate_router(clf, model, tokenizer, unseen),
                    "prompts": "held-out test split"} if unseen else None)
     return digest, {"top_k": top_k, "train_accuracy": trained.train_accuracy,
-                    "threshold": clf.threshold, "features": clf.features}, evaluation
+                    "threshold": clf.threshold, "features": clf.features,
+                    "familiarity": clf.familiarity()}, evaluation
 
 
 def held_out_prompts(session, blobs, packs: Sequence[SkillPack], general_test: Sequence[str] = (),

@@ -129,12 +129,24 @@ def test_top_k_measure_on_a_hand_made_case():
     chosen = [frozenset({"a"}), frozenset({"a", "b"}), frozenset(), frozenset({"a"})]
     labels = [["a", "b"], ["b", "a"], [], []]
     assert top_k_measure(chosen, labels) == {"exact": 0.5, "recall": 0.625, "n": 4}
-    probs = torch.tensor([[0.5, 0.4, 0.1], [0.1, 0.3, 0.6]])
+    feats = torch.tensor([[1.5, 1.0, 0.0], [0.0, 1.5, 2.0]])  # alpha > beta; NONE > beta
     clf = toy_classifier()
-    assert chosen_packs(clf, probs, 1) == [{"alpha"}, set()]  # NONE on top: no pack
-    assert chosen_packs(clf, probs, 2) == [{"alpha", "beta"}, {"beta"}]
-    clf.threshold = 0.55
-    assert chosen_packs(clf, probs, 2) == [set(), {"beta"}]  # the first abstains
+    assert chosen_packs(clf, feats, 1) == [{"alpha"}, set()]  # NONE on top: no pack
+    assert chosen_packs(clf, feats, 2) == [{"alpha", "beta"}, {"beta"}]
+    top = clf.probs(feats).max(-1).values
+    assert top[0] < top[1]
+    clf.threshold = float(top.mean())
+    assert chosen_packs(clf, feats, 2) == [set(), {"beta"}]  # the first abstains
+
+
+def test_an_input_unfamiliar_to_its_top_class_abstains():
+    clf = toy_classifier()
+    clf.centroid.copy_(torch.eye(3))
+    feats = torch.tensor([[5.0, 0.0, 0.0], [5.0, 4.0, 0.0]])  # both alpha, at 0.99 and 0.78
+    assert clf.predict(feats) == ["alpha", "alpha"]  # no bound yet: never abstains
+    clf.familiar[0] = 0.9  # cosine to alpha's centroid: 1.0 and 0.78
+    assert clf.predict(feats) == ["alpha", NONE_CLASS]
+    assert chosen_packs(clf, feats, 2) == [{"alpha"} | {"beta"}, set()]
 
 
 def test_state_stores_its_router_evaluation_outside_its_fingerprint(world, tiny_world,  # noqa: F811

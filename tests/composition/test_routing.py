@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 import torch
 
@@ -146,6 +149,42 @@ def test_learned_router_accuracy_on_the_tiny_curriculum(world, tmp_path):
     assert accuracy(ngrams, seen) >= 0.98 and accuracy(hidden, seen) >= 0.98
     # 0.98 and 0.49 when written: the held-out forms are the gap n-grams close
     assert accuracy(ngrams, unseen) >= 0.9 > accuracy(hidden, unseen)
+
+
+def test_inputs_unlike_every_skill_get_no_pack(world, tmp_path):
+    """Random strings are like neither the skills' prompts nor the general ones the router saw;
+    its softmax still sends most to a pack. A skill whose prompts every general prompt is less
+    like than its own gets a familiarity bound, and no random string reaches its pack; the
+    skills' own test prompts keep theirs."""
+    from skillstore.curriculum.build import write_curriculum
+    from skillstore.curriculum.validate import load_rows
+
+    model, tok, _ = world
+    cur = write_curriculum(tmp_path / "cur", n_train=60, n_eval=50)
+    train = ({n: [r["prompt"] for r in load_rows(f.split("train"))] for n, f in cur.skills.items()}
+             | {NONE_CLASS: [r["prompt"] for r in load_rows(cur.general.split("train"))]})
+    tests = [(r["prompt"], n) for n, f in cur.skills.items() for r in load_rows(f.split("test"))]
+    rng = random.Random(0)
+    noise = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789 ") for _ in
+                     range(rng.randint(6, 40))) for _ in range(400)]
+    clf = train_router(model, tok, train, calibration=0.2).classifier
+    bounded_classes = set(clf.familiarity())  # general look-alikes stay below their prompts
+    assert bounded_classes
+    noise_feats = clf.featurize(model, tok, noise)
+    test_feats = clf.featurize(model, tok, [p for p, _ in tests])
+    bounded, kept = clf.predict(noise_feats), clf.predict(test_feats)
+    clf.familiar.fill_(float("-inf"))
+    free, free_kept = clf.predict(noise_feats), clf.predict(test_feats)
+
+    def right(predicted):
+        return sum(p == t for p, (_, t) in zip(predicted, tests, strict=True))
+
+    sent, sent_free = Counter(bounded), Counter(free)
+    # 49 random strings went to the two bounded classes' packs when written, none with bounds
+    assert sum(sent_free[c] for c in bounded_classes) >= 10
+    assert all(sent[c] == 0 for c in bounded_classes)
+    assert all(sent[c] == sent_free[c] for c in set(cur.skills) - bounded_classes)
+    assert right(kept) >= right(free_kept) - 0.01 * len(tests)
 
 
 def test_token_ngrams_count_real_tokens_whichever_side_is_padded():
