@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: setup setup-dev demo test test-reliability bench lint clean
+.PHONY: setup setup-dev demo test test-reliability bench gpu-check lint clean
 
 # `setup` installs what the service needs; `setup-dev` adds the test tools (schemathesis, moto,
 # s3fs, flower, ruff), which take as long to install again as the service itself, so `make demo`
@@ -48,6 +48,10 @@ test-reliability: setup-dev
 
 bench: setup
 	$(PY) -m bench
+
+# Train, compress, apply and evaluate on one GPU in under 5 minutes; skips (exit 0) without CUDA.
+gpu-check: setup
+	PY=$(PY) bench/gpu_check.sh
 
 lint: setup-dev
 	$(VENV)/bin/ruff check skillstore workers migrations tests bench

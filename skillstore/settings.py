@@ -60,6 +60,17 @@ class Settings(BaseSettings):
             env["SKILLSTORE_BLOB_OPTIONS"] = json.dumps(self.blob_options)
         return env
 
+    # Multi-GPU workers (docs/deploy.md): the train step runs `accelerate launch` with this
+    # config (training.launch) instead of training in the worker's own process.
+    accelerate_config: Path | None = Field(
+        default=None, description="accelerate config file for the train step (DDP across this "
+                                  "host's GPUs); unset: train in the worker's process.")
+
+    @field_validator("accelerate_config", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     # HTTP API (`skillstore serve`, docs/api.md). Tokens are stored as sha256 hex digests only;
     # `skillstore api-token new` prints a fresh token and the digest to put here.
     api_token_hashes: Annotated[tuple[str, ...], NoDecode] = Field(

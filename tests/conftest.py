@@ -7,6 +7,8 @@ import socket
 
 import pytest
 
+pytest_plugins = ["tests.launching"]  # the accelerate-launch fixtures of two test folders
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 SERVICES = {

@@ -23,6 +23,7 @@ from ..packs.tune import TuneConfig, tune_pack
 from ..settings import Settings
 from ..skilldata import read_rows, rows_blob, skill_rows
 from ..states import load_view
+from ..training.launch import launch_training
 from ..training.run import GraftSpec, TrainJob, run_training
 from .lifecycle import (
     Progress,
@@ -92,15 +93,21 @@ def train_job(session: Session, job: Job, settings: Settings, store=None):
 
 def train(session: Session, job_id: int, settings: Settings,
           progress: Progress | None = None) -> dict:
-    """Fine-tune with the request's method through `run_training`; the checkpoint lands in a
-    folder named by its weights' fingerprint, so a rerun after a crash never sees half a model."""
+    """Fine-tune with the request's method through `run_training` (under ``accelerate launch``
+    when the settings name an accelerate config); the checkpoint lands in a folder named by its
+    weights' fingerprint, so a rerun after a crash never sees half a model."""
     job = get_job(session, job_id)
     done = output(job, "train")
     if is_stopped(job) or (done and Path(done["tuned_dir"], "config.json").is_file()):
         return done or {}
     started, store = time.time(), blobs(settings)
-    result = run_training(request_of(job).method, train_job(session, job, settings, store),
-                          scaled(progress, "train", 0.0, 0.95))
+    method, request = request_of(job).method, train_job(session, job, settings, store)
+    report = scaled(progress, "train", 0.0, 0.95)
+    if settings.accelerate_config is None:
+        result = run_training(method, request, report)
+    else:  # the same run_training, in the ranks of `accelerate launch` (training.launch)
+        result = launch_training(method, request, settings.accelerate_config, report,
+                                 scratch_dir=scratch(settings, job.id))
     out = {"tuned_dir": result.pop("out_dir"), "fingerprint": result.pop("fingerprint"),
            "started": started, "finished": time.time(), "metrics": result}
     if not store.local:  # compress may run on another host: hand the checkpoint over as blobs

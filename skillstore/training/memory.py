@@ -206,8 +206,9 @@ def refuse_unless_fits(plan: MemoryPlan, available: int, *, with_checkpointing: 
         static = sum(v for k, v in plan.parts.items()
                      if k not in ("activations", "logits", "overhead"))
         fix = (f"the weights, gradients and optimiser state alone need {gib(static)} at any "
-               "batch size: use a device with more memory, or shard the job across GPUs with "
-               "FSDP (multi-GPU workers are not supported yet)")
+               "batch size: use a device with more memory (a multi-GPU worker's DDP, "
+               "SKILLSTORE_ACCELERATE_CONFIG, keeps all of it on every GPU; sharded FSDP "
+               "training is not supported yet)")
     raise ConfigError(f"{what} needs about {plan.summary()} on {plan.device} with the "
                       f"{plan.backend} backend at batch {plan.batch_size} x {plan.seq_len} "
                       f"tokens, but {gib(available)} is free; {fix}.")

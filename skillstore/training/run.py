@@ -301,6 +301,10 @@ def run_training(method: str, job: TrainJob, progress: Progress | None = None) -
     metrics = {k: v for k, v in result.metrics.items() if k not in ("history", "distilled_rows")}
     metrics["backend"] = choice.as_json()
     metrics["memory"] = {**plan.as_json(), **peak.as_json()}
+    if int(os.environ.get("RANK", "0")) != 0:
+        # A rank of a launched DDP run (training.launch): every rank holds the same weights
+        # and rank 0 saves them.
+        return {"method": method, "out_dir": None, "fingerprint": None, **metrics}
     result.model.to("cpu")
     result.model.generation_config.pad_token_id = tok.pad_token_id
     folder, fingerprint = save_model_atomically(result.model, tok, job.out_dir,
