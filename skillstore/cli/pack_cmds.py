@@ -300,7 +300,9 @@ def apply(
                              "for a catalog pack, else the folder recorded in the file)."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for the merged model."),
 ) -> None:
-    """Apply packs to a base and write the merged model folder."""
+    """Apply packs to a base and write the merged model folder.
+
+    Packs are decoded and added into the loaded base in place; no copy of the base is kept."""
     from ..packs import export_merged
 
     pairs = [_parse_pack_arg(p) for p in packs]

@@ -35,7 +35,10 @@ def _copy_tokenizer(base_dir: Path, out_dir: Path) -> None:
 def export_merged(base_dir: str | Path,
                   packs_with_scales: Iterable[tuple[PackFile | str | Path, float]],
                   out_dir: str | Path) -> Path:
-    """Write base + sum of scale * pack delta as a folder AutoModelForCausalLM loads."""
+    """Write base + sum of scale * pack delta as a folder AutoModelForCausalLM loads.
+
+    The packs are merged for good (``apply_pack(..., removable=False)``): decoded and added
+    into the loaded base in place, with no copy of the base weights."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     # A damaged pack is refused before the base is even loaded.
     packs = [(p if isinstance(p, PackFile) else read_pack(p), float(s))
@@ -44,7 +47,7 @@ def export_merged(base_dir: str | Path,
     for pack, _ in packs:
         check_base(model, pack)  # all checks before any weight changes
     for pack, scale in packs:
-        apply_pack(model, pack, scale)
+        apply_pack(model, pack, scale, removable=False)  # in place, nothing kept
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     _copy_tokenizer(base_dir, out_dir)
