@@ -107,7 +107,7 @@ def _tiny_tuned(zoo, cur, skill: str, out: Path, cfg=None, kind: str = "tiny") -
 def tiny_pair(out: Path) -> dict:
     from skillstore.curriculum.validate import load_rows
     from skillstore.models import load_causal_lm
-    from skillstore.packs.quant import collect_hessians
+    from skillstore.packs.calibration import skill_calibration
     from skillstore.training.generate import exact_match
     from skillstore.zoo.build import build_zoo
 
@@ -132,10 +132,10 @@ def tiny_pair(out: Path) -> dict:
     bitdelta_ratio = 1 / 16
     rows = [compact if p.name == "compact" else _measure(zoo.target, tuned_dir, p, packs, evaluate)
             for p in policies(zoo.target, compact["bytes"], bitdelta_ratio)]
-    ids = [torch.tensor([tok.encode(r["prompt"] + " " + r["answer"])]) for r in train[:64]]
-    hess = collect_hessians(base_model, ids)
-    rows.append(_measure(zoo.target, tuned_dir, load_policy("compact").model_copy(
-        update={"name": "compact + GPTQ calibration"}), packs, evaluate, calibration=hess))
+    hess = skill_calibration(base_model, tok, train)  # as the job's compress step collects
+    for label, gptq in (("compact + calibration (RTN codes)", False), ("compact + GPTQ", True)):
+        rows.append(_measure(zoo.target, tuned_dir, load_policy("compact").model_copy(
+            update={"name": label, "gptq": gptq}), packs, evaluate, calibration=hess))
     for budget in (0.05, 0.10, 0.20, 0.35):  # accuracy against bytes, output-error allocation
         policy = load_policy("compact", budget=budget).model_copy(
             update={"name": f"budget {100 * budget:.0f}% + calibration"})
@@ -194,6 +194,77 @@ def tiny_skills(out: Path) -> dict:
     return {"pair": "zoo target + SFT on each skill, compact preset", "skills": rows}
 
 
+def _per_prompt(model, tok, rows) -> list[int]:
+    """1/0 per prompt: greedy answer equal to the reference, as exact_match scores it."""
+    from skillstore.training.data import STOP, encode_text
+    from skillstore.training.generate import generate_answers
+
+    longest = max(len(encode_text(tok, r["answer"] + STOP)) for r in rows)
+    answers = generate_answers(model, tok, [r["prompt"] for r in rows],
+                               max_new_tokens=longest + 2, batch_size=64)
+    return [int(a == r["answer"].strip()) for a, r in zip(answers, rows, strict=True)]
+
+
+GPTQ_ROWS = (("compact (RTN)", False, False), ("compact + calibration, RTN codes", True, False),
+             ("compact + GPTQ", True, True))
+
+
+def gptq_skills(out: Path) -> dict:
+    """Compact with round-to-nearest codes against compact with GPTQ's codes, per curriculum
+    skill, scored per prompt (``gptq_skill``), on ``tiny_pair``'s 400-step fine-tunes (the
+    2,000-step ones of ``tiny_skills`` take 5x longer than a 2-core bench affords)."""
+    from skillstore.models import load_causal_lm
+    from skillstore.zoo.build import build_zoo
+
+    zoo = build_zoo()
+    cur = zoo.load_curriculum()
+    base_model, tok = load_causal_lm(zoo.target)
+    skills = [gptq_skill(zoo, cur, skill, base_model, tok, out) for skill in cur.skills]
+    met = sum(s["gptq_vs_rtn"]["difference"] >= 0 for s in skills)
+    return {"pair": "zoo target + SFT (400 steps, batch 32) on each skill; compact RTN vs GPTQ",
+            "gptq": skills, "met": f"{met}/{len(skills)}"}
+
+
+def gptq_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
+    """One skill's fine-tune (cached) as three compact packs, each scored per prompt on the
+    first 200 test prompts. GPTQ's statistics come from the skill's first 64 training rows
+    through the base (``skill_calibration``, as the job's compress step collects them). The
+    middle pack has GPTQ's allocation (by output error on those inputs) with RTN codes: the
+    same bytes exactly, so it isolates the codes from the allocation."""
+    from skillstore.curriculum.validate import load_rows
+    from skillstore.evaluation.stats import mcnemar_exact, wilson_interval
+    from skillstore.models import load_causal_lm
+    from skillstore.packs.calibration import skill_calibration
+
+    files = cur.skills[skill]
+    packs = out / "gptq-packs"
+    packs.mkdir(exist_ok=True)
+    tuned_dir = _tiny_tuned(zoo, cur, skill, out)
+    test = load_rows(files.test)[:200]
+    tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
+    hess = skill_calibration(base_model, tok, load_rows(files.train))
+    res = {"skill": skill, "n_test": len(test), "calibration_tokens": hess.tokens,
+           "tuned": _per_prompt(tuned_model, tok, test), "rows": []}
+    for label, calibrated, gptq in GPTQ_ROWS:
+        policy = load_policy("compact").model_copy(update={"gptq": gptq})
+        s = compress_checkpoint(zoo.target, tuned_dir, policy,
+                                packs / f"{skill}-{int(calibrated)}{int(gptq)}.safetensors",
+                                calibration=hess if calibrated else None)
+        with grafted(base_model, s.path):
+            scores = _per_prompt(base_model, tok, test)
+        ci = wilson_interval(sum(scores), len(scores))
+        res["rows"].append({"policy": label, "bytes": s.bytes, "payload": s.payload_bytes,
+                            "rel_error": s.rel_error, "gptq_matrices": s.gptq_matrices,
+                            "accuracy": sum(scores) / len(scores), "ci": [ci.low, ci.high],
+                            "scores": scores})
+    rtn, cal, gq = (r["scores"] for r in res["rows"])
+    for key, before in (("gptq_vs_rtn", rtn), ("gptq_vs_calibrated_rtn", cal)):
+        t = mcnemar_exact(before, gq)
+        res[key] = {"difference": t.difference, "ci": [t.low, t.high], "p": t.p_value,
+                    "b": t.b, "c": t.c}
+    return res
+
+
 # ---- ~100M synthetic Llama pair -------------------------------------------------------------
 
 def make_synthetic_pair(root: Path, cfg: dict = BIG, seed: int = 0) -> tuple[Path, Path]:
@@ -246,21 +317,42 @@ def _load_full(tuned: Path) -> None:
 
 REPEATS = 3
 MODES = ("merge", "hooks")
+# "inplace": apply_pack(removable=False), the merge export_merged and `pack apply` run
+APPLY_MODES = (*MODES, "inplace")
+
+
+def _restore(model, base: dict[str, torch.Tensor]) -> None:
+    """Put the base weights back after a pack merged for good (untimed), and drop its record."""
+    from skillstore.packs.graft import STATE_ATTR
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.data.copy_(base[name])
+    getattr(model, STATE_ATTR).active.pop()
 
 
 def apply_vs_load(model, pack: Path, tuned: Path, repeats: int = REPEATS,
-                  modes: tuple[str, ...] = MODES) -> dict:
+                  modes: tuple[str, ...] = APPLY_MODES) -> dict:
     """Medians of ``repeats`` warm-cache runs of each, interleaved in one process: apply
-    (read + verify + decode + graft, exact unapply kept) on the loaded base in each of
-    ``modes``, and ``from_pretrained`` of the fine-tuned folder. One run of each warms the
-    caches first; the first merged apply (no spare storage from an unapply yet) is reported
-    on its own. Keys without a mode prefix are the merged apply's; ``hooks_`` ones the
-    hooked apply's (weights untouched, the delta added to module outputs)."""
+    (read + verify + decode + graft) on the loaded base in each of ``modes``, and
+    ``from_pretrained`` of the fine-tuned folder. One run of each warms the caches first;
+    the first merged apply (no spare storage from an unapply yet) is reported on its own.
+    Keys without a mode prefix are the exact merged apply's (exact unapply kept);
+    ``hooks_`` ones the hooked apply's (weights untouched, the delta added to module
+    outputs); ``inplace_`` ones the merge for good (``removable=False``: added in place,
+    nothing kept; the base weights are copied back untimed after each run)."""
     runs: dict[str, list[float]] = {m: [] for m in modes}
     load_s = []
     release_buffers(model)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()} \
+        if "inplace" in modes else {}
     for _ in range(repeats + 1):
         for mode in modes:
+            if mode == "inplace":
+                runs[mode].append(_timed(lambda: apply_pack(model, read_pack(pack),
+                                                            removable=False)))
+                _restore(model, base)
+                continue
             runs[mode].append(_timed(lambda m=mode: apply_pack(model, read_pack(pack), mode=m)))
             unapply_pack(model, pack)
         load_s.append(_timed(lambda: _load_full(tuned)))
@@ -324,6 +416,9 @@ def markdown(results: dict) -> str:
         if "error" in res:
             lines.append(f"\n**{key}**: not run ({res['error']})\n")
             continue
+        if "gptq" in res:
+            lines += _gptq_markdown(key, res)
+            continue
         if "skills" in res:
             lines.append(f"\n**{key}**: {res['pair']}\n")
             lines += ["| skill | test prompts | base | fine-tuned | compact | norm. accuracy "
@@ -365,6 +460,22 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _gptq_markdown(key: str, res: dict) -> list[str]:
+    lines = [f"\n**{key}**: {res['pair']}; GPTQ >= RTN on {res['met']} skills\n",
+             "| skill | n | fine-tuned | compact RTN [95% CI] | calib. alloc., RTN | "
+             "compact + GPTQ | file bytes RTN / GPTQ | GPTQ - RTN [95% CI] | "
+             "GPTQ - calib. RTN [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in res["gptq"]:
+        cells = [s["skill"], str(s["n_test"]), f"{sum(s['tuned']) / s['n_test']:.3f}"]
+        cells += [f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" for r in s["rows"]]
+        cells.append(f"{s['rows'][0]['bytes']:,} / {s['rows'][2]['bytes']:,}")
+        for k in ("gptq_vs_rtn", "gptq_vs_calibrated_rtn"):
+            t = s[k]
+            cells.append(f"{t['difference']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def run(out_dir: Path) -> None:
     """Run both pairs, print the Markdown table, write packs.json and packs.md into out_dir."""
     out = Path(out_dir) / "packs"
@@ -374,7 +485,7 @@ def run(out_dir: Path) -> None:
     results = {}
     load_before = os.getloadavg()
     for key, fn in (("tiny", tiny_pair), ("tiny_skills", tiny_skills),
-                    ("synthetic_100m", synthetic_pair)):
+                    ("gptq_skills", gptq_skills), ("synthetic_100m", synthetic_pair)):
         try:
             results[key] = fn(out)
         except ImportError as exc:  # the zoo is another part of the project

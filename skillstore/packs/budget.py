@@ -43,14 +43,14 @@ class Choice:
     row_tol: float = 0.0
     err2: float = 0.0  # predicted, in the spectrum's measure
 
-    def codec(self):
+    def codec(self, calibrated: bool = False):
         if self.rows:
             return MagnitudePrune(layout="rows", row_tol=self.row_tol)
         if not self.blocks:
             return None
         k = sum(c for c, _ in self.blocks)
         return MixedPrecisionLowRank(rank=k, schedule=tuple((c / k, b) for c, b in self.blocks),
-                                     group_size=GROUP, calibrated=False)
+                                     group_size=GROUP, calibrated=calibrated)
 
     @property
     def nbytes(self) -> int:
@@ -65,15 +65,20 @@ class Choice:
         return codes + 2 * grid + 8
 
 
-def encode(choice: Choice, spectrum: Spectrum, delta: torch.Tensor) -> Encoded:
-    """The second pass for one matrix: the same factors as the first, encoded as chosen."""
-    codec = choice.codec()
+def encode(choice: Choice, spectrum: Spectrum, delta: torch.Tensor,
+           hessian: torch.Tensor | None = None) -> Encoded:
+    """The second pass for one matrix: the same factors as the first, encoded as chosen.
+
+    With ``hessian`` (the layer's input second moment) the right factor is quantised by GPTQ
+    (``codecs.gptq_factors``) instead of round-to-nearest: the same blocks, so the same bytes,
+    with GPTQ's own codes and grids stored."""
+    codec = choice.codec(calibrated=hessian is not None)
     if choice.rows:
         enc = codec.encode(choice.name, delta)
         assert enc.info.get("count") == choice.rows, (choice.name, enc.info)
         return enc
     u, s, vh = factors(spectrum.name, delta, spectrum.rank, spectrum.method)
-    return codec.encode(choice.name, delta, factors=(u, s, vh))
+    return codec.encode(choice.name, delta, hessian=hessian, factors=(u, s, vh))
 
 
 class _Priced:

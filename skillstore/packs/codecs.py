@@ -171,27 +171,16 @@ class MixedPrecisionLowRank:
         a, b = (u[:, :k] * sq).T.contiguous(), (sq[:, None] * vh[:k]).contiguous()
         use_h = self.calibrated and hessian is not None and hessian.dim() == 2 and \
             hessian.shape[0] == delta.shape[1]
-        if use_h:
-            a, b = _gptq_factors(delta.float(), a, b, hessian.float(), blocks, self.group_size)
+        sides = (gptq_factors(a, b, hessian.float(), blocks, self.group_size)
+                 if use_h else [_rtn_side(mat, blocks, self.group_size) for mat in (a, b)])
         # Three payload tensors per matrix (every block's codes, every grid, both gains), so
         # that a small model's pack is not mostly safetensors header.
         codes, grids, gains = [], [], []
-        for mat in (a, b):
-            gain = mat.abs().max().clamp_min(1e-30)
-            gains.append(gain.float())
-            for rows, bits in _row_ranges(blocks):
-                block_codes, scales, lows = [], [], []
-                # 8 rows at a time end on a byte, so the packed slabs join into the block's
-                # stream; int64 codes of a whole 150k-wide block would be GBs
-                step = 8 * max(1, (1 << 21) // (8 * mat.shape[1]))
-                for r0 in range(rows.start, rows.stop, step):
-                    x = mat[r0:min(r0 + step, rows.stop)] / gain
-                    grid = quant.make_grid(x, bits, self.group_size)
-                    block_codes.append(pack_bits(quant.quantize(x, grid), bits))
-                    scales.append(grid.scale)
-                    lows.append(grid.low)
-                codes += block_codes
-                grids += [torch.cat(scales).reshape(-1), torch.cat(lows).reshape(-1)]
+        for side in sides:
+            gains.append(side.gain)
+            for code, grid in side.blocks:
+                codes.append(code)
+                grids += [grid.scale.reshape(-1), grid.low.reshape(-1)]
         return Encoded({"codes": torch.cat(codes), "grid": torch.cat(grids),
                         "gain": torch.stack(gains)},
                        {"blocks": [list(x) for x in blocks], "calibrated": use_h})
@@ -270,27 +259,67 @@ def _row_ranges(blocks):
         start += count
 
 
-def _grid_entries(mat, blocks, group_size):
-    """Per-entry (scale, low, qmax) of the RTN grids of ``mat``'s row blocks, gain-normalised."""
+@dataclass(frozen=True)
+class FactorCodes:
+    """One factor (rows = directions) as stored: per block, its bit-packed codes and grid,
+    on the factor divided by ``gain``; ``values`` is what decoding gives, gain included."""
+
+    gain: torch.Tensor
+    blocks: list[tuple[torch.Tensor, quant.Grid]]
+    values: torch.Tensor | None = None
+
+
+def _rtn_side(mat, blocks, group_size) -> FactorCodes:
+    """Round-to-nearest codes of ``mat``'s row blocks, on group-wise min-max grids."""
     gain = mat.abs().max().clamp_min(1e-30)
-    parts = []
+    out = []
     for rows, bits in _row_ranges(blocks):
-        grid = quant.make_grid(mat[rows] / gain, bits, group_size)
-        s, lo = grid.expand(mat.shape[1])
-        parts.append((s * gain, lo * gain, torch.full_like(s, 2**bits - 1)))
-    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+        block_codes, scales, lows = [], [], []
+        # 8 rows at a time end on a byte, so the packed slabs join into the block's
+        # stream; int64 codes of a whole 150k-wide block would be GBs
+        step = 8 * max(1, (1 << 21) // (8 * mat.shape[1]))
+        for r0 in range(rows.start, rows.stop, step):
+            x = mat[r0:min(r0 + step, rows.stop)] / gain
+            grid = quant.make_grid(x, bits, group_size)
+            block_codes.append(pack_bits(quant.quantize(x, grid), bits))
+            scales.append(grid.scale)
+            lows.append(grid.low)
+        out.append((torch.cat(block_codes),
+                    quant.Grid(torch.cat(scales), torch.cat(lows), bits, group_size)))
+    return FactorCodes(gain.float(), out)
 
 
-def _gptq_factors(delta, a, b, h, blocks, group_size):
-    """V first with GPTQ on H, then U refitted by least squares given the quantized V and
-    quantized with GPTQ on V H V^T: minimises the layer's output error on calibration data."""
-    b_hat = quant.gptq(b, h, _grid_entries(b, blocks, group_size))
-    hu = b_hat @ h @ b_hat.T
-    hu_d = hu + 1e-6 * hu.diagonal().mean().clamp_min(1e-30) * torch.eye(hu.shape[0])
-    u_ls = torch.linalg.solve(hu_d, (delta @ h @ b_hat.T).T).T           # (m, k)
-    scale, low, qmax = _grid_entries(u_ls.T.contiguous(), blocks, group_size)
-    a_hat = quant.gptq(u_ls, hu, (scale.T, low.T, qmax.T)).T.contiguous()
-    return a_hat, b_hat
+def _gptq_side(result: quant.GptqCodes, gain, blocks, group_size) -> FactorCodes:
+    """GPTQ's codes and grids as they are, block by block: no re-quantization."""
+    out = [(pack_bits(result.codes[rows], bits),
+            quant.Grid(result.scale[rows], result.low[rows], bits, group_size))
+           for rows, bits in _row_ranges(blocks)]
+    return FactorCodes(gain.float(), out, result.values * gain.float())
+
+
+# GPTQ's dampening, as a share of the mean input energy added to H's diagonal: 0.1 rather
+# than the paper's 0.01, because a skill calibrates on a few dozen rows (about a thousand
+# tokens) and the pack must serve inputs beyond them; on the zoo's `reverse` 0.1 scored
+# 0.270 and 0.01 0.265 of 200 prompts (docs/skillpack.md, "GPTQ codes in packs").
+GPTQ_DAMP = 0.1
+
+
+def gptq_factors(a, b, h, blocks, group_size) -> tuple[FactorCodes, FactorCodes]:
+    """The factors' codes with GPTQ where it pays: V (= ``b``, rows are directions) with GPTQ
+    over its input columns on the input second moment ``h``, so that the layer's outputs on
+    those inputs move least; U (= ``a``, k x m) round-to-nearest, as without calibration.
+    V's codes and grids are GPTQ's own, stored without re-quantization; its ``values`` are
+    the decoded V, bit for bit what ``decode`` gives.
+
+    U is not refitted by least squares on the quantized V (``U = delta H V^T (V H V^T)^-1``,
+    fitted to a thousand calibration tokens it lost exact match on the zoo's test prompts),
+    nor quantized with GPTQ on ``V H V^T`` (a little worse than round-to-nearest there);
+    docs/skillpack.md, "GPTQ codes in packs"."""
+    widths = torch.tensor([bits for rows, bits in _row_ranges(blocks)
+                           for _ in range(rows.stop - rows.start)])
+    gain_b = b.abs().max().clamp_min(1e-30)
+    qb = quant.gptq(b / gain_b, h, widths, group_size, damp=GPTQ_DAMP)
+    return _rtn_side(a, blocks, group_size), _gptq_side(qb, gain_b, blocks, group_size)
 
 
 @dataclass(frozen=True)

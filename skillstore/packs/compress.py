@@ -37,6 +37,7 @@ class PackSummary:
     rel_errors: dict[str, float] = field(repr=False)
     seconds: float = 0.0
     rel_error: float = 0.0  # overall: sqrt(sum of squared errors / sum of squared deltas)
+    gptq_matrices: int = 0  # matrices whose codes GPTQ chose (info "calibrated")
 
     @property
     def ratio(self) -> float:
@@ -67,8 +68,10 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
                         progress: Progress | None = None) -> PackSummary:
     """Write the pack for ``tuned_dir - base_dir`` under ``policy`` to ``out_path``.
 
-    ``calibration`` maps weight names to input second moments (quant.collect_hessians) and
-    switches on GPTQ-style quantization for codecs that use it. Unchanged tensors are left out.
+    ``calibration`` maps weight names to input second moments (quant.collect_hessians): the
+    budget mode then allocates by output error, fixed-role codecs that are ``calibrated``
+    quantize with GPTQ, and with ``policy.gptq`` so do the allocated matrices (a policy with
+    ``gptq`` and no calibration is refused). Unchanged tensors are left out.
 
     The file is reproducible: the same checkpoints (by content), policy and calibration give
     the same bytes on the same platform, whatever torch's thread count or the folders'
@@ -87,6 +90,10 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
     total = len(check_compatible(base_dir, tuned_dir))
     fingerprint = base_fingerprint or fingerprint_checkpoint(base_dir)
     source = {"tuned_fingerprint": tuned_fingerprint or fingerprint_checkpoint(tuned_dir)}
+    if policy.gptq and not calibration:
+        raise ConfigError(f"Policy {policy.name!r} quantizes with GPTQ (gptq=true) but no "
+                          "calibration statistics were given; pass calibration="
+                          "collect_hessians(base model, batches) or set gptq to false.")
     calibration = calibration or {}
     chosen: dict[str, tuple[object, Encoded]] = {}
     meta: dict[str, dict] = {}
@@ -128,11 +135,12 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
             pick = picks.get(name)
             if pick is None:
                 continue
-            codec = pick.codec()
+            hessian = _gptq_hessian(policy, calibration, name, delta)
+            codec = pick.codec(calibrated=hessian is not None)
             if codec is None:  # nothing left of it: out of the pack, its error counted
                 meta[name]["err2"] = meta[name]["norm2"]
                 continue
-            enc = budget_mode.encode(pick, spectra[name], delta)
+            enc = budget_mode.encode(pick, spectra[name], delta, hessian=hessian)
             chosen[name] = (codec, enc)
             meta[name]["err2"] = _err2(codec, name, delta, enc)
     if progress:
@@ -142,7 +150,17 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
     err_num, err_den = summary["err2"]
     return PackSummary(Path(out_path), size, summary["payload"], 2 * dense_elems,
                        summary["by_role"], summary["rel"], time.perf_counter() - start,
-                       (err_num / max(err_den, 1e-300)) ** 0.5)
+                       (err_num / max(err_den, 1e-300)) ** 0.5,
+                       sum(bool(enc.info.get("calibrated")) for _, enc in chosen.values()))
+
+
+def _gptq_hessian(policy, calibration, name, delta):
+    """The input second moment GPTQ uses for an allocated matrix, where the policy asks for
+    GPTQ and the statistics fit the matrix (an embedding's token counts do not)."""
+    h = calibration.get(name) if policy.gptq else None
+    if h is None or h.dim() != 2 or tuple(h.shape) != (delta.shape[1],) * 2:
+        return None
+    return h
 
 
 def _allocate(spectra, policy, dense_bytes, fixed_bytes):

@@ -40,7 +40,10 @@ class CompressionPolicy(BaseModel):
     a ``budget`` fraction of the dense fp16 delta's bytes (the header is not counted), and
     the embedding, attention and MLP matrices get the singular directions and bit widths, or
     embedding rows, that lose the least of each matrix's energy. ``energy`` (role ->
-    fraction) stops a matrix of that role taking more once it keeps that share of its energy."""
+    fraction) stops a matrix of that role taking more once it keeps that share of its energy.
+    ``gptq`` quantises the allocated matrices' factors with GPTQ on calibration statistics
+    (the input second moments of each linear layer), which the pack is then refused without;
+    the job's compress step collects them from the skill's training rows."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = "custom"
@@ -52,6 +55,7 @@ class CompressionPolicy(BaseModel):
     role_table: tuple[tuple[str, str], ...] = ()
     budget: float | None = None
     energy: dict[str, float] = {}
+    gptq: bool = False
 
     @field_validator("role_table")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -60,17 +61,37 @@ def dequantize(codes: torch.Tensor, grid: Grid) -> torch.Tensor:
     return out.reshape(rows, cols)
 
 
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, grids_per_col, *,
-         damp: float = 0.01, block: int = 128) -> torch.Tensor:
+class GptqCodes(NamedTuple):
+    """What GPTQ stored: integer codes, the grids it chose, and the values they decode to."""
+
+    codes: torch.Tensor   # (rows, cols) int64
+    scale: torch.Tensor   # (rows, groups) fp16
+    low: torch.Tensor     # (rows, groups) fp16
+    values: torch.Tensor  # (rows, cols) float32: ``dequantize`` of the codes, bit for bit
+
+
+def _minmax(x: torch.Tensor, qmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_grid``'s fp16 (scale, low) of each row of ``x``, with ``qmax`` levels per row."""
+    low, high = x.amin(1), x.amax(1)
+    scale = ((high - low) / qmax).half()
+    return torch.where(scale > 0, scale, torch.ones_like(scale)), low.half()
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits, group_size: int, *,
+         damp: float = 0.01, block: int = 128) -> GptqCodes:
     """GPTQ (Frantar et al. 2022): quantize columns in order, pushing each column's error
     onto the columns not yet quantized so that ``X @ W.T`` changes least for inputs with
-    second moment ``hessian``. ``grids_per_col`` gives (scale, low, qmax) per entry.
+    second moment ``hessian``; ``bits`` is one width, or one per row.
 
-    Returns the dequantized weight; the codes follow from the grid by rounding it.
+    Each row's groups of ``group_size`` consecutive columns get min-max grids (as
+    ``make_grid``), each made from the values GPTQ has when it reaches the group, after the
+    error of earlier columns was pushed on. The codes and grids are returned as they are, so
+    that a reader decodes exactly GPTQ's output: re-quantizing that output on new grids
+    undoes its error compensation.
     """
     w = weight.float().clone()
     rows, cols = w.shape
-    scale, low, qmax = grids_per_col
+    qmax = (2 ** torch.as_tensor(bits, dtype=torch.int64) - 1).float().expand(rows).contiguous()
     h = hessian.double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
@@ -78,23 +99,31 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, grids_per_col, *,
     h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)),
                                  upper=True).float()
-    out = torch.zeros_like(w)
+    block = group_size * max(1, block // group_size)  # a group lies in one block: its grid
+    shape = (rows, -(-cols // group_size))            # sees the values updated so far
+    scale = torch.empty(shape, dtype=torch.float16)
+    low = torch.empty(shape, dtype=torch.float16)
+    codes = torch.empty(rows, cols, dtype=torch.int64)
+    values = torch.empty(rows, cols)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         h1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = w1[:, i]
-            j = i1 + i
-            q = torch.minimum(torch.round((col - low[:, j]) / scale[:, j]).clamp_min(0), qmax[:, j])
-            deq = low[:, j] + q * scale[:, j]
-            out[:, j] = deq
+            col, j = w1[:, i], i1 + i
+            g = j // group_size
+            if j % group_size == 0:
+                scale[:, g], low[:, g] = _minmax(w1[:, i:i + group_size], qmax)
+            s, lo = scale[:, g].float(), low[:, g].float()
+            q = torch.minimum(torch.round((col - lo) / s).clamp_min(0), qmax)
+            deq = lo + q * s
+            codes[:, j], values[:, j] = q.to(torch.int64), deq
             e = (col - deq) / h1[i, i]
             w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return out
+    return GptqCodes(codes, scale, low, values)
 
 
 def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
@@ -136,3 +165,4 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
         for h in hooks:
             h.remove()
     return sums
+

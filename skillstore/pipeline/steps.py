@@ -13,12 +13,13 @@ from ..atomic import publish_dir
 from ..catalog import EdgeKind, create_pack, current_head, get_base, get_job, get_pack, get_state
 from ..catalog.models import BaseCheckpoint, Job, Skill
 from ..catalog.schema import PackStatus
-from ..errors import StaleEvaluationError
+from ..errors import ConfigError, StaleEvaluationError
 from ..evaluation.suites import general_suite, skill_suite
 from ..gate import CandidateEvaluation, evaluate_candidate, gate_pack, head_of, recorded_judge
 from ..gate.reference import evaluate_base, finetune_record, finetune_score, record_fidelity
 from ..models import load_causal_lm
 from ..packs import FORMAT_VERSION, compress_checkpoint, load_policy
+from ..packs.calibration import CALIBRATION_ROWS, skill_calibration
 from ..packs.tune import TuneConfig, tune_pack
 from ..settings import Settings
 from ..skilldata import read_rows, rows_blob, skill_rows
@@ -151,6 +152,18 @@ def _tune(base: BaseCheckpoint, store, job: Job, pack_file: Path, tmp: Path, ste
                          "loss_after": result.loss_after, "seconds": result.seconds}
 
 
+def _calibration(base: BaseCheckpoint, store, job: Job) -> tuple[object, dict]:
+    """GPTQ's statistics from the job's first ``CALIBRATION_ROWS`` training rows through the
+    base, collected layer by layer as compression reads the matrices; and what to record."""
+    rows = read_rows(store, output(job, "prepare")["train"])[:CALIBRATION_ROWS]
+    if not rows:
+        raise ConfigError(f"Job {job.id} asks for GPTQ (policy gptq=true) but its skill has no "
+                          "training rows to calibrate on; add rows or set gptq to false.")
+    model, tok = load_causal_lm(base.uri)
+    stats = skill_calibration(model, tok, rows)
+    return stats, {"rows": len(rows), "tokens": stats.tokens}
+
+
 def compress(session: Session, job_id: int, settings: Settings,
              progress: Progress | None = None) -> dict:
     """Compress tuned - base with the job's policy, store the pack as a blob, and create the
@@ -164,12 +177,18 @@ def compress(session: Session, job_id: int, settings: Settings,
     tmp = scratch(settings, job.id)
     share = 0.5 if request.tune_steps else 0.9
     report = (lambda i, n, _name: progress("compress", share * i / max(1, n))) if progress else None
-    tune_info = None
+    tune_info = gptq_info = None
     try:
         policy = load_policy(request.policy, budget=request.budget)
+        calibration, gptq_info = (_calibration(base, store, job) if policy.gptq
+                                  else (None, None))
         summary = compress_checkpoint(base.uri, tuned_checkpoint(store, settings, job.id, tuned),
                                       policy, tmp / "pack.safetensors",
-                                      base_fingerprint=base.fingerprint, progress=report)
+                                      base_fingerprint=base.fingerprint, progress=report,
+                                      calibration=calibration)
+        del calibration
+        if gptq_info:
+            gptq_info["matrices"] = summary.gptq_matrices
         pack_file, size = summary.path, summary.bytes
         if request.tune_steps:
             pack_file, tune_info = _tune(base, store, job, summary.path, tmp, request.tune_steps,
@@ -194,6 +213,8 @@ def compress(session: Session, job_id: int, settings: Settings,
                "train": tuned.get("metrics", {}), "job_id": job.id}
     if tune_info:
         metrics["tune"] = tune_info
+    if gptq_info:
+        metrics["gptq"] = gptq_info
     pack = create_pack(session, skill=skill, base=base, blob_digest=digest, size_bytes=size,
                        format_version=FORMAT_VERSION, method=request.method, parents=parents,
                        source=source, compression_ratio=ratio, codecs=summary.codecs_by_role,
@@ -201,7 +222,8 @@ def compress(session: Session, job_id: int, settings: Settings,
     job.pack_id = pack.id
     out = {"pack_id": pack.id, "blob": digest, "bytes": size,
            "dense_fp16_bytes": summary.dense_fp16_bytes, "ratio": ratio,
-           "rel_error": summary.rel_error, **({"tune": tune_info} if tune_info else {})}
+           "rel_error": summary.rel_error, **({"tune": tune_info} if tune_info else {}),
+           **({"gptq": gptq_info} if gptq_info else {})}
     return record_output(session, job, "compress", out)
 
 
