@@ -19,6 +19,7 @@ from ...catalog import (
     list_packs,
     promotions_of,
 )
+from ...catalog.packs import pack_file_name
 from ...catalog.serialize import pack_dict, promotion_dict
 from ..auth import actor
 from ..context import ApiContext
@@ -77,7 +78,7 @@ def download(ref: Ref, ctx: Ctx) -> FileResponse:
     """The pack's SkillPack file, verified against its digest before it is sent."""
     with ctx.session() as session:
         row = get_pack(session, ref)
-        digest, filename = row.blob_digest, f"{row.skill.name}-v{row.version}.safetensors"
+        digest, filename = row.blob_digest, pack_file_name(row)
     path = ctx.blobs.local_path(digest, ctx.settings.home / "cache")
     return FileResponse(path, media_type=PACK_MEDIA_TYPE, filename=filename,
                         headers={"X-Skillstore-Digest": digest})
