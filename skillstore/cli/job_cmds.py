@@ -19,7 +19,10 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
           source: str | None = typer.Option(None, "--source", help="Source model for distill/dpo."),
           method: str = typer.Option("sft", help="sft, distill or dpo (SFT, then DPO)."),
           policy: str = typer.Option("balanced", help="Compression preset or policy JSON file."),
-          start_from: str = typer.Option("base", "--start-from", help="base or current."),
+          start_from: str = typer.Option("base", "--start-from",
+                                           help="base, or current: train on top of the head "
+                                                "state's packs (only a state that sums its "
+                                                "packs, router 'none')."),
           budget: float | None = typer.Option(None, min=0.01, max=100,
                                               help="Fit the pack in this percent of the dense "
                                                    "fp16 delta (budget mode, e.g. 25)."),

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.orm import Session
 
-from ..catalog import get_base, get_skill
-from ..catalog.models import BaseCheckpoint, Skill
+from ..catalog import current_head, get_base, get_skill, get_state
+from ..catalog.models import BaseCheckpoint, ModelState, Skill
 from ..errors import ConfigError, NotFoundError, RequestError
 from ..evaluation.suites import general_suite, skill_suite
 from ..fingerprint import fingerprint_tokenizer
@@ -193,7 +193,26 @@ def check_request(session: Session, request: LearnRequest) -> tuple[Skill, BaseC
     _check_suites(skill, request)
     if request.source is not None:
         _check_source(get_base(session, request.source))
+    if request.start_from == "current":
+        check_start_state(session, base)
     return skill, base
+
+
+def check_start_state(session: Session, base: BaseCheckpoint) -> ModelState | None:
+    """The state a ``start_from=current`` job trains on top of (None: the plain base). Refused
+    with one line when that state picks packs per input (a learned or tag router): the new
+    pack would be trained with every pack in the weights and then served without them, and
+    such fine-tunes scored 0.00 on their own skill where the same jobs from the base learned."""
+    head = current_head(session, base.id)
+    state = get_state(session, head.state_id) if head is not None else None
+    if state is not None and state.members and state.router != "none":
+        raise ConfigError(
+            f"Base {base.name!r} is at state {state.id}, which routes one pack per input "
+            f"(router {state.router!r}); a skill trained on top of all its packs would be "
+            "served without them. Start from the base (--start-from base, the default), or "
+            "make a state that sums its packs (router 'none', e.g. `skillstore state fuse`) "
+            "the head first.")
+    return state
 
 
 def resolved(request: LearnRequest) -> LearnRequest:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..atomic import publish_dir
-from ..catalog import EdgeKind, create_pack, current_head, get_base, get_job, get_pack, get_state
+from ..catalog import EdgeKind, create_pack, get_base, get_job, get_pack
 from ..catalog.models import BaseCheckpoint, Job, Skill
 from ..catalog.schema import PackStatus
 from ..errors import ConfigError, StaleEvaluationError
@@ -35,7 +35,7 @@ from .lifecycle import (
     record_output,
     send_chain,
 )
-from .request import LearnRequest, request_of
+from .request import LearnRequest, check_start_state, request_of
 from .workdir import blobs, scaled, scratch, work_dir
 
 EVAL_BATCH = 32
@@ -65,10 +65,11 @@ def prepare(session: Session, job_id: int, settings: Settings,
 
 def _graft_specs(session: Session, job: Job, request: LearnRequest, store, settings: Settings):
     """The current state's packs, by local path and scale, when the job starts from it."""
-    head = current_head(session, job.base_id) if request.start_from == "current" else None
-    if head is None:
+    state = (check_start_state(session, session.get(BaseCheckpoint, job.base_id))
+             if request.start_from == "current" else None)
+    if state is None:
         return ()
-    view = load_view(session, get_state(session, head.state_id))
+    view = load_view(session, state)
     cache = work_dir(settings, "cache")
     return tuple(GraftSpec(path=store.local_path(m.blob_digest, cache), scale=m.scale)
                  for m in view.members)

@@ -65,7 +65,7 @@ def assert_learned(env, job_id: int, skill: str) -> SkillPack:
 def test_learn_in_sequence_on_embedded_sqlite_broker(sqlite_env):
     env = sqlite_env
     first = _queue(env, "reverse")
-    second = _queue(env, "sort", start_from="current")
+    second = _queue(env, "sort")
     assert env.job(first).status == JobStatus.queued
     with env.worker(concurrency=2):  # two processes: only the sequencing keeps them in order
         env.wait(first)
@@ -77,7 +77,8 @@ def test_learn_in_sequence_on_embedded_sqlite_broker(sqlite_env):
     assert f"job {second} sort" in waited.stdout and "100%" in waited.stdout
     assert_learned(env, first, "reverse")
     pack = assert_learned(env, second, "sort")
-    # The second job trained only after the first had finished, on top of what it promoted.
+    # The second job trained only after the first had finished, and its pack joined the state
+    # the first promoted.
     assert env.job(second).outputs["train"]["started"] >= env.job(first).finished_at.timestamp()
     with env.catalog.session() as s:
         state = get_state(s, current_head(s, pack.base_id).state_id)
