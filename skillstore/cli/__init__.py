@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "state_cmds",     # state ..., report, pack promote/reject/retire
     "job_cmds",       # learn, worker, job wait/cancel/retry, demo
     "serve_cmds",     # serve (the HTTP API), api-token new/hash
+    "experiment_cmds",  # experiment validate
 )
 
 for _group in GROUPS:

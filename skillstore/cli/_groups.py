@@ -24,5 +24,7 @@ PACK = _group("pack", "List, inspect, compress, apply, export and promote SkillP
 JOB = _group("job", "Follow and control learning jobs.")
 ZOO = _group("zoo", "Build the tiny local model zoo and skill curriculum.")
 STATE = _group("state", "Model states: base plus packs plus router.")
+EXPERIMENT = _group("experiment", "Continual-learning experiments: a curriculum under several "
+                                  "methods and seeds.")
 
-GROUPS = (BASE, SKILL, PACK, JOB, ZOO, STATE)
+GROUPS = (BASE, SKILL, PACK, JOB, ZOO, STATE, EXPERIMENT)

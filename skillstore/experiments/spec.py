@@ -1,0 +1,239 @@
+"""The experiment spec: one YAML file naming a base, a curriculum, the methods and the seeds.
+
+A spec is validated whole before anything is queued: `load_spec` refuses an unknown key, a
+bad value or an impossible combination with one ConfigError line naming the key, and
+`check_spec` refuses a base, source or skill the catalog lacks. `runs` is the plan: one run
+per (method, seed), in the order they would be queued.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.orm import Session
+
+from ..errors import ConfigError, NotFoundError
+from ..gate.policy import GatePolicy
+from ..heldout import METRICS
+from ..packs import load_policy
+from ..training.sft import SFTConfig
+
+NAME = r"^[a-z][a-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Graft(_Settings):
+    """GraftLLM: fine-tune, compress into a pack (``policy``, or ``budget`` percent of the dense
+    fp16 delta), tune it ``tune_steps``, and route between packs."""
+
+    policy: str = "compact"
+    budget: float | None = Field(default=None, gt=0, le=100)
+    tune_steps: int = Field(default=0, ge=0)
+    router: Literal["learned", "tag", "none"] = "learned"
+    top_k: int = Field(default=1, ge=1)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        try:
+            load_policy(v)  # a preset or a JSON policy file
+        except ConfigError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
+        return v
+
+
+class Sequential(_Settings):
+    """Full fine-tuning of one model, skill after skill (``naive_ft``), with ``replay`` rows of
+    every earlier skill mixed into each stage (``replay``)."""
+
+    replay: int = Field(default=0, ge=0)
+
+
+class LoRASweep(_Settings):
+    """One LoRA trained in sequence (``lora_seq``) or one adapter per skill behind the router
+    (``multi_lora``); rank and learning rate are picked from this grid on the validation split
+    of the first seed, and the choice is reused for the others."""
+
+    ranks: tuple[Annotated[int, Field(gt=0)], ...] = Field(default=(8, 16), min_length=1)
+    lrs: tuple[Annotated[float, Field(gt=0)], ...] = Field(default=(1e-3, 3e-3), min_length=1)
+
+
+class Merge(_Settings):
+    """Task arithmetic, TIES or DARE-TIES over the skills' fine-tunes."""
+
+    scale: float = Field(default=1.0, gt=0, le=2)
+    density: float | None = Field(default=None, gt=0, le=1)
+
+
+class Joint(_Settings):
+    """Multi-task training on every skill at once: the upper bound."""
+
+
+class Methods(_Settings):
+    """The methods an experiment compares, each with its settings; a method named with no
+    settings (``naive_ft:``) runs with its defaults."""
+
+    graft: Graft | None = None
+    naive_ft: Sequential | None = None
+    replay: Sequential | None = None
+    lora_seq: LoRASweep | None = None
+    multi_lora: LoRASweep | None = None
+    task_arithmetic: Merge | None = None
+    ties: Merge | None = None
+    dare_ties: Merge | None = None
+    joint: Joint | None = None
+
+    def chosen(self) -> dict[str, _Settings]:
+        """method -> settings, for the methods the spec names, in this class's order."""
+        return {name: getattr(self, name) or info.annotation.__args__[0]()
+                for name, info in type(self).model_fields.items() if name in self.model_fields_set}
+
+
+METHODS = tuple(Methods.model_fields)
+MERGES = ("task_arithmetic", "ties", "dare_ties")
+
+
+class SkillStage(_Settings):
+    """One stage of the curriculum: a registered skill (or ``data``, a JSONL to register it
+    from, scored by ``metric``), learned by ``method`` from ``source`` (one or several)."""
+
+    name: Name
+    method: Literal["sft", "distill", "dpo"] = "sft"
+    source: tuple[Name, ...] = ()
+    data: Path | None = None
+    metric: str | None = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str | None) -> str | None:
+        if v is not None and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; valid: {', '.join(METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _source_fits_method(self):
+        if self.method == "sft" and self.source:
+            raise ValueError("method sft learns from the skill's own rows and takes no source; "
+                             "use distill or dpo, or drop source")
+        if self.method != "sft" and not self.source:
+            raise ValueError(f"method {self.method} needs a source model")
+        if self.metric is not None and self.data is None:
+            raise ValueError("metric scores a skill registered from data; add data or drop it")
+        return self
+
+
+class ExperimentSpec(_Settings):
+    """What `skillstore experiment run` queues: ``methods`` x ``seeds`` runs over ``skills``."""
+
+    name: Name
+    base: Name
+    sources: tuple[Name, ...] = ()
+    skills: tuple[SkillStage, ...] = Field(min_length=1)
+    methods: Methods
+    seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
+    eval_limit: int = Field(default=100, ge=10)
+    train: SFTConfig = SFTConfig()
+    gate: GatePolicy = GatePolicy()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [s.name for s in self.skills]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"skill {twice!r} is listed twice; a curriculum learns each once")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds repeat; each seed is one run per method")
+        for stage in self.skills:
+            missing = [s for s in stage.source if s not in self.sources]
+            if missing:
+                raise ValueError(f"skill {stage.name!r} names source {missing[0]!r}, which is "
+                                 "not in sources; add it there")
+        chosen = self.methods.chosen()
+        if not chosen:
+            raise ValueError(f"methods names none; name at least one of {', '.join(METHODS)}")
+        merges = [m for m in chosen if m in MERGES]
+        if merges and len(self.skills) < 2:
+            raise ValueError(f"method {merges[0]} merges fine-tunes of several skills; the "
+                             "curriculum has one")
+        if getattr(chosen.get("task_arithmetic"), "density", None) is not None:
+            raise ValueError("task_arithmetic sums whole deltas and takes no density; use "
+                             "ties or dare_ties")
+        if getattr(chosen.get("replay"), "replay", 1) == 0:
+            raise ValueError("method replay needs replay > 0 rows per earlier skill (replay: 0 "
+                             "is naive_ft)")
+        return self
+
+    def settings(self, method: str) -> _Settings:
+        return self.methods.chosen()[method]
+
+    def runs(self) -> list[tuple[str, int]]:
+        """(method, seed) of every run, methods in ``METHODS`` order, seeds within each."""
+        return [(m, seed) for m in self.methods.chosen() for seed in self.seeds]
+
+
+def _message(error: dict) -> str:
+    loc = error["loc"]
+    if error["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "methods":
+        return f"unknown method {loc[1]!r}; valid: {', '.join(METHODS)}"
+    if error["type"] == "extra_forbidden":
+        return "no such key (see docs/experiments.md)"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def parse_spec(doc: Any, where: str = "experiment spec") -> ExperimentSpec:
+    """Validate a spec document; the first problem is one ConfigError line naming its key."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys (name, base, skills, methods, "
+                          f"seeds, ...), got {type(doc).__name__}.")
+    try:
+        return ExperimentSpec.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{_message(first)}.") from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """The spec in a YAML file; one ConfigError line when it is missing, not YAML, or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"Experiment spec {str(path)!r} does not exist.")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"Experiment spec {str(path)!r} is not YAML{at}; fix the file.") from None
+    spec = parse_spec(doc, f"Experiment spec {str(path)!r}")
+    rebased = [s.model_copy(update={"data": (path.parent / s.data).resolve()})
+               if s.data is not None and not s.data.is_absolute() else s for s in spec.skills]
+    return spec.model_copy(update={"skills": tuple(rebased)})
+
+
+def check_spec(session: Session, spec: ExperimentSpec) -> None:
+    """Refuse, before anything is queued, a spec whose base, sources or skills the catalog
+    lacks (a skill with ``data`` is registered by the run, so its file must exist instead)."""
+    from ..catalog import get_base, get_skill
+
+    get_base(session, spec.base)
+    for source in spec.sources:
+        get_base(session, source)
+    for stage in spec.skills:
+        if stage.data is not None:
+            if not stage.data.is_file():
+                raise NotFoundError(f"Experiment skill {stage.name!r}: data file "
+                                    f"{str(stage.data)!r} does not exist.")
+            continue
+        get_skill(session, stage.name)
