@@ -169,30 +169,23 @@ def test_evaluate_then_decide_on_recorded_scores_with_the_learned_router(
     assert {r["suite"] for r in json.loads(result.stdout)} == {"alpha", "general"} and calls == []
 
 
-def test_starting_from_a_state_that_routes_per_input_is_one_line(tiny_world, catalog, tmp_path):
+def test_starting_from_a_state_that_routes_per_input_is_one_line(tiny_world, catalog):
     """A pack trained with every pack of a routed head in the weights would be served without
-    them; a job asking for that is refused, and a base with no head starts from the base."""
+    them; a job asking for that is refused. No head: the plain base; a summing head: itself."""
+    from skillstore.catalog import advance_head, current_head, get_or_create_state
     from skillstore.errors import ConfigError
     from skillstore.pipeline.request import check_start_state
 
-    data = tmp_path / "ll.jsonl"
-    data.write_text(json.dumps({"prompt": "copy ab: ", "answer": "ab"}) + "\n")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    for name in ("t_alpha", "t_general"):
-        (tasks / f"{name}.yaml").write_text(
-            LL_YAML.format(data=data).replace("task: t_ll", f"task: {name}"))
-    model, tok = load_causal_lm(tiny_world.base_dir, dtype=torch.float32)
     with catalog.session() as s:
-        base = make_base(s, fingerprint=model.skillstore_fingerprint, uri=str(tiny_world.base_dir))
+        base = make_base(s, fingerprint="f" * 64, uri=str(tiny_world.base_dir))
         pack = make_pack(s, base, "alpha", blob_digest=catalog.blobs.put_file(
             tiny_world.packs["alpha"]))
-        pack.skill.suite = "t_alpha"
-        assert check_start_state(s, base) is None  # no head yet: the plain base
-        judge = make_judge(catalog.blobs, model, tok, pack, tasks_dir=tasks,
-                           policy=GatePolicy(min_gain=-1.0, max_drop=1.0, max_general_drop=1.0),
-                           general=general_suite("t_general", tasks_dir=tasks), router="tag")
-        assert gate_pack(s, pack, judge).decision.promote
+        assert check_start_state(s, base) is None
+        summed = get_or_create_state(s, base=base, packs=[(pack, 1.0)], router="none")
+        advance_head(s, base.id, summed.id, expected_version=None)
+        assert check_start_state(s, base) == summed
+        routed = get_or_create_state(s, base=base, packs=[(pack, 1.0)], router="tag")
+        advance_head(s, base.id, routed.id, expected_version=current_head(s, base.id).version)
         with pytest.raises(ConfigError, match=r"routes one pack per input \(router 'tag'\).*"
                                               r"--start-from base"):
             check_start_state(s, base)
