@@ -1,7 +1,8 @@
-"""Baselines that show what GraftLLM buys: naive sequential FT, LoRA at a rank, multi-task joint."""
+"""Baselines that show what GraftLLM buys: naive sequential FT, LoRA (swept), multi-task joint."""
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,48 @@ def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     merged = wrapped.merge_and_unload()
     merged.eval()
     return TrainResult(merged, {**result.metrics, "rank": cfg.rank, "trainable_params": trainable})
+
+
+@dataclass(frozen=True)
+class LoRASweep:
+    """The (rank, lr) a sweep chose and what every point scored on the validation rows."""
+
+    rank: int
+    lr: float
+    points: list[dict]  # rank, lr, val_exact_match, n, best_val_loss, steps, per point
+
+    def as_json(self) -> dict:
+        return {"rank": self.rank, "lr": self.lr, "points": self.points}
+
+
+def sweep_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict],
+               ranks: Sequence[int], lrs: Sequence[float], sft: SFTConfig | None = None, *,
+               eval_limit: int | None = None, backend: Backend = BUILTIN) -> LoRASweep:
+    """Train a LoRA on a fresh copy of ``model`` at every (rank, lr) and keep the one with the
+    best validation exact match (ties: the lower validation loss, then the smaller rank), so a
+    LoRA baseline is compared at its best settings rather than at one guess. ``model`` itself
+    is left as it was."""
+    if not ranks or not lrs:
+        raise ValueError("A LoRA sweep needs at least one rank and one learning rate.")
+    base = sft or SFTConfig()
+    points = []
+    for rank in ranks:
+        for lr in lrs:
+            cfg = LoRAConfig(rank=rank, sft=base.model_copy(update={"lr": lr}))
+            result = train_lora(copy.deepcopy(model), tokenizer, train_rows, val_rows, cfg,
+                                backend=backend)
+            score = exact_match(result.model, tokenizer, val_rows, limit=eval_limit)
+            points.append({"rank": rank, "lr": lr, "val_exact_match": score.accuracy,
+                           "n": score.n, "best_val_loss": result.metrics.get("best_val_loss"),
+                           "steps": result.metrics.get("steps")})
+            del result
+
+    def order(p: dict) -> tuple:
+        loss = p["best_val_loss"]
+        return (-p["val_exact_match"], float("inf") if loss is None else loss, p["rank"])
+
+    best = min(points, key=order)
+    return LoRASweep(best["rank"], best["lr"], points)
 
 
 def accuracy_row(model, tokenizer, stages: Sequence[Stage],

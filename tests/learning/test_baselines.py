@@ -10,6 +10,7 @@ from skillstore.models import load_causal_lm
 from skillstore.training.baselines import (
     LoRAConfig,
     Stage,
+    sweep_lora,
     train_joint,
     train_lora,
     train_sequential,
@@ -52,3 +53,21 @@ def test_sequential_matrix_has_a_row_per_stage_and_joint_trains_all(mini_zoo):
     model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
     joint = train_joint(model, tok, stages, TINY)
     assert joint.metrics["n_train"] == sum(len(s.train) for s in stages)
+
+
+def test_a_lora_sweep_tries_every_point_keeps_the_best_and_leaves_the_model(mini_zoo):
+    model, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    before = fingerprint_module(model)
+    stage = _stages(mini_zoo, ["knowledge"])[0]
+    sweep = sweep_lora(model, tok, stage.train, stage.validation[:16], ranks=[2, 4],
+                       lrs=[1e-4, 3e-2], sft=TINY)
+    assert [(p["rank"], p["lr"]) for p in sweep.points] == [(2, 1e-4), (2, 3e-2), (4, 1e-4),
+                                                            (4, 3e-2)]
+    assert all(p["n"] == 16 and p["best_val_loss"] is not None for p in sweep.points)
+    best = max(sweep.points, key=lambda p: (p["val_exact_match"], -p["best_val_loss"], -p["rank"]))
+    assert (sweep.rank, sweep.lr) == (best["rank"], best["lr"])
+    # 6 steps at 1e-4 barely move the adapter: the larger rate reaches a lower validation loss
+    losses = {(p["rank"], p["lr"]): p["best_val_loss"] for p in sweep.points}
+    assert losses[(4, 3e-2)] < losses[(4, 1e-4)]
+    assert fingerprint_module(model) == before  # every point trained a copy
+    assert sweep.as_json()["points"] == sweep.points
