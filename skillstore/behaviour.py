@@ -40,7 +40,7 @@ BEHAVIOUR_VERSION = 2  # 2: a train split of router probes, disjoint from the sc
 # 400 one flip gives 0.0111 even alone. The KL texts only report.
 DEFAULT_PROMPTS = 800
 DEFAULT_TEXTS = 100
-#: Probes for the learned router's no-pack class (the router reads at most 200 a class).
+#: Probes for the learned router's no-pack class (the router reads at most 400 a class).
 DEFAULT_ROUTER = 200
 DEFAULT_SEED = 0
 PROMPT_TOKENS = 24  # a self-sampled prompt

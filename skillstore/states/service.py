@@ -25,8 +25,10 @@ from ..skilldata import read_rows, skill_rows
 from .fusion import get_fusion, merged_deltas, write_fused_pack
 from .view import base_state, extend_state, extended_members
 
-# Prompts per class that the learned router trains on (a skill's first training prompts).
-ROUTER_PROMPTS = 200
+# Prompts per class that the learned router trains on (a skill's first training prompts). At
+# 200 the zoo's router sent 1-3 of its 101 general test prompts to a pack (2 seeds), at 400 0-1,
+# with the skills' held-out accuracy unchanged (docs/composition.md, "Familiarity").
+ROUTER_PROMPTS = 400
 # The share of those prompts held out of fitting to calibrate the router's abstention threshold.
 CALIBRATION = 0.2
 # () -> (model, tokenizer) of the plain base, called only when a router is trained.
