@@ -1,6 +1,13 @@
 """Routed-state hooks at scale: resident memory against the packs' bytes and top-1 routed
 forward latency against the plain base, the dense hooks of before and the current ones side
-by side, on a synthetic Qwen2 with its full 151,936-token vocabulary."""
+by side, on a synthetic Qwen2 with its full 151,936-token vocabulary.
+
+Environment: SKILLSTORE_BENCH_HOOKS_LAYERS (default 2; 24 is Qwen2-0.5B's full depth),
+SKILLSTORE_BENCH_HOOKS_PACKS (default 4; issue 16 asks for 10), SKILLSTORE_BENCH_HOOKS_POLICY
+(default balanced; a comma list, such as compact,balanced, compresses each synthetic fine-tune
+once per policy and measures each policy's packs in turn), SKILLSTORE_BENCH_HOOKS_BANKS
+(default current,dense; current alone skips the dense baseline, whose float32 copies of pruned
+parts grow with the pack count)."""
 
 from __future__ import annotations
 
@@ -35,27 +42,37 @@ LAYERS = int(os.environ.get("SKILLSTORE_BENCH_HOOKS_LAYERS", "2"))
 PACKS = int(os.environ.get("SKILLSTORE_BENCH_HOOKS_PACKS", "4"))
 BATCH, TOKENS, REPEATS = 8, 32, 5
 TRAINED_ROWS = 3000  # token rows a fine-tune moves: the ones its data used
-POLICY = "balanced"  # magnitude-pruned embedding, quantised low-rank layers
+# balanced: magnitude-pruned embedding, quantised low-rank layers (25% of the delta);
+# compact: the spectral preset at a 5% budget
+POLICIES = os.environ.get("SKILLSTORE_BENCH_HOOKS_POLICY", "balanced").split(",")
+BANKS = os.environ.get("SKILLSTORE_BENCH_HOOKS_BANKS", "current,dense").split(",")
 
 
 def _log(message: str) -> None:
     print(f"[hooks {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def make_packs(root: Path) -> tuple[Path, list[Path]]:
-    """A bf16 base at random init and PACKS packs, each from its own fine-tune-like change:
-    TRAINED_ROWS embedding rows, rank-16 plus noise per matrix, small norm changes."""
+def pack_path(root: Path, index: int, policy: str) -> Path:
+    return root / (f"pack-{index}.safetensors" if policy == "balanced"  # the name it had
+                   else f"pack-{index}-{policy}.safetensors")
+
+
+def make_packs(root: Path) -> tuple[Path, dict[str, list[Path]]]:
+    """A bf16 base at random init and PACKS packs per policy, each from its own fine-tune-like
+    change: TRAINED_ROWS embedding rows, rank-16 plus noise per matrix, small norm changes."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     base_dir = root / "base"
-    paths = [root / f"pack-{i}.safetensors" for i in range(PACKS)]
-    if all(p.is_file() for p in paths):
+    paths = {policy: [pack_path(root, i, policy) for i in range(PACKS)] for policy in POLICIES}
+    if all(p.is_file() for ps in paths.values() for p in ps):
         return base_dir, paths
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=LAYERS, **QWEN2)).to(torch.bfloat16)
     model.save_pretrained(str(base_dir))
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    for i, path in enumerate(paths):
+    for i in range(PACKS):
+        if all(ps[i].is_file() for ps in paths.values()):
+            continue
         g = torch.Generator().manual_seed(100 + i)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -75,8 +92,9 @@ def make_packs(root: Path) -> tuple[Path, list[Path]]:
                 p.copy_((base[name].float() + d).to(p.dtype))
         tuned = root / "tuned"
         model.save_pretrained(str(tuned))
-        compress_checkpoint(base_dir, tuned, POLICY, path)
-        _log(f"pack {i}: {path.stat().st_size / 1e6:.1f} MB")
+        for policy, ps in paths.items():
+            compress_checkpoint(base_dir, tuned, policy, ps[i])
+            _log(f"pack {i} ({policy}): {ps[i].stat().st_size / 1e6:.1f} MB")
     return base_dir, paths
 
 
@@ -161,19 +179,21 @@ def _forward_s(model, ids) -> tuple[float, torch.Tensor]:
         return time.perf_counter() - t, logits
 
 
-def measure(base_dir: Path, paths: list[Path]) -> dict:
+def measure(base_dir: Path, paths: list[Path], policy: str) -> dict:
     model = load_base(base_dir).to(torch.bfloat16)
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     pack_bytes = sum(p.stat().st_size for p in paths)
     ids = torch.randint(0, QWEN2["vocab_size"], (BATCH, TOKENS),
                         generator=torch.Generator().manual_seed(0))
-    # top-1: every pack serves BATCH / PACKS samples, so all of them are in every pass
+    # top-1, sample b to pack b % PACKS: every pack is in every pass while PACKS <= BATCH;
+    # beyond that, BATCH of them are (the others are held but idle)
     top1 = F.one_hot(torch.arange(BATCH) % PACKS, PACKS).float()
     files = [read_pack(p) for p in paths]
     logits = {}
     _forward_s(model, ids)  # warm-up
     rows = []
-    for name, kind in (("current", DeltaBank), ("dense (before)", DenseBank)):
+    banks = {"current": ("current", DeltaBank), "dense": ("dense (before)", DenseBank)}
+    for name, kind in (banks[b] for b in BANKS):
         before = _rss(trim=True)
         t = time.perf_counter()
         bank = kind(model, [PackDeltas(f"p{i}", {p.name: p for p in f.decoded()})
@@ -210,7 +230,7 @@ def measure(base_dir: Path, paths: list[Path]) -> dict:
         r["max_logit_error"] = (logits[r["hooks"]].float() - want).abs().max().item()
     return {"model": f"synthetic Qwen2, {LAYERS} layers, vocab {QWEN2['vocab_size']} x "
                      f"{QWEN2['hidden_size']} tied, bf16, {base_bytes / 1e6:.0f} MB",
-            "packs": PACKS, "policy": POLICY, "pack_bytes": pack_bytes, "base_bytes": base_bytes,
+            "packs": PACKS, "policy": policy, "pack_bytes": pack_bytes, "base_bytes": base_bytes,
             "bf16_base_rounding": rounding, "rows": rows,
             "threads": torch.get_num_threads(), "loadavg": os.getloadavg()[0]}
 
@@ -246,7 +266,8 @@ def markdown(res: dict) -> str:
     mb = 1e6
     lines = [f"{res['model']}; {res['packs']} packs ({res['policy']}), "
              f"{res['pack_bytes'] / mb:.1f} MB of pack files; top-1 routing, batch {BATCH} x "
-             f"{TOKENS} tokens, every pack in every pass; {res['threads']} thread(s), load "
+             f"{TOKENS} tokens, {min(res['packs'], BATCH)} packs in every pass; "
+             f"{res['threads']} thread(s), load "
              f"average {res['loadavg']:.1f}.", "",
              "| hooks | held MB | held / pack bytes | RSS growth MB (trimmed) | resident / "
              "(base + 4 x packs) | build s | routed fwd s | plain base fwd s | routed / base "
@@ -270,14 +291,16 @@ def markdown(res: dict) -> str:
 
 
 def run(out_dir: Path) -> None:
-    """Make the packs (once), measure both hooks, print and write hooks.{json,md}."""
+    """Make the packs (once), measure the hooks for each policy, print and write
+    hooks.{json,md} (one result, or a list of them for several policies)."""
     out = Path(out_dir) / "hooks"
     out.mkdir(parents=True, exist_ok=True)
     # 2 threads at most (a shared machine); OMP_NUM_THREADS=1 is faster when it is loaded
     torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", 2)))))
     base_dir, paths = make_packs(out / f"synthetic-{LAYERS}-layers")
-    results = measure(base_dir, paths)
-    table = markdown(results)
+    results = [measure(base_dir, paths[policy], policy) for policy in POLICIES]
+    table = "\n\n".join(markdown(r) for r in results)
+    results = results[0] if len(results) == 1 else results
     (out / "hooks.md").write_text(table + "\n")
     (out / "hooks.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table)

@@ -1,16 +1,19 @@
 """SkillPacks at model scale: bytes, delta error, wall time and peak memory of the budget mode
 before and after the two-pass rewrite, the presets, and mergekit-extract-lora, side by side.
 
-The pair is a random-init Qwen2 (bf16, tied embeddings) and a copy whose every linear delta
+The pair is a random-init Qwen2 (bf16, tied embeddings) or Llama (``1b``: bf16, untied head)
+and a copy whose every linear delta
 is a power-law spectrum at 1% of the weight's norm plus noise, and 3% of whose embedding rows
 moved. Each compression runs in its own process; its peak RSS is that process's ru_maxrss.
 "before" is the code of the last commit (``git archive HEAD``), run the same way.
 
-Environment: SKILLSTORE_BENCH_SCALE=0.5b for Qwen2-0.5B's shape (default 100m: a ~100M
-model that runs in minutes on 2 shared cores; smoke: a few M, to check the bench itself);
+Environment: SKILLSTORE_BENCH_SCALE=0.5b for Qwen2-0.5B's shape, 1b for TinyLlama-1.1B's
+(a Llama; default 100m: a ~100M model that runs in minutes on 2 shared cores; smoke: a few M,
+to check the bench itself);
 SKILLSTORE_BENCH_MERGEKIT=path of a mergekit-extract-lora executable (default: the one in
 bench/out/mergekit-venv, which the bench makes on first use; skipped if that fails);
-SKILLSTORE_BENCH_SCALE_RUNS=TEXT runs only the compressions whose label holds TEXT.
+SKILLSTORE_BENCH_SCALE_RUNS=TEXT runs only the compressions whose label, with its version
+("pack compress --budget 5 (after)"), holds TEXT.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ SHAPES = {
              "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 2},
     "0.5b": {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
              "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2},
+    "1b": {"model_type": "llama", "tie_word_embeddings": False, "vocab_size": 32000,
+           "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+           "num_attention_heads": 32, "num_key_value_heads": 4},
 }
 SPECTRUM_RANK, DELTA_SHARE, NOISE_SHARE, ROW_SHARE = 64, 0.01, 0.2, 0.03
 
@@ -65,15 +71,16 @@ print(json.dumps({"rc": rc, "wall": wall,
 
 
 def make_pair(root: Path, shape: dict) -> tuple[Path, Path]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     base_dir, tuned_dir = root / "base", root / "tuned"
     if (tuned_dir / "config.json").is_file():
         return base_dir, tuned_dir
     torch.manual_seed(0)
-    cfg = Qwen2Config(**shape, max_position_embeddings=512, tie_word_embeddings=True,
-                      torch_dtype="bfloat16")
-    model = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    shape = {"model_type": "qwen2", "tie_word_embeddings": True, **shape}
+    cfg = AutoConfig.for_model(shape.pop("model_type"), **shape, max_position_embeddings=512,
+                               torch_dtype="bfloat16")
+    model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     model.save_pretrained(base_dir)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -211,7 +218,8 @@ def run(out_dir: Path) -> None:
     t = time.perf_counter()
     base, tuned = make_pair(out / "pair", SHAPES[shape_name])
     params = sum(math.prod(i.shape) for i in checkpoint_index(base).values())
-    print(f"pair: synthetic Qwen2 {shape_name}, {params / 1e6:.0f}M parameters "
+    arch = SHAPES[shape_name].get("model_type", "qwen2")
+    print(f"pair: synthetic {arch} {shape_name}, {params / 1e6:.0f}M parameters "
           f"({time.perf_counter() - t:.0f} s to build or find)", flush=True)
     dense = 2 * params
     before = old_source(out)
@@ -219,7 +227,7 @@ def run(out_dir: Path) -> None:
     rows = []
     wanted = os.environ.get("SKILLSTORE_BENCH_SCALE_RUNS", "")  # e.g. "budget" for those only
     for label, version, policy, budget in RUNS:
-        if wanted and wanted not in label:
+        if wanted not in f"{label} ({version})":
             continue
         pack = out / f"{version}-{policy}-{budget}.safetensors"
         run_env = {**env, "PYTHONPATH": str(before if version == "before" else ROOT)}
