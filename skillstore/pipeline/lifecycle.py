@@ -153,13 +153,18 @@ def set_owner(job: Job, host: str, pid: int) -> None:
 
 def set_progress(session: Session, job_id: int, stage: str, fraction: float) -> None:
     """Record how far a running job is (fraction of the whole job); raises JobCancelled when
-    the job was stopped meanwhile, which is how a running step learns of a cancel."""
-    job = get_job(session, job_id)
-    if is_stopped(job):
+    the job was stopped meanwhile, which is how a running step learns of a cancel.
+
+    One conditional UPDATE, as in ``step_done``: a read then a write let a twin attempt finish
+    the job in between, and the write put a finished job's progress back to this step's
+    fraction (a SIGKILL run on PostgreSQL ended with a succeeded job at 0.6)."""
+    unfinished = [s for s in JobStatus if not s.finished]
+    written = session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.status.in_(unfinished))
+        .values(stage=stage, progress=min(1.0, max(0.0, float(fraction)))))
+    if written.rowcount == 0:
+        job = get_job(session, job_id)  # NotFoundError for a job that is not there
         raise JobCancelled(f"Job {job_id} was {job.status.value} during {stage}.")
-    job.stage = stage
-    job.progress = min(1.0, max(0.0, float(fraction)))
-    session.flush()
 
 
 def step_done(session: Session, job_id: int, stage: str) -> None:

@@ -23,7 +23,7 @@ from skillstore.catalog import (
 )
 from skillstore.catalog.db import session_scope
 from skillstore.errors import ConfigError, NotFoundError, PromotionConflictError
-from skillstore.pipeline.lifecycle import begin, fail, set_progress
+from skillstore.pipeline.lifecycle import JobCancelled, begin, fail, finish, set_progress
 
 
 def test_versions_and_refs(session):
@@ -127,6 +127,43 @@ def test_job_lifecycle(engine):
         assert job.finished_at.tzinfo is not None
         n = session.scalar(sa.select(sa.func.count()).select_from(type(job)))
         assert n == 1
+
+
+def test_progress_from_a_twin_attempt_never_rewrites_a_finished_job(engine, monkeypatch):
+    """A step still running beside a twin that finishes the job (a redelivered message after a
+    worker was killed): whenever the twin commits, the job ends succeeded at progress 1.0."""
+    from skillstore.catalog import get_job
+    from skillstore.pipeline import lifecycle
+
+    with session_scope(engine) as session:
+        job = create_job(session, kind="learn", request={"skill": "arith"})
+        begin(session, job.id, "compress", "host", 1)
+        job_id = job.id
+    finished = []
+
+    def twin_finishes() -> None:
+        if not finished:
+            with session_scope(engine) as twin:
+                finish(twin, get_job(twin, job_id))
+            finished.append(True)
+
+    def read_then_twin(session, ref):  # the twin commits right after any read of the job
+        job = get_job(session, ref)
+        twin_finishes()
+        return job
+
+    monkeypatch.setattr(lifecycle, "get_job", read_then_twin)
+    with session_scope(engine) as late:
+        try:
+            lifecycle.set_progress(late, job_id, "compress", 0.6)
+        except JobCancelled:
+            pass  # it saw the twin's finish: the step stops
+    twin_finishes()  # or the twin commits after the write
+    with session_scope(engine) as session:
+        job = get_job(session, job_id)
+        assert (job.status.value, job.progress) == ("succeeded", 1.0)
+    with session_scope(engine) as late, pytest.raises(JobCancelled, match="succeeded during"):
+        lifecycle.set_progress(late, job_id, "compress", 0.6)
 
 
 def test_racing_head_updates_lose_nothing(engine):
