@@ -38,9 +38,12 @@ STAGE_QUEUES = {"prepare": CPU_QUEUE, "train": GPU_QUEUE, "compress": CPU_QUEUE,
 # One name per task, read by the worker that registers it, the routes, and the producer.
 LEARN_TASKS = {stage: f"workers.learn.{stage}" for stage in LEARN_STAGES}
 PING_TASK, NOOP_TASK = "workers.ops.ping", "workers.ops.noop"
+# One experiment run (method, seed): it trains and evaluates models, so it runs on `gpu`.
+EXPERIMENT_RUN_TASK = "workers.experiments.run"
 
 TASK_ROUTES = {
     **{LEARN_TASKS[stage]: {"queue": STAGE_QUEUES[stage]} for stage in LEARN_STAGES},
+    EXPERIMENT_RUN_TASK: {"queue": GPU_QUEUE},
     PING_TASK: {"queue": CPU_QUEUE},
     NOOP_TASK: {"queue": CPU_QUEUE},
 }

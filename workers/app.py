@@ -9,7 +9,7 @@ from skillstore.settings import Settings, get_settings
 
 from .reconnect import Consumer, PutBackStranded
 
-TASK_MODULES = ("workers.ops", "workers.learn")
+TASK_MODULES = ("workers.ops", "workers.learn", "workers.experiments")
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -200,6 +200,34 @@ class JobOut(Out):
     finished_at: datetime | None
 
 
+class ExperimentRunOut(Out):
+    id: int
+    method: str
+    seed: int
+    status: JobStatus
+    error: str | None
+    result: dict[str, Any] | None = Field(description="Once succeeded: skills, accuracy "
+                                          "matrix, metrics, bytes per skill (docs/experiments.md).")
+    job_id: int | None
+    state_id: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExperimentOut(Out):
+    id: int
+    name: str
+    status: JobStatus = Field(description="Derived from the runs': failed when any run failed "
+                                          "and the others finished.")
+    base_id: int
+    spec_sha256: str
+    spec: dict[str, Any]
+    run_counts: dict[str, int]
+    runs: list[ExperimentRunOut]
+    created_at: datetime
+    finished_at: datetime | None
+
+
 class StateMember(Out):
     position: int
     pack_id: int

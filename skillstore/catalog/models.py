@@ -1,4 +1,5 @@
-"""Catalog tables: bases, skills, packs, lineage, jobs, model states, eval results, promotions."""
+"""Catalog tables: bases, skills, packs, lineage, jobs, model states, eval results, promotions,
+experiments and their runs."""
 
 from __future__ import annotations
 
@@ -262,6 +263,58 @@ class Promotion(Record):
         sa.ForeignKey("model_states.id", ondelete="SET NULL"))
     actor: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Experiment(Record):
+    """One experiment spec as queued: its runs are ``experiment_runs``; ``status`` is derived
+    from theirs (skillstore.experiments.catalog.refresh_status)."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (sa.Index("ix_experiments_name_id", "name", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(NAME)  # the spec's name; one spec may be run many times
+    # What was asked (the validated ExperimentSpec's JSON), never written after queueing;
+    # what each run produced lives in its row's ``result``.
+    spec: Mapped[dict]
+    spec_sha256: Mapped[str] = mapped_column(DIGEST)
+    base_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("base_models.id", ondelete="RESTRICT"), index=True)
+    status: Mapped[JobStatus] = mapped_column(
+        enum_column(JobStatus, "experiment_status"), default=JobStatus.queued)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    runs: Mapped[list[ExperimentRun]] = relationship(
+        lazy="selectin", order_by="ExperimentRun.id", cascade="all, delete-orphan",
+        back_populates="experiment")
+
+
+class ExperimentRun(Record):
+    """One (method, seed) of an experiment, executed by one worker task."""
+
+    __tablename__ = "experiment_runs"
+    __table_args__ = (sa.UniqueConstraint("experiment_id", "method", "seed"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(sa.String(32))
+    seed: Mapped[int]
+    status: Mapped[JobStatus] = mapped_column(
+        enum_column(JobStatus, "run_status"), default=JobStatus.queued)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    # Once done: skills, accuracy matrix with n, continual metrics, bytes per skill, timings.
+    result: Mapped[dict | None]
+    # A learning job or a model state the run made (a graft run's); NULL for methods that
+    # train outside the learning pipeline.
+    job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id", ondelete="SET NULL"))
+    state_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("model_states.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    experiment: Mapped[Experiment] = relationship(lazy="raise", back_populates="runs")
 
 
 @sa.event.listens_for(Promotion, "before_update")

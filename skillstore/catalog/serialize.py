@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .models import BaseCheckpoint, EvalResult, Job, ModelState, Promotion, Skill, SkillPack
+from .models import (
+    BaseCheckpoint,
+    EvalResult,
+    Experiment,
+    ExperimentRun,
+    Job,
+    ModelState,
+    Promotion,
+    Skill,
+    SkillPack,
+)
 
 
 def base_dict(b: BaseCheckpoint) -> dict:
@@ -59,3 +69,20 @@ def eval_dict(r: EvalResult) -> dict:
             "suite_version": r.suite_version, "task": r.task, "metric": r.metric,
             "value": r.value, "stderr": r.stderr, "n": r.n, "lm_eval_version": r.lm_eval_version,
             "samples_digest": r.samples_digest, "created_at": r.created_at}
+
+
+def run_dict(r: ExperimentRun) -> dict:
+    return {"id": r.id, "method": r.method, "seed": r.seed, "status": r.status,
+            "error": r.error, "result": r.result, "job_id": r.job_id, "state_id": r.state_id,
+            "started_at": r.started_at, "finished_at": r.finished_at}
+
+
+def experiment_dict(e: Experiment) -> dict:
+    """With its runs (loaded with the experiment)."""
+    counts = {}
+    for r in e.runs:
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    return {"id": e.id, "name": e.name, "status": e.status, "base_id": e.base_id,
+            "spec_sha256": e.spec_sha256, "spec": e.spec, "run_counts": counts,
+            "runs": [run_dict(r) for r in e.runs], "created_at": e.created_at,
+            "finished_at": e.finished_at}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -14,21 +13,17 @@ from sqlalchemy.orm import Session
 from ..blobstore import open_blob_store
 from ..catalog import current_head, get_state
 from ..catalog.models import Skill
-from ..evaluation.cache import Runner, Suite, cache_version, evaluate_state
+from ..evaluation.cache import cache_version, evaluate_state
 from ..evaluation.loader import state_loader
 from ..evaluation.metrics import continual_metrics
-from ..evaluation.runner import run_tasks
-from ..evaluation.scores import Score, model_score
 from ..evaluation.suites import skill_suite, state_suites
+from ..experiments.sequential import EVAL_BATCH, sequential_scores, skill_stages
 from ..fingerprint import fingerprint_checkpoint
 from ..models import load_causal_lm
 from ..reports.data import accuracy_matrix, attempts
-from ..skilldata import skill_rows
 from ..states import base_state, load_view
-from ..training.baselines import Stage
-from ..training.sft import Progress, SFTConfig, train_sft
+from ..training.sft import SFTConfig
 
-EVAL_BATCH = 32
 NAIVE = "naive sequential fine-tuning"  # the baseline's name in reports
 SCORER = "lm-eval"  # how a baseline's cells were scored; the routed states' eval table is lm-eval
 
@@ -58,22 +53,6 @@ def routed_matrix(session: Session, settings, base, *, limit: int | None = None)
             "verdicts": m.verdicts, "metrics": m.metrics()}
 
 
-def sequential_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
-                      config: SFTConfig, *, limit: int | None = None,
-                      batch_size: int = EVAL_BATCH, runner: Runner = run_tasks,
-                      progress: Progress | None = None) -> list[list[Score]]:
-    """Naive sequential full fine-tuning: each stage trained on top of the previous model (in
-    place), then the model scored by lm-eval on every suite; S[i][j] is suite j after stage i."""
-    matrix = []
-    for i, stage in enumerate(stages):
-        sub = ((lambda s, f, i=i, n=stage.name: progress(f"{n}:{s}", (i + f) / len(stages)))
-               if progress else None)
-        train_sft(model, tokenizer, stage.train, stage.validation, config, sub)
-        matrix.append([model_score(model, tokenizer, s, limit=limit, batch_size=batch_size,
-                                     runner=runner) for s in suites])
-    return matrix
-
-
 def naive_sequential(settings, base_dir: str | Path, skills: list[Skill], train: dict, *,
                      limit: int | None = None, progress=None) -> dict:
     """The naive sequential full fine-tuning baseline over ``skills``, with the same trainer
@@ -91,10 +70,7 @@ def naive_sequential(settings, base_dir: str | Path, skills: list[Skill], train:
     cache = settings.home / "work" / "baselines" / f"naive-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    stages = []
-    for skill in skills:
-        rows, val = skill_rows(store, skill)
-        stages.append(Stage(skill.name, rows, val, []))  # scored by the suites, not test rows
+    stages = skill_stages(store, skills)
     model, tok = load_causal_lm(base_dir, fingerprint=False)
     scores = sequential_scores(model, tok, stages, suites, SFTConfig(**train), limit=limit,
                                progress=progress)

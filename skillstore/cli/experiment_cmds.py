@@ -1,19 +1,25 @@
-"""`skillstore experiment validate`: check an experiment spec and print the runs it asks for."""
+"""`skillstore experiment validate | run | list | show | wait | cancel`: experiment specs and
+their runs on the workers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
-from ._common import print_json, workspace_session
+from ..catalog.schema import JobStatus
+from ._common import JSON_OPTION, print_json, print_record, print_rows, workspace_session
 from ._groups import EXPERIMENT
 
+POLL_S = 1.0
+SpecArg = typer.Argument(..., metavar="SPEC", help="Experiment spec (YAML).")
+RefArg = typer.Argument(..., metavar="ID", help="Experiment id or name (the newest of it).")
 
-def validate(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Experiment spec (YAML)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the spec and its runs as JSON."),
-) -> None:
+
+def validate(spec_path: Path = SpecArg,
+             as_json: bool = typer.Option(False, "--json",
+                                          help="Print the spec and its runs as JSON.")) -> None:
     """Validate a spec against its schema and the catalog (base, sources, skills); print the
     (method, seed) runs it asks for. Nothing is queued."""
     from ..experiments import check_spec, load_spec
@@ -23,7 +29,7 @@ def validate(
         check_spec(session, spec)
     runs = spec.runs()
     if as_json:
-        print_json({"spec": spec.model_dump(mode="json"),
+        print_json({"spec": spec.as_json(),
                     "runs": [{"method": m, "seed": s} for m, s in runs]})
         return
     typer.echo(f"experiment {spec.name}: base {spec.base}, {len(spec.skills)} skill(s) "
@@ -33,6 +39,126 @@ def validate(
         typer.echo(f"  {method:<16} seed {seed:<4} {settings}")
 
 
+def run(spec_path: Path = SpecArg, as_json: bool = JSON_OPTION) -> None:
+    """Check a spec, store it with one run per (method, seed), and queue every run on the
+    workers; a method that cannot run yet is refused before anything is queued."""
+    from ..catalog.serialize import experiment_dict
+    from ..experiments import load_spec
+    from ..experiments.queue import queue_experiment
+
+    spec = load_spec(spec_path)
+    with workspace_session() as (catalog, session):
+        experiment = queue_experiment(session, catalog.settings, spec)
+        doc = experiment_dict(experiment)
+    if as_json:
+        print_json(doc)
+        return
+    runs = ", ".join(f"{r['method']}/{r['seed']}" for r in doc["runs"])
+    typer.echo(f"experiment {doc['id']} queued: {len(doc['runs'])} run(s) ({runs}); follow it "
+               f"with `skillstore experiment wait {doc['id']}`")
+
+
+def _summary(doc: dict) -> dict:
+    done = sum(n for s, n in doc["run_counts"].items() if s not in ("queued", "running"))
+    return {**doc, "runs": f"{done}/{len(doc['runs'])}",
+            "failed": doc["run_counts"].get("failed", 0)}
+
+
+def list_(status: JobStatus | None = typer.Option(None, help="Only experiments of this status."),
+          limit: int = typer.Option(50, min=1, help="At most this many, newest first."),
+          as_json: bool = JSON_OPTION) -> None:
+    """Experiments, newest first, with how many of their runs finished and failed."""
+    from ..catalog.serialize import experiment_dict
+    from ..experiments.catalog import list_experiments
+
+    with workspace_session() as (_, session):
+        rows = [experiment_dict(e) for e in list_experiments(session, status=status,
+                                                             limit=limit)]
+    if as_json:
+        print_json([{k: v for k, v in r.items() if k != "spec"} for r in rows])
+        return
+    print_rows([_summary(r) for r in rows],
+               ("id", "name", "status", "runs", "failed", "created_at", "finished_at"),
+               as_json=False, title="Experiments",
+               empty="No experiments yet; queue one with `skillstore experiment run SPEC`.")
+
+
+def _run_row(r: dict) -> dict:
+    result = r["result"] or {}
+    metrics = result.get("metrics") or {}
+    sizes = list((result.get("bytes_per_skill") or {}).values())
+    return {**r, "avg_acc": metrics.get("average_accuracy"), "bwt": metrics.get("bwt"),
+            "forgetting": metrics.get("forgetting"), "fwt": metrics.get("forward_transfer"),
+            "bytes/skill": round(sum(sizes) / len(sizes)) if sizes else None,
+            "seconds": result.get("seconds")}
+
+
+def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
+    """One experiment: its status and every run with its status, error and key metrics."""
+    from ..catalog.serialize import experiment_dict
+    from ..experiments.catalog import get_experiment
+
+    with workspace_session() as (_, session):
+        doc = experiment_dict(get_experiment(session, ref))
+    if as_json:
+        print_json(doc)
+        return
+    head = {k: doc[k] for k in ("id", "name", "status", "base_id", "spec_sha256", "created_at",
+                                "finished_at")}
+    print_record(head, as_json=False, title=f"Experiment {doc['id']}")
+    print_rows([_run_row(r) for r in doc["runs"]],
+               ("id", "method", "seed", "status", "avg_acc", "bwt", "forgetting", "fwt",
+                "bytes/skill", "seconds", "error"), as_json=False, title="Runs")
+
+
+def wait(ref: str = RefArg,
+         timeout: float | None = typer.Option(None, help="Give up after this many seconds."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines.")) -> None:
+    """Wait for every run to finish, printing progress; exits 1 unless every run succeeded."""
+    from ..catalog import open_catalog
+    from ..catalog.serialize import experiment_dict
+    from ..errors import JobError
+    from ..experiments.catalog import get_experiment
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    with open_catalog() as catalog:
+        while True:
+            with catalog.session() as session:
+                doc = experiment_dict(get_experiment(session, ref))
+            counts = ", ".join(f"{s} {n}" for s, n in sorted(doc["run_counts"].items()))
+            line = f"experiment {doc['id']} {doc['status'].value}: {counts}"
+            if line != last and not quiet:
+                typer.echo(line)
+            last = line
+            if doc["status"].finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobError(f"Timed out waiting for experiment {doc['id']} ({counts}); is a "
+                               "worker running? Start one with `skillstore worker`.")
+            time.sleep(POLL_S)
+    bad = [r for r in doc["runs"] if r["status"] != JobStatus.succeeded]
+    for r in bad:
+        why = f": {r['error']}" if r["error"] else ""
+        typer.echo(f"run {r['id']} {r['method']} seed {r['seed']} {r['status'].value}{why}",
+                   err=True)
+    if bad:
+        raise typer.Exit(1)
+
+
+def cancel(ref: str = RefArg) -> None:
+    """Cancel an experiment's queued and running runs; finished runs keep their results."""
+    from ..catalog.serialize import experiment_dict
+    from ..experiments.catalog import cancel_experiment
+
+    with workspace_session() as (_, session):
+        doc = experiment_dict(cancel_experiment(session, ref))
+    typer.echo(f"experiment {doc['id']} {doc['status'].value}: "
+               + ", ".join(f"{s} {n}" for s, n in sorted(doc["run_counts"].items())))
+
+
 def register(app: typer.Typer) -> None:
-    """Attach `experiment validate` to the EXPERIMENT group."""
-    EXPERIMENT.app.command("validate")(validate)
+    """Attach the experiment commands to the EXPERIMENT group."""
+    for name, command in (("validate", validate), ("run", run), ("list", list_),
+                          ("show", show), ("wait", wait), ("cancel", cancel)):
+        EXPERIMENT.app.command(name)(command)

@@ -178,6 +178,13 @@ class ExperimentSpec(_Settings):
     def settings(self, method: str) -> _Settings:
         return self.methods.chosen()[method]
 
+    def as_json(self) -> dict:
+        """The whole spec as JSON, defaults filled in, methods only those it names: what the
+        catalog stores, and what `parse_spec` reads back into an equal spec."""
+        doc = self.model_dump(mode="json")
+        doc["methods"] = {m: s.model_dump(mode="json") for m, s in self.methods.chosen().items()}
+        return doc
+
     def runs(self) -> list[tuple[str, int]]:
         """(method, seed) of every run, methods in ``METHODS`` order, seeds within each."""
         return [(m, seed) for m in self.methods.chosen() for seed in self.seeds]

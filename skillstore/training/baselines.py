@@ -133,6 +133,22 @@ def joint_rows(stages: Sequence[Stage], split: str, seed: int = 0) -> list[dict]
     return rows
 
 
+def replay_stages(stages: Sequence[Stage], rows: int, seed: int = 0) -> list[Stage]:
+    """``stages`` with up to ``rows`` training rows of every earlier stage mixed into each one
+    (picked and shuffled by ``seed``): sequential fine-tuning with a small replay buffer. The
+    validation rows stay the stage's own."""
+    rng = random.Random(seed)
+    out = []
+    for i, stage in enumerate(stages):
+        replayed = [r for earlier in stages[:i]
+                    for r in rng.sample(earlier.train, min(rows, len(earlier.train)))]
+        train = list(stage.train) + replayed
+        if replayed:
+            rng.shuffle(train)
+        out.append(Stage(stage.name, train, stage.validation, stage.test))
+    return out
+
+
 def train_joint(model, tokenizer, stages: Sequence[Stage], config: SFTConfig | None = None,
                 progress: Progress | None = None) -> TrainResult:
     """Multi-task joint training on every skill so far: the usual upper bound."""

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from skillstore.cli.demo_forgetting import sequential_scores
 from skillstore.evaluation.cache import Suite, cache_version
 from skillstore.evaluation.runner import TaskResult, run_tasks
 from skillstore.evaluation.scores import model_score
+from skillstore.experiments.sequential import sequential_scores
 from skillstore.models import load_causal_lm
 from skillstore.training.baselines import Stage
 from skillstore.training.sft import SFTConfig

@@ -1,0 +1,168 @@
+"""Experiment rows: create one from a spec with its planned runs, look up, list, cancel, and
+every status change of a run; an experiment's status is derived from its runs'."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..catalog import get_base
+from ..catalog.models import Experiment, ExperimentRun
+from ..catalog.schema import JobStatus, fits_row_id, utcnow
+from ..errors import JobError, NotFoundError
+from .spec import ExperimentSpec
+
+UNFINISHED = (JobStatus.queued, JobStatus.running)
+
+
+class RunCancelled(JobError):
+    """The run was cancelled while it ran; it stops and writes nothing."""
+
+
+def spec_digest(doc: dict) -> str:
+    """sha256 of the spec's JSON with sorted keys: the same spec, the same digest."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def create_experiment(session: Session, spec: ExperimentSpec) -> Experiment:
+    """A queued experiment with one queued run per (method, seed) of ``spec.runs()``; the
+    caller checks the spec (check_spec, methods.check_runnable) and sends the runs."""
+    base = get_base(session, spec.base)
+    doc = spec.as_json()
+    experiment = Experiment(name=spec.name, spec=doc, spec_sha256=spec_digest(doc),
+                            base_id=base.id, status=JobStatus.queued)
+    experiment.runs = [ExperimentRun(method=m, seed=s, status=JobStatus.queued)
+                       for m, s in spec.runs()]
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def get_experiment(session: Session, ref: int | str) -> Experiment:
+    """An experiment by id, or by name (the newest of that name)."""
+    text = str(ref)
+    if text.isdigit():
+        found = session.get(Experiment, int(text)) if fits_row_id(text) else None
+    else:
+        found = session.scalar(sa.select(Experiment).where(Experiment.name == text)
+                               .order_by(Experiment.id.desc()).limit(1))
+    if found is None:
+        raise NotFoundError(f"No experiment {text!r}; list them with `skillstore experiment "
+                            "list`.")
+    return found
+
+
+def list_experiments(session: Session, *, status: JobStatus | str | None = None,
+                     limit: int = 50, offset: int = 0) -> list[Experiment]:
+    """Experiments, newest first, optionally of one status."""
+    q = sa.select(Experiment)
+    if status is not None:
+        q = q.where(Experiment.status == JobStatus(status))
+    return list(session.scalars(q.order_by(Experiment.id.desc()).limit(limit).offset(offset)))
+
+
+def count_experiments(session: Session, *, status: JobStatus | str | None = None) -> int:
+    q = sa.select(sa.func.count()).select_from(Experiment)
+    if status is not None:
+        q = q.where(Experiment.status == JobStatus(status))
+    return session.scalar(q)
+
+
+def derived_status(statuses: Sequence[JobStatus]) -> JobStatus:
+    """An experiment's status from its runs': queued until one starts, running while any is
+    unfinished, then succeeded (all did), failed (any did; the others went on) or cancelled."""
+    statuses = [JobStatus(s) for s in statuses]
+    if not statuses or all(s == JobStatus.queued for s in statuses):
+        return JobStatus.queued
+    if any(s in UNFINISHED for s in statuses):
+        return JobStatus.running
+    if all(s == JobStatus.succeeded for s in statuses):
+        return JobStatus.succeeded
+    if JobStatus.failed in statuses:
+        return JobStatus.failed
+    return JobStatus.cancelled
+
+
+def refresh_status(session: Session, experiment_id: int) -> Experiment:
+    """Write the experiment's status derived from its runs (and when it finished)."""
+    session.flush()
+    statuses = session.scalars(sa.select(ExperimentRun.status)
+                               .where(ExperimentRun.experiment_id == experiment_id)).all()
+    experiment = session.get(Experiment, experiment_id)
+    status = derived_status(statuses)
+    if status != experiment.status:
+        experiment.status = status
+        experiment.finished_at = utcnow() if status.finished else None
+    session.flush()
+    return experiment
+
+
+def cancel_experiment(session: Session, ref: int | str) -> Experiment:
+    """Cancel every queued or running run; a running one stops at its next progress check.
+    Finished runs keep their status and result."""
+    experiment = get_experiment(session, ref)
+    now = utcnow()
+    done = session.execute(
+        sa.update(ExperimentRun)
+        .where(ExperimentRun.experiment_id == experiment.id,
+               ExperimentRun.status.in_(UNFINISHED))
+        .values(status=JobStatus.cancelled, finished_at=now))
+    if done.rowcount == 0:
+        raise JobError(f"Experiment {experiment.id} is {JobStatus(experiment.status).value}; "
+                       "nothing to cancel.")
+    session.expire_all()  # the runs just written, wherever they are loaded
+    return refresh_status(session, experiment.id)
+
+
+def get_run(session: Session, run_id: int, *, lock: bool = False) -> ExperimentRun:
+    q = sa.select(ExperimentRun).where(ExperimentRun.id == run_id)
+    run = session.scalar(q.with_for_update() if lock else q)
+    if run is None:
+        raise NotFoundError(f"No experiment run with id {run_id}; show the experiment's runs "
+                            "with `skillstore experiment show ID`.")
+    return run
+
+
+def begin_run(session: Session, run_id: int) -> ExperimentRun | None:
+    """Mark a run running; None when it is finished or cancelled (nothing to do). A run found
+    running was redelivered after its worker died: it starts again from the base."""
+    run = get_run(session, run_id, lock=True)
+    if JobStatus(run.status).finished:
+        return None
+    run.status, run.error, run.started_at = JobStatus.running, None, utcnow()
+    refresh_status(session, run.experiment_id)
+    return run
+
+
+def _finish(session: Session, run_id: int, **values) -> bool:
+    """One conditional UPDATE: a run cancelled meanwhile keeps its status."""
+    written = session.execute(
+        sa.update(ExperimentRun)
+        .where(ExperimentRun.id == run_id, ExperimentRun.status.in_(UNFINISHED))
+        .values(finished_at=utcnow(), **values))
+    run = get_run(session, run_id)
+    session.refresh(run)
+    refresh_status(session, run.experiment_id)
+    return written.rowcount == 1
+
+
+def finish_run(session: Session, run_id: int, result: dict) -> bool:
+    """Record a run's result and mark it succeeded; False when it was stopped meanwhile."""
+    return _finish(session, run_id, status=JobStatus.succeeded, result=result)
+
+
+def fail_run(session: Session, run_id: int, error: str) -> bool:
+    """Mark a run failed with a one-line error; the experiment's other runs go on."""
+    line = error.strip().splitlines()[0] if error.strip() else "failed"
+    return _finish(session, run_id, status=JobStatus.failed, error=line)
+
+
+def run_stopped(session: Session, run_id: int) -> bool:
+    """Whether a run was cancelled (or otherwise finished) since it began."""
+    status = session.scalar(sa.select(ExperimentRun.status).where(ExperimentRun.id == run_id))
+    return status is None or JobStatus(status).finished

@@ -1,0 +1,48 @@
+"""Queue an experiment: check the spec whole, store it with its runs, send one task per run."""
+
+from __future__ import annotations
+
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.orm import Session
+
+from ..catalog.models import Experiment
+from ..catalog.schema import JobStatus
+from ..errors import JobError
+from ..jobqueue import EXPERIMENT_RUN_TASK, producer
+from ..settings import Settings
+from .catalog import create_experiment, fail_run
+from .methods import check_runnable
+from .spec import ExperimentSpec, check_spec
+
+
+def queue_experiment(session: Session, settings: Settings, spec: ExperimentSpec, *,
+                     send: bool = True) -> Experiment:
+    """Check ``spec`` against the catalog and the runnable methods (nothing is written when a
+    check fails), store the experiment and its runs, then send one task per run; runs of
+    different methods may go to different workers."""
+    check_spec(session, spec)
+    check_runnable(spec)
+    experiment = create_experiment(session, spec)
+    session.commit()  # the rows exist before any worker can look for them
+    if send:
+        send_runs(session, settings, experiment)
+    return experiment
+
+
+def send_runs(session: Session, settings: Settings, experiment: Experiment) -> None:
+    """One Celery task per queued run; a broker that cannot be reached fails the unsent runs."""
+    app = producer(settings)
+    runs = [r for r in experiment.runs if r.status == JobStatus.queued]
+    for i, run in enumerate(runs):
+        try:
+            app.send_task(EXPERIMENT_RUN_TASK, args=(run.id,), retry_policy={"max_retries": 2})
+        except OperationalError as exc:
+            for unsent in runs[i:]:
+                fail_run(session, unsent.id, f"could not reach the broker: {exc}")
+            session.commit()
+            raise JobError(f"Experiment {experiment.id} could not be sent to the broker at "
+                           f"{maybe_sanitize_url(settings.broker_url)!r} ({exc}); start the "
+                           "broker or fix SKILLSTORE_BROKER_URL, then run the spec again."
+                           ) from None
+

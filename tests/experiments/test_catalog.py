@@ -1,0 +1,122 @@
+"""Experiment rows: the tables round-trip through their migration, an experiment is stored with
+its planned runs, found by id or name, cancelled, and its status follows its runs'."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from skillstore.catalog import JobStatus, migrate
+from skillstore.catalog.db import make_engine
+from skillstore.catalog.models import Experiment, ExperimentRun
+from skillstore.errors import JobError, NotFoundError
+from skillstore.experiments import parse_spec
+from skillstore.experiments.catalog import (
+    begin_run,
+    cancel_experiment,
+    create_experiment,
+    derived_status,
+    fail_run,
+    finish_run,
+    get_experiment,
+    list_experiments,
+    run_stopped,
+)
+
+from .conftest import spec_doc
+
+Q, R, S, F, C = (JobStatus.queued, JobStatus.running, JobStatus.succeeded, JobStatus.failed,
+                 JobStatus.cancelled)
+
+
+def test_the_tables_come_and_go_with_their_migration(db_url):
+    migrate.upgrade(db_url)
+    migrate.check(db_url)  # the models and migration 0005 agree
+    engine = make_engine(db_url)
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"experiments", "experiment_runs"} <= tables
+    uniques = sa.inspect(engine).get_unique_constraints("experiment_runs")
+    assert [u["column_names"] for u in uniques] == [["experiment_id", "method", "seed"]]
+    migrate.downgrade(db_url, "0004")
+    assert not {"experiments", "experiment_runs"} & set(sa.inspect(engine).get_table_names())
+    migrate.upgrade(db_url)
+    assert {"experiments", "experiment_runs"} <= set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_an_experiment_is_stored_with_its_spec_and_one_queued_run_per_method_and_seed(
+        session, spec):
+    experiment = create_experiment(session, spec)
+    session.commit()
+    assert experiment.status == Q and experiment.spec == spec.as_json()
+    assert experiment.spec_sha256.startswith("sha256:")
+    assert [(r.method, r.seed, r.status) for r in experiment.runs] == [
+        ("naive_ft", 0, Q), ("naive_ft", 1, Q), ("joint", 0, Q), ("joint", 1, Q)]
+    assert parse_spec(experiment.spec).as_json() == spec.as_json()  # read back whole
+    twin = create_experiment(session, spec)
+    assert twin.spec_sha256 == experiment.spec_sha256 and twin.id != experiment.id
+    session.add(ExperimentRun(experiment_id=experiment.id, method="joint", seed=0))
+    with pytest.raises(sa.exc.IntegrityError):  # one run per (method, seed)
+        session.flush()
+    session.rollback()
+
+
+def test_found_by_id_or_newest_of_a_name_and_listed_newest_first(session, spec):
+    first = create_experiment(session, spec)
+    other = create_experiment(session, parse_spec(spec_doc(name="other")))
+    second = create_experiment(session, spec)
+    assert get_experiment(session, first.id) is first
+    assert get_experiment(session, str(other.id)) is other
+    assert get_experiment(session, "two-skills") is second
+    assert [e.id for e in list_experiments(session)] == [second.id, other.id, first.id]
+    assert [e.id for e in list_experiments(session, limit=1, offset=1)] == [other.id]
+    for ref in (999, "nope", "99999999999999"):
+        with pytest.raises(NotFoundError, match=r"`skillstore experiment list`"):
+            get_experiment(session, ref)
+
+
+@pytest.mark.parametrize("runs, status", [
+    ([Q, Q], Q), ([R, Q], R), ([S, Q], R), ([F, R], R), ([S, S], S), ([S, F], F),
+    ([F, C], F), ([S, C], C), ([C, C], C),
+])
+def test_the_experiments_status_is_derived_from_its_runs(runs, status):
+    assert derived_status(runs) == status
+
+
+def test_a_failed_run_leaves_the_others_going_and_keeps_its_error(session, spec):
+    experiment = create_experiment(session, spec)
+    a, b, c, d = (r.id for r in experiment.runs)
+    begin_run(session, a)
+    begin_run(session, b)
+    assert experiment.status == R
+    assert fail_run(session, a, "TrainingError: the loss is NaN at step 3\nTraceback ...")
+    assert experiment.status == R  # b is still running, c and d queued
+    assert finish_run(session, b, {"accuracy_matrix": [[1.0]]})
+    for run_id in (c, d):
+        begin_run(session, run_id)
+        finish_run(session, run_id, {"accuracy_matrix": [[0.5]]})
+    session.refresh(experiment)
+    assert experiment.status == F and experiment.finished_at is not None
+    runs = {r.id: r for r in experiment.runs}
+    assert runs[a].error == "TrainingError: the loss is NaN at step 3" and runs[a].result is None
+    assert [runs[i].status for i in (b, c, d)] == [S, S, S]
+    assert begin_run(session, a) is None  # a finished run is never begun again
+
+
+def test_cancel_stops_queued_and_running_runs_and_keeps_finished_ones(session, spec):
+    experiment = create_experiment(session, spec)
+    a, b, c, _ = (r.id for r in experiment.runs)
+    begin_run(session, a)
+    finish_run(session, a, {"accuracy_matrix": [[1.0]]})
+    begin_run(session, b)
+    assert not run_stopped(session, b)
+    cancelled = cancel_experiment(session, str(experiment.id))
+    assert cancelled.status == C and cancelled.finished_at is not None
+    assert [r.status for r in cancelled.runs] == [S, C, C, C]
+    assert run_stopped(session, b)  # what the running task looks at, and stops on
+    assert not finish_run(session, b, {"late": True})  # a cancelled run keeps its status
+    assert session.get(ExperimentRun, b).result is None
+    assert begin_run(session, c) is None  # a queued message for a cancelled run does nothing
+    with pytest.raises(JobError, match="nothing to cancel"):
+        cancel_experiment(session, experiment.id)
+    assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1

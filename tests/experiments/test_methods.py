@@ -1,0 +1,109 @@
+"""The runnable methods, each through the executor contract on a tiny base and real lm-eval
+suites; the methods that cannot run yet are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from skillstore.errors import ConfigError
+from skillstore.evaluation.cache import Suite
+from skillstore.experiments import parse_spec
+from skillstore.experiments.catalog import RunCancelled
+from skillstore.experiments.methods import EXECUTORS, RunInputs, check_runnable, execute
+from skillstore.experiments.spec import METHODS
+from skillstore.training.baselines import Stage, replay_stages
+from tests.composition.test_eval_cache import LL_YAML
+
+from .conftest import spec_doc
+
+ROWS = {"alpha": [{"prompt": f"copy {w}: ", "answer": w} for w in ("ab", "cd", "ef", "gh")],
+        "beta": [{"prompt": f"flip {w}: ", "answer": w[::-1]} for w in ("ab", "cd", "ef")]}
+QUICK = {"max_steps": 2, "batch_size": 2, "eval_every": 1, "lr": 1e-2}
+
+
+@pytest.fixture
+def ll_suites(tmp_path) -> list[Suite]:
+    """One loglikelihood task per skill (acc is a fraction even for an untrained model)."""
+    out = []
+    for name, rows in ROWS.items():
+        data = tmp_path / name / "test.jsonl"
+        data.parent.mkdir(parents=True)
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / name / f"t_{name}.yaml").write_text(
+            LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
+        out.append(Suite(name, tmp_path / name, (f"t_{name}",), headline_metric="acc"))
+    return out
+
+
+def inputs(method: str, base_dir, suites, **settings) -> RunInputs:
+    spec = parse_spec(spec_doc(skills=[{"name": n} for n in ROWS], methods={method: settings},
+                               seeds=[3], eval_limit=10, train=QUICK))
+    stages = [Stage(n, rows, rows[:2], []) for n, rows in ROWS.items()]
+    return RunInputs(1, method, 3, spec, str(base_dir), stages, suites)
+
+
+SETTINGS = {"replay": {"replay": 2}}
+
+
+@pytest.mark.parametrize("method", list(EXECUTORS))
+def test_every_runnable_method_scores_every_skill_and_counts_its_bytes(method, tiny_world,
+                                                                       ll_suites):
+    seen = []
+    result = execute(inputs(method, tiny_world.base_dir, ll_suites, **SETTINGS.get(method, {})),
+                     lambda stage, f: seen.append((stage, f)))
+    names = list(ROWS)
+    assert result["method"] == method and result["seed"] == 3 and result["skills"] == names
+    matrix = result["accuracy_matrix"]
+    rows = 1 if method == "joint" else len(names)  # joint has no stages to forget across
+    assert len(matrix) == rows and all(len(r) == len(names) for r in matrix)
+    assert all(0.0 <= v <= 1.0 for r in matrix for v in r)
+    assert result["n"][-1] == [len(ROWS[n]) for n in names]
+    assert result["metrics"]["average_accuracy"] == pytest.approx(sum(matrix[-1]) / len(names))
+    assert (result["metrics"]["bwt"] is None) == (method == "joint")
+    assert len(result["base_scores"]) == len(names)
+    assert result["train"]["seed"] == 3 and result["train"]["max_steps"] == QUICK["max_steps"]
+    for name in names:  # every stage changed weights; fp16 bytes are two per changed parameter
+        assert result["changed_params"][name] > 0
+        assert result["bytes_per_skill"][name] == 2 * result["changed_params"][name]
+    assert seen and seen[-1][1] == pytest.approx(1.0)  # the run reports how far it is
+
+
+def test_a_run_stops_when_its_check_says_it_was_cancelled(tiny_world, ll_suites):
+    def cancelled(stage, fraction):
+        raise RunCancelled(f"cancelled during {stage}")
+
+    with pytest.raises(RunCancelled, match="cancelled during alpha"):
+        execute(inputs("naive_ft", tiny_world.base_dir, ll_suites), cancelled)
+
+
+def test_replay_mixes_rows_of_every_earlier_skill_into_each_stage():
+    stages = [Stage(n, rows, rows[:1], []) for n, rows in ROWS.items()]
+    stages.append(Stage("gamma", [{"prompt": "x", "answer": "y"}], [], []))
+    mixed = replay_stages(stages, 2, seed=0)
+    assert mixed[0].train == stages[0].train  # nothing earlier to replay
+    assert len(mixed[1].train) == len(ROWS["beta"]) + 2
+    assert sum(r in ROWS["alpha"] for r in mixed[1].train) == 2
+    assert len(mixed[2].train) == 1 + 2 + 2
+    assert [s.validation for s in mixed] == [s.validation for s in stages]
+    assert replay_stages(stages, 2, seed=0) == mixed  # seeded
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in EXECUTORS])
+def test_a_method_that_cannot_run_yet_is_refused_by_name(method):
+    settings = {"density": 0.2} if method in ("ties", "dare_ties") else {}
+    spec = parse_spec(spec_doc(methods={"naive_ft": None, method: settings}))
+    with pytest.raises(ConfigError, match=rf"^method {method} is not runnable yet \(runnable "
+                                          r"now: naive_ft, replay, joint\)"):
+        check_runnable(spec)
+
+
+@pytest.mark.parametrize("stage, words", [
+    ({"name": "k", "data": "k.jsonl"}, r"skill 'k' is given as data"),
+    ({"name": "k", "method": "distill", "source": "src"}, r"skill 'k' learns by distill"),
+])
+def test_a_stage_runs_cannot_train_yet_is_refused(stage, words):
+    spec = parse_spec(spec_doc(sources=["src"], skills=[{"name": "arith"}, stage]))
+    with pytest.raises(ConfigError, match=words):
+        check_runnable(spec)

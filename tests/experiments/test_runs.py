@@ -1,0 +1,142 @@
+"""Experiments from the edges: `skillstore experiment run | list | show | wait | cancel` and the
+HTTP API, with bad input refused before anything is queued, and one experiment end to end on a
+real worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from skillstore.catalog import add_skill, init_workspace, register_base
+from skillstore.catalog.db import make_engine, sqlite_path
+from skillstore.catalog.models import Experiment
+from skillstore.settings import Settings
+from tests.conftest import run_cli
+from tests.workerenv import FAST_TRAIN, make_env
+
+from .conftest import spec_doc
+
+TOKEN = "experiments-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def catalog(workspace):
+    """A workspace with the spec fixture's base and skills (rows only: nothing runs here)."""
+    cat = init_workspace(Settings(home=workspace,
+                                  api_token_hashes=(hashlib.sha256(TOKEN.encode()).hexdigest(),)))
+    with cat.session() as s:
+        register_base(s, name="tiny", uri="/models/tiny", architecture="LlamaForCausalLM",
+                      fingerprint="sha256:" + "0" * 64)
+        for name in ("arith", "sort"):
+            add_skill(s, name=name, suite=f"{name}_suite", description=name)
+    yield cat
+    cat.close()
+
+
+def experiments(cat) -> int:
+    with cat.session() as s:
+        return s.scalar(sa.select(sa.func.count()).select_from(Experiment))
+
+
+def broker_messages(settings) -> int:
+    """Messages the embedded broker holds (none before its table exists)."""
+    engine = make_engine(f"sqlite:///{sqlite_path(settings.broker_url.removeprefix('sqla+'))}")
+    try:
+        if "kombu_message" not in sa.inspect(engine).get_table_names():
+            return 0
+        with engine.connect() as conn:
+            return conn.scalar(sa.text("SELECT count(*) FROM kombu_message"))
+    finally:
+        engine.dispose()
+
+
+def write_spec(tmp_path, **changes):
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec_doc(**changes)))  # JSON is YAML
+    return path
+
+
+def test_an_unrunnable_method_is_refused_before_anything_is_queued(catalog, tmp_path, capsys):
+    path = write_spec(tmp_path, methods={"naive_ft": None, "graft": {"policy": "compact"}})
+    code, out, err = run_cli(capsys, "experiment", "run", str(path))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in out + err, err
+    assert err.startswith("error: method graft is not runnable yet (runnable now: naive_ft, ")
+    assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
+
+
+def test_an_unknown_experiment_is_one_line_naming_the_fix(catalog, capsys):
+    for command in ("show", "wait", "cancel"):
+        code, out, err = run_cli(capsys, "experiment", command, "42")
+        assert code == 1 and err == "error: No experiment '42'; list them with `skillstore " \
+                                    "experiment list`.\n", (command, err)
+    code, out, _ = run_cli(capsys, "experiment", "list")
+    assert code == 0 and "No experiments yet" in out
+
+
+def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
+    from skillstore.api import create_api
+
+    with TestClient(create_api(catalog.settings)) as client:
+        refused = client.post("/experiments", headers=AUTH,
+                              json=spec_doc(methods={"lora_seq": None}))
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"].startswith("method lora_seq is not runnable")
+        bad = client.post("/experiments", headers=AUTH, json=spec_doc(colour="blue"))
+        assert bad.status_code == 422 and "colour: no such key" in bad.json()["error"]["message"]
+        assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
+
+        made = client.post("/experiments", headers=AUTH, json=spec_doc())
+        assert made.status_code == 201, made.text
+        doc = made.json()
+        assert doc["status"] == "queued" and doc["run_counts"] == {"queued": 4}
+        assert broker_messages(catalog.settings) == 4  # one task per (method, seed)
+        listed = client.get("/experiments", headers=AUTH).json()
+        assert listed["total"] == 1 and listed["items"][0]["id"] == doc["id"]
+        assert client.get(f"/experiments/{doc['id']}", headers=AUTH).json() == doc
+        assert client.get("/experiments/two-skills", headers=AUTH).json()["id"] == doc["id"]
+        assert client.get("/experiments/7", headers=AUTH).status_code == 404
+        cancelled = client.post(f"/experiments/{doc['id']}/cancel", headers=AUTH).json()
+        assert cancelled["status"] == "cancelled"
+        assert {r["status"] for r in cancelled["runs"]} == {"cancelled"}
+        again = client.post(f"/experiments/{doc['id']}/cancel", headers=AUTH)
+        assert again.status_code == 409 and "nothing to cancel" in again.text
+
+
+def test_a_naive_ft_experiment_runs_on_a_real_worker(tmp_path, tiny_zoo, monkeypatch, capsys):
+    """Two skills, one seed, a few steps: the run's result holds the 2x2 matrix and its
+    metrics, and the experiment succeeds."""
+    env = make_env(tmp_path, tiny_zoo)
+    monkeypatch.setenv("SKILLSTORE_HOME", str(env.settings.home))
+    for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
+        monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
+    path = write_spec(tmp_path, base="tiny-llama", skills=[{"name": "reverse"}, {"name": "sort"}],
+                      methods={"naive_ft": None}, seeds=[0], eval_limit=10, train=FAST_TRAIN)
+    code, out, err = run_cli(capsys, "experiment", "run", str(path), "--json")
+    assert code == 0, err
+    exp_id = json.loads(out)["id"]
+    with env.worker():
+        code, out, err = run_cli(capsys, "experiment", "wait", str(exp_id), "--timeout", "300")
+    logs = "".join(p.read_text()[-3000:] for p in env.logs.glob("*.log"))
+    assert code == 0, f"{out}{err}\n{logs}"
+    assert out.strip().splitlines()[-1] == f"experiment {exp_id} succeeded: succeeded 1"
+    code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id), "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["status"] == "succeeded"
+    (run,) = doc["runs"]
+    result = run["result"]
+    assert (run["method"], run["seed"], run["status"], run["error"]) == \
+        ("naive_ft", 0, "succeeded", None)
+    assert result["skills"] == ["reverse", "sort"]
+    matrix = result["accuracy_matrix"]
+    assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
+    assert result["n"] == [[8, 8], [8, 8]]  # the zoo's eight test prompts per skill
+    assert set(result["metrics"]) >= {"average_accuracy", "bwt", "forgetting",
+                                      "forward_transfer"}
+    assert all(b > 0 for b in result["bytes_per_skill"].values())
+    assert result["train"]["max_steps"] == FAST_TRAIN["max_steps"]
+    env.catalog.close()
