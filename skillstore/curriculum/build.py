@@ -15,6 +15,9 @@ from .skills import (
     CURRICULUM_VERSION,
     GENERAL,
     GENERAL_SUITE,
+    NEW_OPENER,
+    NEW_PHRASING,
+    TRAINED,
     Skill,
     Template,
     pick_template,
@@ -87,12 +90,19 @@ def heldout_task_name(skill_name: str) -> str:
 
 
 def _test_templates(skill: Skill, n: int) -> list[Template]:
-    """Half the test rows on held-out templates, half on training ones, each cycled in turn."""
+    """Half the test rows on held-out templates, half on training ones, each cycled in turn;
+    the held-out half alternates new phrasings and new openers (Template.kind)."""
     held, seen = skill.held_out_templates, skill.train_templates
     if not held:
         return [seen[i % len(seen)] for i in range(n)]
-    return [held[(i // 2) % len(held)] if i % 2 == 0 else seen[(i // 2) % len(seen)]
-            for i in range(n)]
+    kinds = [k for k in ([t for t in held if t.kind == kind] for kind in (NEW_PHRASING,
+                                                                           NEW_OPENER)) if k]
+
+    def held_out(j: int) -> Template:
+        group = kinds[j % len(kinds)]
+        return group[(j // len(kinds)) % len(group)]
+
+    return [held_out(i // 2) if i % 2 == 0 else seen[(i // 2) % len(seen)] for i in range(n)]
 
 
 def skill_splits(skill: Skill, rng: random.Random, n_train: int,
@@ -102,14 +112,22 @@ def skill_splits(skill: Skill, rng: random.Random, n_train: int,
 
     Open-ended skills never repeat a payload (so never a prompt) across splits. A closed table
     (the facts, the alphabet) cannot be held out, since the skill *is* the table: every entry
-    appears in train in every training template, validation is the table in those templates,
-    and test is the table in every template, held-out ones included.
+    appears in train in every training request (and at random after openers), validation is
+    the table in those requests, and test is the table in every request, held-out ones
+    included, and after a training and a held-out opener.
     """
     if skill.closed_set:
-        table = [skill.row(p, t) for p in skill.closed_set for t in skill.train_templates]
+        requests = [t for t in skill.requests if not t.held_out]
+        table = [skill.row(p, t) for p in skill.closed_set for t in requests]
         train = table + [skill.sample(rng) for _ in range(max(0, n_train - len(table)))]
         rng.shuffle(train)
-        test = [skill.row(p, t) for p in skill.closed_set for t in skill.templates]
+        # Every payload in every request, and each payload after one training opener and one
+        # held-out opener, taken in turn so that every template is asked.
+        test = [skill.row(p, t) for p in skill.closed_set for t in skill.requests]
+        for kind in (TRAINED, NEW_OPENER):
+            variants = [t for t in skill.templates if t.opener and t.kind == kind]
+            test += [skill.row(p, variants[i % len(variants)])
+                     for i, p in enumerate(skill.closed_set) if variants]
         if skill.held_out_templates:
             rng.shuffle(test)  # so that a --limit sees every template
         return {"train": train, "validation": list(table), "test": test}

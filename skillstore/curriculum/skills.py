@@ -13,10 +13,10 @@ from ..errors import unknown_name
 
 #: Bump when a skill's prompts, payloads or answers change: the zoo's recipe digest includes it,
 #: so a zoo built with another curriculum is rebuilt rather than reused.
-CURRICULUM_VERSION = 2  # 2: natural prompt templates, some held out of training
+CURRICULUM_VERSION = 3  # 2: natural prompt templates, some held out; 3: openers
 #: The longest prompt a template may give (at the longest payload). The zoo's target has 64
 #: positions and lm-eval keeps 16 of them for the answer, so a longer prompt would be cut.
-MAX_PROMPT_CHARS = 40
+MAX_PROMPT_CHARS = 48
 
 # A small fixed table for the "knowledge" skill: the target cannot derive these, only learn them.
 FACTS: dict[str, str] = {
@@ -34,18 +34,44 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 # and every prompt parses one way.
 _FIELD = "[A-Za-z0-9]+"
 
+#: Skill-neutral openings a user puts before a request ("Ok, sort ..."). Every training request
+#: of a curriculum skill also appears after each TRAIN_OPENERS entry; the test split asks the
+#: trained requests after HELD_OUT_OPENERS, which no training row has. A 2-layer zoo model
+#: reads a request at the positions it was trained at, so without openers in training it
+#: answers no prompt that starts differently (docs/learning.md, "Curriculum").
+TRAIN_OPENERS = ("Now ", "Ok, ", "So, ", "Q: ", "Hey, ", "Then ")
+HELD_OUT_OPENERS = ("Hi, ", "Pls ", "Yes. ")
+#: What a template is to a model trained on the training templates (Template.kind).
+TRAINED, NEW_OPENER, NEW_PHRASING = "trained", "new opener", "new phrasing"
+KINDS = (TRAINED, NEW_OPENER, NEW_PHRASING)
+
 
 @dataclass(frozen=True)
 class Template:
     """One way of asking for a skill: text with the payload's fields (``{p}``, or ``{a}`` and
     ``{b}`` for a sum) in it, and a stable id that test rows record.
 
-    A held-out template never appears in training or validation rows, only in the test split.
+    A held-out template never appears in training or validation rows, only in the test split:
+    either a phrasing no training row uses, or a trained request after an ``opener`` that no
+    training row has.
     """
 
     id: str
     text: str
     held_out: bool = False
+    opener: str = ""
+
+    @property
+    def kind(self) -> str:
+        """TRAINED, NEW_OPENER (a trained request, unseen opening) or NEW_PHRASING."""
+        if not self.held_out:
+            return TRAINED
+        return NEW_OPENER if self.opener else NEW_PHRASING
+
+    def after(self, opener: str, *, held_out: bool) -> Template:
+        """This request after ``opener`` ("Ok, " + "Sort {p}:"), id ``<id>@<opener word>``."""
+        slug = "".join(c for c in opener.lower() if c.isalnum())
+        return Template(f"{self.id}@{slug}", opener + self.text, held_out, opener)
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -96,9 +122,21 @@ class Skill:
     natural: tuple[Template, ...] = ()
 
     @cached_property
-    def templates(self) -> tuple[Template, ...]:
+    def requests(self) -> tuple[Template, ...]:
+        """The keyword form and the natural forms, with no opener."""
         keyword = Template(f"{self.name}:keyword", f"{self.keyword}: {self.payload_format} =")
         return (keyword, *self.natural)
+
+    @cached_property
+    def templates(self) -> tuple[Template, ...]:
+        """Every request, then (for a skill with natural forms) each trained request after
+        each training opener and each held-out opener; the keyword form comes first."""
+        if not self.natural:
+            return self.requests
+        trained = [t for t in self.requests if not t.held_out]
+        return (*self.requests,
+                *(t.after(o, held_out=False) for o in TRAIN_OPENERS for t in trained),
+                *(t.after(o, held_out=True) for o in HELD_OUT_OPENERS for t in trained))
 
     @property
     def train_templates(self) -> tuple[Template, ...]:

@@ -123,7 +123,8 @@ def test_learned_router_accuracy_on_the_tiny_curriculum(world, tmp_path):
     from skillstore.curriculum.validate import load_rows
 
     model, tok, _ = world
-    cur = write_curriculum(tmp_path / "cur", n_train=60, n_eval=50)
+    # 28 training templates a skill (four requests, bare and after six openers): 200 rows
+    cur = write_curriculum(tmp_path / "cur", n_train=200, n_eval=50)
 
     def rows(files, split):
         return load_rows(files.split(split))

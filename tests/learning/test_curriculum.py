@@ -8,13 +8,19 @@ import random
 
 import pytest
 
-from skillstore.curriculum.build import load_curriculum, write_curriculum
+from skillstore.curriculum.build import load_curriculum, skill_splits, write_curriculum
 from skillstore.curriculum.router_eval import MAX_MIXED_CHARS, load_router_eval
 from skillstore.curriculum.skills import (
     CURRICULUM,
     GENERAL,
+    HELD_OUT_OPENERS,
+    KINDS,
     MAX_PROMPT_CHARS,
+    NEW_OPENER,
+    NEW_PHRASING,
     SKILLS,
+    TRAIN_OPENERS,
+    TRAINED,
     get_skill,
     skill_for_prompt,
 )
@@ -86,13 +92,28 @@ def test_natural_templates_name_neither_the_skill_nor_its_keyword():
     ids = [t.id for s in (*CURRICULUM, *GENERAL) for t in s.templates]
     assert len(ids) == len(set(ids))
     for skill in CURRICULUM:
-        natural = skill.templates[1:]
+        natural = skill.requests[1:]
         assert len(natural) >= 3 and any(t.held_out for t in natural), skill.name
         assert not skill.templates[0].held_out and skill.templates[0].id.endswith(":keyword")
         banned = {skill.name, skill.keyword, *(w for w in skill.keyword.split() if len(w) > 2)}
-        for template in natural:
+        for template in [t for t in skill.templates if ":keyword" not in t.id]:
             text = template.text.lower()
             assert not [w for w in banned if w in text], (template.id, template.text)
+
+
+def test_openers_are_shared_by_every_skill_and_held_out_ones_are_new():
+    assert not set(TRAIN_OPENERS) & set(HELD_OUT_OPENERS)
+    for skill in CURRICULUM:
+        trained = [t for t in skill.requests if not t.held_out]
+        for opener, kind in [*((o, TRAINED) for o in TRAIN_OPENERS),
+                             *((o, NEW_OPENER) for o in HELD_OUT_OPENERS)]:
+            variants = [t for t in skill.templates if t.opener == opener]
+            assert [t.text for t in variants] == [opener + t.text for t in trained], skill.name
+            assert {t.kind for t in variants} == {kind}, (skill.name, opener)
+        phrasings = [t for t in skill.templates if t.kind == NEW_PHRASING]
+        assert phrasings and all(not t.opener for t in phrasings), skill.name
+    for skill in GENERAL:  # the base's own forms, as it was trained on them
+        assert [t.kind for t in skill.templates] == [TRAINED], skill.name
 
 
 def _parsed(name, rows):
@@ -113,10 +134,18 @@ def test_training_rows_never_use_a_held_out_template(curriculum):
             assert held == [], (name, split, held[:3])
 
 
-def test_the_test_split_mixes_every_template(curriculum):
+def test_the_test_split_mixes_every_kind_of_template(curriculum):
     for name, files in curriculum.skills.items():
-        used = {t.id for t, _ in _parsed(name, load_rows(files.test))}
-        assert used == {t.id for t in SKILLS[name].templates}, name
+        used = [t for t, _ in _parsed(name, load_rows(files.test))]
+        assert {t.kind for t in used} == set(KINDS), name
+        assert {t.id for t in used if t.kind == NEW_PHRASING} == {
+            t.id for t in SKILLS[name].templates if t.kind == NEW_PHRASING}, name
+    for skill in CURRICULUM:  # a test split as large as the templates asks every one
+        splits = skill_splits(skill, random.Random(0), 100, 2 * len(skill.templates))
+        assert {r["template"] for r in splits["test"]} == {t.id for t in skill.templates}
+        kinds = [skill.template(r["template"]).kind for r in splits["test"]]
+        if not skill.closed_set:  # half held out, split evenly between the held-out kinds
+            assert kinds.count(NEW_PHRASING) == kinds.count(NEW_OPENER) == len(kinds) // 4
 
 
 def test_every_answer_is_the_solvers_answer_to_the_payload(curriculum):
