@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -153,44 +154,37 @@ def _html_report(catalog, settings: Settings):
     return out
 
 
-def _template_table(session, catalog, base, curriculum) -> Table | None:
-    """The head state's score on each skill split by prompt template: the held-out forms (never
-    trained on, no skill keyword) against the training forms, from the per-prompt outcomes its
-    evaluation stored (doc id = row of the test split), with 95% Wilson intervals."""
-    from ..catalog import current_head
-    from ..curriculum.skills import SKILLS
-    from ..curriculum.validate import load_rows
-    from ..evaluation.scores import subset, suite_scores
-
-    head = current_head(session, base.id)
-    if head is None:
-        return None
-    scores = suite_scores(session, head.state_id, blobs=catalog.blobs)
-    table = Table(title="Head state by prompt template (test split, per-prompt outcomes)")
-    for column in ("skill", "held-out templates", "training templates"):
-        table.add_column(column, justify="left" if column == "skill" else "right")
-    for name, files in curriculum.skills.items():
-        if name not in scores or name not in SKILLS:
-            continue
-        rows = load_rows(files.split("test"))
-        held = {str(i) for i, r in enumerate(rows)
-                if r.get("template") and SKILLS[name].template(r["template"]).held_out}
-        cells = []
-        for keys in (held, {str(i) for i in range(len(rows))} - held):
-            part = subset(scores[name], keys)
-            if part is None:
-                cells.append("-")
-                continue
-            ci = part.interval
-            cells.append(f"{part.value:.2f} [{ci.low:.2f}, {ci.high:.2f}] n={part.n}")
-        table.add_row(name, *cells)
+def _template_table(doc: dict) -> Table:
+    """The head state's score by kind of template, under its learned router and under the tag
+    oracle, from the per-prompt outcomes its evaluations stored (demo_templates)."""
+    table = Table(title="Head state by kind of prompt template (test split): learned router "
+                  "against the tag oracle", title_justify="left")
+    for column in ("skill", "template kind", "n", "routed", "oracle (tag)"):
+        table.add_column(column, justify="left" if column in ("skill", "template kind")
+                         else "right")
+    for row in doc["by_kind"]:
+        table.add_row(row["skill"], row["kind"], str(row["n"]), f"{row['routed']:.2f}",
+                      f"{row['oracle']:.2f}")
     return table
+
+
+def _held_out_lines(doc: dict) -> list[str]:
+    lines = []
+    held = doc.get("held_out")
+    if held:
+        ratio = "—" if held["ratio"] is None else f"{held['ratio']:.3f}"
+        lines.append(f"held-out templates, all skills (n={held['n']}): routed {held['routed']:.3f}"
+                     f", oracle {held['oracle']:.3f}, ratio {ratio}; routed - oracle "
+                     f"{held['difference']:+.3f} [{held['low']:+.3f}, {held['high']:+.3f}]")
+    lines.append(_metrics_line("routed, held-out templates", doc["held_out_matrix"]))
+    return lines
 
 
 def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: float = 1800) -> None:
     """Build, learn through a real worker, and report; a second run reuses everything it can."""
     from ..zoo import build_zoo, register_zoo
     from .demo_forgetting import naive_sequential, routed_matrix
+    from .demo_templates import template_report
     from .job_watch import follow_jobs
 
     for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
@@ -243,7 +237,11 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
                 open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
             routed = routed_matrix(s, settings, base, limit=EVAL_LIMIT)
         packs_table, _ = _packs_table(s, base)
-        templates = _template_table(s, catalog, base, zoo.load_curriculum())
+        with console.status("scoring the head state by prompt template, and its tag "
+                            "oracle..."), \
+                open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
+            templates = template_report(s, settings, base, zoo.load_curriculum(),
+                                        limit=EVAL_LIMIT)
         promoted = s.scalar(sa.select(sa.func.count()).select_from(SkillPack)
                             .where(SkillPack.status == PackStatus.promoted))
     _store_baselines(catalog, job_ids, naive)
@@ -253,7 +251,12 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     console.print(_metrics_line("routed SkillPack state", routed))
     console.print(_metrics_line("naive sequential fine-tuning", naive))
     if templates is not None:
-        console.print(templates)
+        out = settings.home / "reports" / "demo_templates.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(templates, indent=2) + "\n", encoding="utf-8")
+        console.print(_template_table(templates))
+        for line in _held_out_lines(templates):
+            console.print(line)
     console.print(packs_table)
     html = _html_report(catalog, settings)
     console.print(f"{promoted} pack(s) promoted. HTML report: {html}")

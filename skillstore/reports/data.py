@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from ..errors import EvaluationError, NotFoundError
 from ..evaluation.cache import Suite
 from ..evaluation.compare import Comparison
 from ..evaluation.metrics import continual_metrics
-from ..evaluation.scores import GENERAL_SUITE, Score, suite_scores
+from ..evaluation.scores import GENERAL_SUITE, Score, subset, suite_scores
 from ..evaluation.stats import wilson_interval
 from ..states.view import load_view
 
@@ -158,17 +159,23 @@ class AccuracyMatrix:
 
 
 def accuracy_matrix(session, state: ModelState, suites: list[Suite] | None = None, *,
-                    limit: int | None = None) -> AccuracyMatrix:
+                    limit: int | None = None, only: Mapping[str, Collection[str]] | None = None,
+                    blobs=None) -> AccuracyMatrix:
     """The accuracy matrix of the learning history that led to ``state`` (every skill attempted,
     see ``attempts``), from the eval table only. Scores are each suite's newest version, or
-    exactly ``suites`` at ``limit`` when given (named after the skills and GENERAL_SUITE)."""
+    exactly ``suites`` at ``limit`` when given (named after the skills and GENERAL_SUITE).
+
+    ``only`` maps a suite to the doc ids its cells are scored on (the prompts of held-out
+    templates, say), from the per-prompt scores in ``blobs``; other suites' cells are empty."""
     history = attempts(session, state)
     stages = chain(session, state)
     ids = {s.id for s in stages} | {a.state_id for a in history}
-    scores = {i: suite_scores(session, i, suites, limit=limit) for i in ids}
+    scores = {i: suite_scores(session, i, suites, limit=limit, blobs=blobs) for i in ids}
 
     def score(state_id: int, suite: str) -> float | None:
         sc = scores[state_id].get(suite)
+        if sc is not None and only is not None:
+            sc = subset(sc, only.get(suite, ()))
         return None if sc is None else sc.value
 
     skills = [a.skill for a in history]

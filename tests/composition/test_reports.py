@@ -321,3 +321,36 @@ def test_pack_report_shows_the_recorded_checks_and_each_packs_fidelity(catalog, 
     with catalog.session() as s:
         plain = build_report(s, pack=get_pack(s, attempted["packs"]["alpha"]))
     assert plain.decision["verdict"] == "promoted" and "checks" not in plain.decision
+
+
+def test_the_matrix_on_a_subset_of_prompts_is_read_from_each_prompts_outcome(catalog):
+    """`only` scores each cell on the named prompts (the held-out templates, say) from the
+    per-prompt outcomes, so a pack that answers only its training forms shows 0 there."""
+    from skillstore.catalog import get_state
+    from skillstore.catalog.packs import set_pack_status
+    from skillstore.evaluation.cache import samples_bytes
+    from skillstore.reports.data import accuracy_matrix
+
+    trained = {str(i): 1.0 if i < 50 else 0.0 for i in range(100)}  # answers rows 0-49 only
+    with catalog.session() as s:
+        base = make_base(s)
+        root = base_state(s, base)
+        advance_head(s, base.id, root.id, expected_version=None)
+        pack = make_pack(s, base, "sort")
+        child = extend_state(s, base, root, pack)
+        set_pack_status(s, pack, "promoted", reason="promoted", actor="gate", state_id=child.id)
+        advance_head(s, base.id, child.id, expected_version=1)
+        for state, samples in ((root, dict.fromkeys(trained, 0.0)), (child, trained)):
+            record_eval_result(s, state_id=state.id, suite="sort", suite_version="v1",
+                               task="t_sort", metric="exact_match",
+                               value=sum(samples.values()) / 100, stderr=0.01, n=100,
+                               lm_eval_version="0.4.13",
+                               samples_digest=catalog.blobs.put_bytes(samples_bytes(samples)))
+        final = get_state(s, child.id)
+        whole = accuracy_matrix(s, final)
+        held = accuracy_matrix(s, final, only={"sort": {str(i) for i in range(40, 100)}},
+                               blobs=catalog.blobs)
+        none = accuracy_matrix(s, final, only={}, blobs=catalog.blobs)
+    assert whole.matrix == [[0.5]] and whole.base == [0.0]
+    assert held.matrix == [[pytest.approx(10 / 60)]] and held.base == [0.0]
+    assert none.matrix == [[None]]
