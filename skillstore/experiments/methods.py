@@ -1,9 +1,11 @@
 """What one experiment run does for its method: the `EXECUTORS` registry (naive_ft, replay,
-joint), the refusal of methods that are not runnable yet, and the inputs a run reads.
+joint, lora_seq, multi_lora, task_arithmetic, ties, dare_ties), the refusal of methods that are
+not runnable yet, and the inputs a run reads.
 
-Every executor trains the spec's base in full, scores every skill's suite with the lm-eval path
-the demo and the gate use (`evaluation.scores.model_score` on `evaluation.suites.skill_suite`),
-and returns its accuracy matrix, continual metrics and bytes per skill (the dense fp16 delta).
+Every executor trains the spec's base, scores every skill's suite with the lm-eval path the
+demo and the gate use (`evaluation.scores.model_score` on `evaluation.suites.skill_suite`), and
+returns its accuracy matrix, continual metrics and bytes per skill: what the method stores for
+each skill at fp16 (a dense delta, or a LoRA adapter's parameters).
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from ..errors import ConfigError
 from ..evaluation.cache import Suite, cache_version
 from ..evaluation.metrics import ContinualMetrics, continual_metrics
 from ..evaluation.scores import Score
-from ..evaluation.suites import skill_suite
+from ..evaluation.suites import general_suite, skill_suite, suite_prompts
 from ..registry import Registry
+from ..states.service import ROUTER_PROMPTS
 from ..training.baselines import Stage, replay_stages, train_joint
+from .baselines import (
+    earlier_sweep,
+    lora_choice,
+    lora_sequence_scores,
+    merge_method,
+    merge_scores,
+    multi_lora_scores,
+)
 from .catalog import get_run
 from .sequential import FP16_BYTES, ChangedParams, sequential_scores, skill_stages, suite_scores
 from .spec import ExperimentSpec, parse_spec
@@ -44,6 +55,11 @@ class RunInputs:
     base_dir: str
     stages: list[Stage]
     suites: list[Suite]
+    # The general suite's training prompts: the router's NONE class (inputs that get no
+    # adapter), as the gate trains it for packs; () when the skills have no general suite.
+    general: tuple[str, ...] = ()
+    # An earlier seed's LoRA sweep of this method ({"seed", "chosen", "points"}): reused.
+    earlier_sweep: dict | None = None
 
     @property
     def train(self):
@@ -116,8 +132,83 @@ class Joint:
                        n_train=[sum(len(s.train) for s in inputs.stages)])
 
 
+def _base_row(inputs: RunInputs):
+    from ..models import load_causal_lm
+
+    model, tok = load_causal_lm(inputs.base_dir, fingerprint=False)
+    return model, tok, suite_scores(model, tok, inputs.suites, limit=inputs.spec.eval_limit)
+
+
+def _lora(inputs: RunInputs, model, tok, check: Check):
+    """The LoRA config to train and how it was picked (an earlier seed's, else swept)."""
+    return lora_choice(model, tok, inputs.stages, inputs.spec.settings(inputs.method),
+                       inputs.train, earlier=inputs.earlier_sweep,
+                       eval_limit=inputs.spec.eval_limit,
+                       progress=lambda s, f: check(f"sweep:{s}", 0.0))
+
+
+@dataclass(frozen=True)
+class LoRASequential:
+    """One LoRA adapter on the base, trained skill after skill (the same adapter continuing).
+    Every skill's bytes are the whole adapter's: it is what the model keeps for all of them."""
+
+    name: str = "lora_seq"
+
+    def execute(self, inputs: RunInputs, check: Check) -> dict:
+        model, tok, base_row = _base_row(inputs)
+        config, picked = _lora(inputs, model, tok, check)
+        scores, params = lora_sequence_scores(model, tok, inputs.stages, inputs.suites, config,
+                                              limit=inputs.spec.eval_limit, progress=check)
+        metrics = continual_metrics([[s.value for s in row] for row in scores],
+                                    [s.value for s in base_row])
+        return _result(inputs, scores, metrics, base_row, [params] * len(inputs.stages),
+                       **picked, adapter_params=params)
+
+
+@dataclass(frozen=True)
+class MultiLoRA:
+    """One LoRA adapter per skill, each trained from the base, routed as packs are: each
+    adapter's B @ A * scale is a dense delta in the DeltaBank, picked per input by the learned
+    router. A skill's bytes are its own adapter's."""
+
+    name: str = "multi_lora"
+
+    def execute(self, inputs: RunInputs, check: Check) -> dict:
+        model, tok, base_row = _base_row(inputs)
+        config, picked = _lora(inputs, model, tok, check)
+        scores, sizes, routers = multi_lora_scores(
+            model, tok, inputs.stages, inputs.suites, config, general=inputs.general,
+            seed=inputs.seed, limit=inputs.spec.eval_limit, progress=check)
+        metrics = continual_metrics([[s.value for s in row] for row in scores],
+                                    [s.value for s in base_row])
+        return _result(inputs, scores, metrics, base_row, sizes, **picked, routers=routers)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Full fine-tuning of each skill from the base, and after each stage the deltas so far
+    merged (``task_arithmetic``, ``ties`` or ``dare_ties``, with the spec's scale and density)
+    onto the base. A skill's bytes are its fine-tune's dense fp16 delta."""
+
+    name: str
+
+    def execute(self, inputs: RunInputs, check: Check) -> dict:
+        model, tok, base_row = _base_row(inputs)
+        fusion, drop = merge_method(self.name, inputs.spec.settings(self.name))
+        scores, changed = merge_scores(model, tok, inputs.stages, inputs.suites, inputs.train,
+                                       fusion, dare_density=drop, seed=inputs.seed,
+                                       limit=inputs.spec.eval_limit, progress=check)
+        metrics = continual_metrics([[s.value for s in row] for row in scores],
+                                    [s.value for s in base_row])
+        density = getattr(fusion, "density", None) if drop is None else drop
+        return _result(inputs, scores, metrics, base_row, changed,
+                       merge={"method": self.name, "scale": fusion.lam, "density": density})
+
+
 EXECUTORS: Registry[Executor] = Registry(
-    "experiment method", (Sequential("naive_ft"), Sequential("replay"), Joint()))
+    "experiment method", (Sequential("naive_ft"), Sequential("replay"), Joint(),
+                          LoRASequential(), MultiLoRA(), Merged("task_arithmetic"),
+                          Merged("ties"), Merged("dare_ties")))
 
 
 def _result(inputs: RunInputs, scores: list[list[Score]], metrics: ContinualMetrics,
@@ -153,14 +244,19 @@ def check_runnable(spec: ExperimentSpec) -> None:
 
 
 def run_inputs(session: Session, store, run_id: int) -> RunInputs:
-    """A run's spec, base folder, skills' rows and suites, read from the catalog."""
+    """A run's spec, base folder, skills' rows and suites, the general suite's prompts and an
+    earlier seed's LoRA sweep, read from the catalog."""
     run = get_run(session, run_id)
     experiment = session.get(Experiment, run.experiment_id)
     spec = parse_spec(experiment.spec, f"experiment {experiment.id}'s spec")
     skills = [get_skill(session, stage.name) for stage in spec.skills]
+    base = session.get(BaseCheckpoint, experiment.base_id)
+    suites = [skill_suite(s) for s in skills]
+    general = general_suite(beside=suites, base=base)
     return RunInputs(run_id=run.id, method=run.method, seed=run.seed, spec=spec,
-                     base_dir=session.get(BaseCheckpoint, experiment.base_id).uri,
-                     stages=skill_stages(store, skills), suites=[skill_suite(s) for s in skills])
+                     base_dir=base.uri, stages=skill_stages(store, skills), suites=suites,
+                     general=tuple(suite_prompts(general, ROUTER_PROMPTS)) if general else (),
+                     earlier_sweep=earlier_sweep(session, run, spec.seeds))
 
 
 def execute(inputs: RunInputs, check: Check) -> dict:

@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .backends import BUILTIN
@@ -38,6 +39,23 @@ class LoRAConfig(BaseModel):
     sft: SFTConfig = SFTConfig(lr=3e-3)
 
 
+def lora_model(model, config: LoRAConfig):
+    """``model`` wrapped (in place) in a fresh PEFT LoRA adapter of ``config``'s shape, its
+    random initialisation seeded by ``config.sft.seed`` (the same seed, the same adapter)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.sft.seed)
+    peft_cfg = LoraConfig(r=config.rank, lora_alpha=config.alpha or 2 * config.rank,
+                          lora_dropout=config.dropout, target_modules=config.target_modules,
+                          task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def adapter_params(wrapped) -> int:
+    """Parameters of a wrapped model's adapter: the ones its training updates."""
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+
+
 def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
                config: LoRAConfig | None = None, progress: Progress | None = None, *,
                backend: Backend = BUILTIN) -> TrainResult:
@@ -46,14 +64,9 @@ def train_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     Merging gives a plain model of the base's architecture, so it is evaluated and compared
     (or packed) exactly like a fully fine-tuned one.
     """
-    from peft import LoraConfig, get_peft_model
-
     cfg = config or LoRAConfig()
-    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or 2 * cfg.rank,
-                          lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                          task_type="CAUSAL_LM")
-    wrapped = get_peft_model(model, peft_cfg)
-    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    wrapped = lora_model(model, cfg)
+    trainable = adapter_params(wrapped)
     result = backend.sft(wrapped, tokenizer, train_rows, val_rows, cfg.sft, progress)
     merged = wrapped.merge_and_unload()
     merged.eval()
@@ -74,7 +87,8 @@ class LoRASweep:
 
 def sweep_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict],
                ranks: Sequence[int], lrs: Sequence[float], sft: SFTConfig | None = None, *,
-               eval_limit: int | None = None, backend: Backend = BUILTIN) -> LoRASweep:
+               eval_limit: int | None = None, backend: Backend = BUILTIN,
+               progress: Progress | None = None) -> LoRASweep:
     """Train a LoRA on a fresh copy of ``model`` at every (rank, lr) and keep the one with the
     best validation exact match (ties: the lower validation loss, then the smaller rank), so a
     LoRA baseline is compared at its best settings rather than at one guess. ``model`` itself
@@ -82,17 +96,19 @@ def sweep_lora(model, tokenizer, train_rows: list[dict], val_rows: list[dict],
     if not ranks or not lrs:
         raise ValueError("A LoRA sweep needs at least one rank and one learning rate.")
     base = sft or SFTConfig()
-    points = []
-    for rank in ranks:
-        for lr in lrs:
-            cfg = LoRAConfig(rank=rank, sft=base.model_copy(update={"lr": lr}))
-            result = train_lora(copy.deepcopy(model), tokenizer, train_rows, val_rows, cfg,
-                                backend=backend)
-            score = exact_match(result.model, tokenizer, val_rows, limit=eval_limit)
-            points.append({"rank": rank, "lr": lr, "val_exact_match": score.accuracy,
-                           "n": score.n, "best_val_loss": result.metrics.get("best_val_loss"),
-                           "steps": result.metrics.get("steps")})
-            del result
+    points, grid = [], [(rank, lr) for rank in ranks for lr in lrs]
+    for k, (rank, lr) in enumerate(grid):
+        cfg = LoRAConfig(rank=rank, sft=base.model_copy(update={"lr": lr}))
+        sub = ((lambda s, f, k=k, at=f"r{rank}-lr{lr:g}": progress(f"{at}:{s}",
+                                                                   (k + f) / len(grid)))
+               if progress else None)
+        result = train_lora(copy.deepcopy(model), tokenizer, train_rows, val_rows, cfg,
+                            sub, backend=backend)
+        score = exact_match(result.model, tokenizer, val_rows, limit=eval_limit)
+        points.append({"rank": rank, "lr": lr, "val_exact_match": score.accuracy,
+                       "n": score.n, "best_val_loss": result.metrics.get("best_val_loss"),
+                       "steps": result.metrics.get("steps")})
+        del result
 
     def order(p: dict) -> tuple:
         loss = p["best_val_loss"]

@@ -83,9 +83,9 @@ def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
 
     with TestClient(create_api(catalog.settings)) as client:
         refused = client.post("/experiments", headers=AUTH,
-                              json=spec_doc(methods={"lora_seq": None}))
+                              json=spec_doc(methods={"graft": {"policy": "compact"}}))
         assert refused.status_code == 400, refused.text
-        assert refused.json()["error"]["message"].startswith("method lora_seq is not runnable")
+        assert refused.json()["error"]["message"].startswith("method graft is not runnable")
         bad = client.post("/experiments", headers=AUTH, json=spec_doc(colour="blue"))
         assert bad.status_code == 422 and "colour: no such key" in bad.json()["error"]["message"]
         assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0

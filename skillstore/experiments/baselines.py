@@ -1,0 +1,236 @@
+"""The fair baselines' loops for experiment runs: LoRA in sequence, one LoRA per skill behind the
+learned router, and task arithmetic / TIES / DARE-TIES over per-skill fine-tunes.
+
+Each loop trains with the library's own trainers, scores every suite after every stage with
+`sequential.suite_scores` (the lm-eval path of every method), and returns the score rows with
+the parameters each skill stores; the executors in `methods` turn them into a run's result.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+import torch
+from sqlalchemy.orm import Session
+
+from ..catalog.models import ExperimentRun
+from ..catalog.schema import JobStatus
+from ..errors import ConfigError
+from ..evaluation.cache import Suite
+from ..evaluation.scores import Score
+from ..packs.parts import DensePart
+from ..routing import NONE_CLASS, DeltaBank, PackDeltas, RoutedModel, train_router
+from ..states.fusion import FusionMethod, TaskArithmetic, Ties
+from ..states.service import CALIBRATION, ROUTER_PROMPTS
+from ..training.backends import BUILTIN
+from ..training.baselines import LoRAConfig, Stage, adapter_params, lora_model, sweep_lora
+from ..training.sft import Progress, SFTConfig, train_sft
+from .sequential import suite_scores
+from .spec import LoRASweep, Merge
+
+# TIES keeps the top 20% of each delta by magnitude (Yadav et al. 2023, and states.fusion's
+# default); DARE-TIES keeps the same share at random. A spec's ``density`` overrides it.
+DEFAULT_DENSITY = 0.2
+Rows = list[list[Score]]
+
+
+# --- LoRA: the sweep, or the choice an earlier seed's run made ------------------------------
+
+def earlier_sweep(session: Session, run: ExperimentRun, seeds: Sequence[int]) -> dict | None:
+    """What the first run of ``run``'s experiment and method at a seed listed before
+    ``run.seed`` chose, once it succeeded with a choice: ``{"seed", "chosen", "points"}``.
+    None when no such run has finished yet (the run then sweeps for itself): the spec's
+    "the sweeps run on the first seed and their choice is reused", kept simple."""
+    seeds = list(seeds)
+    before = seeds[: seeds.index(run.seed)] if run.seed in seeds else []
+    if not before:
+        return None
+    rows = session.scalars(sa.select(ExperimentRun).where(
+        ExperimentRun.experiment_id == run.experiment_id, ExperimentRun.method == run.method,
+        ExperimentRun.seed.in_(before), ExperimentRun.status == JobStatus.succeeded))
+    for row in sorted(rows, key=lambda r: before.index(r.seed)):
+        result = row.result or {}
+        if result.get("chosen"):
+            return {"seed": row.seed, "chosen": result["chosen"],
+                    "points": (result.get("sweep") or {}).get("points", [])}
+    return None
+
+
+def lora_choice(model, tokenizer, stages: Sequence[Stage], grid: LoRASweep, sft: SFTConfig, *,
+                earlier: dict | None, eval_limit: int | None,
+                progress: Progress | None = None) -> tuple[LoRAConfig, dict]:
+    """The LoRA to train and the record of how it was picked: ``earlier``'s choice when an
+    earlier seed made one, else `sweep_lora` over ``grid`` on the first skill's validation
+    split. The record is ``{"chosen": {"rank", "lr"}, "sweep": {"points", "reused_from_seed"}}``."""
+    if earlier is not None:
+        rank, lr = earlier["chosen"]["rank"], earlier["chosen"]["lr"]
+        sweep = {"points": earlier["points"], "reused_from_seed": earlier["seed"]}
+    else:
+        first = stages[0]
+        if not first.validation:
+            raise ConfigError(f"skill {first.name!r} has no validation rows to pick the LoRA "
+                              "rank and learning rate on; register it with some.")
+        swept = sweep_lora(model, tokenizer, first.train, first.validation, grid.ranks, grid.lrs,
+                           sft, eval_limit=eval_limit, progress=progress)
+        rank, lr = swept.rank, swept.lr
+        sweep = {"points": swept.points, "reused_from_seed": None}
+    config = LoRAConfig(rank=rank, sft=sft.model_copy(update={"lr": lr}))
+    return config, {"chosen": {"rank": rank, "lr": lr}, "sweep": sweep}
+
+
+def _stage_progress(progress: Progress | None, stages: Sequence[Stage], i: int):
+    return ((lambda s, f, n=stages[i].name: progress(f"{n}:{s}", (i + f) / len(stages)))
+            if progress else None)
+
+
+def lora_sequence_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
+                         config: LoRAConfig, *, limit: int | None = None,
+                         progress: Progress | None = None) -> tuple[Rows, int]:
+    """One LoRA adapter on ``model`` (wrapped in place) trained on each stage in turn, the
+    same adapter continuing, scored after every stage; returns the rows and the adapter's
+    parameter count."""
+    wrapped = lora_model(model, config)
+    scored = wrapped.get_base_model()  # the base's own class with the adapter's layers in it
+    rows = []
+    for i, stage in enumerate(stages):
+        BUILTIN.sft(wrapped, tokenizer, stage.train, stage.validation, config.sft,
+                    _stage_progress(progress, stages, i))
+        if progress is not None:
+            progress(f"{stage.name}:score", (i + 1) / len(stages))
+        rows.append(suite_scores(scored, tokenizer, suites, limit=limit))
+    return rows, adapter_params(wrapped)
+
+
+def lora_deltas(wrapped) -> dict[str, torch.Tensor]:
+    """The active adapter of a PEFT-wrapped model as one dense float32 delta per base tensor
+    (B @ A * scale, in the base weight's own layout), keyed by the base's tensor names."""
+    from peft.tuners.lora import LoraLayer
+
+    adapter = wrapped.active_adapter
+    return {f"{name}.weight": module.get_delta_weight(adapter).detach().float().cpu()
+            for name, module in wrapped.get_base_model().named_modules()
+            if isinstance(module, LoraLayer) and adapter in module.lora_A}
+
+
+def routed_scores(model, tokenizer, adapters: Sequence[PackDeltas], prompts: dict[str, list[str]],
+                  suites: Sequence[Suite], *, seed: int, limit: int | None = None
+                  ) -> tuple[list[Score], dict]:
+    """``model`` scored with ``adapters`` behind the learned router of `states.service`
+    (trained on ``prompts`` per class, CALIBRATION held out for abstention), hooked in by the
+    DeltaBank that routes packs; one class alone gets every input (router ``none``), as a
+    state of one pack and no general prompts does."""
+    bank = DeltaBank(model, adapters)
+    if len(prompts) < 2:
+        routed, info = RoutedModel(model, bank, "none"), {"router": "none"}
+    else:
+        trained = train_router(model, tokenizer, prompts, calibration=CALIBRATION, seed=seed)
+        routed = RoutedModel(model, bank, "learned", classifier=trained.classifier,
+                             pad_token_id=tokenizer.pad_token_id)
+        info = {"router": "learned", "classes": list(prompts),
+                "train_accuracy": trained.train_accuracy}
+    with routed:
+        return suite_scores(model, tokenizer, suites, limit=limit), info
+
+
+def multi_lora_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
+                      config: LoRAConfig, *, general: Sequence[str] = (), seed: int,
+                      limit: int | None = None, progress: Progress | None = None
+                      ) -> tuple[Rows, list[int], list[dict]]:
+    """One adapter per stage, each trained from ``model`` (left as it is), and after each stage
+    the adapters so far routed by a router trained on their skills' training prompts (and
+    ``general`` as NONE_CLASS); returns the rows, each adapter's parameter count and each
+    stage's router."""
+    adapters, sizes, rows, routers = [], [], [], []
+    for i, stage in enumerate(stages):
+        wrapped = lora_model(copy.deepcopy(model), config)
+        sizes.append(adapter_params(wrapped))
+        BUILTIN.sft(wrapped, tokenizer, stage.train, stage.validation, config.sft,
+                    _stage_progress(progress, stages, i))
+        adapters.append(PackDeltas(stage.name, {n: DensePart(n, d)
+                                                for n, d in lora_deltas(wrapped).items()}))
+        del wrapped
+        if progress is not None:
+            progress(f"{stage.name}:score", (i + 1) / len(stages))
+        prompts = {s.name: [r["prompt"] for r in s.train[:ROUTER_PROMPTS]]
+                   for s in stages[: i + 1]}
+        if general:
+            prompts[NONE_CLASS] = list(general[:ROUTER_PROMPTS])
+        row, router = routed_scores(model, tokenizer, adapters, prompts, suites, seed=seed,
+                                    limit=limit)
+        rows.append(row)
+        routers.append(router)
+    return rows, sizes, routers
+
+
+# --- Merges over per-skill fine-tunes --------------------------------------------------------
+
+def merge_method(name: str, settings: Merge) -> tuple[FusionMethod, float | None]:
+    """The `states.fusion` method that merges the deltas for ``name``, and the density DARE
+    drops each delta to first (None: no drop). DARE-TIES is DARE's random drop with rescale,
+    then TIES's sign election and disjoint mean with no further trim."""
+    density = settings.density or DEFAULT_DENSITY
+    if name == "task_arithmetic":
+        return TaskArithmetic(lam=settings.scale), None
+    if name == "ties":
+        return Ties(density=density, lam=settings.scale), None
+    if name == "dare_ties":
+        return Ties(density=1.0, lam=settings.scale), density
+    raise ConfigError(f"no merge method {name!r}; valid: task_arithmetic, ties, dare_ties.")
+
+
+def dare(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """DARE (Yu et al. 2024): keep each entry with probability ``density`` and rescale the
+    kept ones by 1 / density, so the delta's expectation is unchanged."""
+    keep = torch.rand(delta.shape, generator=generator) < density
+    return torch.where(keep, delta / density, torch.zeros_like(delta))
+
+
+def merged(fusion: FusionMethod, deltas: Sequence[dict[str, torch.Tensor]]
+           ) -> dict[str, torch.Tensor]:
+    """``fusion`` over the deltas of several fine-tunes, tensor by tensor, each at scale 1."""
+    return {name: fusion.merge([d[name] for d in deltas], [1.0] * len(deltas))
+            for name in deltas[0]}
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True)
+            for n, p in model.named_parameters() if p.is_floating_point()}
+
+
+@torch.no_grad()
+def _load(model, base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor] | None = None):
+    """Set ``model``'s weights to ``base`` (+ ``delta``), each in its parameter's dtype."""
+    for name, p in model.named_parameters():
+        if name in base:
+            w = base[name].float() + delta[name] if delta is not None else base[name]
+            p.copy_(w.to(p.device, p.dtype))
+
+
+def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
+                 config: SFTConfig, fusion: FusionMethod, *, dare_density: float | None = None,
+                 seed: int = 0, limit: int | None = None, progress: Progress | None = None
+                 ) -> tuple[Rows, list[int]]:
+    """Full SFT of each stage from the base (``model``'s weights at the start), then the
+    deltas of stages 1..i merged by ``fusion`` onto the base and scored after each stage i;
+    with ``dare_density`` each delta is first DAREd, by a generator seeded with ``seed``, once
+    when it is made. Returns the rows and each fine-tune's changed parameters (its dense
+    delta). ``model`` ends holding the last merge."""
+    base, deltas, changed, rows = _weights(model), [], [], []
+    generator = torch.Generator().manual_seed(seed)
+    for i, stage in enumerate(stages):
+        _load(model, base)
+        train_sft(model, tokenizer, stage.train, stage.validation, config,
+                  _stage_progress(progress, stages, i))
+        delta = {n: p.detach().float().cpu() - base[n].float()
+                 for n, p in model.named_parameters() if n in base}
+        changed.append(sum(int(d.count_nonzero()) for d in delta.values()))
+        if dare_density is not None:
+            delta = {n: dare(d, dare_density, generator) for n, d in delta.items()}
+        deltas.append(delta)
+        if progress is not None:
+            progress(f"{stage.name}:score", (i + 1) / len(stages))
+        _load(model, base, merged(fusion, deltas))
+        rows.append(suite_scores(model, tokenizer, suites, limit=limit))
+    return rows, changed
