@@ -1,5 +1,5 @@
-"""`skillstore experiment validate | run | list | show | wait | cancel`: experiment specs and
-their runs on the workers."""
+"""`skillstore experiment validate | run | list | show | wait | cancel | report`: experiment
+specs, their runs on the workers, and the comparison report."""
 
 from __future__ import annotations
 
@@ -157,8 +157,33 @@ def cancel(ref: str = RefArg) -> None:
                + ", ".join(f"{s} {n}" for s, n in sorted(doc["run_counts"].items())))
 
 
+def report(ref: str = RefArg,
+           fmt: str = typer.Option("md", "--format", "-f", help="md, html or json."),
+           out: Path | None = typer.Option(None, "-o", "--out",
+                                           help="Write here instead of stdout.")) -> None:
+    """The comparison report: every method's metrics and bytes per skill over seeds with 95%
+    intervals, mean accuracy matrices, paired tests of graft, failed and unfinished runs."""
+    from ..experiments.catalog import get_experiment
+    from ..experiments.report import (
+        EXPERIMENT_REPORT_FORMATS,
+        build_experiment_report,
+        render_experiment_report,
+    )
+
+    EXPERIMENT_REPORT_FORMATS[fmt]  # an unknown format is refused before the catalog is read
+    with workspace_session() as (_, session):
+        doc = build_experiment_report(session, get_experiment(session, ref))
+    text = render_experiment_report(doc, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"Wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Attach the experiment commands to the EXPERIMENT group."""
     for name, command in (("validate", validate), ("run", run), ("list", list_),
-                          ("show", show), ("wait", wait), ("cancel", cancel)):
+                          ("show", show), ("wait", wait), ("cancel", cancel),
+                          ("report", report)):
         EXPERIMENT.app.command(name)(command)

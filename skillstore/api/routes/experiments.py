@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ...catalog import JobStatus
 from ...catalog.serialize import experiment_dict
@@ -19,6 +20,7 @@ from ..context import ApiContext
 from ..params import NAME_PATTERN, PageParams
 from ..schemas import ExperimentOut, Page
 from ._shared import WRITE, context, errors
+from .reports import REPORT_RESPONSES, Format
 
 router = APIRouter(tags=["experiments"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -70,3 +72,25 @@ def cancel(ref: ExperimentRef, ctx: Ctx) -> dict:
     """Cancel the queued and running runs; a running one stops at its next progress check."""
     with ctx.session() as session:
         return experiment_dict(cancel_experiment(session, ref))
+
+
+@router.get("/experiments/{ref}/report", response_model=None,
+            responses={**REPORT_RESPONSES, **errors(409)})
+def report(ref: ExperimentRef, ctx: Ctx, format: Format = "json") -> Any:
+    """The comparison report: every method's metrics and bytes per skill over seeds with 95%
+    intervals, mean accuracy matrices, paired tests of graft, failed and unfinished runs; 409
+    while no run has succeeded."""
+    from ...experiments.report import (
+        EXPERIMENT_REPORT_FORMATS,
+        build_experiment_report,
+        render_experiment_report,
+    )
+
+    with ctx.session() as session:
+        doc = build_experiment_report(session, get_experiment(session, ref))
+    if format == "json":
+        return JSONResponse(doc)
+    text = render_experiment_report(doc, format)
+    if format == "html":
+        return HTMLResponse(text)
+    return Response(text, media_type=EXPERIMENT_REPORT_FORMATS[format].media_type)
