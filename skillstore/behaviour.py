@@ -33,7 +33,8 @@ from .errors import DatasetError
 from .evaluation.runner import suite_version
 
 #: Bump when the tasks change, so a rebuilt suite lands in another folder.
-BEHAVIOUR_VERSION = 2  # 2: a train split of router probes, disjoint from the scored ones
+BEHAVIOUR_VERSION = 3  # 2: a train split of router probes, disjoint from the scored ones;
+# 3: self-sampled probes drawn in rounds until they reach their size
 # 800 paired prompts: the fewest (in hundreds) at which one prompt the state answers otherwise
 # than the base keeps the drop's one-sided upper bound (Tango's score bound) under the default
 # max_general_drop of 0.01 with five drop checks in the Holm family (0.0090; 0.0056 alone); at
@@ -48,6 +49,9 @@ TEXT_TOKENS = 32  # a sampled continuation the KL task scores
 ANSWER_TOKENS = 32  # the longest greedy answer compared
 #: A self-sampled probe set must decode to usable text at least this often.
 MIN_DECODED = 0.5
+#: Sampling rounds a self-sampled probe set may take to reach its size, and the seed step
+#: between rounds.
+SAMPLE_ROUNDS, ROUND_SEED = 6, 7919
 AGREEMENT_FILE, KL_FILE, UTILS_FILE = "agreement.jsonl", "kl.jsonl", "utils.py"
 ROUTER_FILE = "router.jsonl"
 UTILS_TEXT = '''"""The per-doc KL estimate of a skillstore behaviour suite."""
@@ -168,17 +172,30 @@ def _undecodable(base: str) -> DatasetError:
 
 
 def sample_probes(model, tokenizer, n: int, *, seed: int, base: str) -> list[str]:
-    """``n`` prompts the base samples from its start token, decoded; DatasetError asking for
-    --general-data when the tokenizer cannot decode them."""
+    """``n`` distinct prompts the base samples from its start token, decoded; DatasetError
+    asking for --general-data when the tokenizer cannot decode them.
+
+    A small model samples the same text often, and duplicates are dropped, so sampling goes on
+    in rounds (at most SAMPLE_ROUNDS, each with its own seed) until ``n`` distinct probes are
+    in hand: the zoo's target gave 591 distinct of 1,100 in one round, and its behaviour suite
+    scored 426 probes where DEFAULT_PROMPTS asks for 800."""
     start = _start_token(tokenizer)
     if start is None:
         raise _undecodable(base)
-    texts = [_decoded(tokenizer, ids)
-             for ids in _sample(model, tokenizer, [[start]] * n, PROMPT_TOKENS, seed)]
-    good = list(dict.fromkeys(t for t in texts if t is not None))
-    if len(good) < MIN_DECODED * n:
-        raise _undecodable(base)
-    return good
+    good: dict[str, None] = {}
+    drawn = decoded = 0
+    for round_ in range(SAMPLE_ROUNDS):
+        want = n - len(good)
+        if want <= 0:
+            break
+        texts = [_decoded(tokenizer, ids) for ids in _sample(
+            model, tokenizer, [[start]] * want, PROMPT_TOKENS, seed + ROUND_SEED * round_)]
+        drawn += len(texts)
+        decoded += sum(t is not None for t in texts)
+        if decoded < MIN_DECODED * drawn:
+            raise _undecodable(base)
+        good.update(dict.fromkeys(t for t in texts if t is not None))
+    return list(good)[:n]
 
 
 def plan_behaviour(suites_dir: str | Path, base: str, fingerprint: str, prompts: Sequence[str],

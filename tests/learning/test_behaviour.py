@@ -151,3 +151,23 @@ def test_base_add_builds_and_records_the_behaviour_suite(tiny, workspace, tmp_pa
         "--json"])
     assert bare.exit_code == 0, bare.output
     assert json.loads(bare.stdout[bare.stdout.index("{"):])["behaviour"] is None
+
+
+def test_a_base_that_repeats_itself_is_sampled_until_the_probes_are_distinct(tiny, monkeypatch):
+    """A small model samples the same text often; duplicates are dropped and sampling goes on
+    in rounds, each with its own seed, until the probe set has its size."""
+    import skillstore.behaviour as behaviour
+
+    model, tok = tiny
+    seeds = []
+
+    def repetitive(model, tokenizer, contexts, new_tokens, seed):
+        seeds.append(seed)  # round one: every other sample the same text; later rounds: new
+        first = len(seeds) == 1
+        return [[0, 0] if first and i % 2 == 0 else [len(seeds), i] for i in range(len(contexts))]
+
+    monkeypatch.setattr(behaviour, "_sample", repetitive)
+    monkeypatch.setattr(type(tok), "decode", lambda self, ids, **kw: f"probe {ids}")
+    probes = behaviour.sample_probes(model, tok, 40, seed=5, base="tiny")
+    assert len(probes) == len(set(probes)) == 40  # one round alone gives 21
+    assert seeds == [5, 5 + behaviour.ROUND_SEED]
