@@ -1,5 +1,6 @@
 """The fair baselines' loops for experiment runs: LoRA in sequence, one LoRA per skill behind the
-learned router, and task arithmetic / TIES / DARE-TIES over per-skill fine-tunes.
+learned router, and task arithmetic / TIES / DARE-TIES over per-skill fine-tunes; the fine-tune
+from the base and the routed scoring that `graft` shares with them.
 
 Each loop trains with the library's own trainers, scores every suite after every stage with
 `sequential.suite_scores` (the lm-eval path of every method), and returns the score rows with
@@ -20,8 +21,10 @@ from ..catalog.schema import JobStatus
 from ..errors import ConfigError
 from ..evaluation.cache import Suite
 from ..evaluation.scores import Score
+from ..evaluation.suites import suite_prompts
 from ..packs.parts import DensePart
 from ..routing import NONE_CLASS, DeltaBank, PackDeltas, RoutedModel, train_router
+from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
 from ..states.fusion import FusionMethod, TaskArithmetic, Ties
 from ..states.service import CALIBRATION, ROUTER_PROMPTS
 from ..training.backends import BUILTIN
@@ -80,7 +83,7 @@ def lora_choice(model, tokenizer, stages: Sequence[Stage], grid: LoRASweep, sft:
     return config, {"chosen": {"rank": rank, "lr": lr}, "sweep": sweep}
 
 
-def _stage_progress(progress: Progress | None, stages: Sequence[Stage], i: int):
+def stage_progress(progress: Progress | None, stages: Sequence[Stage], i: int):
     return ((lambda s, f, n=stages[i].name: progress(f"{n}:{s}", (i + f) / len(stages)))
             if progress else None)
 
@@ -96,7 +99,7 @@ def lora_sequence_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequ
     rows = []
     for i, stage in enumerate(stages):
         BUILTIN.sft(wrapped, tokenizer, stage.train, stage.validation, config.sft,
-                    _stage_progress(progress, stages, i))
+                    stage_progress(progress, stages, i))
         if progress is not None:
             progress(f"{stage.name}:score", (i + 1) / len(stages))
         rows.append(suite_scores(scored, tokenizer, suites, limit=limit))
@@ -114,22 +117,64 @@ def lora_deltas(wrapped) -> dict[str, torch.Tensor]:
             if isinstance(module, LoraLayer) and adapter in module.lora_A}
 
 
-def routed_scores(model, tokenizer, adapters: Sequence[PackDeltas], prompts: dict[str, list[str]],
-                  suites: Sequence[Suite], *, seed: int, limit: int | None = None
+def class_prompts(stages: Sequence[Stage], general: Sequence[str] = ()) -> dict[str, list[str]]:
+    """class -> prompts a learned router of ``stages``' adapters or packs trains on: each
+    skill's first ``ROUTER_PROMPTS`` training prompts, and ``general`` (inputs that get none)
+    as NONE_CLASS, as `states.service.router_prompts` reads them from the catalog."""
+    prompts = {s.name: [r["prompt"] for r in s.train[:ROUTER_PROMPTS]] for s in stages}
+    if general:
+        prompts[NONE_CLASS] = list(general[:ROUTER_PROMPTS])
+    return prompts
+
+
+def _test_accuracy(clf, model, tokenizer, stages: Sequence[Stage],
+                   suites: Sequence[Suite]) -> dict:
+    """The learned router's accuracy on the test prompts of the suites of ``stages`` (at most
+    EVAL_PROMPTS each, labelled with their skill; an abstention counts as wrong), which it
+    never trained on; {} when the suites have none."""
+    held = {s.name: p for s, suite in zip(stages, suites, strict=False)
+            if (p := suite_prompts(suite, EVAL_PROMPTS, split="test"))}
+    if not held:
+        return {}
+    measured = evaluate_router(clf, model, tokenizer, held)
+    return {"test_accuracy": measured["accuracy"], "test_n": measured["n"]}
+
+
+def routed_scores(model, tokenizer, adapters: Sequence[PackDeltas], stages: Sequence[Stage],
+                  suites: Sequence[Suite], *, general: Sequence[str] = (), seed: int,
+                  router: str = "learned", top_k: int = 1, limit: int | None = None
                   ) -> tuple[list[Score], dict]:
-    """``model`` scored with ``adapters`` behind the learned router of `states.service`
-    (trained on ``prompts`` per class, CALIBRATION held out for abstention), hooked in by the
-    DeltaBank that routes packs; one class alone gets every input (router ``none``), as a
-    state of one pack and no general prompts does."""
-    bank = DeltaBank(model, adapters)
-    if len(prompts) < 2:
+    """``model`` scored on every suite (suite j is ``stages[j]``'s skill) with ``adapters``,
+    one per stage of ``stages`` learned so far, hooked in by the DeltaBank that routes packs
+    and picked per input by ``router`` (`routing.ROUTERS`):
+
+    - ``learned``: the router of `states.service` (`train_router` on `class_prompts`, CALIBRATION
+      held out for abstention, seeded by ``seed``), with its accuracy on the learned suites'
+      test prompts; one class alone (one adapter and no general prompts) gets every input
+      (router ``none``), as a state of one pack does;
+    - ``tag``: each suite's inputs tagged with its skill: its own adapter, none before it is
+      learned;
+    - ``none``: every adapter on every input.
+    """
+    bank, learned = DeltaBank(model, adapters), stages[: len(adapters)]
+    if router == "tag":
+        names, row = [a.name for a in adapters], []
+        for stage, suite in zip(stages, suites, strict=True):
+            tag = stage.name if stage.name in names else None
+            with RoutedModel(model, bank, "tag", tag=tag):
+                row += suite_scores(model, tokenizer, [suite], limit=limit)
+        return row, {"router": "tag"}
+    prompts = class_prompts(learned, general)
+    if router == "none" or len(prompts) < 2:
         routed, info = RoutedModel(model, bank, "none"), {"router": "none"}
     else:
-        trained = train_router(model, tokenizer, prompts, calibration=CALIBRATION, seed=seed)
+        trained = train_router(model, tokenizer, prompts, top_k=min(top_k, len(prompts)),
+                               calibration=CALIBRATION, seed=seed)
         routed = RoutedModel(model, bank, "learned", classifier=trained.classifier,
                              pad_token_id=tokenizer.pad_token_id)
         info = {"router": "learned", "classes": list(prompts),
-                "train_accuracy": trained.train_accuracy}
+                "train_accuracy": trained.train_accuracy,
+                **_test_accuracy(trained.classifier, model, tokenizer, learned, suites)}
     with routed:
         return suite_scores(model, tokenizer, suites, limit=limit), info
 
@@ -147,18 +192,14 @@ def multi_lora_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequenc
         wrapped = lora_model(copy.deepcopy(model), config)
         sizes.append(adapter_params(wrapped))
         BUILTIN.sft(wrapped, tokenizer, stage.train, stage.validation, config.sft,
-                    _stage_progress(progress, stages, i))
+                    stage_progress(progress, stages, i))
         adapters.append(PackDeltas(stage.name, {n: DensePart(n, d)
                                                 for n, d in lora_deltas(wrapped).items()}))
         del wrapped
         if progress is not None:
             progress(f"{stage.name}:score", (i + 1) / len(stages))
-        prompts = {s.name: [r["prompt"] for r in s.train[:ROUTER_PROMPTS]]
-                   for s in stages[: i + 1]}
-        if general:
-            prompts[NONE_CLASS] = list(general[:ROUTER_PROMPTS])
-        row, router = routed_scores(model, tokenizer, adapters, prompts, suites, seed=seed,
-                                    limit=limit)
+        row, router = routed_scores(model, tokenizer, adapters, stages, suites,
+                                    general=general, seed=seed, limit=limit)
         rows.append(row)
         routers.append(router)
     return rows, sizes, routers
@@ -194,18 +235,37 @@ def merged(fusion: FusionMethod, deltas: Sequence[dict[str, torch.Tensor]]
             for name in deltas[0]}
 
 
-def _weights(model) -> dict[str, torch.Tensor]:
+def weights_of(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of every floating-point parameter: the base to fine-tune each skill from."""
     return {n: p.detach().to("cpu", copy=True)
             for n, p in model.named_parameters() if p.is_floating_point()}
 
 
 @torch.no_grad()
-def _load(model, base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor] | None = None):
+def load_weights(model, base: dict[str, torch.Tensor],
+                 delta: dict[str, torch.Tensor] | None = None) -> None:
     """Set ``model``'s weights to ``base`` (+ ``delta``), each in its parameter's dtype."""
     for name, p in model.named_parameters():
         if name in base:
             w = base[name].float() + delta[name] if delta is not None else base[name]
             p.copy_(w.to(p.device, p.dtype))
+
+
+def finetune_delta(model, tokenizer, base: dict[str, torch.Tensor], stage: Stage,
+                   config: SFTConfig, progress: Progress | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Full SFT of ``stage`` from the base: ``model`` is set to ``base``, trained, and left
+    holding the fine-tune; returns fine-tune - base per tensor (float32, on the CPU). The
+    merges and graft fine-tune each skill by this one function."""
+    load_weights(model, base)
+    train_sft(model, tokenizer, stage.train, stage.validation, config, progress)
+    return {n: p.detach().float().cpu() - base[n].float()
+            for n, p in model.named_parameters() if n in base}
+
+
+def changed_params(delta: dict[str, torch.Tensor]) -> int:
+    """Entries a delta changes: the parameters its dense fp16 form stores."""
+    return sum(int(d.count_nonzero()) for d in delta.values())
 
 
 def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
@@ -217,20 +277,17 @@ def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Sui
     with ``dare_density`` each delta is first DAREd, by a generator seeded with ``seed``, once
     when it is made. Returns the rows and each fine-tune's changed parameters (its dense
     delta). ``model`` ends holding the last merge."""
-    base, deltas, changed, rows = _weights(model), [], [], []
+    base, deltas, changed, rows = weights_of(model), [], [], []
     generator = torch.Generator().manual_seed(seed)
     for i, stage in enumerate(stages):
-        _load(model, base)
-        train_sft(model, tokenizer, stage.train, stage.validation, config,
-                  _stage_progress(progress, stages, i))
-        delta = {n: p.detach().float().cpu() - base[n].float()
-                 for n, p in model.named_parameters() if n in base}
-        changed.append(sum(int(d.count_nonzero()) for d in delta.values()))
+        delta = finetune_delta(model, tokenizer, base, stage, config,
+                               stage_progress(progress, stages, i))
+        changed.append(changed_params(delta))
         if dare_density is not None:
             delta = {n: dare(d, dare_density, generator) for n, d in delta.items()}
         deltas.append(delta)
         if progress is not None:
             progress(f"{stage.name}:score", (i + 1) / len(stages))
-        _load(model, base, merged(fusion, deltas))
+        load_weights(model, base, merged(fusion, deltas))
         rows.append(suite_scores(model, tokenizer, suites, limit=limit))
     return rows, changed

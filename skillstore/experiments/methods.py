@@ -1,11 +1,11 @@
-"""What one experiment run does for its method: the `EXECUTORS` registry (naive_ft, replay,
-joint, lora_seq, multi_lora, task_arithmetic, ties, dare_ties), the refusal of methods that are
+"""What one experiment run does for its method: the `EXECUTORS` registry (graft, naive_ft,
+replay, joint, lora_seq, multi_lora, task_arithmetic, ties, dare_ties), the refusal of what is
 not runnable yet, and the inputs a run reads.
 
 Every executor trains the spec's base, scores every skill's suite with the lm-eval path the
 demo and the gate use (`evaluation.scores.model_score` on `evaluation.suites.skill_suite`), and
 returns its accuracy matrix, continual metrics and bytes per skill: what the method stores for
-each skill at fp16 (a dense delta, or a LoRA adapter's parameters).
+each skill (a dense delta or a LoRA adapter's parameters at fp16, or a pack file's bytes).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from ..blobstore import BlobStore
 from ..catalog import get_skill
 from ..catalog.models import BaseCheckpoint, Experiment
 from ..errors import ConfigError
@@ -36,6 +37,7 @@ from .baselines import (
     multi_lora_scores,
 )
 from .catalog import get_run
+from .graft import graft_scores, policy_label
 from .sequential import FP16_BYTES, ChangedParams, sequential_scores, skill_stages, suite_scores
 from .spec import ExperimentSpec, parse_spec
 
@@ -60,6 +62,8 @@ class RunInputs:
     general: tuple[str, ...] = ()
     # An earlier seed's LoRA sweep of this method ({"seed", "chosen", "points"}): reused.
     earlier_sweep: dict | None = None
+    # Where a graft run puts its packs (the catalog's blob store).
+    store: BlobStore | None = None
 
     @property
     def train(self):
@@ -205,23 +209,65 @@ class Merged:
                        merge={"method": self.name, "scale": fusion.lam, "density": density})
 
 
+@dataclass(frozen=True)
+class GraftLLM:
+    """GraftLLM: each skill fine-tuned from the base, its delta compressed into a SkillPack
+    (the spec's policy or budget, tuned ``tune_steps``) stored in the blob store, and after
+    each stage the packs so far routed by the spec's router. A skill's bytes are its pack
+    file's; ``changed_params`` are its fine-tune's (the dense delta the pack compresses)."""
+
+    name: str = "graft"
+
+    def execute(self, inputs: RunInputs, check: Check) -> dict:
+        from ..models import load_causal_lm
+
+        if inputs.store is None:
+            raise ConfigError(f"run {inputs.run_id}: graft stores its packs but was given no "
+                              "blob store; build its inputs with run_inputs.")
+        # Fingerprinted: a pack names its base, and tuning checks it.
+        model, tok = load_causal_lm(inputs.base_dir)
+        settings, limit = inputs.spec.settings(self.name), inputs.spec.eval_limit
+        base_row = suite_scores(model, tok, inputs.suites, limit=limit)
+        rows, packs, routers = graft_scores(
+            model, tok, inputs.stages, inputs.suites, settings, inputs.train, inputs.store,
+            base_dir=inputs.base_dir, general=inputs.general, seed=inputs.seed, limit=limit,
+            progress=check)
+        metrics = continual_metrics([[s.value for s in row] for row in rows],
+                                    [s.value for s in base_row])
+        return _result(inputs, rows, metrics, base_row, [p.changed_params for p in packs],
+                       stored=[p.bytes for p in packs], policy=policy_label(settings),
+                       budget=settings.budget, router=settings.router, top_k=settings.top_k,
+                       tune_steps=settings.tune_steps, packs=[p.record() for p in packs],
+                       pack_digests={p.skill: p.digest for p in packs},
+                       pack_bytes={p.skill: p.bytes for p in packs},
+                       dense_fp16_bytes={p.skill: p.dense_fp16_bytes for p in packs},
+                       rel_error={p.skill: p.rel_error for p in packs},
+                       finetune_scores={p.skill: p.finetune.value for p in packs},
+                       finetune_n={p.skill: p.finetune.n for p in packs},
+                       routers=routers,
+                       router_accuracy=[r.get("test_accuracy") for r in routers])
+
+
 EXECUTORS: Registry[Executor] = Registry(
-    "experiment method", (Sequential("naive_ft"), Sequential("replay"), Joint(),
+    "experiment method", (GraftLLM(), Sequential("naive_ft"), Sequential("replay"), Joint(),
                           LoRASequential(), MultiLoRA(), Merged("task_arithmetic"),
                           Merged("ties"), Merged("dare_ties")))
 
 
 def _result(inputs: RunInputs, scores: list[list[Score]], metrics: ContinualMetrics,
-            base_row: list[Score], changed: list[float], **extra) -> dict:
+            base_row: list[Score], changed: list[float], *, stored: list[int] | None = None,
+            **extra) -> dict:
+    """A run's result; bytes per skill are ``stored`` (files), else the changed parameters at
+    fp16."""
     names = [s.name for s in inputs.stages]
+    stored = stored if stored is not None else [round(c * FP16_BYTES) for c in changed]
     return {"skills": names,
             "accuracy_matrix": [[s.value for s in row] for row in scores],
             "n": [[s.n for s in row] for row in scores],
             "base_scores": [s.value for s in base_row],
             "metrics": metrics.as_dict(),
             "changed_params": dict(zip(names, (round(c) for c in changed), strict=True)),
-            "bytes_per_skill": dict(zip(names, (round(c * FP16_BYTES) for c in changed),
-                                        strict=True)),
+            "bytes_per_skill": dict(zip(names, stored, strict=True)),
             "scorer": SCORER, "limit": inputs.spec.eval_limit,
             "suite_versions": [cache_version(s, inputs.spec.eval_limit) for s in inputs.suites],
             "train": inputs.train.model_dump(mode="json"), **extra}
@@ -256,7 +302,7 @@ def run_inputs(session: Session, store, run_id: int) -> RunInputs:
     return RunInputs(run_id=run.id, method=run.method, seed=run.seed, spec=spec,
                      base_dir=base.uri, stages=skill_stages(store, skills), suites=suites,
                      general=tuple(suite_prompts(general, ROUTER_PROMPTS)) if general else (),
-                     earlier_sweep=earlier_sweep(session, run, spec.seeds))
+                     earlier_sweep=earlier_sweep(session, run, spec.seeds), store=store)
 
 
 def execute(inputs: RunInputs, check: Check) -> dict:

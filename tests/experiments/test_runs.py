@@ -61,11 +61,15 @@ def write_spec(tmp_path, **changes):
     return path
 
 
-def test_an_unrunnable_method_is_refused_before_anything_is_queued(catalog, tmp_path, capsys):
-    path = write_spec(tmp_path, methods={"naive_ft": None, "graft": {"policy": "compact"}})
+DATA_SKILL = {"name": "k", "data": "k.jsonl"}  # runs do not register skills from data yet
+
+
+def test_an_unrunnable_stage_is_refused_before_anything_is_queued(catalog, tmp_path, capsys):
+    (tmp_path / "k.jsonl").write_text('{"prompt": "a", "answer": "b"}\n')
+    path = write_spec(tmp_path, skills=[{"name": "arith"}, DATA_SKILL])
     code, out, err = run_cli(capsys, "experiment", "run", str(path))
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in out + err, err
-    assert err.startswith("error: method graft is not runnable yet (runnable now: naive_ft, ")
+    assert err.startswith("error: skill 'k' is given as data, which experiment runs do not ")
     assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
 
 
@@ -82,10 +86,12 @@ def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
     from skillstore.api import create_api
 
     with TestClient(create_api(catalog.settings)) as client:
-        refused = client.post("/experiments", headers=AUTH,
-                              json=spec_doc(methods={"graft": {"policy": "compact"}}))
+        data = tmp_path / "k.jsonl"
+        data.write_text('{"prompt": "a", "answer": "b"}\n')
+        refused = client.post("/experiments", headers=AUTH, json=spec_doc(
+            skills=[{"name": "arith"}, {**DATA_SKILL, "data": str(data)}]))
         assert refused.status_code == 400, refused.text
-        assert refused.json()["error"]["message"].startswith("method graft is not runnable")
+        assert refused.json()["error"]["message"].startswith("skill 'k' is given as data")
         bad = client.post("/experiments", headers=AUTH, json=spec_doc(colour="blue"))
         assert bad.status_code == 422 and "colour: no such key" in bad.json()["error"]["message"]
         assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0

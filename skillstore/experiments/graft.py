@@ -1,0 +1,141 @@
+"""GraftLLM as an experiment run: each skill fine-tuned from the base, its delta compressed into a
+SkillPack stored as a blob, and the packs so far routed and scored after every stage.
+
+A pack is made as a learning job makes it (`pipeline.steps.compress`): `compress_checkpoint`
+of the fine-tune against the base with the spec's policy (or budget), GPTQ statistics from the
+skill's first training rows when the policy asks for them, `tune_pack` when ``tune_steps`` > 0,
+then `store.put_file`. The fine-tune is the one the merges use (`baselines.finetune_delta`) and
+the routed scoring the one `multi_lora` uses (`baselines.routed_scores`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..evaluation.cache import Suite
+from ..evaluation.scores import Score
+from ..packs import (
+    CompressionPolicy,
+    TuneConfig,
+    compress_checkpoint,
+    load_policy,
+    read_pack,
+    tune_pack,
+)
+from ..packs.calibration import CALIBRATION_ROWS, skill_calibration
+from ..packs.graft import model_fingerprint
+from ..routing import PackDeltas
+from ..training.baselines import Stage
+from ..training.sft import Progress, SFTConfig
+from .baselines import (
+    Rows,
+    changed_params,
+    finetune_delta,
+    load_weights,
+    routed_scores,
+    stage_progress,
+    weights_of,
+)
+from .sequential import suite_scores
+from .spec import Graft
+
+
+@dataclass(frozen=True)
+class StagePack:
+    """One skill's pack as the run made and stored it, and its fine-tune's own score."""
+
+    skill: str
+    digest: str
+    bytes: int  # the pack file's, as stored
+    dense_fp16_bytes: int
+    rel_error: float  # the compression's, before any tuning
+    changed_params: int  # entries the fine-tune changed: its dense delta
+    finetune: Score  # the uncompressed fine-tune on its own skill's suite
+    tune: dict | None
+    deltas: PackDeltas = field(repr=False)
+
+    def record(self) -> dict:
+        """The pack's lineage and sizes, as the run's result keeps them."""
+        return {"skill": self.skill, "digest": self.digest, "bytes": self.bytes,
+                "dense_fp16_bytes": self.dense_fp16_bytes, "rel_error": self.rel_error,
+                "changed_params": self.changed_params, "tune": self.tune}
+
+
+def graft_policy(settings: Graft) -> CompressionPolicy:
+    """The spec's policy, in budget mode when it names a budget (percent of the dense fp16
+    delta, as `skillstore learn --budget`; the policy takes a fraction)."""
+    budget = None if settings.budget is None else settings.budget / 100
+    return load_policy(settings.policy, budget=budget)
+
+
+def policy_label(settings: Graft) -> str:
+    """What the report labels a graft run's point with: its policy, and budget when it has one."""
+    if settings.budget is None:
+        return settings.policy
+    return f"{settings.policy} @ {settings.budget:g}%"
+
+
+def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings: Graft,
+              config: SFTConfig, store, work: Path, *, base_dir: str, seed: int,
+              limit: int | None = None, progress: Progress | None = None) -> StagePack:
+    """Fine-tune ``stage`` from ``base``, score the fine-tune on ``suite``, compress it into a
+    pack under ``work``, tune it, and put the pack file in ``store``. ``model`` ends holding
+    the plain base again (load it with its fingerprint: the pack names its base by it)."""
+    changed = changed_params(finetune_delta(model, tokenizer, base, stage, config, progress))
+    finetune = suite_scores(model, tokenizer, [suite], limit=limit)[0]
+    tuned_dir = work / "finetune"
+    model.save_pretrained(tuned_dir, safe_serialization=True)
+    load_weights(model, base)  # GPTQ's statistics and the tuning read the plain base
+    policy = graft_policy(settings)
+    calibration = (skill_calibration(model, tokenizer, stage.train[:CALIBRATION_ROWS])
+                   if policy.gptq else None)
+    try:
+        summary = compress_checkpoint(base_dir, tuned_dir, policy, work / "pack.safetensors",
+                                      base_fingerprint=model_fingerprint(model),
+                                      calibration=calibration)
+    finally:
+        shutil.rmtree(tuned_dir, ignore_errors=True)  # a whole checkpoint: gone at once
+    path, tune = summary.path, None
+    if settings.tune_steps:
+        report = (lambda step, total, _loss: progress("tune", 1.0)) if progress else None
+        tuned = tune_pack(path, model, tokenizer, stage.train, work / "tuned.safetensors",
+                          TuneConfig(steps=settings.tune_steps, seed=seed), report)
+        path = tuned.path
+        tune = {"steps": tuned.steps, "loss_before": tuned.loss_before,
+                "loss_after": tuned.loss_after, "seconds": round(tuned.seconds, 3)}
+    digest = store.put_file(path)  # whole or absent: named by its digest
+    pack = read_pack(path)
+    return StagePack(stage.name, digest, path.stat().st_size, summary.dense_fp16_bytes,
+                     summary.rel_error, changed, finetune, tune,
+                     PackDeltas(stage.name, {p.name: p for p in pack.decoded()}))
+
+
+def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
+                 settings: Graft, config: SFTConfig, store, *, base_dir: str,
+                 general: Sequence[str] = (), seed: int, limit: int | None = None,
+                 progress: Progress | None = None
+                 ) -> tuple[Rows, list[StagePack], list[dict]]:
+    """One pack per stage (`make_pack`), each from ``model``'s weights at the start, and after
+    stage i the packs 1..i routed by ``settings.router`` and scored on every suite; returns
+    the rows, the packs and each stage's router."""
+    base, packs, rows, routers = weights_of(model), [], [], []
+    with tempfile.TemporaryDirectory(prefix="graft-") as tmp:
+        for i, stage in enumerate(stages):
+            work = Path(tmp, str(i))
+            work.mkdir()
+            packs.append(make_pack(model, tokenizer, base, stage, suites[i], settings, config,
+                                   store, work, base_dir=base_dir, seed=seed, limit=limit,
+                                   progress=stage_progress(progress, stages, i)))
+            if progress is not None:
+                progress(f"{stage.name}:score", (i + 1) / len(stages))
+            row, router = routed_scores(model, tokenizer, [p.deltas for p in packs], stages,
+                                        suites, general=general, seed=seed,
+                                        router=settings.router, top_k=settings.top_k,
+                                        limit=limit)
+            rows.append(row)
+            routers.append(router)
+    return rows, packs, routers

@@ -1,0 +1,150 @@
+"""The graft method as an experiment run on a tiny base: one pack per skill fine-tuned from the
+base, compressed by the spec's policy or budget, stored as a blob and routed; its result records
+the packs' digests, sizes and errors, and the same seed makes the same packs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from skillstore.blobstore import BlobStore
+from skillstore.errors import ConfigError
+from skillstore.experiments import parse_spec
+from skillstore.experiments.catalog import RunCancelled
+from skillstore.experiments.methods import check_runnable, execute
+from skillstore.fingerprint import fingerprint_checkpoint
+from skillstore.models import load_causal_lm
+from skillstore.packs import read_pack
+from skillstore.routing import NONE_CLASS
+from skillstore.routing.routers import traced_routes
+
+from .conftest import spec_doc
+from .test_methods import ROWS, inputs
+from .test_methods import ll_suites as suites  # noqa: F401 - a fixture
+
+NAMES = list(ROWS)
+
+
+def graft_run(base_dir, suites, store, seed: int = 3, **settings) -> dict:  # noqa: F811
+    run = inputs("graft", base_dir, suites, **settings)
+    spec = run.spec.model_copy(update={"seeds": (seed,)})
+    return execute(dataclasses.replace(run, seed=seed, spec=spec, store=store),
+                   lambda stage, f: None)
+
+
+@pytest.fixture
+def store(tmp_path) -> BlobStore:
+    return BlobStore(tmp_path / "blobs")
+
+
+def test_a_graft_run_stores_one_pack_per_skill_and_routes_them(tiny_world, suites, store):  # noqa: F811
+    result = graft_run(tiny_world.base_dir, suites, store)
+    assert result["method"] == "graft" and result["skills"] == NAMES
+    matrix = result["accuracy_matrix"]
+    assert len(matrix) == 2 and all(len(r) == 2 for r in matrix)
+    assert result["n"] == [[len(ROWS[n]) for n in NAMES]] * 2
+    assert (result["policy"], result["budget"], result["tune_steps"]) == ("compact", None, 0)
+    assert [p["skill"] for p in result["packs"]] == NAMES
+    base_fp = fingerprint_checkpoint(tiny_world.base_dir)
+    model, _ = load_causal_lm(tiny_world.base_dir, fingerprint=False)
+    params = dict(model.named_parameters())
+    for record in result["packs"]:
+        name, digest = record["skill"], record["digest"]
+        assert result["pack_digests"][name] == digest
+        stored = store.get_bytes(digest)  # present, and verified against its digest
+        assert result["bytes_per_skill"][name] == result["pack_bytes"][name] == len(stored)
+        pack = read_pack(store.local_path(digest))
+        assert pack.base_fingerprint == base_fp
+        parts = list(pack.decoded())
+        assert parts and all(tuple(p.shape) == tuple(params[p.name].shape) for p in parts)
+        # compact is lossy: some error, well short of losing the delta
+        assert 0.0 < result["rel_error"][name] < 1.0
+        assert 0.0 <= result["finetune_scores"][name] <= 1.0
+        assert result["finetune_n"][name] == len(ROWS[name])
+    assert result["pack_digests"]["alpha"] != result["pack_digests"]["beta"]
+    # The learned router by default: one pack and no general prompts route as none; two learned.
+    assert result["router"] == "learned"
+    first, second = result["routers"]
+    assert first == {"router": "none"}
+    assert second["router"] == "learned" and second["classes"] == NAMES
+    assert result["router_accuracy"][0] is None
+    assert result["router_accuracy"][1] == second["test_accuracy"]
+    assert 0.0 <= second["test_accuracy"] <= 1.0
+    assert second["test_n"] == sum(len(rows) for rows in ROWS.values())  # every test prompt
+
+
+def test_the_general_prompts_are_the_learned_routers_none_class(tiny_world, suites, store):  # noqa: F811
+    run = inputs("graft", tiny_world.base_dir, suites)
+    general = ("hello there", "what is the weather", "tell me a story")
+    result = execute(dataclasses.replace(run, store=store, general=general), lambda s, f: None)
+    assert [r["router"] for r in result["routers"]] == ["learned", "learned"]
+    assert result["routers"][0]["classes"] == ["alpha", NONE_CLASS]
+    assert result["routers"][1]["classes"] == [*NAMES, NONE_CLASS]
+
+
+def test_a_budget_run_keeps_each_pack_within_its_share_of_the_dense_delta(tiny_world, suites,  # noqa: F811
+                                                                          store):
+    result = graft_run(tiny_world.base_dir, suites, store, budget=40)
+    assert (result["policy"], result["budget"]) == ("compact @ 40%", 40)
+    model, _ = load_causal_lm(tiny_world.base_dir, fingerprint=False)
+    dense = 2 * sum(p.numel() for p in model.parameters())  # every tensor at fp16
+    for name in NAMES:
+        assert result["dense_fp16_bytes"][name] == dense
+        pack = read_pack(store.local_path(result["pack_digests"][name]))
+        assert pack.manifest["policy"]["budget"] == pytest.approx(0.40)
+        # The budget bounds the payload; the header (a few KB whatever the model) is not
+        # counted, so on this tiny model the file is a little over it.
+        payload = sum(e["nbytes"] for e in pack.manifest["tensors"].values())
+        header = result["bytes_per_skill"][name] - payload
+        assert 0 < payload <= 0.40 * dense and 0 < header < 8192, (payload, header)
+
+
+def test_the_tag_router_sends_each_suite_to_its_own_pack(tiny_world, suites, store):  # noqa: F811
+    _, tok = load_causal_lm(tiny_world.base_dir, fingerprint=False)
+    with traced_routes() as trace:
+        result = graft_run(tiny_world.base_dir, suites, store, router="tag")
+    assert result["routers"] == [{"router": "tag"}] * 2 and result["router_accuracy"] == [None] * 2
+    skill_of = {"copy": "alpha", "flip": "beta"}
+    got: dict[str, set] = {"alpha": set(), "beta": set()}
+    for entry in trace:
+        text = tok.decode(list(entry.tokens), skip_special_tokens=True)
+        (word,) = [w for w in skill_of if w in text]
+        got[skill_of[word]].add(entry.weights)
+    assert got["alpha"] == {(("alpha", 1.0),)}
+    # beta's suite ran on the plain base before its pack existed, then on its own pack only
+    assert got["beta"] == {(), (("beta", 1.0),)}
+    matrix = result["accuracy_matrix"]
+    assert matrix[0][1] == result["base_scores"][1]
+    assert matrix[1][0] == matrix[0][0]  # the same pack on the same inputs: nothing forgotten
+
+
+def test_a_graft_run_is_deterministic_for_its_seed(tiny_world, suites, tmp_path):  # noqa: F811
+    def run(seed: int, where: str) -> dict:
+        return graft_run(tiny_world.base_dir, suites, BlobStore(tmp_path / where), seed=seed,
+                         tune_steps=2)
+
+    first, again, other = run(3, "a"), run(3, "b"), run(4, "c")
+    assert first["packs"][0]["tune"]["steps"] == 2
+    for key in ("pack_digests", "pack_bytes", "accuracy_matrix", "rel_error", "routers",
+                "finetune_scores"):
+        assert first[key] == again[key], key
+    assert other["pack_digests"]["alpha"] != first["pack_digests"]["alpha"]  # the seed counts
+
+
+def test_a_graft_run_stops_when_cancelled_and_needs_a_store(tiny_world, suites, store):  # noqa: F811
+    def cancelled(stage, fraction):
+        raise RunCancelled(f"cancelled during {stage}")
+
+    run = inputs("graft", tiny_world.base_dir, suites)
+    with pytest.raises(RunCancelled, match="cancelled during alpha"):
+        execute(dataclasses.replace(run, store=store), cancelled)
+    assert not list(store.iter_blobs())  # stopped before any pack was made
+    with pytest.raises(ConfigError, match="graft stores its packs but was given no blob store"):
+        execute(run, lambda s, f: None)
+
+
+@pytest.mark.parametrize("settings", [{}, {"policy": "compact", "budget": 5, "tune_steps": 100},
+                                      {"router": "tag"}, {"router": "none", "top_k": 2}])
+def test_graft_is_runnable(settings):
+    check_runnable(parse_spec(spec_doc(methods={"graft": settings, "naive_ft": None})))
