@@ -8,6 +8,7 @@ hooks (``tag``, ``learned``); no pack at all is the plain base however it is rea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,10 +77,13 @@ class StateRoutes:
         # the same margin bounds the probability's move: softmax moves no faster than its logits
         confidence = logits.softmax(-1).max(-1).values.tolist()
         threshold = clf.threshold
-        # familiarity: the similarity to the top class against that class's bound (-inf: none)
-        bound = clf.familiar[top.indices[:, 0]]
-        similar = clf.similarity(features).gather(-1, top.indices[:, :1]).squeeze(-1)
-        below = (similar - bound).tolist()
+        # familiarity: the similarity to the top class against that class's bound (-inf: none);
+        # with no bounds at all every input is infinitely familiar, so skip the similarities
+        below = [math.inf] * len(confidence)
+        if clf.familiarity():
+            bound = clf.familiar[top.indices[:, 0]]
+            similar = clf.similarity(features).gather(-1, top.indices[:, :1]).squeeze(-1)
+            below = (similar - bound).tolist()
         out: list[Route | None] = []
         for (first, second), index, p, gap in zip(top.values.tolist(), top.indices[:, 0].tolist(),
                                                   confidence, below, strict=True):

@@ -92,10 +92,16 @@ class Methods(_Settings):
 
     def chosen(self) -> dict[str, _Settings]:
         """method -> settings, for the methods the spec names, in this class's order."""
-        return {name: getattr(self, name) or info.annotation.__args__[0]()
-                for name, info in type(self).model_fields.items() if name in self.model_fields_set}
+        return {name: getattr(self, name) or SETTINGS[name]()
+                for name in type(self).model_fields if name in self.model_fields_set}
 
 
+# method -> its settings class, the defaults of a method named with no settings
+SETTINGS: dict[str, type[_Settings]] = {
+    "graft": Graft, "naive_ft": Sequential, "replay": Sequential, "lora_seq": LoRASweep,
+    "multi_lora": LoRASweep, "task_arithmetic": Merge, "ties": Merge, "dare_ties": Merge,
+    "joint": Joint,
+}
 METHODS = tuple(Methods.model_fields)
 MERGES = ("task_arithmetic", "ties", "dare_ties")
 

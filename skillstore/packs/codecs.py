@@ -15,6 +15,7 @@ from . import quant
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
 from .codec_protocol import Codec, Encoded
 from .parts import DensePart, LowRankPart, Part, SparsePart
+from .slabs import slabs
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -42,10 +43,9 @@ def svd(delta: torch.Tensor, rank: int | None = None
         return u[:, :k].contiguous(), s, vh[:k].contiguous()
     x = d if m <= n else d.T  # wide: the Gram matrix is the short side's
     short, long = x.shape
-    step = max(1, CHUNK_ELEMS // short)
     gram = torch.zeros(short, short, dtype=torch.float64)
-    for j in range(0, long, step):
-        c = x[:, j:j + step].double()
+    for cols in slabs(long, short, CHUNK_ELEMS):
+        c = x[:, cols].double()
         gram.addmm_(c, c.T)
     evals, evecs = torch.linalg.eigh(gram)
     del gram
@@ -55,8 +55,8 @@ def svd(delta: torch.Tensor, rank: int | None = None
     inv = torch.where(s[:k] > s[0] * 1e-7, 1 / s[:k].clamp_min(1e-300), torch.zeros_like(s[:k]))
     ut = u.T.contiguous()
     vh = torch.empty(k, long)
-    for j in range(0, long, step):
-        vh[:, j:j + step] = (ut @ x[:, j:j + step].double()) * inv[:, None]
+    for cols in slabs(long, short, CHUNK_ELEMS):
+        vh[:, cols] = (ut @ x[:, cols].double()) * inv[:, None]
     u = u.float()
     if m > n:  # a transposed view, not a copy: U of a tall embedding is hundreds of MB
         return vh.T, s.float(), u.T.contiguous()
@@ -277,9 +277,8 @@ def _rtn_side(mat, blocks, group_size) -> FactorCodes:
         block_codes, scales, lows = [], [], []
         # 8 rows at a time end on a byte, so the packed slabs join into the block's
         # stream; int64 codes of a whole 150k-wide block would be GBs
-        step = 8 * max(1, (1 << 21) // (8 * mat.shape[1]))
-        for r0 in range(rows.start, rows.stop, step):
-            x = mat[r0:min(r0 + step, rows.stop)] / gain
+        for sl in slabs(rows.stop, mat.shape[1], 1 << 21, start=rows.start, multiple=8):
+            x = mat[sl] / gain
             grid = quant.make_grid(x, bits, group_size)
             block_codes.append(pack_bits(quant.quantize(x, grid), bits))
             scales.append(grid.scale)

@@ -20,9 +20,11 @@ from .format import SEP, write_pack
 from .parts import LowRankPart
 from .policy import CompressionPolicy, load_policy
 from .roles import ATTENTION, EMBEDDING, MLP, module_role
+from .slabs import slabs
 from .spectrum import Spectrum, measure
 
 Progress = Callable[[int, int, str], None]
+ERR_SLAB = 1 << 22  # entries per step of the float64 error sums (32 MB)
 
 
 @dataclass(frozen=True)
@@ -211,16 +213,12 @@ def _err2(codec, name: str, delta: torch.Tensor, enc: Encoded) -> float:
     float64 copies of the matrix (an embedding of a 0.5B model is 545 MB in float32)."""
     part = codec.decode(name, tuple(delta.shape), enc.info, enc.tensors)
     d = delta.reshape(delta.shape[0], -1) if delta.dim() else delta.reshape(1, 1)
+    rows = list(slabs(*d.shape, ERR_SLAB))
     if isinstance(part, LowRankPart):  # ||d||^2 - 2 tr(U^T d V^T) + tr(U^T U V V^T)
         u, v = part.U.double(), part.V.double()
-        cross = sum(float(((d[sl].double() @ v.T) * u[sl]).sum()) for sl in _slabs(d))
+        cross = sum(float(((d[sl].double() @ v.T) * u[sl]).sum()) for sl in rows)
         own = float(((u.T @ u) * (v @ v.T)).sum())
-        norm2 = sum(float((d[sl].double() ** 2).sum()) for sl in _slabs(d))
+        norm2 = sum(float((d[sl].double() ** 2).sum()) for sl in rows)
         return max(0.0, norm2 - 2 * cross + own)
     rec = part.to_dense().reshape(d.shape)
-    return sum(float(((d[sl] - rec[sl]).double() ** 2).sum()) for sl in _slabs(d))
-
-
-def _slabs(d: torch.Tensor):
-    step = max(1, (1 << 22) // max(1, d.shape[1]))
-    return [slice(r, r + step) for r in range(0, d.shape[0], step)]
+    return sum(float(((d[sl] - rec[sl]).double() ** 2).sum()) for sl in rows)

@@ -24,6 +24,7 @@ import torch
 from . import quant
 from .codecs import svd
 from .roles import EMBEDDING
+from .slabs import slabs
 
 BITS = (2, 3, 4, 5, 6, 8)  # 1-bit blocks broke the zoo's reconstructions (docs/skillpack.md)
 GROUP = 64
@@ -137,15 +138,9 @@ def _row_energy(rows: torch.Tensor, left, right) -> torch.Tensor:
     return ((x @ right) * x).sum(1) if right is not None else (x * x).sum(1)
 
 
-def _slabs(rows: int, width: int):
-    step = max(1, SLAB // max(1, width))
-    for r0 in range(0, rows, step):
-        yield slice(r0, min(r0 + step, rows))
-
-
 def _energy(d, left, right) -> float:
     total = 0.0
-    for sl in _slabs(d.shape[0], d.shape[1]):
+    for sl in slabs(d.shape[0], d.shape[1], SLAB):
         e = _row_energy(d[sl], left, right)
         total += float((e * left[sl]).sum() if left is not None else e.sum())
     return total
@@ -169,7 +164,7 @@ def _price(u, s, vh, left, right):
     k = s.numel()
     ell = torch.ones(k, dtype=torch.float64)
     if left is not None:  # u_i^T C u_i, a slab of rows at a time
-        ell = sum((u[sl].double().pow(2) * left[sl, None]).sum(0) for sl in _slabs(*u.shape))
+        ell = sum((u[sl].double().pow(2) * left[sl, None]).sum(0) for sl in slabs(*u.shape, SLAB))
     v64 = vh.double()
     r = ((v64 @ right) * v64).sum(1) if right is not None else torch.ones(k, dtype=torch.float64)
     drop = s64.pow(2) * ell * r
@@ -177,7 +172,7 @@ def _price(u, s, vh, left, right):
     err_a = torch.empty(k, len(BITS), dtype=torch.float64)
     err_b = torch.empty(k, len(BITS), dtype=torch.float64)
     width = max(u.shape[0], vh.shape[1])
-    for sl in _slabs(k, width):
+    for sl in slabs(k, width, SLAB):
         a = (u[:, sl] * sq[sl]).T.contiguous()
         b = sq[sl, None] * vh[sl]
         err_a[sl] = _quant_err(a, lambda e: ((e.double() ** 2) * left).sum(1)
@@ -198,7 +193,7 @@ def _row_curve(d, left, right, norm2):
         return None, None
     idx = order.indices[:changed]
     energy = torch.cat([_row_energy(d[idx[sl]], left, right)
-                        for sl in _slabs(changed, d.shape[1])])
+                        for sl in slabs(changed, d.shape[1], SLAB)])
     if left is not None:
         energy = energy * left[idx]
     err = (norm2 - torch.cumsum(energy, 0)).clamp_min(0.0)

@@ -99,3 +99,11 @@ def test_validate_checks_the_catalog_and_prints_the_runs(workspace, tmp_path, ca
     bad.write_text(json.dumps(with_(methods={"graft": {"budget": 0}})))
     code, _, err = run_cli(capsys, "experiment", "validate", str(bad))
     assert code == 1 and "methods.graft.budget" in err and err.count("\n") == 1, err
+
+
+def test_every_method_has_its_settings_class_in_the_table():
+    from skillstore.experiments.spec import SETTINGS, Methods
+
+    assert list(SETTINGS) == list(Methods.model_fields)
+    for name, info in Methods.model_fields.items():
+        assert info.annotation == SETTINGS[name] | None, name
