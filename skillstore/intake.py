@@ -125,13 +125,6 @@ def register_skill_dataset(session: Session, blobs, *, name: str, data: Path, su
     return row
 
 
-def _codecs_by_role(manifest: dict) -> dict[str, list[str]]:
-    out: dict[str, set[str]] = {}
-    for entry in manifest["tensors"].values():
-        out.setdefault(str(entry["role"]), set()).add(str(entry["codec"]))
-    return {role: sorted(codecs) for role, codecs in sorted(out.items())}
-
-
 def import_pack_file(session: Session, blobs, path: Path, *, skill: str, base: str | None = None,
                      actor: str = "import"):
     """Verify a SkillPack file and add it as a new candidate pack of ``skill`` on its base.
@@ -167,6 +160,6 @@ def import_pack_file(session: Session, blobs, path: Path, *, skill: str, base: s
     return create_pack(session, skill=skill_row, base=base_row, blob_digest=digest, size_bytes=size,
                        format_version=int(pack_file.manifest["format_version"]),
                        method=IMPORTED_METHOD, compression_ratio=dense / max(size, 1),
-                       codecs=_codecs_by_role(pack_file.manifest),
+                       codecs=pack_file.codecs_by_role(),
                        metrics={"dense_fp16_bytes": dense, "payload_digest": pack_file.digest},
                        actor=actor)

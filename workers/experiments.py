@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import sqlalchemy as sa
 from celery import shared_task
@@ -83,7 +84,10 @@ def run(self, run_id: int) -> dict:
         return {"run_id": run_id, "cancelled": True}
     except Exception as exc:  # noqa: BLE001 - out of memory, a library bug: never retried
         return _failed(run_id, exc)
-    _record(finish_run, run_id, result)
+    try:  # a graft run's packs enter the catalog with its result
+        _record(partial(finish_run, blobs=cat.blobs), run_id, result)
+    except SkillstoreError as exc:  # a pack file damaged or gone since the run stored it
+        return _failed(run_id, exc)
     return {"run_id": run_id, "succeeded": True}
 
 

@@ -176,6 +176,7 @@ class PromotionOut(Out):
 
 class PackDetail(PackOut):
     parents: list[dict[str, Any]]
+    experiment: dict[str, Any] | None
     history: list[PromotionOut]
 
 

@@ -21,7 +21,9 @@ from .packs import (
                    create_pack,
                    get_pack,
                    list_packs,
+                   pack_detail,
                    pack_name,
+                   pack_origin,
                    promotions_of,
                    set_pack_status,
 )
@@ -47,7 +49,8 @@ __all__ = [
     "create_job", "create_pack", "current_head", "current_state", "describe_nodes",
     "descendants", "eval_results", "get_base", "get_job",
     "get_or_create_state", "get_pack", "get_skill", "get_state", "init_workspace", "list_bases",
-    "list_jobs", "list_packs", "list_skills", "open_catalog", "pack_name", "promotions_of",
+    "list_jobs", "list_packs", "list_skills", "open_catalog", "pack_detail", "pack_name",
+    "pack_origin", "promotions_of",
     "record_eval_result", "referenced_digests", "register_base", "set_pack_status",
     "state_fingerprint", "utcnow",
 ]

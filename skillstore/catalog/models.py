@@ -1,5 +1,5 @@
 """Catalog tables: bases, skills, packs, lineage, jobs, model states, eval results, promotions,
-experiments and their runs."""
+experiments, their runs and the packs they made."""
 
 from __future__ import annotations
 
@@ -315,6 +315,20 @@ class ExperimentRun(Record):
     finished_at: Mapped[datetime | None]
 
     experiment: Mapped[Experiment] = relationship(lazy="raise", back_populates="runs")
+
+
+class ExperimentPack(Record):
+    """A pack an experiment run made (a ``graft`` run's, one per skill): the pack's lineage to
+    its experiment. A pack comes from at most one run; the link goes with the run, the pack
+    stays in the catalog."""
+
+    __tablename__ = "experiment_packs"
+
+    pack_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("skill_packs.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("experiment_runs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 @sa.event.listens_for(Promotion, "before_update")

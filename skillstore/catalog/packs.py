@@ -1,4 +1,5 @@
-"""Skill packs: create with lineage, look up, page through, and change status with an audit row."""
+"""Skill packs: create with lineage, look up, page through, show whole, and change status with an
+audit row."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from ..errors import ConfigError, NotFoundError
-from .lineage import add_edge
-from .models import BaseCheckpoint, Promotion, Skill, SkillPack
+from .lineage import add_edge, ancestors, describe_nodes
+from .models import (
+    BaseCheckpoint,
+    Experiment,
+    ExperimentPack,
+    ExperimentRun,
+    Promotion,
+    Skill,
+    SkillPack,
+)
 from .registry import get_skill
 from .schema import EdgeKind, PackStatus, created_window, fits_row_id
+from .serialize import pack_dict, promotion_dict
 
 PACK_REF_RE = re.compile(r"^(?P<skill>[A-Za-z][A-Za-z0-9_.-]*)@v?(?P<version>\d+)$")
 # Manual overrides may move a pack anywhere except back to candidate.
@@ -163,3 +173,31 @@ def promotions_of(session: Session, pack_id: int) -> list[Promotion]:
     """The audit trail of a pack, oldest first."""
     return list(session.scalars(sa.select(Promotion).where(Promotion.pack_id == pack_id)
                                 .order_by(Promotion.id)))
+
+
+def pack_origin(session: Session, pack_id: int) -> dict | None:
+    """The experiment run that made a pack (experiment, run, method, seed), or None for a pack
+    that a learning job, an import or a fusion made."""
+    row = session.execute(
+        sa.select(Experiment.id, Experiment.name, ExperimentRun.id, ExperimentRun.method,
+                  ExperimentRun.seed)
+        .join(ExperimentRun, ExperimentRun.experiment_id == Experiment.id)
+        .join(ExperimentPack, ExperimentPack.run_id == ExperimentRun.id)
+        .where(ExperimentPack.pack_id == pack_id)).first()
+    if row is None:
+        return None
+    experiment_id, name, run_id, method, seed = row
+    return {"experiment_id": experiment_id, "experiment": name, "run_id": run_id,
+            "method": method, "seed": seed}
+
+
+def pack_detail(session: Session, pack: SkillPack) -> dict:
+    """A pack as `pack show` and ``GET /packs/{ref}`` give it: its row, its direct parents,
+    the experiment run that made it (if one did) and its status history."""
+    doc = pack_dict(pack)
+    graph = describe_nodes(session, ancestors(session, pack.id))
+    doc["parents"] = [{"kind": kind, **graph.nodes.get(parent, {"id": parent})}
+                      for child, parent, kind in graph.edges if child == graph.root]
+    doc["experiment"] = pack_origin(session, pack.id)
+    doc["history"] = [promotion_dict(a) for a in promotions_of(session, pack.id)]
+    return doc

@@ -44,23 +44,19 @@ def pack_list(skill: str | None = typer.Option(None, help="Only this skill (name
 @PACK.app.command("show")
 def pack_show(ref: str = typer.Argument(..., help="Pack id or SKILL@vN."),
               as_json: bool = JSON_OPTION) -> None:
-    """Show a pack: metadata, direct parents and its status history."""
-    from ..catalog import ancestors, describe_nodes, get_pack, promotions_of
-    from ..catalog.serialize import pack_dict, promotion_dict
+    """Show a pack: metadata, direct parents, the experiment that made it and its history."""
+    from ..catalog import get_pack, pack_detail
 
     with workspace_session() as (_, session):
-        pack = get_pack(session, ref)
-        doc = pack_dict(pack)
-        graph = describe_nodes(session, ancestors(session, pack.id))
-        root = graph.root
-        doc["parents"] = [{"kind": k, **graph.nodes.get(p, {"id": p})}
-                          for c, p, k in graph.edges if c == root]
-        doc["history"] = [promotion_dict(a) for a in promotions_of(session, pack.id)]
+        doc = pack_detail(session, get_pack(session, ref))
     if as_json:
         print_json(doc)
         return
-    flat = {k: v for k, v in doc.items() if k not in ("parents", "history")}
+    flat = {k: v for k, v in doc.items() if k not in ("parents", "history", "experiment")}
     flat["parents"] = ", ".join(f"{p['name']} ({p['kind']})" for p in doc["parents"]) or None
+    if (origin := doc["experiment"]) is not None:
+        flat["experiment"] = (f"{origin['experiment']} #{origin['experiment_id']}, run "
+                              f"{origin['run_id']} ({origin['method']}, seed {origin['seed']})")
     print_record(flat, as_json=False, title=f"pack {doc['name']}")
     print_rows(doc["history"], ["at", "from", "to", "actor", "reason", "report_ref"],
                as_json=False, title="Status history")

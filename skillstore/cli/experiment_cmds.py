@@ -93,8 +93,17 @@ def _run_row(r: dict) -> dict:
             "seconds": result.get("seconds")}
 
 
+def _pack_rows(runs: list[dict]) -> list[dict]:
+    """A row per catalog pack the runs made (a graft run's), named as `pack show` takes it."""
+    return [{"run": r["id"], "seed": r["seed"], "skill": p["skill"], "pack": p["name"],
+             "bytes": p["bytes"], "ratio": round(p["dense_fp16_bytes"] / max(1, p["bytes"]), 1),
+             "rel_error": round(p["rel_error"], 4)}
+            for r in runs for p in (r["result"] or {}).get("packs", ()) if "name" in p]
+
+
 def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
-    """One experiment: its status and every run with its status, error and key metrics."""
+    """One experiment: its status and every run with its status, error, key metrics and the
+    catalog packs it made."""
     from ..catalog.serialize import experiment_dict
     from ..experiments.catalog import get_experiment
 
@@ -109,6 +118,9 @@ def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
     print_rows([_run_row(r) for r in doc["runs"]],
                ("id", "method", "seed", "status", "avg_acc", "bwt", "forgetting", "fwt",
                 "bytes/skill", "seconds", "error"), as_json=False, title="Runs")
+    if packs := _pack_rows(doc["runs"]):
+        print_rows(packs, ("run", "seed", "skill", "pack", "bytes", "ratio", "rel_error"),
+                   as_json=False, title="Packs in the catalog (`skillstore pack show PACK`)")
 
 
 def wait(ref: str = RefArg,

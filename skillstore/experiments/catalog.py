@@ -1,5 +1,6 @@
 """Experiment rows: create one from a spec with its planned runs, look up, list, cancel, and
-every status change of a run; an experiment's status is derived from its runs'."""
+every status change of a run (a finished graft run's packs enter the catalog with it); an
+experiment's status is derived from its runs'."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..catalog import get_base
 from ..catalog.models import Experiment, ExperimentRun
 from ..catalog.schema import JobStatus, fits_row_id, utcnow
 from ..errors import JobError, NotFoundError
+from .run_packs import register_run_packs
 from .spec import ExperimentSpec
 
 UNFINISHED = (JobStatus.queued, JobStatus.running)
@@ -151,8 +153,17 @@ def _finish(session: Session, run_id: int, **values) -> bool:
     return written.rowcount == 1
 
 
-def finish_run(session: Session, run_id: int, result: dict) -> bool:
-    """Record a run's result and mark it succeeded; False when it was stopped meanwhile."""
+def finish_run(session: Session, run_id: int, result: dict, blobs=None) -> bool:
+    """Record a run's result and mark it succeeded; False when it was stopped meanwhile.
+
+    With ``blobs``, the packs the run made (a graft run's ``result["packs"]``) become catalog
+    packs linked to the run, in the same transaction (`run_packs.register_run_packs`).
+    """
+    run = get_run(session, run_id, lock=True)  # a cancel waits for this transaction
+    if JobStatus(run.status).finished:
+        return False
+    if blobs is not None and result.get("packs"):
+        result = {**result, "packs": register_run_packs(session, run, result, blobs)}
     return _finish(session, run_id, status=JobStatus.succeeded, result=result)
 
 

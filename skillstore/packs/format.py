@@ -157,6 +157,13 @@ class PackFile:
     def names(self) -> list[str]:
         return sorted(self.manifest["tensors"])
 
+    def codecs_by_role(self) -> dict[str, list[str]]:
+        """role -> the codecs its tensors use, as the catalog records a pack's."""
+        out: dict[str, set[str]] = {}
+        for entry in self.manifest["tensors"].values():
+            out.setdefault(str(entry["role"]), set()).add(str(entry["codec"]))
+        return {role: sorted(codecs) for role, codecs in sorted(out.items())}
+
     def payload_of(self, name: str) -> dict[str, torch.Tensor]:
         keys = self.manifest["tensors"][name]["payload"]
         return {k: self.tensors[f"{name}{SEP}{k}"] for k in keys}

@@ -3,8 +3,6 @@ routed states are, not by the trainer's own exact match."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from skillstore.evaluation.cache import Suite, cache_version
@@ -15,25 +13,14 @@ from skillstore.models import load_causal_lm
 from skillstore.training.baselines import Stage
 from skillstore.training.sft import SFTConfig
 
-from .test_eval_cache import LL_YAML
+from .llsuites import ROWS, write_ll_suites
 
-ROWS = {"alpha": [{"prompt": f"copy {w}: ", "answer": w} for w in ("ab", "cd", "ef", "gh")],
-        "beta": [{"prompt": f"flip {w}: ", "answer": w[::-1]} for w in ("ab", "cd", "ef")]}
 QUICK = SFTConfig(max_steps=2, batch_size=2, eval_every=1, lr=1e-2)
 
 
 @pytest.fixture
 def ll_suites(tmp_path) -> list[Suite]:
-    """One loglikelihood task per skill (acc is a fraction even for an untrained model)."""
-    out = []
-    for name, rows in ROWS.items():
-        data = tmp_path / name / "test.jsonl"
-        data.parent.mkdir(parents=True)
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp_path / name / f"t_{name}.yaml").write_text(
-            LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
-        out.append(Suite(name, tmp_path / name, (f"t_{name}",), headline_metric="acc"))
-    return out
+    return write_ll_suites(tmp_path)
 
 
 def stages() -> list[Stage]:

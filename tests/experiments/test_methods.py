@@ -4,7 +4,6 @@ suites; every method a spec can name runs, and the stages that cannot run yet ar
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
@@ -16,27 +15,16 @@ from skillstore.experiments.catalog import RunCancelled
 from skillstore.experiments.methods import EXECUTORS, RunInputs, check_runnable, execute
 from skillstore.experiments.spec import METHODS
 from skillstore.training.baselines import Stage, replay_stages
-from tests.composition.test_eval_cache import LL_YAML
+from tests.composition.llsuites import ROWS, write_ll_suites
 
 from .conftest import spec_doc
 
-ROWS = {"alpha": [{"prompt": f"copy {w}: ", "answer": w} for w in ("ab", "cd", "ef", "gh")],
-        "beta": [{"prompt": f"flip {w}: ", "answer": w[::-1]} for w in ("ab", "cd", "ef")]}
 QUICK = {"max_steps": 2, "batch_size": 2, "eval_every": 1, "lr": 1e-2}
 
 
 @pytest.fixture
 def ll_suites(tmp_path) -> list[Suite]:
-    """One loglikelihood task per skill (acc is a fraction even for an untrained model)."""
-    out = []
-    for name, rows in ROWS.items():
-        data = tmp_path / name / "test.jsonl"
-        data.parent.mkdir(parents=True)
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp_path / name / f"t_{name}.yaml").write_text(
-            LL_YAML.format(data=data).replace("task: t_ll", f"task: t_{name}"))
-        out.append(Suite(name, tmp_path / name, (f"t_{name}",), headline_metric="acc"))
-    return out
+    return write_ll_suites(tmp_path)
 
 
 def inputs(method: str, base_dir, suites, **settings) -> RunInputs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 import sqlalchemy as sa
@@ -113,15 +114,18 @@ def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
         assert again.status_code == 409 and "nothing to cancel" in again.text
 
 
-def test_a_naive_ft_experiment_runs_on_a_real_worker(tmp_path, tiny_zoo, monkeypatch, capsys):
-    """Two skills, one seed, a few steps: the run's result holds the 2x2 matrix and its
-    metrics, and the experiment succeeds."""
+def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
+        tmp_path, tiny_zoo, monkeypatch, capsys):
+    """Two skills, one seed, a few steps, naive_ft and graft: each run's result holds the 2x2
+    matrix and its metrics, the experiment succeeds, and the graft run's packs are catalog
+    candidates whose `pack show` names the experiment."""
     env = make_env(tmp_path, tiny_zoo)
     monkeypatch.setenv("SKILLSTORE_HOME", str(env.settings.home))
     for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
         monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
     path = write_spec(tmp_path, base="tiny-llama", skills=[{"name": "reverse"}, {"name": "sort"}],
-                      methods={"naive_ft": None}, seeds=[0], eval_limit=10, train=FAST_TRAIN)
+                      methods={"naive_ft": None, "graft": {"router": "tag"}}, seeds=[0],
+                      eval_limit=10, train=FAST_TRAIN)
     code, out, err = run_cli(capsys, "experiment", "run", str(path), "--json")
     assert code == 0, err
     exp_id = json.loads(out)["id"]
@@ -129,14 +133,25 @@ def test_a_naive_ft_experiment_runs_on_a_real_worker(tmp_path, tiny_zoo, monkeyp
         code, out, err = run_cli(capsys, "experiment", "wait", str(exp_id), "--timeout", "300")
     logs = "".join(p.read_text()[-3000:] for p in env.logs.glob("*.log"))
     assert code == 0, f"{out}{err}\n{logs}"
-    assert out.strip().splitlines()[-1] == f"experiment {exp_id} succeeded: succeeded 1"
+    assert out.strip().splitlines()[-1] == f"experiment {exp_id} succeeded: succeeded 2"
     code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id), "--json")
     doc = json.loads(out)
     assert code == 0 and doc["status"] == "succeeded"
-    (run,) = doc["runs"]
+    graft, run = doc["runs"]  # in the order methods are listed (spec.METHODS)
     result = run["result"]
     assert (run["method"], run["seed"], run["status"], run["error"]) == \
         ("naive_ft", 0, "succeeded", None)
+    assert (graft["method"], graft["status"]) == ("graft", "succeeded")
+    assert [p["name"] for p in graft["result"]["packs"]] == ["reverse@v1", "sort@v1"]
+    code, out, err = run_cli(capsys, "pack", "show", "sort@v1", "--json")
+    assert code == 0, err
+    pack = json.loads(out)
+    assert (pack["status"], pack["blob_digest"]) == \
+        ("candidate", graft["result"]["pack_digests"]["sort"])
+    assert pack["experiment"] == {"experiment_id": exp_id, "experiment": doc["name"],
+                                  "run_id": graft["id"], "method": "graft", "seed": 0}
+    code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id))
+    assert code == 0 and re.findall(r"\b\w+@v\d+\b", out) == ["reverse@v1", "sort@v1"]
     assert result["skills"] == ["reverse", "sort"]
     matrix = result["accuracy_matrix"]
     assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)

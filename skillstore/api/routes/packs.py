@@ -17,9 +17,8 @@ from ...catalog import (
     get_pack,
     get_skill,
     list_packs,
-    promotions_of,
 )
-from ...catalog.packs import pack_file_name
+from ...catalog.packs import pack_detail, pack_file_name
 from ...catalog.serialize import pack_dict, promotion_dict
 from ..auth import actor
 from ..context import ApiContext
@@ -48,15 +47,10 @@ def packs(ctx: Ctx, page: PageParams, created: CreatedParams,
 
 @router.get("/packs/{ref}", response_model=PackDetail, responses=errors(400, 401, 404, 422, 503))
 def pack(ref: Ref, ctx: Ctx) -> dict:
-    """A pack: metadata, direct parents and its status history."""
+    """A pack: metadata, direct parents, the experiment run that made it (or null) and its
+    status history."""
     with ctx.session() as session:
-        row = get_pack(session, ref)
-        doc = pack_dict(row)
-        graph = describe_nodes(session, ancestors(session, row.id))
-        doc["parents"] = [{"kind": kind, **graph.nodes.get(parent, {"id": parent})}
-                          for child, parent, kind in graph.edges if child == graph.root]
-        doc["history"] = [promotion_dict(a) for a in promotions_of(session, row.id)]
-        return doc
+        return pack_detail(session, get_pack(session, ref))
 
 
 @router.get("/packs/{ref}/lineage", response_model=LineageOut,

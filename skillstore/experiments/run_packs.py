@@ -1,0 +1,56 @@
+"""The packs a graft run made, entered in the catalog when the run finishes: one candidate
+SkillPack per pack file, trained on the experiment's base (and distilled from its source where
+the stage names one), linked to its run so its lineage reaches the experiment.
+
+A candidate made here is never promoted by the run: the experiment scored it, the gate did not.
+`skillstore pack show` names the experiment; promoting it is a person's decision, with a reason.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from ..catalog import EdgeKind, create_pack, get_base, get_skill
+from ..catalog.models import BaseCheckpoint, Experiment, ExperimentPack, ExperimentRun
+from ..packs import read_pack
+from .spec import parse_spec
+
+
+def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs) -> list[dict]:
+    """Create a catalog pack for each of ``result["packs"]`` (a graft run's records: skill,
+    digest, bytes, sizes, error, tuning) and link it to ``run``; returns the records with each
+    pack's ``pack_id`` and ``name`` added. Each pack file is read and verified from ``blobs``."""
+    experiment = session.get(Experiment, run.experiment_id)
+    base = session.get(BaseCheckpoint, experiment.base_id)
+    stages = {s.name: s for s in parse_spec(experiment.spec, f"experiment {experiment.id}'s "
+                                            "spec").skills}
+    actor = f"experiment:{experiment.id}/run:{run.id}"
+    out = []
+    for record in result.get("packs", ()):
+        skill, stage = record["skill"], stages[record["skill"]]
+        pack_file = read_pack(blobs.local_path(record["digest"]))
+        # A stage learned from one source names it; a record made from one of several sources
+        # names its own.
+        source_name = record.get("source") or (stage.source[0] if len(stage.source) == 1
+                                               else None)
+        source = get_base(session, source_name) if source_name else None
+        parents = [(base, EdgeKind.trained_on)] + (
+            [(source, EdgeKind.distilled_from)] if source else [])
+        dense = record["dense_fp16_bytes"]
+        metrics = {"experiment_id": experiment.id, "run_id": run.id, "seed": run.seed,
+                   "policy": result.get("policy"), "rel_error": record["rel_error"],
+                   "dense_fp16_bytes": dense, "changed_params": record.get("changed_params"),
+                   "finetune": {"value": result.get("finetune_scores", {}).get(skill),
+                                "n": result.get("finetune_n", {}).get(skill)}}
+        if record.get("tune"):
+            metrics["tune"] = record["tune"]
+        pack = create_pack(session, skill=get_skill(session, skill), base=base,
+                           blob_digest=record["digest"], size_bytes=record["bytes"],
+                           format_version=int(pack_file.manifest["format_version"]),
+                           method=stage.method, parents=parents, source=source,
+                           compression_ratio=dense / max(1, record["bytes"]),
+                           codecs=pack_file.codecs_by_role(), metrics=metrics, actor=actor)
+        session.add(ExperimentPack(pack_id=pack.id, run_id=run.id))
+        out.append({**record, "pack_id": pack.id, "name": f"{skill}@v{pack.version}"})
+    session.flush()
+    return out
