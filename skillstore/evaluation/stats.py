@@ -372,3 +372,65 @@ def required_n(p: float, margin: float, confidence: float = 0.95, power: float =
     z = _NORMAL.inv_cdf(confidence) + _NORMAL.inv_cdf(power)
     variance = 2.0 * p * (1.0 - p) if pair_variance is None else pair_variance
     return math.ceil(z * z * variance / margin**2)
+
+
+EXACT_SIGN_FLIPS = 16  # up to this many pairs every sign pattern is counted; beyond, a sample
+SIGN_FLIP_SAMPLES = 20_000
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student t quantile: P(|T| < t) = confidence with ``df`` degrees of freedom.
+
+    Abramowitz & Stegun 26.7.3-4 give P(|T| < t) in closed form for integer df as a function of
+    theta = atan(t / sqrt(df)); it rises with theta, so bisecting theta finds t.
+    """
+    def inside(theta: float) -> float:
+        c2, s = math.cos(theta) ** 2, math.sin(theta)
+        if df % 2:
+            term, total = math.cos(theta), 0.0
+            for k in range(1, (df - 1) // 2 + 1):
+                total += term
+                term *= c2 * (2 * k) / (2 * k + 1)
+            return 2 / math.pi * (theta + s * total) if df > 1 else 2 * theta / math.pi
+        term, total = 1.0, 0.0
+        for k in range(1, df // 2 + 1):
+            total += term
+            term *= c2 * (2 * k - 1) / (2 * k)
+        return s * total
+
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) < confidence else (lo, mid)
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def sign_flip_p(diffs: Sequence[float]) -> tuple[float, bool]:
+    """Two-sided p of a paired sign-flip (permutation) test of mean(diffs) = 0, and whether it
+    is exact: the share of sign patterns whose |mean| is at least the observed one. Exact over
+    all 2^n patterns up to EXACT_SIGN_FLIPS pairs, else from a seeded sample (add-one smoothed).
+    Unlike the bootstrap, it cannot claim p < 2^(1-n) from n pairs."""
+    d = np.asarray(diffs, dtype=float)
+    n, observed = len(d), abs(float(d.mean())) * (1 - 1e-9) - 1e-12  # ties count as extreme
+    if n <= EXACT_SIGN_FLIPS:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        return float(np.mean(np.abs(signs @ d) / n >= observed)), True
+    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(SIGN_FLIP_SAMPLES, n))
+    k = int(np.sum(np.abs(signs @ d) / n >= observed))
+    return (k + 1) / (SIGN_FLIP_SAMPLES + 1), False
+
+
+def mean_interval(values: Sequence[float], digits: int | None = 4,
+                  confidence: float = 0.95) -> dict:
+    """Mean and Student t-interval over seeds, rounded to ``digits`` (None: whole numbers); with one
+    value the interval is None: one seed says nothing about the spread."""
+    n = len(values)
+    mean = sum(values) / n
+    half = None
+    if n > 1:
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        half = round(t_quantile(confidence, n - 1) * sd / math.sqrt(n), digits)
+    mean = round(mean, digits)
+    return {"mean": mean, "half_width": half, "n": n,
+            "low": None if half is None else round(mean - half, digits),
+            "high": None if half is None else round(mean + half, digits)}

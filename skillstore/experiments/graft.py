@@ -5,14 +5,16 @@ A pack is made as a learning job makes it (`pipeline.steps.compress`): `compress
 of the fine-tune against the base with the spec's policy (or budget), GPTQ statistics from the
 skill's first training rows when the policy asks for them, `tune_pack` when ``tune_steps`` > 0,
 then `store.put_file`. The fine-tune is the one the merges use (`baselines.finetune_delta`) and
-the routed scoring the one `multi_lora` uses (`baselines.routed_scores`).
+the routed scoring the one `multi_lora` uses (`baselines.routed_scores`). A skill distilled
+from several sources gets one pack per source, fused and scored by `hetero.fusion_scores`; the
+first listed source's pack is the one the continual matrix routes.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +42,10 @@ from .baselines import (
     stage_progress,
     weights_of,
 )
+from .distilled import Taught
+from .hetero import fusion_scores
 from .sequential import suite_scores
-from .spec import Graft
+from .spec import ExperimentSpec, Graft
 
 
 @dataclass(frozen=True)
@@ -117,19 +121,34 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
 def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
                  settings: Graft, config: SFTConfig, store, *, base_dir: str,
                  general: Sequence[str] = (), seed: int, limit: int | None = None,
-                 progress: Progress | None = None
-                 ) -> tuple[Rows, list[StagePack], list[dict]]:
+                 teachers: Mapping[str, Sequence[Taught]] | None = None,
+                 spec: ExperimentSpec | None = None, progress: Progress | None = None
+                 ) -> tuple[Rows, list[StagePack], list[dict], list[dict]]:
     """One pack per stage (`make_pack`), each from ``model``'s weights at the start, and after
     stage i the packs 1..i routed by ``settings.router`` and scored on every suite; returns
-    the rows, the packs and each stage's router."""
-    base, packs, rows, routers = weights_of(model), [], [], []
+    the rows, the packs, each stage's router and the fusion records. A stage that
+    ``teachers`` gives several sources for gets one pack per source (the first is routed in the
+    matrix) and a fusion record (`hetero.fusion_scores`, with ``spec``'s merge settings)."""
+    base, packs, rows, routers, fusions = weights_of(model), [], [], [], []
+    teachers = teachers or {}
     with tempfile.TemporaryDirectory(prefix="graft-") as tmp:
         for i, stage in enumerate(stages):
-            work = Path(tmp, str(i))
-            work.mkdir()
-            packs.append(make_pack(model, tokenizer, base, stage, suites[i], settings, config,
-                                   store, work, base_dir=base_dir, seed=seed, limit=limit,
-                                   progress=stage_progress(progress, stages, i)))
+            taught = teachers.get(stage.name, ())
+            made = []
+            for k, learned in enumerate([t.stage for t in taught] if len(taught) > 1
+                                        else [stage]):
+                work = Path(tmp, f"{i}-{k}")
+                work.mkdir()
+                made.append(make_pack(model, tokenizer, base, learned, suites[i], settings,
+                                      config, store, work, base_dir=base_dir, seed=seed,
+                                      limit=limit, progress=stage_progress(progress, stages, i)))
+            packs.append(made[0])
+            if len(made) > 1:
+                if progress is not None:
+                    progress(f"{stage.name}:fuse", (i + 1) / len(stages))
+                fusions.append(fusion_scores(model, tokenizer, made, taught, suites[i], spec,
+                                             store, Path(tmp, f"{i}-fused"), general=general,
+                                             seed=seed, top_k=settings.top_k, limit=limit))
             if progress is not None:
                 progress(f"{stage.name}:score", (i + 1) / len(stages))
             row, router = routed_scores(model, tokenizer, [p.deltas for p in packs], stages,
@@ -138,4 +157,4 @@ def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Sui
                                         limit=limit)
             rows.append(row)
             routers.append(router)
-    return rows, packs, routers
+    return rows, packs, routers, fusions

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from ..blobstore import BlobStore
-from ..catalog import get_skill
+from ..catalog import get_base, get_skill
 from ..catalog.models import BaseCheckpoint, Experiment
 from ..errors import ConfigError
 from ..evaluation.cache import Suite, cache_version
@@ -37,6 +37,7 @@ from .baselines import (
     multi_lora_scores,
 )
 from .catalog import get_run
+from .distilled import Taught, distil_stages
 from .graft import graft_scores, policy_label
 from .sequential import FP16_BYTES, ChangedParams, sequential_scores, skill_stages, suite_scores
 from .spec import ExperimentSpec, parse_spec
@@ -64,6 +65,10 @@ class RunInputs:
     earlier_sweep: dict | None = None
     # Where a graft run puts its packs (the catalog's blob store).
     store: BlobStore | None = None
+    # Each source the spec names -> its checkpoint folder (distilled skills' teachers).
+    source_dirs: dict[str, str] = field(default_factory=dict)
+    # What each source taught each distilled skill; filled by `execute` (`distil_stages`).
+    teachers: dict[str, tuple[Taught, ...]] = field(default_factory=dict)
 
     @property
     def train(self):
@@ -228,10 +233,10 @@ class GraftLLM:
         model, tok = load_causal_lm(inputs.base_dir)
         settings, limit = inputs.spec.settings(self.name), inputs.spec.eval_limit
         base_row = suite_scores(model, tok, inputs.suites, limit=limit)
-        rows, packs, routers = graft_scores(
+        rows, packs, routers, fusion = graft_scores(
             model, tok, inputs.stages, inputs.suites, settings, inputs.train, inputs.store,
             base_dir=inputs.base_dir, general=inputs.general, seed=inputs.seed, limit=limit,
-            progress=check)
+            teachers=inputs.teachers, spec=inputs.spec, progress=check)
         metrics = continual_metrics([[s.value for s in row] for row in rows],
                                     [s.value for s in base_row])
         return _result(inputs, rows, metrics, base_row, [p.changed_params for p in packs],
@@ -245,7 +250,8 @@ class GraftLLM:
                        finetune_scores={p.skill: p.finetune.value for p in packs},
                        finetune_n={p.skill: p.finetune.n for p in packs},
                        routers=routers,
-                       router_accuracy=[r.get("test_accuracy") for r in routers])
+                       router_accuracy=[r.get("test_accuracy") for r in routers],
+                       fusion=fusion)
 
 
 EXECUTORS: Registry[Executor] = Registry(
@@ -284,9 +290,9 @@ def check_runnable(spec: ExperimentSpec) -> None:
             raise ConfigError(f"skill {stage.name!r} is given as data, which experiment runs do "
                               "not register yet; add it with `skillstore skill add` and name "
                               "it instead.")
-        if stage.method != "sft":
-            raise ConfigError(f"skill {stage.name!r} learns by {stage.method}; experiment runs "
-                              "train sft stages only yet; use method sft for it.")
+        if stage.method == "dpo":
+            raise ConfigError(f"skill {stage.name!r} learns by dpo; experiment runs train sft "
+                              "and distill stages only yet; use one of those for it.")
 
 
 def run_inputs(session: Session, store, run_id: int) -> RunInputs:
@@ -301,13 +307,22 @@ def run_inputs(session: Session, store, run_id: int) -> RunInputs:
     general = general_suite(beside=suites, base=base)
     return RunInputs(run_id=run.id, method=run.method, seed=run.seed, spec=spec,
                      base_dir=base.uri, stages=skill_stages(store, skills), suites=suites,
+                     source_dirs={name: get_base(session, name).uri for name in spec.sources},
                      general=tuple(suite_prompts(general, ROUTER_PROMPTS)) if general else (),
                      earlier_sweep=earlier_sweep(session, run, spec.seeds), store=store)
 
 
 def execute(inputs: RunInputs, check: Check) -> dict:
-    """Run the method's executor; the result records how long it took."""
+    """Distil the skills learned from sources (`distil_stages`), then run the method's
+    executor; the result records what each source taught and how long it all took."""
     started = time.perf_counter()
+    distilled = {}
+    if any(s.method != "sft" for s in inputs.spec.skills):
+        stages, teachers = distil_stages(inputs.spec, inputs.stages, inputs.source_dirs,
+                                         lambda s, f: check(f"distil:{s}", 0.0))
+        inputs = replace(inputs, stages=stages, teachers=teachers)
+        distilled = {"distilled": {skill: {t.source: t.stats for t in taught}
+                                   for skill, taught in teachers.items()}}
     result = EXECUTORS[inputs.method].execute(inputs, check)
-    return {**result, "method": inputs.method, "seed": inputs.seed,
+    return {**result, **distilled, "method": inputs.method, "seed": inputs.seed,
             "seconds": round(time.perf_counter() - started, 3)}

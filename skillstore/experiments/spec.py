@@ -150,6 +150,8 @@ class ExperimentSpec(_Settings):
     methods: Methods
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
     eval_limit: int = Field(default=100, ge=10)
+    # The first N training prompts each source answers for a distilled skill (None: all).
+    distill_prompts: int | None = Field(default=None, gt=0)
     train: SFTConfig = SFTConfig()
     gate: GatePolicy = GatePolicy()
 
@@ -218,11 +220,23 @@ def parse_spec(doc: Any, where: str = "experiment spec") -> ExperimentSpec:
         raise ConfigError(f"{where}: {key + ': ' if key else ''}{_message(first)}.") from None
 
 
+#: Specs that ship with skillstore, named instead of a path (`skillstore experiment run hetero`).
+BUILTIN = Path(__file__).with_name("specs")
+
+
+def builtin_specs() -> list[str]:
+    return sorted(p.stem for p in BUILTIN.glob("*.yaml"))
+
+
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """The spec in a YAML file; one ConfigError line when it is missing, not YAML, or invalid."""
+    """The spec in a YAML file, or a built-in spec by name (a file of that name wins); one
+    ConfigError line when it is missing, not YAML, or invalid."""
     path = Path(path)
+    if not path.is_file() and str(path) in builtin_specs():
+        path = BUILTIN / f"{path}.yaml"
     if not path.is_file():
-        raise NotFoundError(f"Experiment spec {str(path)!r} does not exist.")
+        raise NotFoundError(f"Experiment spec {str(path)!r} does not exist; give a YAML file "
+                            f"or a built-in spec ({', '.join(builtin_specs())}).")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

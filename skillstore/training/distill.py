@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..curriculum.skills import GENERAL_SKILLS, SKILLS
 from ..errors import TrainingError
 from .backends import BUILTIN
 from .generate import generate_answers
@@ -13,6 +14,16 @@ from .protocol import Backend
 from .sft import Progress, SFTConfig, TrainResult
 
 Checker = Callable[[str, str], bool]
+
+
+def skill_checker(skill: str | None, rows: Iterable[dict]) -> Checker:
+    """A skill's rule-based check of a source's answer: the curriculum's checker for a
+    curriculum skill, else equality with the reference answer among ``rows``."""
+    known = SKILLS.get(skill or "") or GENERAL_SKILLS.get(skill or "")
+    if known is not None:
+        return known.check
+    truth = {r["prompt"]: r["answer"] for r in rows}
+    return lambda prompt, answer: truth.get(prompt) == answer
 
 
 class GenerationConfig(BaseModel):

@@ -11,7 +11,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..atomic import publish_dir
-from ..curriculum.skills import GENERAL_SKILLS, SKILLS
 from ..curriculum.validate import load_rows
 from ..errors import ConfigError
 from ..fingerprint import fingerprint_checkpoint
@@ -22,7 +21,7 @@ from ..registry import Registry
 from .backends import BackendName, choose_backend, get_backend
 from .baselines import LoRAConfig, train_lora
 from .data import STOP
-from .distill import Checker, GenerationConfig, distill
+from .distill import Checker, GenerationConfig, distill, skill_checker
 from .dpo import DPOConfig, preference_pairs
 from .memory import (
     MemoryPlan,
@@ -81,16 +80,11 @@ class TrainJob(BaseModel):
 
 
 def _checker(job: TrainJob) -> Checker | None:
-    """The skill's rule-based check: the curriculum's checker, else the reference answer."""
+    """The skill's rule-based check (`distill.skill_checker`) over the job's rows."""
     if not job.verify:
         return None
-    skill = SKILLS.get(job.skill or "") or GENERAL_SKILLS.get(job.skill or "")
-    if skill is not None:
-        return skill.check
-    truth = {r["prompt"]: r["answer"] for r in load_rows(job.train_path)}
-    if job.val_path:
-        truth.update({r["prompt"]: r["answer"] for r in load_rows(job.val_path)})
-    return lambda prompt, answer: truth.get(prompt) == answer
+    rows = load_rows(job.train_path) + (load_rows(job.val_path) if job.val_path else [])
+    return skill_checker(job.skill, rows)
 
 
 def _load(path: Path, device: str | None):

@@ -1,5 +1,5 @@
-"""Tiny, deterministic, locally built models: a Llama target and a GPT-2 source, cached by
-recipe, and their registration in the catalog."""
+"""Tiny, deterministic, locally built models: a Llama target and GPT-2 and Qwen2 sources, cached
+by recipe, and their registration in the catalog."""
 
 from .build import ModelSpec, ZooPaths, ZooRecipe, build_zoo, zoo_manifest
 from .register import Registered, register_checkpoint, register_zoo

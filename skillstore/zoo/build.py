@@ -1,4 +1,5 @@
-"""The tiny model zoo: a char-level Llama target and a BPE GPT-2 source, cached by recipe."""
+"""The tiny model zoo: a char-level Llama target and GPT-2 and Qwen2 sources with their own BPEs,
+cached by recipe."""
 
 from __future__ import annotations
 
@@ -26,25 +27,15 @@ from ..fingerprint import fingerprint_checkpoint
 from ..models import pick_device
 from ..settings import get_settings
 from ..training.sft import SFTConfig, train_sft
+from .models import ModelSpec, gpt2_model, llama_model, qwen2_model
 from .tokenizers import bpe_tokenizer, char_tokenizer
 
 Progress = Callable[[str, float], None]
 #: Bump when the builder's code changes what a recipe produces.
-ZOO_FORMAT = 2  # 2: the source trains in its own process, on its share of the threads
+ZOO_FORMAT = 3  # 3: a Qwen2 source, trained in the parent after the target
+# 2: the source trains in its own process, on its share of the threads
 MANIFEST = "zoo.json"
-
-
-class ModelSpec(BaseModel):
-    """Size of one tiny model and how long it is trained while the zoo is built."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hidden: int = Field(default=128, gt=0)
-    layers: int = Field(default=2, gt=0)
-    heads: int = Field(default=4, gt=0)
-    intermediate: int = Field(default=384, gt=0)
-    max_positions: int = Field(default=64, gt=8)
-    train: SFTConfig = SFTConfig()
+QWEN2_STEP_SHARE = 0.6
 
 
 class ZooRecipe(BaseModel):
@@ -69,11 +60,23 @@ class ZooRecipe(BaseModel):
     source: ModelSpec = ModelSpec(train=SFTConfig(lr=3e-3, max_steps=1500, batch_size=64,
                                                   eval_every=100, patience=5))
     bpe_vocab: int = Field(default=320, gt=260)
+    # The Qwen2 source: None is the GPT-2 source's size and training at QWEN2_STEP_SHARE of its
+    # steps, so it fits in the time the parent would otherwise wait for the GPT-2 child.
+    qwen2: ModelSpec | None = None
+    qwen2_vocab: int = Field(default=448, gt=260)
+
+    def qwen2_spec(self) -> ModelSpec:
+        if self.qwen2 is not None:
+            return self.qwen2
+        steps = max(1, round(self.source.train.max_steps * QWEN2_STEP_SHARE))
+        return self.source.model_copy(
+            update={"train": self.source.train.model_copy(update={"max_steps": steps})})
 
     def digest(self) -> str:
         # The curriculum's version counts: its rows are what both models train on.
         blob = json.dumps({"format": ZOO_FORMAT, "curriculum": CURRICULUM_VERSION,
-                           **self.model_dump()}, sort_keys=True)
+                           **self.model_dump(), "qwen2": self.qwen2_spec().model_dump()},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -96,33 +99,27 @@ class ZooPaths:
                 "tasks_dir": str(self.curriculum / "tasks")}
 
 
+@dataclass(frozen=True)
+class Source:
+    """One source architecture of the zoo: how it is made, its BPE's size, its seed offset."""
+
+    name: str
+    make: Callable  # (ModelSpec, tokenizer) -> a randomly initialised causal LM
+    seed_offset: int
+
+    def spec(self, recipe: ZooRecipe) -> ModelSpec:
+        return recipe.source if self.name == "gpt2" else recipe.qwen2_spec()
+
+    def vocab(self, recipe: ZooRecipe) -> int:
+        return recipe.bpe_vocab if self.name == "gpt2" else recipe.qwen2_vocab
+
+
+SOURCES = {s.name: s for s in (Source("gpt2", gpt2_model, 1), Source("qwen2", qwen2_model, 2))}
+
+
 def _paths(root: Path) -> ZooPaths:
-    return ZooPaths(root, root / "target", {"gpt2": root / "source-gpt2"}, root / "curriculum")
-
-
-def _target_model(spec: ModelSpec, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden, num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-        intermediate_size=spec.intermediate, max_position_embeddings=spec.max_positions,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def _source_model(spec: ModelSpec, tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads,
-        n_inner=spec.intermediate, n_positions=spec.max_positions, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    return GPT2LMHeadModel(cfg)
+    return ZooPaths(root, root / "target", {k: root / f"source-{k}" for k in SOURCES},
+                    root / "curriculum")
 
 
 def _rows(cur: Curriculum, names: list[str] | None, split: str, general: bool) -> list[dict]:
@@ -150,18 +147,22 @@ def _train_and_save(model, tokenizer, train, val, spec: ModelSpec, out: Path, st
     return {k: v for k, v in result.metrics.items() if k != "history"}
 
 
-def build_source(recipe: ZooRecipe, paths: ZooPaths, progress: Progress | None = None) -> dict:
-    """Train the GPT-2 source on every curriculum skill, with a BPE fitted to that text."""
+def build_source(recipe: ZooRecipe, paths: ZooPaths, name: str = "gpt2",
+                 progress: Progress | None = None) -> dict:
+    """Train source ``name`` on every curriculum skill, with its own BPE fitted to that text
+    (GPT-2's at ``bpe_vocab`` tokens, Qwen2's at ``qwen2_vocab``: the tokenizers differ)."""
     import torch
 
+    source, spec = SOURCES[name], SOURCES[name].spec(recipe)
     cur = paths.load_curriculum()
     train_all = _rows(cur, None, "train", general=True)
     bpe = bpe_tokenizer((r["prompt"] + " " + r["answer"] + "\n" for r in train_all),
-                        recipe.bpe_vocab, recipe.source.max_positions)
-    torch.manual_seed(recipe.seed + 1)
-    source = _source_model(recipe.source, bpe)
-    return _train_and_save(source, bpe, train_all, _rows(cur, None, "validation", general=False),
-                           recipe.source, paths.sources["gpt2"], "train-source", progress)
+                        source.vocab(recipe), spec.max_positions)
+    torch.manual_seed(recipe.seed + source.seed_offset)
+    model = source.make(spec, bpe)
+    stage = "train-source" if name == "gpt2" else f"train-source-{name}"
+    return _train_and_save(model, bpe, train_all, _rows(cur, None, "validation", general=False),
+                           spec, paths.sources[name], stage, progress)
 
 
 @contextmanager
@@ -240,7 +241,7 @@ class _SourceBuild:
 
     def result(self) -> dict:
         if not self.parallel:
-            return build_source(self.recipe, self.paths, self.progress)
+            return build_source(self.recipe, self.paths, "gpt2", self.progress)
         code = self.proc.wait()
         self.relay.join()
         if self.outcome and "metrics" in self.outcome:
@@ -258,8 +259,9 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     """Build the zoo under ``<home>/zoo/<recipe hash>`` or return the cached one.
 
     The target is a Llama with a char-level tokenizer, pretrained on the general suite
-    (copying and lookups); the source is a GPT-2 with a locally trained BPE, trained on every
-    curriculum skill so it can teach them. Same recipe and seed give the same weights.
+    (copying and lookups); the sources, a GPT-2 and a Qwen2 each with its own locally trained
+    BPE, are trained on every curriculum skill so they can teach them. Same recipe and seed
+    give the same weights.
     """
     import torch
 
@@ -279,16 +281,20 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
     if progress:
         progress("curriculum", 1.0)
 
-    # The two models share nothing but the curriculum, so the source trains in a second
-    # process while this one pretrains the target: on 2 cores that halves the build.
+    # The models share nothing but the curriculum, so the GPT-2 source trains in a second
+    # process while this one pretrains the target, then the Qwen2 source: on 2 cores that
+    # halves the build.
     with _SourceBuild(recipe, paths, progress) as source_build:
         with _threads(source_build.threads):
             char_tok = char_tokenizer(recipe.target.max_positions)
             torch.manual_seed(recipe.seed)
-            target = _target_model(recipe.target, char_tok)
+            target = llama_model(recipe.target, char_tok)
             gen_train, gen_val = load_rows(cur.general.train), load_rows(cur.general.validation)
             t_metrics = _train_and_save(target, char_tok, gen_train, gen_val, recipe.target,
                                         paths.target, "pretrain-target", progress)
+            # The target stops early (stop_loss); the Qwen2 source takes this process's
+            # threads while the GPT-2 child is still training.
+            q_metrics = build_source(recipe, paths, "qwen2", progress)
         s_metrics = source_build.result()
 
     # Folder names inside the curriculum are absolute; rewrite them for the final location.
@@ -301,7 +307,7 @@ def build_zoo(home: str | Path | None = None, *, recipe: ZooRecipe | None = None
                 "fingerprints": {"target": fingerprint_checkpoint(final.target),
                                  **{k: fingerprint_checkpoint(v)
                                     for k, v in final.sources.items()}},
-                "metrics": {"target": t_metrics, "gpt2": s_metrics},
+                "metrics": {"target": t_metrics, "gpt2": s_metrics, "qwen2": q_metrics},
                 "seconds": time.perf_counter() - t0}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return final

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
 
     try:
         recipe = ZooRecipe.model_validate_json(sys.stdin.read())
-        metrics = build_source(recipe, _paths(root), progress)
+        metrics = build_source(recipe, _paths(root), "gpt2", progress)
     except Exception as exc:  # reported to the parent, which raises it with this message
         emit({"error": f"{type(exc).__name__}: {exc}"})
         return 1

@@ -93,7 +93,7 @@ def test_every_method_a_spec_can_name_is_runnable():
 
 @pytest.mark.parametrize("stage, words", [
     ({"name": "k", "data": "k.jsonl"}, r"skill 'k' is given as data"),
-    ({"name": "k", "method": "distill", "source": "src"}, r"skill 'k' learns by distill"),
+    ({"name": "k", "method": "dpo", "source": "src"}, r"skill 'k' learns by dpo"),
 ])
 def test_a_stage_runs_cannot_train_yet_is_refused(stage, words):
     spec = parse_spec(spec_doc(sources=["src"], skills=[{"name": "arith"}, stage]))
