@@ -11,83 +11,30 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from ..catalog.models import BaseCheckpoint, Experiment, ExperimentRun
 from ..catalog.schema import JobStatus
 from ..errors import JobError
-from ..evaluation.stats import holm, paired_bootstrap
+from ..evaluation.stats import (
+    SIGN_FLIP_SAMPLES,
+    holm,
+    mean_interval,
+    paired_bootstrap,
+    sign_flip_p,
+)
 from ..registry import Registry
+from .fusion_report import fusion_sections, fusion_table
+from .overhead import orchestration
 
 FORMAT_VERSION = 1
 CONFIDENCE = 0.95
 BOOTSTRAP_ITERATIONS = 2000
-EXACT_SIGN_FLIPS = 16  # up to this many pairs every sign pattern is counted; beyond, a sample
-SIGN_FLIP_SAMPLES = 20_000
 DIGITS = 4  # metrics, differences and intervals; matrix cells show 3, bytes whole numbers
 METRICS = {"average_accuracy": "average accuracy", "bwt": "BWT", "forgetting": "forgetting",
            "forward_transfer": "FWT"}
-
-
-def t_quantile(confidence: float, df: int) -> float:
-    """The two-sided Student t quantile: P(|T| < t) = confidence with ``df`` degrees of freedom.
-
-    Abramowitz & Stegun 26.7.3-4 give P(|T| < t) in closed form for integer df as a function of
-    theta = atan(t / sqrt(df)); it rises with theta, so bisecting theta finds t.
-    """
-    def inside(theta: float) -> float:
-        c2, s = math.cos(theta) ** 2, math.sin(theta)
-        if df % 2:
-            term, total = math.cos(theta), 0.0
-            for k in range(1, (df - 1) // 2 + 1):
-                total += term
-                term *= c2 * (2 * k) / (2 * k + 1)
-            return 2 / math.pi * (theta + s * total) if df > 1 else 2 * theta / math.pi
-        term, total = 1.0, 0.0
-        for k in range(1, df // 2 + 1):
-            total += term
-            term *= c2 * (2 * k - 1) / (2 * k)
-        return s * total
-
-    lo, hi = 0.0, math.pi / 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if inside(mid) < confidence else (lo, mid)
-    return math.sqrt(df) * math.tan((lo + hi) / 2)
-
-
-def mean_interval(values: Sequence[float], digits: int | None = DIGITS) -> dict:
-    """Mean and t-interval over seeds, rounded to ``digits`` (None: whole numbers); with one
-    value the interval is None: one seed says nothing about the spread."""
-    n = len(values)
-    mean = sum(values) / n
-    half = None
-    if n > 1:
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        half = round(t_quantile(CONFIDENCE, n - 1) * sd / math.sqrt(n), digits)
-    mean = round(mean, digits)
-    return {"mean": mean, "half_width": half, "n": n,
-            "low": None if half is None else round(mean - half, digits),
-            "high": None if half is None else round(mean + half, digits)}
-
-
-def sign_flip_p(diffs: Sequence[float]) -> tuple[float, bool]:
-    """Two-sided p of a paired sign-flip (permutation) test of mean(diffs) = 0, and whether it
-    is exact: the share of sign patterns whose |mean| is at least the observed one. Exact over
-    all 2^n patterns up to EXACT_SIGN_FLIPS pairs, else from a seeded sample (add-one smoothed).
-    Unlike the bootstrap, it cannot claim p < 2^(1-n) from n pairs."""
-    d = np.asarray(diffs, dtype=float)
-    n, observed = len(d), abs(float(d.mean())) * (1 - 1e-9) - 1e-12  # ties count as extreme
-    if n <= EXACT_SIGN_FLIPS:
-        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
-        return float(np.mean(np.abs(signs @ d) / n >= observed)), True
-    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(SIGN_FLIP_SAMPLES, n))
-    k = int(np.sum(np.abs(signs @ d) / n >= observed))
-    return (k + 1) / (SIGN_FLIP_SAMPLES + 1), False
 
 
 def _group_key(run: ExperimentRun) -> str:
@@ -212,6 +159,11 @@ def build_experiment_report(session: Session, experiment: Experiment) -> dict:
                                      "percentile",
                          "adjustment": "Holm over every comparison",
                          "comparisons": comparisons, "untested": untested},
+        "fusion": fusion_table(groups),
+        # the queue's cost beyond the runs' method seconds (overhead.orchestration)
+        "orchestration": orchestration(experiment.created_at, experiment.finished_at,
+                                       [(r.started_at, r.finished_at, r.result)
+                                        for r in experiment.runs]),
         "failed": failed,
         "excluded": excluded,
     }
@@ -263,6 +215,16 @@ def _sections(doc: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     if tests["untested"]:
         out.append(("Not tested: no seed that both methods finished", ["graft", "against"],
                     [[u["graft"], u["baseline"]] for u in tests["untested"]]))
+    out += fusion_sections(doc.get("fusion") or [])
+    if cost := doc.get("orchestration"):
+        out.append(("Orchestration (seconds; overhead = time in the tasks beyond the methods' "
+                    "own + wall time when no run was running)",
+                    ["runs", "method seconds", "wall", "in tasks", "idle", "overhead",
+                     "overhead / method seconds"],
+                    [[str(cost["runs"]), _num(cost["work_s"], 1), _num(cost["wall_s"], 1),
+                      _num(cost["in_task_s"], 1), _num(cost["idle_s"], 1),
+                      _num(cost["overhead_s"], 1),
+                      f"{100 * cost['ratio']:.2f}%" if cost["ratio"] is not None else "-"]]))
     if doc["failed"]:
         out.append(("Failed runs (not in the figures above)", ["run", "method", "seed", "error"],
                     [[str(f["run_id"]), f["method"], str(f["seed"]), f["error"]]

@@ -14,13 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from skillstore.catalog.schema import JobStatus
+from skillstore.evaluation.stats import t_quantile
 from skillstore.experiments import parse_spec
 from skillstore.experiments.catalog import create_experiment, refresh_status
-from skillstore.experiments.report import (
-    build_experiment_report,
-    render_experiment_report,
-    t_quantile,
-)
+from skillstore.experiments.report import build_experiment_report, render_experiment_report
 from tests.conftest import run_cli
 
 from .conftest import spec_doc
