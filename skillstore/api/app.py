@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -19,8 +20,17 @@ functions. Every write needs `Authorization: Bearer <token>`; reads too unless t
 them. Errors are `{"error": {"code": ..., "message": ...}}`. See docs/api.md."""
 
 
-def create_api(settings: Settings | None = None) -> FastAPI:
-    """A FastAPI app serving the workspace that ``settings`` name (default: the environment)."""
+Mount = Callable[[ApiContext], FastAPI]
+
+
+def create_api(settings: Settings | None = None, *,
+               mounts: Mapping[str, Mount] | None = None) -> FastAPI:
+    """A FastAPI app serving the workspace that ``settings`` name (default: the environment).
+
+    ``mounts`` maps a path prefix to a factory of a sub-app over the same context (the web
+    console: `skillstore.server.create_app`); the token guard leaves those paths to the
+    sub-app, which applies the same rules itself."""
+    mounts = dict(mounts or {})
     settings = settings or get_settings()
     ctx = ApiContext(settings)
 
@@ -36,6 +46,9 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
 
+    for prefix, make in mounts.items():
+        app.mount(prefix, make(ctx))
+
     @app.get("/health", tags=["service"])
     def health() -> dict:
         """Liveness: answers while the process runs, whatever the database's state."""
@@ -43,7 +56,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     # Added last = runs first: path, then token, then size; all before the body is read.
     app.add_middleware(AccessGuard, token_hashes=settings.api_token_hashes,
-                       open_reads=settings.api_open_reads)
+                       open_reads=settings.api_open_reads, delegated=tuple(mounts))
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_upload_bytes)
     app.add_middleware(PathGuard)
     return app

@@ -55,12 +55,16 @@ class AccessGuard:
     """ASGI middleware: writes need a valid token, reads too unless reads are open.
 
     It runs before routing and before the body is read, so a request without a valid token
-    gets 401 whatever its body holds, and nothing it carries reaches a handler. The matched
-    digest's first 12 hex digits name the caller in audit rows (``api:<digest12>``).
+    gets 401 whatever its body holds, and nothing it carries reaches a handler (paths under
+    ``delegated`` excepted: the web console checks with `token_refusal` and answers in HTML).
+    The matched digest's first 12 hex digits name the caller in audit rows (``api:<digest12>``).
     """
 
-    def __init__(self, app: ASGIApp, *, token_hashes: tuple[str, ...], open_reads: bool):
+    def __init__(self, app: ASGIApp, *, token_hashes: tuple[str, ...], open_reads: bool,
+                 delegated: tuple[str, ...] = ()):
         self.app = app
+        # Path prefixes whose handlers apply the same rules themselves (the web console).
+        self.delegated = tuple(delegated)
         self.token_hashes = tuple(token_hashes)
         self.open_reads = open_reads
 
@@ -72,21 +76,32 @@ class AccessGuard:
         token = _bearer(scope)
         digest = match_token(token, self.token_hashes) if token else None
         scope.setdefault("state", {})["actor"] = f"api:{digest[:12]}" if digest else "api:anonymous"
+        path = scope["path"]
+        if any(path == p or path.startswith(p + "/") for p in self.delegated):
+            await self.app(scope, receive, send)
+            return
         needs_token = scope["path"] not in PUBLIC_PATHS and (
             method not in READ_METHODS or not self.open_reads)
-        if needs_token and digest is None:
-            if not self.token_hashes:
-                message = ("This server has no API tokens configured; set "
-                           "SKILLSTORE_API_TOKEN_HASHES (see `skillstore api-token new`).")
-            elif token is None:
-                message = "This request needs a token: send 'Authorization: Bearer <token>'."
-            else:
-                message = "The bearer token is not valid for this server."
+        message = token_refusal(token, digest, self.token_hashes) if needs_token else None
+        if message is not None:
             response = error_response(401, "unauthorized", message,
                                       headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def token_refusal(token: str | None, digest: str | None, token_hashes: tuple[str, ...], *,
+                  how: str = "send 'Authorization: Bearer <token>'") -> str | None:
+    """Why a request that needs a token is refused (one line), or None when its token matched."""
+    if digest is not None:
+        return None
+    if not token_hashes:
+        return ("This server has no API tokens configured; set "
+                "SKILLSTORE_API_TOKEN_HASHES (see `skillstore api-token new`).")
+    if token is None:
+        return f"This request needs a token: {how}."
+    return "The bearer token is not valid for this server."
 
 
 def actor(request: Request) -> str:

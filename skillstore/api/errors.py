@@ -124,10 +124,13 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "Internal error; see the server log.")
 
 
+#: (exception class, handler) pairs; the web console renders the same answers as HTML.
+HANDLERS = ((e.SkillstoreError, _skillstore_error), (sa.exc.SQLAlchemyError, _database_error),
+            (RequestValidationError, _validation_error), (HTTPException, _http_error),
+            (Exception, _unexpected))
+
+
 def install(app: FastAPI) -> None:
     """Route every failure through one JSON shape: {"error": {"code", "message"}}."""
-    app.add_exception_handler(e.SkillstoreError, _skillstore_error)
-    app.add_exception_handler(sa.exc.SQLAlchemyError, _database_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for exc, handler in HANDLERS:
+        app.add_exception_handler(exc, handler)

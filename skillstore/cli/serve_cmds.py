@@ -13,17 +13,18 @@ TOKEN = typer.Typer(help="Make bearer tokens for the HTTP API (only their hashes
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
           port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
           log_level: str = typer.Option("info", "--log-level", help="uvicorn log level.")) -> None:
-    """Serve the HTTP API (docs/api.md) on this workspace until interrupted."""
+    """Serve the HTTP API (docs/api.md) and the web console at /ui (docs/ui.md) on this
+    workspace until interrupted."""
     import uvicorn
 
-    from ..api import create_api
+    from ..server import create_app
     from ..settings import get_settings
 
     settings = get_settings()
     if not settings.api_token_hashes:
         typer.echo("warning: no API tokens configured (SKILLSTORE_API_TOKEN_HASHES); every "
                    "write will be refused. Make one with `skillstore api-token new`.", err=True)
-    uvicorn.run(create_api(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 @TOKEN.command("new")

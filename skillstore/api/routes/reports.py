@@ -27,7 +27,8 @@ PNG_RESPONSES = {200: {"description": "The heatmap.", "content": {"image/png": {
                  **errors(401, 404, 422, 503)}
 
 
-def _data(ctx: ApiContext, *, state: str | None = None, pack: str | None = None):
+def report_data(ctx: ApiContext, *, state: str | None = None, pack: str | None = None):
+    """The report of a state, or of the state that judged a pack (the gate's decision)."""
     from ...reports import build_report
 
     with ctx.session() as session:
@@ -55,22 +56,22 @@ def _png(data) -> Response:
 @router.get("/states/{ref}/report", response_model=None, responses=REPORT_RESPONSES)
 def state_report(ref: Ref, ctx: Ctx, format: Format = "json") -> Any:
     """A state's forgetting report: accuracy matrix, BWT, forgetting, deltas, packs, lineage."""
-    return _rendered(_data(ctx, state=ref), format)
+    return _rendered(report_data(ctx, state=ref), format)
 
 
 @router.get("/packs/{ref}/report", response_model=None, responses=REPORT_RESPONSES)
 def pack_report(ref: Ref, ctx: Ctx, format: Format = "json") -> Any:
     """The report of a pack's gate decision, on the state it was judged on."""
-    return _rendered(_data(ctx, pack=ref), format)
+    return _rendered(report_data(ctx, pack=ref), format)
 
 
 @router.get("/states/{ref}/report/heatmap.png", response_model=None, responses=PNG_RESPONSES)
 def state_heatmap(ref: Ref, ctx: Ctx) -> Any:
     """The accuracy-matrix heatmap of a state's report (and its baselines'), as PNG."""
-    return _png(_data(ctx, state=ref))
+    return _png(report_data(ctx, state=ref))
 
 
 @router.get("/packs/{ref}/report/heatmap.png", response_model=None, responses=PNG_RESPONSES)
 def pack_heatmap(ref: Ref, ctx: Ctx) -> Any:
     """The accuracy-matrix heatmap of a pack's gate report, as PNG."""
-    return _png(_data(ctx, pack=ref))
+    return _png(report_data(ctx, pack=ref))

@@ -1,0 +1,30 @@
+"""The console's sub-application: its page routers, vendored static files and HTML errors."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..api.context import ApiContext
+from . import access, actions, catalog_pages, errors, job_pages, report_pages
+from .render import STATIC_DIR
+
+#: Where `server.create_app` mounts the console; the AccessGuard leaves these paths to it.
+UI_PREFIX = "/ui"
+
+
+def create_ui(ctx: ApiContext) -> FastAPI:
+    """The console as an app to mount at ``UI_PREFIX``, serving the workspace of ``ctx``."""
+    ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    ui.state.ctx = ctx
+    errors.install(ui)
+    ui.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for module in (access, catalog_pages, job_pages, report_pages, actions):
+        ui.include_router(module.router)
+
+    @ui.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse(f"{UI_PREFIX}/bases", status_code=303)
+
+    return ui
