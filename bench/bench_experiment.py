@@ -20,6 +20,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from .cli import skillstore
+
 SKILLS = ("reverse", "case", "knowledge")
 SPEC = {
     "name": "bench-overhead", "base": "tiny-llama",
@@ -33,14 +35,6 @@ SPEC = {
 
 def _log(msg: str) -> None:
     print(f"[experiment] {msg}", flush=True)
-
-
-def _cli(env: dict, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "skillstore.cli", *args], env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"skillstore {' '.join(args)} failed: {done.stderr.strip()[-400:]}")
-    return done.stdout
 
 
 def _when(text: str | None) -> datetime | None:
@@ -67,7 +61,7 @@ def run(out: Path) -> dict:
     worker = subprocess.Popen([sys.executable, "-m", "skillstore.cli", "worker",
                                "--concurrency", "1"], env=env, stdout=log, stderr=log)
     try:
-        exp = json.loads(_cli(env, "experiment", "run", str(spec), "--json"))["id"]
+        exp = json.loads(skillstore(env, "experiment", "run", str(spec), "--json"))["id"]
         _log(f"workspace {work}; experiment {exp} queued: {', '.join(SPEC['methods'])}")
         subprocess.run([sys.executable, "-m", "skillstore.cli", "experiment", "wait", str(exp)],
                        env=env, check=False)
@@ -75,7 +69,7 @@ def run(out: Path) -> dict:
         worker.terminate()
         worker.wait(timeout=60)
         log.close()
-    doc = json.loads(_cli(env, "experiment", "show", str(exp), "--json"))
+    doc = json.loads(skillstore(env, "experiment", "show", str(exp), "--json"))
     runs = [(_when(r["started_at"]), _when(r["finished_at"]), r["result"]) for r in doc["runs"]]
     cost = orchestration(_when(doc["created_at"]), _when(doc["finished_at"]), runs)
     if cost is None:
@@ -87,7 +81,7 @@ def run(out: Path) -> dict:
                                    ).total_seconds() if r["finished_at"] else None}
                        for r in doc["runs"]]}
     (out / "experiment.json").write_text(json.dumps(result, indent=2))
-    (out / "experiment.md").write_text(_cli(env, "experiment", "report", str(exp)))
+    (out / "experiment.md").write_text(skillstore(env, "experiment", "report", str(exp)))
     _log(f"{cost['runs']} runs: method seconds {cost['work_s']:.1f}, wall {cost['wall_s']:.1f}, "
          f"in-task {cost['in_task_s']:.1f}, idle {cost['idle_s']:.1f}: overhead "
          f"{cost['overhead_s']:.1f} s = {100 * cost['ratio']:.2f}% of the runs' method seconds")

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cli import skillstore
+
 ROWS = 4000  # a fifth held out: 792 test prompts, the default split
 SKILLS = ("reverse", "sort", "case", "first", "length")
 TRAIN = ("--max-steps", "600", "--batch-size", "32", "--lr", "3e-3")
@@ -30,14 +32,6 @@ BASE = "user-llama"
 
 def _log(msg: str) -> None:
     print(f"[userbase] {msg}", flush=True)
-
-
-def _cli(env: dict, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "skillstore.cli", *args], env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"skillstore {' '.join(args)} failed: {done.stderr.strip()[-400:]}")
-    return done.stdout
 
 
 def _word(rng: random.Random) -> str:
@@ -70,29 +64,29 @@ def run(out: Path) -> dict:
     cur = zoo.load_curriculum()
     work = Path(tempfile.mkdtemp(prefix="bench-userbase-"))
     env = {**os.environ, "SKILLSTORE_HOME": str(work / "home"), "TQDM_DISABLE": "1"}
-    _cli(env, "init")
+    skillstore(env, "init")
     _log(f"workspace {work}; base add {BASE} (self-sampled behaviour suite)")
-    _cli(env, "base", "add", BASE, str(zoo.target))
+    skillstore(env, "base", "add", BASE, str(zoo.target))
     for name in SKILLS:
         if name in cur.skills:
             data = _write(work / f"{name}.jsonl", load_rows(cur.skills[name].train)[:ROWS])
         else:
             data = _write(work / f"{name}.jsonl", _own_rows(name, 0))
         metric = ("--metric", "number") if name == "length" else ()
-        _cli(env, "skill", "add", name, "--data", str(data), *metric)
+        skillstore(env, "skill", "add", name, "--data", str(data), *metric)
     log = open(work / "worker.log", "w")  # noqa: SIM115 - closed in finally
     worker = subprocess.Popen([sys.executable, "-m", "skillstore.cli", "worker",
                                "--concurrency", "1"], env=env, stdout=log, stderr=log)
     verdicts = {}
     try:
         for name in SKILLS:
-            job = _cli(env, "learn", name, "--base", BASE, *TRAIN).strip()
+            job = skillstore(env, "learn", name, "--base", BASE, *TRAIN).strip()
             _log(f"job {job}: {name}")
             subprocess.run([sys.executable, "-m", "skillstore.cli", "job", "wait", job],
                            env=env, capture_output=True, check=False)
-            shown = json.loads(_cli(env, "job", "show", job, "--json"))
+            shown = json.loads(skillstore(env, "job", "show", job, "--json"))
             pack = shown.get("pack_id")
-            status = (json.loads(_cli(env, "pack", "show", str(pack), "--json"))["status"]
+            status = (json.loads(skillstore(env, "pack", "show", str(pack), "--json"))["status"]
                       if pack else shown.get("status"))
             verdicts[name] = status
             _log(f"job {job}: {name} -> {status}")
@@ -100,12 +94,12 @@ def run(out: Path) -> dict:
         worker.terminate()
         worker.wait(timeout=60)
         log.close()
-    promoted = json.loads(_cli(env, "pack", "list", "--status", "promoted", "--json"))
+    promoted = json.loads(skillstore(env, "pack", "list", "--status", "promoted", "--json"))
     promoted = promoted if isinstance(promoted, list) else promoted.get("items", [])
     if not promoted:
         raise RuntimeError(f"no pack was promoted ({verdicts}); worker log: {work}/worker.log")
     newest = max(p["id"] for p in promoted)  # its state is the head: promotions only extend it
-    report = json.loads(_cli(env, "report", "--pack", str(newest), "--format", "json"))
+    report = json.loads(skillstore(env, "report", "--pack", str(newest), "--format", "json"))
     head = report["state"]
     general = [d for d in report["deltas"] if d["suite"] == "general"]
     result = {"workspace": str(work), "zoo": str(zoo.root), "verdicts": verdicts,
