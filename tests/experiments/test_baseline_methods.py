@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -25,16 +24,12 @@ from skillstore.experiments.catalog import RunCancelled, create_experiment
 from skillstore.experiments.methods import check_runnable, execute
 from skillstore.experiments.spec import Merge
 from skillstore.models import load_causal_lm
-from skillstore.routing import NONE_CLASS
 from skillstore.training.baselines import LoRAConfig, Stage, lora_model
 from skillstore.training.sft import SFTConfig, train_sft
-from tests.conftest import run_cli
-from tests.workerenv import FAST_TRAIN, make_env
 
 from .conftest import spec_doc
 from .test_methods import QUICK, ROWS, inputs
 from .test_methods import ll_suites as suites  # noqa: F401 - a fixture
-from .test_runs import write_spec
 
 NAMES = list(ROWS)
 
@@ -222,34 +217,3 @@ def test_each_skill_is_fine_tuned_from_the_base_and_the_deltas_merged(tiny_world
 def test_the_baselines_are_runnable(method):
     settings = {"density": 0.5} if method in ("ties", "dare_ties") else {}
     check_runnable(parse_spec(spec_doc(methods={method: settings})))
-
-
-def test_a_multi_lora_experiment_runs_on_a_real_worker(tmp_path, tiny_zoo, monkeypatch, capsys):
-    """Two skills, one seed, a one-point sweep: the run routes its two adapters with the
-    general suite's prompts as the router's NONE class, and records what it chose."""
-    env = make_env(tmp_path, tiny_zoo)
-    monkeypatch.setenv("SKILLSTORE_HOME", str(env.settings.home))
-    for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
-        monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
-    path = write_spec(tmp_path, base="tiny-llama", skills=[{"name": "reverse"}, {"name": "sort"}],
-                      methods={"multi_lora": {"ranks": [4], "lrs": [3e-3]}}, seeds=[0],
-                      eval_limit=10, train=FAST_TRAIN)
-    code, out, err = run_cli(capsys, "experiment", "run", str(path), "--json")
-    assert code == 0, err
-    exp_id = json.loads(out)["id"]
-    with env.worker():
-        code, out, err = run_cli(capsys, "experiment", "wait", str(exp_id), "--timeout", "300")
-    logs = "".join(p.read_text()[-3000:] for p in env.logs.glob("*.log"))
-    assert code == 0, f"{out}{err}\n{logs}"
-    code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id), "--json")
-    (run,) = json.loads(out)["runs"]
-    result = run["result"]
-    assert (run["method"], run["status"], run["error"]) == ("multi_lora", "succeeded", None)
-    assert result["chosen"] == {"rank": 4, "lr": 3e-3}
-    assert [p["rank"] for p in result["sweep"]["points"]] == [4]
-    assert len(result["accuracy_matrix"]) == 2 and result["n"] == [[8, 8], [8, 8]]
-    assert [r["router"] for r in result["routers"]] == ["learned", "learned"]
-    assert result["routers"][0]["classes"] == ["reverse", NONE_CLASS]
-    b = result["bytes_per_skill"]
-    assert b["reverse"] == b["sort"] > 0  # one rank-4 adapter each
-    env.catalog.close()

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from skillstore.catalog import add_skill, init_workspace, register_base
 from skillstore.catalog.db import make_engine, sqlite_path
 from skillstore.catalog.models import Experiment
+from skillstore.routing import NONE_CLASS
 from skillstore.settings import Settings
 from tests.conftest import run_cli
 from tests.workerenv import FAST_TRAIN, make_env
@@ -116,15 +117,18 @@ def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
 
 def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
         tmp_path, tiny_zoo, monkeypatch, capsys):
-    """Two skills, one seed, a few steps, naive_ft and graft: each run's result holds the 2x2
-    matrix and its metrics, the experiment succeeds, and the graft run's packs are catalog
-    candidates whose `pack show` names the experiment."""
+    """Two skills, one seed, a few steps, naive_ft, graft and multi_lora on one worker: each
+    run's result holds the 2x2 matrix and its metrics, the experiment succeeds, the graft run's
+    packs are catalog candidates whose `pack show` names the experiment, and multi_lora routes
+    its two adapters with the general suite's prompts as the router's NONE class and records
+    what its one-point sweep chose."""
     env = make_env(tmp_path, tiny_zoo)
     monkeypatch.setenv("SKILLSTORE_HOME", str(env.settings.home))
     for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
         monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
     path = write_spec(tmp_path, base="tiny-llama", skills=[{"name": "reverse"}, {"name": "sort"}],
-                      methods={"naive_ft": None, "graft": {"router": "tag"}}, seeds=[0],
+                      methods={"naive_ft": None, "graft": {"router": "tag"},
+                               "multi_lora": {"ranks": [4], "lrs": [3e-3]}}, seeds=[0],
                       eval_limit=10, train=FAST_TRAIN)
     code, out, err = run_cli(capsys, "experiment", "run", str(path), "--json")
     assert code == 0, err
@@ -133,11 +137,11 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
         code, out, err = run_cli(capsys, "experiment", "wait", str(exp_id), "--timeout", "300")
     logs = "".join(p.read_text()[-3000:] for p in env.logs.glob("*.log"))
     assert code == 0, f"{out}{err}\n{logs}"
-    assert out.strip().splitlines()[-1] == f"experiment {exp_id} succeeded: succeeded 2"
+    assert out.strip().splitlines()[-1] == f"experiment {exp_id} succeeded: succeeded 3"
     code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id), "--json")
     doc = json.loads(out)
     assert code == 0 and doc["status"] == "succeeded"
-    graft, run = doc["runs"]  # in the order methods are listed (spec.METHODS)
+    graft, run, lora = doc["runs"]  # in the order methods are listed (spec.METHODS)
     result = run["result"]
     assert (run["method"], run["seed"], run["status"], run["error"]) == \
         ("naive_ft", 0, "succeeded", None)
@@ -160,4 +164,13 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
                                       "forward_transfer"}
     assert all(b > 0 for b in result["bytes_per_skill"].values())
     assert result["train"]["max_steps"] == FAST_TRAIN["max_steps"]
+    assert (lora["method"], lora["status"], lora["error"]) == ("multi_lora", "succeeded", None)
+    chosen = lora["result"]
+    assert chosen["chosen"] == {"rank": 4, "lr": 3e-3}
+    assert [p["rank"] for p in chosen["sweep"]["points"]] == [4]
+    assert len(chosen["accuracy_matrix"]) == 2 and chosen["n"] == [[8, 8], [8, 8]]
+    assert [r["router"] for r in chosen["routers"]] == ["learned", "learned"]
+    assert chosen["routers"][0]["classes"] == ["reverse", NONE_CLASS]
+    b = chosen["bytes_per_skill"]
+    assert b["reverse"] == b["sort"] > 0  # one rank-4 adapter each
     env.catalog.close()
