@@ -22,6 +22,22 @@ def _text(browser, selector: str) -> str:
     return browser.find_element(By.CSS_SELECTOR, selector).text
 
 
+def _click_and_wait(browser, element) -> None:
+    """Click ``element`` and wait until the browser shows the next document, loaded.
+
+    A mark set on the old document is gone on the new one. Chromium may answer a question about
+    the old document's nodes mid-navigation with an inspector error rather than a stale-element
+    one, so every WebDriver error while waiting means "not yet"."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script("window.__before_click = true;")
+    element.click()
+    WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return window.__before_click === undefined && "
+                                   "document.readyState === 'complete';"))
+
+
 def _head_state(learned) -> int:
     from skillstore.catalog import current_head, get_base
 
@@ -75,15 +91,12 @@ def test_every_page_opens_and_shows_the_learning_run(browser, server, learned, s
 
 def test_a_lineage_node_links_to_its_pack(browser, server, learned, shoot):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     reverse, derived = learned.packs["reverse"], learned.packs["derived"]
     assert _open(browser, server, f"/ui/packs/{reverse}/lineage") == "Lineage of reverse@v1"
     shoot("lineage")
-    node = browser.find_element(By.CSS_SELECTOR, f'svg a[data-pack="{derived}"]')
-    node.click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(node))
+    _click_and_wait(browser, browser.find_element(By.CSS_SELECTOR,
+                                                  f'svg a[data-pack="{derived}"]'))
     assert _text(browser, "h1") == "reverse@v2", (browser.current_url, _text(browser, "main"))
     assert browser.current_url.endswith(f"/ui/packs/{derived}")
 
@@ -91,14 +104,11 @@ def test_a_lineage_node_links_to_its_pack(browser, server, learned, shoot):
 def _act(browser, form: str, *, token: str, reason: str) -> None:
     """Fill and submit an action form, then wait for the page the server answers with."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     box = browser.find_element(By.ID, form)
     box.find_element(By.NAME, "token").send_keys(token)
     box.find_element(By.NAME, "reason").send_keys(reason)
-    box.find_element(By.TAG_NAME, "button").click()
-    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(box))
+    _click_and_wait(browser, box.find_element(By.TAG_NAME, "button"))
 
 
 def test_an_action_without_a_token_or_reason_is_refused(browser, server, learned):
