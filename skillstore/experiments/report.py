@@ -266,9 +266,11 @@ def heatmap_svg(m: dict) -> str:
     """One method's mean accuracy matrix as an inline SVG heatmap."""
     e, cell, left, top = html.escape, 44, 110, 34
     rows, cols = m["accuracy_matrix"], m["skills"]
-    width, height = left + cell * len(cols) + 10, top + cell * len(rows) + 70
+    # wide enough for the title (about 8 px a bold character) as well as the cells
+    width = max(left + cell * len(cols) + 10, 10 + 8 * len(m["label"]))
+    height = top + cell * len(rows) + 70
     parts = [f"<svg width='{width}' height='{height}' role='img'>",
-             f"<text x='{left}' y='18' font-weight='bold'>{e(m['label'])}</text>"]
+             f"<text x='10' y='18' font-weight='bold'>{e(m['label'])}</text>"]
     for i, (label, row) in enumerate(zip(_row_labels(m), rows, strict=True)):
         y = top + i * cell
         parts.append(f"<text x='{left - 6}' y='{y + cell / 2 + 4}' text-anchor='end' "

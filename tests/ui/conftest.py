@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from skillstore.catalog.models import ExperimentPack
 from tests.conftest import IN_CI
 from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, make_env, queue_job
 
@@ -23,11 +25,40 @@ SHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
 
 @dataclass
 class Learned:
-    """The workspace after two learning jobs (reverse, then sort) and a derived candidate."""
+    """The workspace after two learning jobs (reverse, then sort), a derived candidate, and an
+    experiment (graft and naive_ft over the same two skills) run to the end."""
 
     env: object
     jobs: list[int]
     packs: dict[str, int]  # reverse, sort (promoted by the gate), derived (a candidate)
+    experiment: int = 0
+    experiment_packs: tuple[int, ...] = ()  # its graft run's catalog candidates
+
+
+def _experiment_inline(env) -> tuple[int, tuple[int, ...]]:
+    """A two-method experiment, each run executed in this process as its worker task runs it
+    (begin, read inputs, execute, finish); returns its id and the graft run's pack ids."""
+    from skillstore.experiments import parse_spec
+    from skillstore.experiments.catalog import begin_run, create_experiment, finish_run
+    from skillstore.experiments.methods import execute, run_inputs
+
+    spec = parse_spec({"name": "console", "base": "tiny-llama",
+                       "skills": [{"name": "reverse"}, {"name": "sort"}],
+                       "methods": {"graft": {"router": "tag"}, "naive_ft": None},
+                       "seeds": [0], "eval_limit": 10, "train": FAST_TRAIN})
+    with env.catalog.session() as s:
+        experiment = create_experiment(s, spec)
+        exp_id, runs = experiment.id, [r.id for r in experiment.runs]
+    for run_id in runs:
+        with env.catalog.session() as s:
+            begin_run(s, run_id)
+        with env.catalog.session() as s:
+            inputs = run_inputs(s, env.catalog.blobs, run_id)
+        result = execute(inputs, lambda stage, fraction: None)
+        with env.catalog.session() as s:
+            finish_run(s, run_id, result, blobs=env.catalog.blobs)
+    with env.catalog.session() as s:
+        return exp_id, tuple(sorted(s.scalars(sa.select(ExperimentPack.pack_id))))
 
 
 def _run_inline(env, job_id: int) -> None:
@@ -69,7 +100,8 @@ def learned(tmp_path_factory, tiny_zoo) -> Learned:
                               compression_ratio=parent.compression_ratio, codecs=parent.codecs,
                               metrics=parent.metrics)
         packs["derived"] = derived.id
-    yield Learned(env, jobs, packs)
+    experiment, made = _experiment_inline(env)
+    yield Learned(env, jobs, packs, experiment, made)
     env.catalog.close()
 
 

@@ -86,6 +86,7 @@ def test_every_page_opens_and_shows_the_learning_run(browser, server, learned, s
 
     assert _open(browser, server, "/ui/states") == "States"
     assert _open(browser, server, "/ui/experiments") == "Experiments"
+    assert "console" in _text(browser, "main table")
     assert _open(browser, server, f"/ui/packs/{reverse}/lineage") == "Lineage of reverse@v1"
 
 
@@ -99,6 +100,25 @@ def test_a_lineage_node_links_to_its_pack(browser, server, learned, shoot):
                                                   f'svg a[data-pack="{derived}"]'))
     assert _text(browser, "h1") == "reverse@v2", (browser.current_url, _text(browser, "main"))
     assert browser.current_url.endswith(f"/ui/packs/{derived}")
+
+
+def test_an_experiment_shows_its_report_and_links_its_packs_both_ways(browser, server, learned,
+                                                                     shoot):
+    from selenium.webdriver.common.by import By
+
+    exp, made = learned.experiment, learned.experiment_packs
+    assert _open(browser, server, f"/ui/experiments/{exp}") == "Experiment console"
+    report = _text(browser, "#report")
+    assert "graft" in report and "naive_ft" in report and "Mean accuracy matrices" in report
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#report svg")) >= 2  # heatmaps, plot
+    shoot("experiment")
+    link = browser.find_element(By.CSS_SELECTOR, f'#runs a[href$="/packs/{made[0]}"]')
+    _click_and_wait(browser, link)
+    assert browser.current_url.endswith(f"/ui/packs/{made[0]}")
+    assert "candidate" in _text(browser, "main p")
+    back = browser.find_element(By.LINK_TEXT, f"console #{exp}")
+    _click_and_wait(browser, back)
+    assert _text(browser, "h1") == "Experiment console"
 
 
 def _act(browser, form: str, *, token: str, reason: str) -> None:
