@@ -75,7 +75,7 @@ def _fill(settings) -> dict:
 def run(out: Path) -> dict:
     from fastapi.testclient import TestClient
 
-    from skillstore.api import create_api
+    from skillstore.server import create_app
     from skillstore.settings import Settings
 
     home = Path(tempfile.mkdtemp(prefix="bench-ui-"))
@@ -90,23 +90,28 @@ def run(out: Path) -> dict:
              "pack": f"/ui/packs/{where['middle']}",
              "lineage": f"/ui/packs/{where['middle']}/lineage",
              "jobs": "/ui/jobs", "jobs, live rows": "/ui/jobs/rows", "job": "/ui/jobs/500",
-             "states": "/ui/states", "experiments": "/ui/experiments"}
+             "states": "/ui/states", "state": f"/ui/states/{where['state']}",
+             "experiments": "/ui/experiments"}
     results = {}
-    with TestClient(create_api(settings)) as client:
+    with TestClient(create_app(settings)) as client:
         for name, path in pages.items():
+            t0 = time.perf_counter()
             first = client.get(path)
+            first_ms = (time.perf_counter() - t0) * 1000
             assert first.status_code == 200, (path, first.status_code, first.text[:300])
             times = []
             for _ in range(REPEAT):
                 t0 = time.perf_counter()
                 client.get(path)
                 times.append((time.perf_counter() - t0) * 1000)
-            results[name] = {"path": path, "median_ms": round(statistics.median(times), 1),
+            results[name] = {"path": path, "first_ms": round(first_ms, 1),
+                             "median_ms": round(statistics.median(times), 1),
                              "max_ms": round(max(times), 1)}
-    print(f"{'page':<18} {'median ms':>10} {'max ms':>8}  under {TARGET_MS:.0f} ms")
+    print(f"{'page':<18} {'first ms':>9} {'median ms':>10} {'max ms':>8}  "
+          f"under {TARGET_MS:.0f} ms")
     for name, r in results.items():
         ok = "yes" if r["median_ms"] < TARGET_MS else "NO"
-        print(f"{name:<18} {r['median_ms']:>10.1f} {r['max_ms']:>8.1f}  {ok}")
+        print(f"{name:<18} {r['first_ms']:>9.1f} {r['median_ms']:>10.1f} {r['max_ms']:>8.1f}  {ok}")
     doc = {"packs": N_PACKS, "jobs": N_JOBS, "repeat": REPEAT, "target_ms": TARGET_MS,
            "pages": results}
     (out / "ui.json").write_text(json.dumps(doc, indent=2) + "\n")

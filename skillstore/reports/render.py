@@ -29,13 +29,22 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def heatmap_png(data: ReportData) -> bytes:
-    """The accuracy matrix (and each baseline's) as heatmaps side by side, PNG bytes."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display); the first call imports it, which
+    takes most of a second, so a server calls this once at startup (`ui.app.create_ui`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap_png(data: ReportData) -> bytes:
+    """The accuracy matrix (and each baseline's) as heatmaps side by side, PNG bytes."""
     import numpy as np
+
+    plt = pyplot()
 
     panels = [("this state", _column_names(data), data.accuracy_matrix)] + [
         (name, b["skills"], b["accuracy_matrix"]) for name, b in data.baselines.items()]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..api.context import ApiContext
+from ..reports.render import pyplot
 from . import access, actions, catalog_pages, errors, job_pages, report_pages
 from .render import STATIC_DIR
 
@@ -15,7 +18,11 @@ UI_PREFIX = "/ui"
 
 
 def create_ui(ctx: ApiContext) -> FastAPI:
-    """The console as an app to mount at ``UI_PREFIX``, serving the workspace of ``ctx``."""
+    """The console as an app to mount at ``UI_PREFIX``, serving the workspace of ``ctx``.
+
+    The state pages draw their heatmap with matplotlib, whose import takes most of a second;
+    it is imported in the background now, so the first state page is as fast as the next."""
+    threading.Thread(target=pyplot, name="ui-warm-pyplot", daemon=True).start()
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     ui.state.ctx = ctx
     errors.install(ui)
