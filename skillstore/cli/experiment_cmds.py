@@ -13,7 +13,8 @@ from ._common import JSON_OPTION, print_json, print_record, print_rows, workspac
 from ._groups import EXPERIMENT
 
 POLL_S = 1.0
-SpecArg = typer.Argument(..., metavar="SPEC", help="Experiment spec (YAML).")
+SpecArg = typer.Argument(..., metavar="SPEC", help="Experiment spec: a YAML file, or the name "
+                         "of a built-in spec (skillstore/experiments/specs: demo, hetero).")
 RefArg = typer.Argument(..., metavar="ID", help="Experiment id or name (the newest of it).")
 
 

@@ -107,3 +107,14 @@ def test_every_method_has_its_settings_class_in_the_table():
     assert list(SETTINGS) == list(Methods.model_fields)
     for name, info in Methods.model_fields.items():
         assert info.annotation == SETTINGS[name] | None, name
+
+
+@pytest.mark.parametrize("name", ["demo", "hetero"])
+def test_every_builtin_spec_is_shipped_loads_by_name_and_runs(name):
+    from skillstore.experiments.methods import check_runnable
+    from skillstore.experiments.spec import builtin_specs
+
+    assert name in builtin_specs()
+    spec = load_spec(name)
+    assert spec.name == name and spec.base == "tiny-llama"
+    check_runnable(spec)
