@@ -29,10 +29,10 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
     for record in result.get("packs", ()):
         skill, stage = record["skill"], stages[record["skill"]]
         pack_file = read_pack(blobs.local_path(record["digest"]))
-        # A stage learned from one source names it; a record made from one of several sources
-        # names its own.
-        source_name = record.get("source") or (stage.source[0] if len(stage.source) == 1
-                                               else None)
+        # A distilled stage's pack comes from its first listed source: with several sources
+        # the run makes one pack per source, and the first is the skill's pack (graft.py);
+        # the others are fused and scored, and stay blobs.
+        source_name = record.get("source") or (stage.source[0] if stage.source else None)
         source = get_base(session, source_name) if source_name else None
         parents = [(base, EdgeKind.trained_on)] + (
             [(source, EdgeKind.distilled_from)] if source else [])
