@@ -16,11 +16,17 @@ from ..catalog import PackStatus, current_head, get_state, list_bases, list_skil
 from ..errors import NotFoundError, RequestError
 from .access import Reader
 from .lineage_svg import lineage_svg
-from .render import PAGE_SIZE, Pager, page
+from .render import PAGE_SIZE, Offset, Pager, page
 
 router = APIRouter(include_in_schema=False)
-Offset = Annotated[int, Query(ge=0, le=2**31)]
 Filter = Annotated[str, Query(max_length=200)]
+
+
+def names(ctx) -> dict[str, list[str]]:
+    """Every skill's and base's name: the choices of the filter and queue forms."""
+    with ctx.session() as session:
+        return {"skill": [s.name for s in list_skills(session)],
+                "base": [b.name for b in list_bases(session)]}
 
 
 @router.get("/bases", response_class=HTMLResponse)
@@ -51,10 +57,7 @@ def packs(request: Request, ctx: Reader, offset: Offset = 0, skill: Filter = "",
     """Packs, newest first, filtered by skill, status and base (the API's listing)."""
     found = api_packs.packs(ctx, Page(PAGE_SIZE, offset), Created(), status=_status(status),
                             skill=skill or None, base=base or None)
-    with ctx.session() as session:
-        choices = {"skill": [s.name for s in list_skills(session)],
-                   "base": [b.name for b in list_bases(session)],
-                   "status": [s.value for s in PackStatus]}
+    choices = {**names(ctx), "status": [s.value for s in PackStatus]}
     chosen = {"skill": skill, "status": status, "base": base}
     query = tuple((k, v) for k, v in chosen.items() if v)
     return page(request, "packs.html", title="Packs", packs=found["items"], choices=choices,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from ..api.params import Created, JobId, Page
 from ..api.routes import jobs as api_jobs
-from ..catalog import JobStatus, list_bases, list_skills
+from ..catalog import JobStatus
 from .access import Reader
-from .render import PAGE_SIZE, Pager, page
+from .catalog_pages import names
+from .render import PAGE_SIZE, Offset, Pager, page
 
 router = APIRouter(include_in_schema=False)
-Offset = Annotated[int, Query(ge=0, le=2**31)]
 
 
 def _listing(ctx, offset: int) -> tuple[list[dict], Pager]:
@@ -27,11 +26,9 @@ def _listing(ctx, offset: int) -> tuple[list[dict], Pager]:
 def jobs(request: Request, ctx: Reader, offset: Offset = 0) -> HTMLResponse:
     """Jobs, newest first; the table's rows refresh in place (static/ui.js)."""
     items, pager = _listing(ctx, offset)
-    with ctx.session() as session:
-        skills = [s.name for s in list_skills(session)]
-        bases = [b.name for b in list_bases(session)]
-    return page(request, "jobs.html", title="Jobs", jobs=items, pager=pager, skills=skills,
-                bases=bases, offset=offset)
+    choices = names(ctx)
+    return page(request, "jobs.html", title="Jobs", jobs=items, pager=pager,
+                skills=choices["skill"], bases=choices["base"], offset=offset)
 
 
 @router.get("/jobs/rows", response_class=HTMLResponse)

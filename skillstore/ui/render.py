@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
@@ -16,6 +17,8 @@ STATIC_DIR = HERE / "static"
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 #: Rows per page of every list (the API's default page size).
 PAGE_SIZE = 50
+#: A list page's offset query parameter (every list is paged by PAGE_SIZE).
+Offset = Annotated[int, Query(ge=0, le=2**31)]
 #: The cookie that holds a signed-in reader's token (reads only; actions ask for it each time).
 COOKIE = "skillstore_token"
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from ..api.params import Created, Page, Ref
@@ -14,10 +13,9 @@ from ..api.routes import reports as api_reports
 from ..api.routes import states as api_states
 from ..errors import JobError
 from .access import Reader
-from .render import PAGE_SIZE, Pager, page
+from .render import PAGE_SIZE, Offset, Pager, page
 
 router = APIRouter(include_in_schema=False)
-Offset = Annotated[int, Query(ge=0, le=2**31)]
 _BODY = re.compile(r"<body>(.*)</body>", re.S)
 _TITLE = re.compile(r"<h1>.*?</h1>", re.S)
 
