@@ -11,17 +11,37 @@ reconnection, moves their messages from the `unacked` hash back to their queue (
 pool process did start after all runs twice and the second run returns early. The consumer
 also survives a kombu error in that teardown that used to kill the worker
 (docs/reliability.md, bugs 8 and 9).
+
+One loss remains that no consumer can see: Redis hands a message over by popping it from its
+queue, and the transport records it as unacknowledged in a second command. A server killed
+between the two has dropped the message before Celery ever saw it, and its job stays queued
+for ever (docs/reliability.md, bug 10). So after each reconnection one worker also looks for
+unfinished jobs and experiment runs that no message in Redis names, twice a few seconds apart,
+and sends those again from their next step.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 
+import sqlalchemy as sa
 from celery import bootsteps
 from celery.worker import state
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from skillstore.errors import SkillstoreError
+from skillstore.jobqueue import EXPERIMENT_RUN_TASK, LEARN_TASKS, QUEUES
+
 log = logging.getLogger(__name__)
+
+# Two looks this far apart: a message another worker has popped but not yet recorded as
+# unacknowledged (a millisecond's gap) is seen by one of them, so a live job is not resent.
+SETTLE_S = 2.0
+# One worker looks at a time; the key expires, so a worker that dies holding it blocks nothing.
+SWEEP_KEY, SWEEP_TTL_S = "skillstore.lost-message-sweep", 60
 
 
 class Consumer(CeleryConsumer):
@@ -31,8 +51,10 @@ class Consumer(CeleryConsumer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.stranded: dict[str, str] = {}  # delivery tag -> "task[args]", for the log
+        self.reconnected = False
 
     def on_connection_error_after_connected(self, exc):
+        self.reconnected = True
         # Runs before on_close() forgets the reserved and scheduled requests.
         for request in (*state.reserved_requests, *state.scheduled_requests):
             tag = request.message.delivery_tag
@@ -58,10 +80,9 @@ class PutBackStranded(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, c) -> None:
-        stranded = getattr(c, "stranded", None)
-        if not stranded:
-            return
-        restore = getattr(c.task_consumer.channel.qos, "restore_by_tag", None)
+        stranded = getattr(c, "stranded", {})
+        channel = c.task_consumer.channel
+        restore = getattr(channel.qos, "restore_by_tag", None)
         if restore is None:  # AMQP brokers requeue a dead connection's messages themselves
             stranded.clear()
             return
@@ -71,3 +92,66 @@ class PutBackStranded(bootsteps.StartStopStep):
             del stranded[tag]
             log.warning("put back %s: this worker held it unstarted when the broker went away",
                         what)
+        if getattr(c, "reconnected", False) and hasattr(channel, "unacked_key"):
+            c.reconnected = False
+            resend_lost(channel)
+
+
+def _named(raw: bytes | str) -> tuple[str, int] | None:
+    """(task name, first argument) of a Celery message as the Redis transport stores it: a
+    queued message, or an unacknowledged one as [message, exchange, routing key]."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return message["headers"]["task"], int(json.loads(body)[0][0])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None  # not a task message of ours (protocol 1, another app): names nothing
+
+
+def referenced(channel) -> tuple[set[int], set[int]]:
+    """The learning job ids and experiment run ids that a message in Redis names: queued on
+    any of our queues (at every priority) or taken by a worker and not yet acknowledged."""
+    client = channel.client
+    raws = list(client.hvals(channel.unacked_key))
+    for queue in QUEUES:
+        for priority in channel.priority_steps:
+            raws += client.lrange(channel._q_for_pri(queue, priority), 0, -1)
+    learn, jobs, runs = set(LEARN_TASKS.values()), set(), set()
+    for task, first in filter(None, map(_named, raws)):
+        if task in learn:
+            jobs.add(first)
+        elif task == EXPERIMENT_RUN_TASK:
+            runs.add(first)
+    return jobs, runs
+
+
+def resend_lost(channel) -> None:
+    """Send again the unfinished jobs and runs that no message names, looking twice."""
+    from skillstore.experiments.queue import resend_unreferenced_runs
+    from skillstore.pipeline.lifecycle import next_stage, resend_unreferenced
+
+    from .learn import catalog
+
+    client = channel.client
+    if not client.set(SWEEP_KEY, "1", nx=True, ex=SWEEP_TTL_S):
+        return  # another worker is looking; what it resends is named when the next one looks
+    try:
+        jobs, runs = referenced(channel)
+        time.sleep(SETTLE_S)
+        later_jobs, later_runs = referenced(channel)
+        cat = catalog()
+        with cat.session() as s:
+            for job in resend_unreferenced(s, cat.settings, jobs | later_jobs):
+                log.warning("resent job %s from %s: the broker lost its message",
+                            job.id, next_stage(job))
+            for run in resend_unreferenced_runs(s, cat.settings, runs | later_runs):
+                log.warning("resent experiment run %s: the broker lost its message", run.id)
+            s.commit()
+    except (SkillstoreError, sa.exc.OperationalError) as exc:
+        log.warning("cannot look for jobs whose message the broker lost: %s", exc)
+    finally:
+        client.delete(SWEEP_KEY)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.orm import Session
 
-from ..catalog.models import Experiment
+from ..catalog.models import Experiment, ExperimentRun
 from ..catalog.schema import JobStatus
 from ..errors import JobError
 from ..jobqueue import EXPERIMENT_RUN_TASK, producer
@@ -46,3 +47,18 @@ def send_runs(session: Session, settings: Settings, experiment: Experiment) -> N
                            "broker or fix SKILLSTORE_BROKER_URL, then run the spec again."
                            ) from None
 
+
+
+def resend_unreferenced_runs(session: Session, settings: Settings,
+                             referenced: set[int]) -> list[ExperimentRun]:
+    """Send again the unfinished runs that no message in the broker names (``referenced``
+    holds the run ids that some queued or unacknowledged message does); see
+    ``pipeline.lifecycle.resend_unreferenced``. A run sent twice begins once more from the
+    base and records one result."""
+    lost = list(session.scalars(sa.select(ExperimentRun).where(
+        ExperimentRun.status.in_([JobStatus.queued, JobStatus.running]),
+        ExperimentRun.id.not_in(referenced)).order_by(ExperimentRun.id)))
+    app = producer(settings)
+    for run in lost:
+        app.send_task(EXPERIMENT_RUN_TASK, args=(run.id,), retry_policy={"max_retries": 2})
+    return lost

@@ -226,6 +226,29 @@ def retry(session: Session, settings: Settings, job_id: int | str) -> Job:
     return job
 
 
+def next_stage(job: Job) -> str:
+    """The first step whose output the job has not recorded: where to send it again from."""
+    done = job.outputs
+    return next((stage for stage in STAGES if stage not in done), STAGES[-1])
+
+
+def resend_unreferenced(session: Session, settings: Settings, referenced: set[int]) -> list[Job]:
+    """Send again, from their next step, the unfinished jobs that no message in the broker
+    names (``referenced`` holds the job ids that some queued or unacknowledged message does).
+
+    A broker that loses a message it was handing over (Redis popped it, then went away before
+    the consumer could record it as unacknowledged) leaves its job queued for ever; nothing
+    else would send it again. The steps are idempotent, so a job sent twice finishes once.
+    """
+    rows = session.scalars(sa.select(Job).where(
+        Job.kind == KIND, Job.status.in_([JobStatus.queued, JobStatus.running]),
+        Job.id.not_in(referenced)).order_by(Job.id))
+    lost = list(rows)
+    for job in lost:
+        send_chain(session, settings, job, next_stage(job))
+    return lost
+
+
 def orphaned_jobs(session: Session, host: str, alive: Callable[[int], bool]) -> list[Job]:
     """Unfinished jobs whose recorded worker process on ``host`` is gone (``alive(pid)`` is
     False): running ones, and queued ones whose message a worker took before it died."""
