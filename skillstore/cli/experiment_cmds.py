@@ -91,7 +91,7 @@ def _run_row(r: dict) -> dict:
     return {**r, "avg_acc": metrics.get("average_accuracy"), "bwt": metrics.get("bwt"),
             "forgetting": metrics.get("forgetting"), "fwt": metrics.get("forward_transfer"),
             "bytes/skill": round(sum(sizes) / len(sizes)) if sizes else None,
-            "seconds": result.get("seconds")}
+            "seconds": result.get("seconds"), "state": r["state_id"]}
 
 
 def _pack_rows(runs: list[dict]) -> list[dict]:
@@ -103,8 +103,8 @@ def _pack_rows(runs: list[dict]) -> list[dict]:
 
 
 def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
-    """One experiment: its status and every run with its status, error, key metrics and the
-    catalog packs it made."""
+    """One experiment: its status and every run with its status, error, key metrics, and the
+    catalog packs and model state it made."""
     from ..catalog.serialize import experiment_dict
     from ..experiments.catalog import get_experiment
 
@@ -118,7 +118,8 @@ def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
     print_record(head, as_json=False, title=f"Experiment {doc['id']}")
     print_rows([_run_row(r) for r in doc["runs"]],
                ("id", "method", "seed", "status", "avg_acc", "bwt", "forgetting", "fwt",
-                "bytes/skill", "seconds", "error"), as_json=False, title="Runs")
+                "bytes/skill", "seconds", "state", "error"), as_json=False,
+               title="Runs (a graft run's final state: `skillstore state show STATE`)")
     if packs := _pack_rows(doc["runs"]):
         print_rows(packs, ("run", "seed", "skill", "pack", "bytes", "ratio", "rel_error"),
                    as_json=False, title="Packs in the catalog (`skillstore pack show PACK`)")

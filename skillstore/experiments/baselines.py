@@ -26,7 +26,7 @@ from ..packs.parts import DensePart
 from ..routing import NONE_CLASS, DeltaBank, PackDeltas, RoutedModel, train_router
 from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
 from ..states.fusion import FusionMethod, TaskArithmetic, Ties
-from ..states.service import CALIBRATION, ROUTER_PROMPTS
+from ..states.service import CALIBRATION, ROUTER_PROMPTS, store_router
 from ..training.backends import BUILTIN
 from ..training.baselines import LoRAConfig, Stage, adapter_params, lora_model, sweep_lora
 from ..training.sft import Progress, SFTConfig, train_sft
@@ -142,8 +142,8 @@ def _test_accuracy(clf, model, tokenizer, stages: Sequence[Stage],
 
 def routed_scores(model, tokenizer, adapters: Sequence[PackDeltas], stages: Sequence[Stage],
                   suites: Sequence[Suite], *, general: Sequence[str] = (), seed: int,
-                  router: str = "learned", top_k: int = 1, limit: int | None = None
-                  ) -> tuple[list[Score], dict]:
+                  router: str = "learned", top_k: int = 1, limit: int | None = None,
+                  store=None) -> tuple[list[Score], dict]:
     """``model`` scored on every suite (suite j is ``stages[j]``'s skill) with ``adapters``,
     one per stage of ``stages`` learned so far, hooked in by the DeltaBank that routes packs
     and picked per input by ``router`` (`routing.ROUTERS`):
@@ -155,6 +155,9 @@ def routed_scores(model, tokenizer, adapters: Sequence[PackDeltas], stages: Sequ
     - ``tag``: each suite's inputs tagged with its skill: its own adapter, none before it is
       learned;
     - ``none``: every adapter on every input.
+
+    With ``store`` (a blob store), a learned router's file is stored there and its digest and
+    config facts are in the info (``blob_digest``, ``config``), as a model state records them.
     """
     bank, learned = DeltaBank(model, adapters), stages[: len(adapters)]
     if router == "tag":
@@ -175,6 +178,9 @@ def routed_scores(model, tokenizer, adapters: Sequence[PackDeltas], stages: Sequ
         info = {"router": "learned", "classes": list(prompts),
                 "train_accuracy": trained.train_accuracy,
                 **_test_accuracy(trained.classifier, model, tokenizer, learned, suites)}
+        if store is not None:
+            info["blob_digest"], info["config"] = store_router(store, trained,
+                                                               min(top_k, len(prompts)))
     with routed:
         return suite_scores(model, tokenizer, suites, limit=limit), info
 

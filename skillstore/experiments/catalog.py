@@ -15,7 +15,7 @@ from ..catalog import get_base
 from ..catalog.models import Experiment, ExperimentRun
 from ..catalog.schema import JobStatus, fits_row_id, utcnow
 from ..errors import JobError, NotFoundError
-from .run_packs import register_run_packs
+from .run_packs import register_run_packs, register_run_state
 from .spec import ExperimentSpec
 
 UNFINISHED = (JobStatus.queued, JobStatus.running)
@@ -157,13 +157,15 @@ def finish_run(session: Session, run_id: int, result: dict, blobs=None) -> bool:
     """Record a run's result and mark it succeeded; False when it was stopped meanwhile.
 
     With ``blobs``, the packs the run made (a graft run's ``result["packs"]``) become catalog
-    packs linked to the run, in the same transaction (`run_packs.register_run_packs`).
+    packs linked to the run, and the state they make behind the run's last router becomes the
+    run's state, in the same transaction (`run_packs`).
     """
     run = get_run(session, run_id, lock=True)  # a cancel waits for this transaction
     if JobStatus(run.status).finished:
         return False
     if blobs is not None and result.get("packs"):
         result = {**result, "packs": register_run_packs(session, run, result, blobs)}
+        register_run_state(session, run, result, result["packs"], blobs)
     return _finish(session, run_id, status=JobStatus.succeeded, result=result)
 
 

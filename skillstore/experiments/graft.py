@@ -151,10 +151,12 @@ def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Sui
                                              seed=seed, top_k=settings.top_k, limit=limit))
             if progress is not None:
                 progress(f"{stage.name}:score", (i + 1) / len(stages))
+            # The last stage's router is stored: the run's model state carries it.
             row, router = routed_scores(model, tokenizer, [p.deltas for p in packs], stages,
                                         suites, general=general, seed=seed,
                                         router=settings.router, top_k=settings.top_k,
-                                        limit=limit)
+                                        limit=limit, store=store if i == len(stages) - 1
+                                        else None)
             rows.append(row)
             routers.append(router)
     return rows, packs, routers, fusions

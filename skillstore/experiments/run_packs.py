@@ -1,17 +1,27 @@
 """The packs a graft run made, entered in the catalog when the run finishes: one candidate
 SkillPack per pack file, trained on the experiment's base (and distilled from its source where
-the stage names one), linked to its run so its lineage reaches the experiment.
+the stage names one), linked to its run so its lineage reaches the experiment; and the model
+state the run ended in (those packs behind its last router), linked as the run's state.
 
 A candidate made here is never promoted by the run: the experiment scored it, the gate did not.
 `skillstore pack show` names the experiment; promoting it is a person's decision, with a reason.
+The run's state is never a head either: `skillstore state show` and `state eval` take it like
+any other state.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from ..catalog import EdgeKind, create_pack, get_base, get_skill
-from ..catalog.models import BaseCheckpoint, Experiment, ExperimentPack, ExperimentRun
+from ..catalog import EdgeKind, create_pack, get_base, get_or_create_state, get_skill
+from ..catalog.models import (
+    BaseCheckpoint,
+    Experiment,
+    ExperimentPack,
+    ExperimentRun,
+    ModelState,
+    SkillPack,
+)
 from ..packs import read_pack
 from .spec import parse_spec
 
@@ -54,3 +64,28 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
         out.append({**record, "pack_id": pack.id, "name": f"{skill}@v{pack.version}"})
     session.flush()
     return out
+
+
+def register_run_state(session: Session, run: ExperimentRun, result: dict,
+                       packs: list[dict], blobs) -> ModelState | None:
+    """The state a graft run ended in: the experiment's base with ``packs`` (the records
+    `register_run_packs` returned, in curriculum order) behind the run's last router, made as
+    every state is (the same inputs give the same row) and set as the run's ``state_id``.
+    None for a run whose router file was not kept (a learned router before routers were
+    stored)."""
+    router = (result.get("routers") or [{}])[-1]
+    kind, digest = router.get("router", "none"), router.get("blob_digest")
+    if not packs or (kind == "learned" and not digest):
+        return None
+    if digest:
+        blobs.verify(digest)  # a damaged router file fails the run's record, as a pack does
+    experiment = session.get(Experiment, run.experiment_id)
+    members = [(session.get(SkillPack, p["pack_id"]), 1.0) for p in packs]
+    state = get_or_create_state(
+        session, base=session.get(BaseCheckpoint, experiment.base_id), packs=members,
+        router=kind, router_config=router.get("config") or {}, router_blob_digest=digest,
+        description=f"experiment {experiment.id} run {run.id} ({run.method}, seed "
+                    f"{run.seed}): its final state")
+    run.state_id = state.id
+    session.flush()
+    return state

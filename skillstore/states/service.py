@@ -20,7 +20,7 @@ from ..models import load_causal_lm
 from ..packs.format import FORMAT_VERSION, read_pack
 from ..routing import NONE_CLASS, save_router, train_router
 from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
-from ..routing.learned import DEFAULT_FEATURES
+from ..routing.learned import DEFAULT_FEATURES, RouterTraining
 from ..skilldata import read_rows, skill_rows
 from .fusion import get_fusion, merged_deltas, write_fused_pack
 from .view import base_state, extend_state, extended_members
@@ -134,17 +134,24 @@ def _trained_router(blobs, model, tokenizer, prompts: Mapping[str, Sequence[str]
     evaluation (None) when no held-out prompt is left."""
     trained = train_router(model, tokenizer, prompts, top_k=top_k, calibration=CALIBRATION,
                            features=features)
-    clf = trained.classifier
-    with tempfile.TemporaryDirectory() as tmp:
-        digest = blobs.put_file(save_router(clf, Path(tmp) / "router.safetensors"))
+    digest, facts = store_router(blobs, trained, top_k)
     trained_on = {p for items in prompts.values() for p in items}
     unseen = {c: kept for c, items in held_out.items()
               if (kept := [p for p in items if p not in trained_on])}
-    evaluation = ({**evaluate_router(clf, model, tokenizer, unseen),
+    evaluation = ({**evaluate_router(trained.classifier, model, tokenizer, unseen),
                    "prompts": "held-out test split"} if unseen else None)
+    return digest, facts, evaluation
+
+
+def store_router(blobs, trained: RouterTraining, top_k: int) -> tuple[str, dict]:
+    """(blob digest of the router file, the config facts a learned state records) of a
+    trained router; the file is whole in ``blobs`` or absent."""
+    clf = trained.classifier
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = blobs.put_file(save_router(clf, Path(tmp) / "router.safetensors"))
     return digest, {"top_k": top_k, "train_accuracy": trained.train_accuracy,
                     "threshold": clf.threshold, "features": clf.features,
-                    "familiarity": clf.familiarity()}, evaluation
+                    "familiarity": clf.familiarity()}
 
 
 def held_out_prompts(session, blobs, packs: Sequence[SkillPack], general_test: Sequence[str] = (),

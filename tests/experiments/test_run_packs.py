@@ -1,6 +1,8 @@
 """A finished graft run's packs enter the catalog: one candidate pack per skill, its bytes the
 stored file's, trained on the experiment's base, and linked to its run so `pack show` and the API
-name the experiment; a run stopped meanwhile, or whose pack file is damaged, enters none."""
+name the experiment; the state they make behind the run's last router becomes the run's state,
+and scores what the run scored; a run stopped meanwhile, or whose pack file is damaged, enters
+none."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from skillstore.catalog import (
     PackStatus,
     add_skill,
     get_pack,
+    get_state,
     list_packs,
     migrate,
     pack_detail,
@@ -29,7 +32,11 @@ from skillstore.experiments.catalog import (
     finish_run,
 )
 from skillstore.experiments.methods import execute
+from skillstore.experiments.sequential import suite_scores
 from skillstore.fingerprint import fingerprint_checkpoint
+from skillstore.models import load_causal_lm
+from skillstore.states.materialise import materialise
+from skillstore.states.view import load_view
 from tests.composition.llsuites import ROWS, write_ll_suites
 
 from .test_methods import inputs
@@ -96,12 +103,35 @@ def test_a_finished_graft_run_enters_one_candidate_pack_per_skill_linked_to_it(
         assert detail["history"][0]["actor"].endswith(f"/run:{run_id}")
 
 
+def test_a_finished_graft_run_ends_in_the_state_of_its_packs_behind_its_router(
+        session, graft_result):
+    result, store, run_inputs = graft_result
+    run_id = started_run(session, run_inputs)
+    assert finish_run(session, run_id, result, blobs=store)
+    run = session.get_one(ExperimentRun, run_id)
+    state = get_state(session, run.state_id)
+    assert [m.pack_id for m in state.members] == [r["pack_id"] for r in run.result["packs"]]
+    last = result["routers"][-1]
+    assert state.router == last["router"] == "learned"
+    assert state.router_blob_digest == last["blob_digest"]
+    assert state.router_config["top_k"] == run_inputs.spec.settings("graft").top_k
+    assert f"run {run_id}" in state.description
+    # Loaded as any state is (pack files, router file), it scores the run's last row.
+    model, tokenizer = load_causal_lm(run_inputs.base_dir)
+    with materialise(model, load_view(session, state), store,
+                     pad_token_id=tokenizer.pad_token_id):
+        row = suite_scores(model, tokenizer, run_inputs.suites,
+                           limit=run_inputs.spec.eval_limit)
+    assert [s.value for s in row] == result["accuracy_matrix"][-1]
+
+
 def test_a_run_cancelled_before_it_finished_enters_no_pack(session, graft_result):
     result, store, run_inputs = graft_result
     run_id = started_run(session, run_inputs)
     cancel_experiment(session, run_inputs.spec.name)
     assert not finish_run(session, run_id, result, blobs=store)
     assert list_packs(session).total == 0
+    assert session.get_one(ExperimentRun, run_id).state_id is None
 
 
 def test_a_damaged_pack_file_is_refused_and_enters_nothing(session, graft_result, tmp_path):
