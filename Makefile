@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: setup setup-dev demo test test-reliability bench gpu-check lint clean
+.PHONY: setup setup-dev demo experiment test test-reliability bench gpu-check lint clean
 
 # `setup` installs what the service needs; `setup-dev` adds the test tools (schemathesis, moto,
 # s3fs, flower, ruff), which take as long to install again as the service itself, so `make demo`
@@ -37,6 +37,11 @@ $(VENV)/.setup-dev-stamp: $(VENV)/.setup-stamp
 
 demo: setup
 	$(VENV)/bin/skillstore demo
+
+# The full comparison (the built-in `full` spec: every method, three seeds) on one real worker;
+# writes docs/reference-experiment.{md,html,json}, the committed reference result.
+experiment: setup
+	$(PY) -m bench.reference_experiment
 
 # The reliability suite (tests/reliability: worker kills, broker restarts, database outages,
 # corrupt files) has its own target; `make test` leaves it out to stay well inside 20 minutes.

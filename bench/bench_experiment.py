@@ -13,14 +13,11 @@ broker (SQLite catalog and queue).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from .cli import skillstore
+from .cli import run_experiment, skillstore
 
 SKILLS = ("reverse", "case", "knowledge")
 SPEC = {
@@ -42,33 +39,12 @@ def _when(text: str | None) -> datetime | None:
 
 
 def run(out: Path) -> dict:
-    from skillstore.catalog import init_workspace
     from skillstore.experiments.overhead import orchestration
-    from skillstore.settings import Settings
-    from skillstore.zoo import build_zoo
-    from skillstore.zoo.register import register_zoo
 
-    zoo = build_zoo()
-    work = Path(tempfile.mkdtemp(prefix="bench-experiment-"))
-    env = {**os.environ, "SKILLSTORE_HOME": str(work / "home"), "TQDM_DISABLE": "1"}
-    cat = init_workspace(Settings(home=work / "home"))
-    with cat.session() as s:
-        register_zoo(s, cat.blobs, zoo, skills=list(SKILLS))
-    cat.close()
-    spec = work / "spec.yaml"
-    spec.write_text(json.dumps(SPEC))  # JSON is YAML
-    log = open(work / "worker.log", "w")  # noqa: SIM115 - closed in finally
-    worker = subprocess.Popen([sys.executable, "-m", "skillstore.cli", "worker",
-                               "--concurrency", "1"], env=env, stdout=log, stderr=log)
-    try:
-        exp = json.loads(skillstore(env, "experiment", "run", str(spec), "--json"))["id"]
-        _log(f"workspace {work}; experiment {exp} queued: {', '.join(SPEC['methods'])}")
-        subprocess.run([sys.executable, "-m", "skillstore.cli", "experiment", "wait", str(exp)],
-                       env=env, check=False)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        log.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "spec.yaml"
+        spec.write_text(json.dumps(SPEC))  # JSON is YAML
+        env, exp, work = run_experiment(spec, list(SKILLS), log=_log)
     doc = json.loads(skillstore(env, "experiment", "show", str(exp), "--json"))
     runs = [(_when(r["started_at"]), _when(r["finished_at"]), r["result"]) for r in doc["runs"]]
     cost = orchestration(_when(doc["created_at"]), _when(doc["finished_at"]), runs)

@@ -32,9 +32,15 @@ def queue_experiment(session: Session, settings: Settings, spec: ExperimentSpec,
 
 
 def send_runs(session: Session, settings: Settings, experiment: Experiment) -> None:
-    """One Celery task per queued run; a broker that cannot be reached fails the unsent runs."""
+    """One Celery task per queued run; a broker that cannot be reached fails the unsent runs.
+
+    Sent seed by seed (every method's first seed, then the next), so that with several
+    workers a LoRA method's first seed usually finishes its sweep before its later seeds
+    start, and they reuse its choice instead of sweeping again."""
     app = producer(settings)
-    runs = [r for r in experiment.runs if r.status == JobStatus.queued]
+    seeds = list(experiment.spec.get("seeds") or [])
+    runs = sorted((r for r in experiment.runs if r.status == JobStatus.queued),
+                  key=lambda r: (seeds.index(r.seed) if r.seed in seeds else len(seeds), r.id))
     for i, run in enumerate(runs):
         try:
             app.send_task(EXPERIMENT_RUN_TASK, args=(run.id,), retry_policy={"max_retries": 2})

@@ -156,6 +156,13 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
                                   "run_id": graft["id"], "method": "graft", "seed": 0}
     code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id))
     assert code == 0 and re.findall(r"\b\w+@v\d+\b", out) == ["reverse@v1", "sort@v1"]
+    # The graft run ends in a state of its packs behind its router, never the head.
+    assert run["state_id"] is None and lora["state_id"] is None  # no catalog packs: no state
+    code, out, err = run_cli(capsys, "state", "show", str(graft["state_id"]), "--json")
+    assert code == 0, err
+    state = json.loads(out)
+    assert state["packs"] == [f"{p['name']}x1" for p in graft["result"]["packs"]]
+    assert (state["router"], state["current"]) == ("tag", False)
     assert result["skills"] == ["reverse", "sort"]
     matrix = result["accuracy_matrix"]
     assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
@@ -174,3 +181,25 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     b = chosen["bytes_per_skill"]
     assert b["reverse"] == b["sort"] > 0  # one rank-4 adapter each
     env.catalog.close()
+
+
+def test_runs_are_sent_seed_by_seed(catalog, tmp_path, capsys):
+    """Every method's first seed goes first, so a LoRA method's later seeds usually start after
+    its first seed's sweep finished and reuse its choice."""
+    import base64
+
+    path = write_spec(tmp_path)  # naive_ft and joint, seeds 0 and 1
+    code, out, err = run_cli(capsys, "experiment", "run", str(path), "--json")
+    assert code == 0, err
+    runs = {r["id"]: (r["method"], r["seed"]) for r in json.loads(out)["runs"]}
+    engine = make_engine(f"sqlite:///{sqlite_path(catalog.settings.broker_url.removeprefix('sqla+'))}")
+    try:
+        with engine.connect() as conn:
+            payloads = conn.scalars(sa.text("SELECT payload FROM kombu_message ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    sent = []
+    for payload in payloads:
+        message = json.loads(payload)
+        sent.append(runs[json.loads(base64.b64decode(message["body"]))[0][0]])
+    assert sent == [("naive_ft", 0), ("joint", 0), ("naive_ft", 1), ("joint", 1)]

@@ -109,7 +109,7 @@ def test_every_method_has_its_settings_class_in_the_table():
         assert info.annotation == SETTINGS[name] | None, name
 
 
-@pytest.mark.parametrize("name", ["demo", "hetero"])
+@pytest.mark.parametrize("name", ["demo", "hetero", "full"])
 def test_every_builtin_spec_is_shipped_loads_by_name_and_runs(name):
     from skillstore.experiments.methods import check_runnable
     from skillstore.experiments.spec import builtin_specs
