@@ -80,7 +80,7 @@ def test_a_skill_from_two_sources_makes_two_packs_scored_with_their_fusions(
         assert fused.manifest["created_from"]["fused_from"] == made_from
     assert variants["task_arithmetic"]["scales"] == [0.5, 0.5]
     # the continual matrix routes the first source's pack for the two-source skill
-    assert result["pack_digests"]["beta"] == one["digest"]
+    assert {p["skill"]: p["digest"] for p in result["packs"]}["beta"] == one["digest"]
 
 
 def test_a_skill_naming_a_source_the_catalog_lacks_is_refused(session):

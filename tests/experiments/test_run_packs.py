@@ -87,11 +87,11 @@ def test_a_finished_graft_run_enters_one_candidate_pack_per_skill_linked_to_it(
         pack = get_pack(session, record["name"])  # the result names it as the catalog does
         assert pack.id == record["pack_id"] and pack.skill.name == name
         assert pack.status == PackStatus.candidate  # scored by the experiment, not the gate
-        assert pack.blob_digest == record["digest"] == result["pack_digests"][name]
-        assert pack.size_bytes == result["pack_bytes"][name] == len(store.get_bytes(
-            pack.blob_digest))
+        made = {p["skill"]: p for p in result["packs"]}[name]  # the run's own record
+        assert pack.blob_digest == record["digest"] == made["digest"]
+        assert pack.size_bytes == made["bytes"] == len(store.get_bytes(pack.blob_digest))
         assert pack.compression_ratio == pytest.approx(
-            result["dense_fp16_bytes"][name] / pack.size_bytes)
+            made["dense_fp16_bytes"] / pack.size_bytes)
         assert pack.codecs and pack.method == "sft"
         assert pack.metrics["run_id"] == run_id and pack.metrics["seed"] == 3
         assert pack.metrics["finetune"]["value"] == result["finetune_scores"][name]

@@ -151,7 +151,7 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     assert code == 0, err
     pack = json.loads(out)
     assert (pack["status"], pack["blob_digest"]) == \
-        ("candidate", graft["result"]["pack_digests"]["sort"])
+        ("candidate", graft["result"]["packs"][1]["digest"])
     assert pack["experiment"] == {"experiment_id": exp_id, "experiment": doc["name"],
                                   "run_id": graft["id"], "method": "graft", "seed": 0}
     code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id))
