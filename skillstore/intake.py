@@ -159,7 +159,6 @@ def import_pack_file(session: Session, blobs, path: Path, *, skill: str, base: s
     digest = blobs.put_file(path)
     return create_pack(session, skill=skill_row, base=base_row, blob_digest=digest, size_bytes=size,
                        format_version=int(pack_file.manifest["format_version"]),
-                       method=IMPORTED_METHOD, compression_ratio=dense / max(size, 1),
+                       method=IMPORTED_METHOD, dense_fp16_bytes=dense,
                        codecs=pack_file.codecs_by_role(),
-                       metrics={"dense_fp16_bytes": dense, "payload_digest": pack_file.digest},
-                       actor=actor)
+                       metrics={"payload_digest": pack_file.digest}, actor=actor)

@@ -83,11 +83,17 @@ def create_pack(session: Session, *, skill: Skill, base: BaseCheckpoint, blob_di
                 size_bytes: int, format_version: int, method: str,
                 parents: Sequence[Parent] = (), source: BaseCheckpoint | None = None,
                 compression_ratio: float | None = None, codecs: dict | None = None,
-                metrics: dict | None = None, actor: str = "system") -> SkillPack:
+                metrics: dict | None = None, actor: str = "system",
+                dense_fp16_bytes: int | None = None) -> SkillPack:
     """A new candidate pack with the next version of its skill, its lineage and an audit row.
 
-    With no parents given, the pack is `trained_on` its base.
+    With no parents given, the pack is `trained_on` its base. ``dense_fp16_bytes`` (the delta
+    the pack compresses, every changed tensor at fp16) is kept in ``metrics`` and sets the
+    compression ratio: dense bytes over the pack file's ``size_bytes``.
     """
+    if dense_fp16_bytes is not None:
+        compression_ratio = dense_fp16_bytes / max(1, size_bytes)
+        metrics = {**(metrics or {}), "dense_fp16_bytes": dense_fp16_bytes}
     for attempt in range(5):
         next_version = (session.scalar(sa.select(sa.func.max(SkillPack.version))
                                        .where(SkillPack.skill_id == skill.id)) or 0) + 1

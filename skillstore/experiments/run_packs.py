@@ -46,10 +46,9 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
         source = get_base(session, source_name) if source_name else None
         parents = [(base, EdgeKind.trained_on)] + (
             [(source, EdgeKind.distilled_from)] if source else [])
-        dense = record["dense_fp16_bytes"]
         metrics = {"experiment_id": experiment.id, "run_id": run.id, "seed": run.seed,
                    "policy": result.get("policy"), "rel_error": record["rel_error"],
-                   "dense_fp16_bytes": dense, "changed_params": record.get("changed_params"),
+                   "changed_params": record.get("changed_params"),
                    "finetune": {"value": result.get("finetune_scores", {}).get(skill),
                                 "n": result.get("finetune_n", {}).get(skill)}}
         if record.get("tune"):
@@ -58,7 +57,7 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
                            blob_digest=record["digest"], size_bytes=record["bytes"],
                            format_version=int(pack_file.manifest["format_version"]),
                            method=stage.method, parents=parents, source=source,
-                           compression_ratio=dense / max(1, record["bytes"]),
+                           dense_fp16_bytes=record["dense_fp16_bytes"],
                            codecs=pack_file.codecs_by_role(), metrics=metrics, actor=actor)
         session.add(ExperimentPack(pack_id=pack.id, run_id=run.id))
         out.append({**record, "pack_id": pack.id, "name": f"{skill}@v{pack.version}"})

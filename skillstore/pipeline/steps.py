@@ -209,20 +209,19 @@ def compress(session: Session, job_id: int, settings: Settings,
     source = get_base(session, request.source) if request.source else None
     parents = [(base, EdgeKind.trained_on)] + (
         [(source, EdgeKind.distilled_from)] if source else [])
-    ratio = summary.dense_fp16_bytes / max(1, size)
-    metrics = {"rel_error": summary.rel_error, "dense_fp16_bytes": summary.dense_fp16_bytes,
-               "train": tuned.get("metrics", {}), "job_id": job.id}
+    metrics = {"rel_error": summary.rel_error, "train": tuned.get("metrics", {}),
+               "job_id": job.id}
     if tune_info:
         metrics["tune"] = tune_info
     if gptq_info:
         metrics["gptq"] = gptq_info
     pack = create_pack(session, skill=skill, base=base, blob_digest=digest, size_bytes=size,
                        format_version=FORMAT_VERSION, method=request.method, parents=parents,
-                       source=source, compression_ratio=ratio, codecs=summary.codecs_by_role,
-                       metrics=metrics, actor=f"job:{job.id}")
+                       source=source, dense_fp16_bytes=summary.dense_fp16_bytes,
+                       codecs=summary.codecs_by_role, metrics=metrics, actor=f"job:{job.id}")
     job.pack_id = pack.id
     out = {"pack_id": pack.id, "blob": digest, "bytes": size,
-           "dense_fp16_bytes": summary.dense_fp16_bytes, "ratio": ratio,
+           "dense_fp16_bytes": summary.dense_fp16_bytes, "ratio": pack.compression_ratio,
            "rel_error": summary.rel_error, **({"tune": tune_info} if tune_info else {}),
            **({"gptq": gptq_info} if gptq_info else {})}
     return record_output(session, job, "compress", out)

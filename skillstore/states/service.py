@@ -79,7 +79,7 @@ def fuse_packs(session, blobs, packs: Sequence[SkillPack], method: str, *, scale
     fused = create_pack(session, skill=skill, base=base, blob_digest=digest, size_bytes=size,
                         format_version=FORMAT_VERSION, method=f"fusion:{fusion.name}",
                         parents=[(p, EdgeKind.fused_from) for p in packs],
-                        compression_ratio=dense / max(size, 1), codecs={"all": ["dense"]},
+                        dense_fp16_bytes=dense, codecs={"all": ["dense"]},
                         actor=actor)
     return get_or_create_state(session, base=base, packs=[(fused, 1.0)], router="none",
                                description=f"{fusion.name} fusion of {', '.join(skills)}")
