@@ -82,7 +82,8 @@ class PutBackStranded(bootsteps.StartStopStep):
     def start(self, c) -> None:
         stranded = getattr(c, "stranded", {})
         channel = c.task_consumer.channel
-        restore = getattr(channel.qos, "restore_by_tag", None)
+        # Only kombu's virtual channels (Redis) have a `qos` with it; an AMQP channel has none.
+        restore = getattr(getattr(channel, "qos", None), "restore_by_tag", None)
         if restore is None:  # AMQP brokers requeue a dead connection's messages themselves
             stranded.clear()
             return
