@@ -56,6 +56,9 @@ def test_every_runnable_method_scores_every_skill_and_counts_its_bytes(method, t
     assert (result["metrics"]["bwt"] is None) == (method == "joint")
     assert len(result["base_scores"]) == len(names)
     assert result["train"]["seed"] == 3 and result["train"]["max_steps"] == QUICK["max_steps"]
+    if method == "joint":  # the sequential methods' steps over all their stages
+        assert result["max_steps"] == QUICK["max_steps"] * len(names)
+        assert QUICK["max_steps"] < result["steps"] <= result["max_steps"]
     for name in names:  # every stage changed weights; fp16 bytes are two per changed parameter
         assert result["changed_params"][name] > 0
         if method == "graft":  # a pack file's bytes (tests/experiments/test_graft_method.py)
