@@ -62,7 +62,8 @@ def test_every_runnable_method_scores_every_skill_and_counts_its_bytes(method, t
     for name in names:  # every stage changed weights; fp16 bytes are two per changed parameter
         assert result["changed_params"][name] > 0
         if method == "graft":  # a pack file's bytes (tests/experiments/test_graft_method.py)
-            assert 0 < result["bytes_per_skill"][name] == result["pack_bytes"][name]
+            stored = {p["skill"]: p["bytes"] for p in result["packs"]}
+            assert 0 < result["bytes_per_skill"][name] == stored[name]
         else:
             assert result["bytes_per_skill"][name] == 2 * result["changed_params"][name]
     assert seen and seen[-1][1] == pytest.approx(1.0)  # the run reports how far it is
