@@ -49,7 +49,7 @@ def run(spec_path: Path = SpecArg, as_json: bool = JSON_OPTION) -> None:
 
     spec = load_spec(spec_path)
     with workspace_session() as (catalog, session):
-        experiment = queue_experiment(session, catalog.settings, spec)
+        experiment = queue_experiment(session, catalog.settings, spec, blobs=catalog.blobs)
         doc = experiment_dict(experiment)
     if as_json:
         print_json(doc)

@@ -28,8 +28,15 @@ from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
 from ..states.fusion import FusionMethod, TaskArithmetic, Ties
 from ..states.service import CALIBRATION, ROUTER_PROMPTS, store_router
 from ..training.backends import BUILTIN
-from ..training.baselines import LoRAConfig, Stage, adapter_params, lora_model, sweep_lora
-from ..training.sft import Progress, SFTConfig, train_sft
+from ..training.baselines import (
+    LoRAConfig,
+    Stage,
+    adapter_params,
+    fit_stage,
+    lora_model,
+    sweep_lora,
+)
+from ..training.sft import Progress, SFTConfig
 from .sequential import suite_scores
 from .spec import LoRASweep, Merge
 
@@ -259,14 +266,16 @@ def load_weights(model, base: dict[str, torch.Tensor],
 
 def finetune_delta(model, tokenizer, base: dict[str, torch.Tensor], stage: Stage,
                    config: SFTConfig, progress: Progress | None = None
-                   ) -> dict[str, torch.Tensor]:
-    """Full SFT of ``stage`` from the base: ``model`` is set to ``base``, trained, and left
-    holding the fine-tune; returns fine-tune - base per tensor (float32, on the CPU). The
-    merges and graft fine-tune each skill by this one function."""
+                   ) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Full fine-tuning of ``stage`` from the base (`training.baselines.fit_stage`: SFT, then
+    DPO for a dpo stage): ``model`` is set to ``base``, trained, and left holding the
+    fine-tune; returns fine-tune - base per tensor (float32, on the CPU) and the DPO metrics
+    (None without DPO). The merges and graft fine-tune each skill by this one function."""
     load_weights(model, base)
-    train_sft(model, tokenizer, stage.train, stage.validation, config, progress)
-    return {n: p.detach().float().cpu() - base[n].float()
-            for n, p in model.named_parameters() if n in base}
+    fit = fit_stage(model, tokenizer, stage, config, progress)
+    delta = {n: p.detach().float().cpu() - base[n].float()
+             for n, p in model.named_parameters() if n in base}
+    return delta, fit.metrics.get("dpo")
 
 
 def changed_params(delta: dict[str, torch.Tensor]) -> int:
@@ -277,17 +286,19 @@ def changed_params(delta: dict[str, torch.Tensor]) -> int:
 def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
                  config: SFTConfig, fusion: FusionMethod, *, dare_density: float | None = None,
                  seed: int = 0, limit: int | None = None, progress: Progress | None = None
-                 ) -> tuple[Rows, list[int]]:
-    """Full SFT of each stage from the base (``model``'s weights at the start), then the
+                 ) -> tuple[Rows, list[int], dict[str, dict]]:
+    """Full fine-tuning of each stage from the base (``model``'s weights at the start), then the
     deltas of stages 1..i merged by ``fusion`` onto the base and scored after each stage i;
     with ``dare_density`` each delta is first DAREd, by a generator seeded with ``seed``, once
     when it is made. Returns the rows and each fine-tune's changed parameters (its dense
-    delta). ``model`` ends holding the last merge."""
-    base, deltas, changed, rows = weights_of(model), [], [], []
+    delta) and each dpo stage's DPO metrics. ``model`` ends holding the last merge."""
+    base, deltas, changed, rows, dpo = weights_of(model), [], [], [], {}
     generator = torch.Generator().manual_seed(seed)
     for i, stage in enumerate(stages):
-        delta = finetune_delta(model, tokenizer, base, stage, config,
-                               stage_progress(progress, stages, i))
+        delta, preferred = finetune_delta(model, tokenizer, base, stage, config,
+                                          stage_progress(progress, stages, i))
+        if preferred is not None:
+            dpo[stage.name] = preferred
         changed.append(changed_params(delta))
         if dare_density is not None:
             delta = {n: dare(d, dare_density, generator) for n, d in delta.items()}
@@ -296,4 +307,4 @@ def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Sui
             progress(f"{stage.name}:score", (i + 1) / len(stages))
         load_weights(model, base, merged(fusion, deltas))
         rows.append(suite_scores(model, tokenizer, suites, limit=limit))
-    return rows, changed
+    return rows, changed, dpo

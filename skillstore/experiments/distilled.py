@@ -4,17 +4,20 @@ the target learns (GraftLLM's transfer through text, so any source tokenizer wil
 
 A skill learned from one source trains on that source's rows; from several, every method but
 `graft` trains on their rows pooled (a prompt once, the first listed source's answer), while
-`graft` makes one pack per source and fuses them (`experiments.hetero`).
+`graft` makes one pack per source and fuses them (`experiments.hetero`). A skill learned by
+`dpo` is distilled the same way, and its stage also carries the spec's DPO settings and the
+answers its sources got wrong: the methods run DPO after SFT on it (`training.baselines.prefer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import TrainingError
 from ..training.baselines import Stage
 from ..training.distill import Checker, skill_checker, source_rows
+from ..training.dpo import DPOConfig
 from ..training.sft import Progress
 from .spec import ExperimentSpec
 
@@ -35,12 +38,17 @@ def stage_checker(stage: Stage) -> Checker:
 
 
 def taught_stage(source, source_tokenizer, name: str, stage: Stage, *,
-                 prompts: int | None = None, progress: Progress | None = None) -> Taught:
+                 prompts: int | None = None, progress: Progress | None = None,
+                 dpo: DPOConfig | None = None) -> Taught:
     """Source ``name`` answers ``stage``'s first ``prompts`` training prompts (all when None)
-    and its validation prompts; the rows it got right become the stage it teaches."""
+    and its validation prompts; the rows it got right become the stage it teaches. With
+    ``dpo`` the stage asks for DPO after SFT, and keeps the answers the source got wrong as
+    DPO's first rejected candidates."""
     check = stage_checker(stage)
     train = [r["prompt"] for r in stage.train[:prompts]]
-    rows, stats = source_rows(source, source_tokenizer, train, checker=check, progress=progress)
+    wrong: dict[str, list[str]] = {}
+    rows, stats = source_rows(source, source_tokenizer, train, checker=check, progress=progress,
+                              rejected=wrong if dpo is not None else None)
     if not rows:
         raise TrainingError(f"Source {name!r} answered none of skill {stage.name!r}'s "
                             f"{len(train)} prompts correctly; train the source on the skill, "
@@ -49,11 +57,14 @@ def taught_stage(source, source_tokenizer, name: str, stage: Stage, *,
            source_rows(source, source_tokenizer, [r["prompt"] for r in stage.validation],
                        checker=check)[0])
     stats = {**stats, "n_validation": len(val)}
-    return Taught(name, Stage(stage.name, rows, val, []), stats)
+    if dpo is not None:
+        stats["n_rejected"] = sum(len(a) for a in wrong.values())
+    return Taught(name, Stage(stage.name, rows, val, [], dpo=dpo, rejected=wrong), stats)
 
 
 def pooled(stage: Stage, taught: Sequence[Taught]) -> Stage:
-    """One stage from several sources' rows: each prompt once, the first source's answer."""
+    """One stage from several sources' rows: each prompt once, the first source's answer; a
+    dpo stage keeps every source's wrong answers."""
     def once(rows_of: Callable[[Stage], list[dict]]) -> list[dict]:
         seen: dict[str, dict] = {}
         for t in taught:
@@ -61,15 +72,22 @@ def pooled(stage: Stage, taught: Sequence[Taught]) -> Stage:
                 seen.setdefault(row["prompt"], row)
         return list(seen.values())
 
-    return Stage(stage.name, once(lambda s: s.train), once(lambda s: s.validation), [])
+    wrong: dict[str, list[str]] = {}
+    for t in taught:
+        for prompt, answers in t.stage.rejected.items():
+            wrong.setdefault(prompt, []).extend(answers)
+    return replace(taught[0].stage, train=once(lambda s: s.train),
+                   validation=once(lambda s: s.validation), rejected=wrong)
 
 
 def distil_stages(spec: ExperimentSpec, stages: Sequence[Stage], source_dirs: Mapping[str, str],
-                  progress: Progress | None = None
+                  progress: Progress | None = None, *, seed: int = 0
                   ) -> tuple[list[Stage], dict[str, tuple[Taught, ...]]]:
     """The stages a run trains on (a distilled skill's rows replaced by its sources' accepted
-    answers, pooled over several) and what each source taught each distilled skill. Each
-    source is loaded once, when a stage first names it."""
+    answers, pooled over several; a dpo skill's with the spec's DPO settings at ``seed``) and
+    what each source taught each distilled skill. Each source is loaded once, when a stage
+    first names it."""
+    dpo = spec.dpo.model_copy(update={"seed": seed})
     from ..models import load_causal_lm
 
     loaded: dict[str, tuple] = {}
@@ -85,7 +103,8 @@ def distil_stages(spec: ExperimentSpec, stages: Sequence[Stage], source_dirs: Ma
             sub = ((lambda s, f, at=f"{stage.name}:{name}", k=i:
                     progress(f"{at}:{s}", (k + f) / len(stages))) if progress else None)
             taught.append(taught_stage(*loaded[name], name, stage,
-                                       prompts=spec.distill_prompts, progress=sub))
+                                       prompts=spec.distill_prompts, progress=sub,
+                                       dpo=dpo if wanted.method == "dpo" else None))
         teachers[stage.name] = tuple(taught)
         out.append(pooled(stage, taught))
     return out, teachers

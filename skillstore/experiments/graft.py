@@ -61,12 +61,14 @@ class StagePack:
     finetune: Score  # the uncompressed fine-tune on its own skill's suite
     tune: dict | None
     deltas: PackDeltas = field(repr=False)
+    dpo: dict | None = None  # the fine-tune's DPO metrics, for a dpo stage
 
     def record(self) -> dict:
         """The pack's lineage and sizes, as the run's result keeps them."""
         return {"skill": self.skill, "digest": self.digest, "bytes": self.bytes,
                 "dense_fp16_bytes": self.dense_fp16_bytes, "rel_error": self.rel_error,
-                "changed_params": self.changed_params, "tune": self.tune}
+                "changed_params": self.changed_params, "tune": self.tune,
+                **({"dpo": self.dpo} if self.dpo is not None else {})}
 
 
 def graft_policy(settings: Graft) -> CompressionPolicy:
@@ -89,7 +91,9 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
     """Fine-tune ``stage`` from ``base``, score the fine-tune on ``suite``, compress it into a
     pack under ``work``, tune it, and put the pack file in ``store``. ``model`` ends holding
     the plain base again (load it with its fingerprint: the pack names its base by it)."""
-    changed = changed_params(finetune_delta(model, tokenizer, base, stage, config, progress))
+    delta, dpo = finetune_delta(model, tokenizer, base, stage, config, progress)
+    changed = changed_params(delta)
+    del delta
     finetune = suite_scores(model, tokenizer, [suite], limit=limit)[0]
     tuned_dir = work / "finetune"
     model.save_pretrained(tuned_dir, safe_serialization=True)
@@ -115,7 +119,7 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
     pack = read_pack(path)
     return StagePack(stage.name, digest, path.stat().st_size, summary.dense_fp16_bytes,
                      summary.rel_error, changed, finetune, tune,
-                     PackDeltas(stage.name, {p.name: p for p in pack.decoded()}))
+                     PackDeltas(stage.name, {p.name: p for p in pack.decoded()}), dpo)
 
 
 def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],

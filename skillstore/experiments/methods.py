@@ -100,10 +100,12 @@ class Sequential:
         base_row = suite_scores(model, tok, inputs.suites, limit=limit)
         rows = inputs.spec.settings(self.name).replay
         stages = replay_stages(inputs.stages, rows, inputs.seed) if rows else inputs.stages
-        counter, changed = ChangedParams(model), []
+        counter, changed, dpo = ChangedParams(model), [], {}
 
-        def after_stage(i: int) -> None:
+        def after_stage(i: int, fit) -> None:
             changed.append(counter.step())
+            if "dpo" in fit.metrics:
+                dpo[stages[i].name] = fit.metrics["dpo"]
             check(f"{stages[i].name}:score", (i + 1) / len(stages))
 
         scores = sequential_scores(model, tok, stages, inputs.suites, inputs.train, limit=limit,
@@ -111,7 +113,8 @@ class Sequential:
         matrix = [[s.value for s in row] for row in scores]
         metrics = continual_metrics(matrix, [s.value for s in base_row])
         return _result(inputs, scores, metrics, base_row, changed,
-                       replay_rows=rows, n_train=[len(s.train) for s in stages])
+                       replay_rows=rows, n_train=[len(s.train) for s in stages],
+                       **({"dpo": dpo} if dpo else {}))
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ class Joint:
         share = changed / len(inputs.stages)
         return _result(inputs, [final], metrics, base_row, [share] * len(inputs.stages),
                        n_train=[sum(len(s.train) for s in inputs.stages)],
-                       max_steps=config.max_steps, steps=trained.metrics.get("steps"))
+                       max_steps=config.max_steps, steps=trained.metrics.get("steps"),
+                       **({"dpo": trained.metrics["dpo"]} if "dpo" in trained.metrics else {}))
 
 
 def _base_row(inputs: RunInputs):
@@ -210,14 +214,15 @@ class Merged:
     def execute(self, inputs: RunInputs, check: Check) -> dict:
         model, tok, base_row = _base_row(inputs)
         fusion, drop = merge_method(self.name, inputs.spec.settings(self.name))
-        scores, changed = merge_scores(model, tok, inputs.stages, inputs.suites, inputs.train,
-                                       fusion, dare_density=drop, seed=inputs.seed,
-                                       limit=inputs.spec.eval_limit, progress=check)
+        scores, changed, dpo = merge_scores(
+            model, tok, inputs.stages, inputs.suites, inputs.train, fusion, dare_density=drop,
+            seed=inputs.seed, limit=inputs.spec.eval_limit, progress=check)
         metrics = continual_metrics([[s.value for s in row] for row in scores],
                                     [s.value for s in base_row])
         density = getattr(fusion, "density", None) if drop is None else drop
         return _result(inputs, scores, metrics, base_row, changed,
-                       merge={"method": self.name, "scale": fusion.lam, "density": density})
+                       merge={"method": self.name, "scale": fusion.lam, "density": density},
+                       **({"dpo": dpo} if dpo else {}))
 
 
 @dataclass(frozen=True)
@@ -282,19 +287,11 @@ def _result(inputs: RunInputs, scores: list[list[Score]], metrics: ContinualMetr
 
 
 def check_runnable(spec: ExperimentSpec) -> None:
-    """Refuse, before anything is queued, a spec with a method or a stage no executor runs."""
+    """Refuse, before anything is queued, a spec with a method no executor runs."""
     for method in spec.methods.chosen():
         if method not in EXECUTORS:
             raise ConfigError(f"method {method} is not runnable yet (runnable now: "
                               f"{', '.join(EXECUTORS)}); drop it from the spec's methods.")
-    for stage in spec.skills:
-        if stage.data is not None:
-            raise ConfigError(f"skill {stage.name!r} is given as data, which experiment runs do "
-                              "not register yet; add it with `skillstore skill add` and name "
-                              "it instead.")
-        if stage.method == "dpo":
-            raise ConfigError(f"skill {stage.name!r} learns by dpo; experiment runs train sft "
-                              "and distill stages only yet; use one of those for it.")
 
 
 def run_inputs(session: Session, store, run_id: int) -> RunInputs:
@@ -321,7 +318,8 @@ def execute(inputs: RunInputs, check: Check) -> dict:
     distilled = {}
     if any(s.method != "sft" for s in inputs.spec.skills):
         stages, teachers = distil_stages(inputs.spec, inputs.stages, inputs.source_dirs,
-                                         lambda s, f: check(f"distil:{s}", 0.0))
+                                         lambda s, f: check(f"distil:{s}", 0.0),
+                                         seed=inputs.seed)
         inputs = replace(inputs, stages=stages, teachers=teachers)
         distilled = {"distilled": {skill: {t.source: t.stats for t in taught}
                                    for skill, taught in teachers.items()}}

@@ -7,9 +7,12 @@ from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.orm import Session
 
-from ..catalog.models import Experiment, ExperimentRun
+from ..blobstore import BlobStore
+from ..catalog.models import Experiment, ExperimentRun, Skill
 from ..catalog.schema import JobStatus
 from ..errors import JobError
+from ..heldout import SUITES_DIR
+from ..intake import register_skill_dataset
 from ..jobqueue import EXPERIMENT_RUN_TASK, producer
 from ..settings import Settings
 from .catalog import create_experiment, fail_run
@@ -18,17 +21,39 @@ from .spec import ExperimentSpec, check_spec
 
 
 def queue_experiment(session: Session, settings: Settings, spec: ExperimentSpec, *,
-                     send: bool = True) -> Experiment:
+                     blobs: BlobStore, send: bool = True) -> Experiment:
     """Check ``spec`` against the catalog and the runnable methods (nothing is written when a
-    check fails), store the experiment and its runs, then send one task per run; runs of
-    different methods may go to different workers."""
+    check fails), register the skills it gives as data, store the experiment and its runs,
+    then send one task per run; runs of different methods may go to different workers."""
     check_spec(session, spec)
     check_runnable(spec)
+    register_data_skills(session, settings, blobs, spec)
     experiment = create_experiment(session, spec)
     session.commit()  # the rows exist before any worker can look for them
     if send:
         send_runs(session, settings, experiment)
     return experiment
+
+
+def register_data_skills(session: Session, settings: Settings, blobs: BlobStore,
+                         spec: ExperimentSpec) -> list[str]:
+    """Register each skill the spec gives as ``data`` and the catalog lacks, as `skillstore
+    skill add` does without a suite: the rows stored, a held-out test half (``test_size``
+    rows, scored by the stage's ``metric``) written as the skill's lm-eval task, training on
+    the rest. A skill registered already from the same file is reused (`check_spec` refused
+    any other).
+    Returns the names registered."""
+    added = []
+    for stage in spec.skills:
+        if stage.data is None or session.scalar(
+                sa.select(Skill.id).where(Skill.name == stage.name)) is not None:
+            continue
+        register_skill_dataset(session, blobs, name=stage.name, data=stage.data,
+                               description=f"registered by experiment {spec.name}",
+                               suites_dir=settings.home / SUITES_DIR, metric=stage.metric,
+                               test_size=stage.test_size)
+        added.append(stage.name)
+    return added
 
 
 def send_runs(session: Session, settings: Settings, experiment: Experiment) -> None:

@@ -10,8 +10,8 @@ from ..evaluation.cache import Runner, Suite
 from ..evaluation.runner import run_tasks
 from ..evaluation.scores import Score, model_score
 from ..skilldata import skill_rows
-from ..training.baselines import Stage
-from ..training.sft import Progress, SFTConfig, train_sft
+from ..training.baselines import Stage, fit_stage
+from ..training.sft import Progress, SFTConfig, TrainResult
 
 EVAL_BATCH = 32
 FP16_BYTES = 2  # a dense delta stored at half precision
@@ -31,17 +31,19 @@ def sequential_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequenc
                       config: SFTConfig, *, limit: int | None = None,
                       batch_size: int = EVAL_BATCH, runner: Runner = run_tasks,
                       progress: Progress | None = None,
-                      after_stage: Callable[[int], None] | None = None) -> list[list[Score]]:
-    """Sequential full fine-tuning: each stage trained on top of the previous model (in place),
-    then the model scored by lm-eval on every suite; S[i][j] is suite j after stage i.
-    ``after_stage(i)`` is called once stage i is trained, before it is scored."""
+                      after_stage: Callable[[int, TrainResult], None] | None = None
+                      ) -> list[list[Score]]:
+    """Sequential full fine-tuning: each stage trained on top of the previous model (in place,
+    `training.baselines.fit_stage`: SFT, then DPO for a dpo stage), then the model scored by
+    lm-eval on every suite; S[i][j] is suite j after stage i. ``after_stage(i, fit)`` is called
+    once stage i is trained, before it is scored."""
     matrix = []
     for i, stage in enumerate(stages):
         sub = ((lambda s, f, i=i, n=stage.name: progress(f"{n}:{s}", (i + f) / len(stages)))
                if progress else None)
-        train_sft(model, tokenizer, stage.train, stage.validation, config, sub)
+        fit = fit_stage(model, tokenizer, stage, config, sub)
         if after_stage is not None:
-            after_stage(i)
+            after_stage(i, fit)
         matrix.append(suite_scores(model, tokenizer, suites, limit=limit,
                                    batch_size=batch_size, runner=runner))
     return matrix

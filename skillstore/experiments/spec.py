@@ -15,10 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
-from ..errors import ConfigError, NotFoundError
+from ..errors import ConfigError, DatasetError, NotFoundError
 from ..gate.policy import GatePolicy
 from ..heldout import METRICS
 from ..packs import load_policy
+from ..training.dpo import DPOConfig
 from ..training.sft import SFTConfig
 
 NAME = r"^[a-z][a-z0-9_-]{0,63}$"
@@ -104,6 +105,8 @@ SETTINGS: dict[str, type[_Settings]] = {
 }
 METHODS = tuple(Methods.model_fields)
 MERGES = ("task_arithmetic", "ties", "dare_ties")
+# Methods that learn LoRA adapters by SFT, so no dpo stage; every other one fine-tunes whole.
+ADAPTER_METHODS = ("lora_seq", "multi_lora")
 
 
 class SkillStage(_Settings):
@@ -115,6 +118,8 @@ class SkillStage(_Settings):
     source: tuple[Name, ...] = ()
     data: Path | None = None
     metric: str | None = None
+    # The held-out test rows of a skill given as data (None: heldout's default size).
+    test_size: int | None = Field(default=None, gt=0)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -135,8 +140,10 @@ class SkillStage(_Settings):
                              "use distill or dpo, or drop source")
         if self.method != "sft" and not self.source:
             raise ValueError(f"method {self.method} needs a source model")
-        if self.metric is not None and self.data is None:
-            raise ValueError("metric scores a skill registered from data; add data or drop it")
+        for key in ("metric", "test_size"):
+            if getattr(self, key) is not None and self.data is None:
+                raise ValueError(f"{key} splits a skill registered from data; add data or "
+                                 f"drop {key}")
         return self
 
 
@@ -153,6 +160,8 @@ class ExperimentSpec(_Settings):
     # The first N training prompts each source answers for a distilled skill (None: all).
     distill_prompts: int | None = Field(default=None, gt=0)
     train: SFTConfig = SFTConfig()
+    # DPO after SFT for the skills learned by dpo (its seed is each run's).
+    dpo: DPOConfig = DPOConfig()
     gate: GatePolicy = GatePolicy()
 
     @model_validator(mode="after")
@@ -168,9 +177,19 @@ class ExperimentSpec(_Settings):
             if missing:
                 raise ValueError(f"skill {stage.name!r} names source {missing[0]!r}, which is "
                                  "not in sources; add it there")
+        # (compared with the defaults, not by the keys given: a stored spec holds them all)
+        if self.dpo != DPOConfig() and not any(s.method == "dpo" for s in self.skills):
+            raise ValueError("dpo configures the preference stage of skills learned by dpo, "
+                             "and no skill is; drop dpo or learn a skill by dpo")
         chosen = self.methods.chosen()
         if not chosen:
             raise ValueError(f"methods names none; name at least one of {', '.join(METHODS)}")
+        preferred = next((s.name for s in self.skills if s.method == "dpo"), None)
+        adapters = [m for m in chosen if m in ADAPTER_METHODS]
+        if preferred is not None and adapters:
+            raise ValueError(f"skill {preferred!r} learns by dpo, which {adapters[0]} cannot "
+                             "(it trains LoRA adapters by SFT only); drop it from methods, or "
+                             f"learn {preferred!r} by distill")
         merges = [m for m in chosen if m in MERGES]
         if merges and len(self.skills) < 2:
             raise ValueError(f"method {merges[0]} merges fine-tunes of several skills; the "
@@ -251,16 +270,54 @@ def load_spec(path: str | Path) -> ExperimentSpec:
 
 def check_spec(session: Session, spec: ExperimentSpec) -> None:
     """Refuse, before anything is queued, a spec whose base, sources or skills the catalog
-    lacks (a skill with ``data`` is registered by the run, so its file must exist instead)."""
+    lacks. A skill given as ``data`` is registered when the spec is queued
+    (`experiments.queue.register_data_skills`), so its file must exist, hold valid rows that
+    split into a held-out test half scored by its ``metric``, and, when a skill of that name is
+    registered already, be the very file it was registered from."""
     from ..catalog import get_base, get_skill
 
     get_base(session, spec.base)
     for source in spec.sources:
         get_base(session, source)
     for stage in spec.skills:
-        if stage.data is not None:
-            if not stage.data.is_file():
-                raise NotFoundError(f"Experiment skill {stage.name!r}: data file "
-                                    f"{str(stage.data)!r} does not exist.")
-            continue
-        get_skill(session, stage.name)
+        if stage.data is None:
+            get_skill(session, stage.name)
+        else:
+            check_data_stage(session, stage)
+
+
+def check_data_stage(session: Session, stage: SkillStage) -> None:
+    """A data stage's file is whole and splittable (DatasetError names the file and line), and
+    a registered skill of its name came from the same file with the same metric."""
+    import sqlalchemy as sa
+
+    from ..catalog.models import Skill
+    from ..curriculum.validate import validate_dataset
+    from ..heldout import DEFAULT_METRIC, split_dataset
+
+    if not stage.data.is_file():
+        raise NotFoundError(f"Experiment skill {stage.name!r}: data file "
+                            f"{str(stage.data)!r} does not exist.")
+    try:
+        digest = validate_dataset(stage.data).sha256
+        registered = session.scalar(sa.select(Skill).where(Skill.name == stage.name))
+        if registered is None:
+            split_dataset(stage.data, metric=stage.metric or DEFAULT_METRIC,
+                          test_size=stage.test_size)
+            return
+    except DatasetError as exc:  # its fixes name `skill add`'s flags; a spec has keys
+        fix = (str(exc).replace("--test-size", "test_size").replace("--metric", "metric")
+               .replace("pass --suite with your own task",
+                        "register it with your own task by `skillstore skill add --suite`"))
+        raise DatasetError(f"Experiment skill {stage.name!r}: {fix}") from None
+    if registered.data_sha256 != digest:
+        raise ConfigError(f"Experiment skill {stage.name!r} is registered already from other "
+                          f"data than {str(stage.data)!r}; rename the skill in the spec, or "
+                          "drop its data to learn the registered one.")
+    split = registered.heldout or {}
+    for key in ("metric", "n_test"):
+        wanted = getattr(stage, "test_size" if key == "n_test" else key)
+        if wanted is not None and split.get(key) != wanted:
+            raise ConfigError(f"Experiment skill {stage.name!r} is registered already with "
+                              f"{key.replace('n_test', 'test_size')} {split.get(key)}, not "
+                              f"{wanted}; drop it from the stage or rename the skill.")

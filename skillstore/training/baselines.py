@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .backends import BUILTIN
+from .distill import skill_checker
+from .dpo import DPOConfig, preference_pairs, train_dpo
 from .generate import exact_match
 from .protocol import Backend
-from .sft import Progress, SFTConfig, TrainResult, train_sft
+from .sft import Progress, SFTConfig, TrainResult, clone_model, train_sft
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,51 @@ class Stage:
     train: list[dict]
     validation: list[dict]
     test: list[dict]
+    # SFT then DPO (GraftLLM's preference stage): its settings, and the answers the sources
+    # gave that the skill's checker refused (prompt -> answers), DPO's first rejected picks.
+    dpo: DPOConfig | None = None
+    rejected: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The skill's own rows, when ``train`` mixes in others (replay): DPO pairs only these.
+    own: list[dict] | None = None
+
+    @property
+    def preference_rows(self) -> list[dict]:
+        return self.train if self.own is None else self.own
+
+
+def prefer(model, tokenizer, stages: Sequence[Stage], progress: Progress | None = None
+           ) -> dict | None:
+    """DPO for the ``stages`` that ask for it, on top of the SFT ``model`` (its copy is the
+    frozen reference): verified answers are chosen, answers the skill's checker refuses are
+    rejected (`training.dpo.preference_pairs`, the pipeline's dpo trainer's pairs), every
+    stage's pairs pooled into one run at the first stage's settings. None when no stage asks;
+    else the run's metrics with each stage's pair counts by origin."""
+    wanted = [s for s in stages if s.dpo is not None]
+    if not wanted:
+        return None
+    reference = clone_model(model)
+    pairs, origins = [], {}
+    for stage in wanted:
+        rows = stage.preference_rows
+        check = skill_checker(stage.name, [*rows, *stage.validation])
+        made, origins[stage.name] = preference_pairs(
+            model, tokenizer, rows, check,
+            candidates={p: list(a) for p, a in stage.rejected.items()}, config=stage.dpo)
+        pairs += made
+    random.Random(wanted[0].dpo.seed).shuffle(pairs)
+    sub = (lambda s, f: progress(f"dpo:{s}", f)) if progress else None
+    result = train_dpo(model, reference, tokenizer, pairs, wanted[0].dpo, sub)
+    return {**{k: v for k, v in result.metrics.items() if k != "history"}, "pairs": origins}
+
+
+def fit_stage(model, tokenizer, stage: Stage, config: SFTConfig | None = None,
+              progress: Progress | None = None) -> TrainResult:
+    """Learn one stage in place: SFT on its rows, then DPO when the stage asks for it (`prefer`).
+    Every baseline and experiment method that fine-tunes the whole model learns a stage by
+    this one function."""
+    result = train_sft(model, tokenizer, stage.train, stage.validation, config, progress)
+    dpo = prefer(model, tokenizer, [stage], progress)
+    return result if dpo is None else TrainResult(model, {**result.metrics, "dpo": dpo})
 
 
 class LoRAConfig(BaseModel):
@@ -136,7 +183,7 @@ def train_sequential(model, tokenizer, stages: Sequence[Stage], config: SFTConfi
     for i, stage in enumerate(stages):
         sub = ((lambda s, f, i=i, n=stage.name: progress(f"{n}:{s}", (i + f) / len(stages)))
                if progress else None)
-        result = train_sft(model, tokenizer, stage.train, stage.validation, config, sub)
+        result = fit_stage(model, tokenizer, stage, config, sub)
         history.append({k: v for k, v in result.metrics.items() if k != "history"})
         row = accuracy_row(model, tokenizer, stages, eval_limit)
         matrix.append([row[s.name] for s in stages])
@@ -152,7 +199,7 @@ def joint_rows(stages: Sequence[Stage], split: str, seed: int = 0) -> list[dict]
 def replay_stages(stages: Sequence[Stage], rows: int, seed: int = 0) -> list[Stage]:
     """``stages`` with up to ``rows`` training rows of every earlier stage mixed into each one
     (picked and shuffled by ``seed``): sequential fine-tuning with a small replay buffer. The
-    validation rows stay the stage's own."""
+    validation rows, and the rows DPO pairs (``own``), stay the stage's own."""
     rng = random.Random(seed)
     out = []
     for i, stage in enumerate(stages):
@@ -161,13 +208,16 @@ def replay_stages(stages: Sequence[Stage], rows: int, seed: int = 0) -> list[Sta
         train = list(stage.train) + replayed
         if replayed:
             rng.shuffle(train)
-        out.append(Stage(stage.name, train, stage.validation, stage.test))
+        out.append(replace(stage, train=train, own=stage.preference_rows))
     return out
 
 
 def train_joint(model, tokenizer, stages: Sequence[Stage], config: SFTConfig | None = None,
                 progress: Progress | None = None) -> TrainResult:
-    """Multi-task joint training on every skill so far: the usual upper bound."""
+    """Multi-task joint training on every skill so far: the usual upper bound. Stages that ask
+    for DPO get it after, their pairs pooled into one run (`prefer`)."""
     cfg = config or SFTConfig()
-    return train_sft(model, tokenizer, joint_rows(stages, "train", cfg.seed),
-                     joint_rows(stages, "validation", cfg.seed), cfg, progress)
+    result = train_sft(model, tokenizer, joint_rows(stages, "train", cfg.seed),
+                       joint_rows(stages, "validation", cfg.seed), cfg, progress)
+    dpo = prefer(model, tokenizer, stages, progress)
+    return result if dpo is None else TrainResult(model, {**result.metrics, "dpo": dpo})

@@ -199,7 +199,7 @@ def test_each_skill_is_fine_tuned_from_the_base_and_the_deltas_merged(tiny_world
     stages = [Stage(n, rows, rows[:2], []) for n, rows in ROWS.items()]
     config = SFTConfig(**QUICK, seed=3)
     fusion, _ = merge_method("task_arithmetic", Merge())
-    rows, changed = merge_scores(model, tok, stages, [], config, fusion, seed=3)
+    rows, changed, _ = merge_scores(model, tok, stages, [], config, fusion, seed=3)
     assert rows == [[], []] and len(changed) == 2 and all(c > 0 for c in changed)
     tuned = []
     for stage in stages:

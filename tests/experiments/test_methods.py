@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 
 from skillstore.blobstore import BlobStore
-from skillstore.errors import ConfigError
 from skillstore.evaluation.cache import Suite
 from skillstore.experiments import parse_spec
 from skillstore.experiments.catalog import RunCancelled
@@ -86,6 +85,8 @@ def test_replay_mixes_rows_of_every_earlier_skill_into_each_stage():
     assert sum(r in ROWS["alpha"] for r in mixed[1].train) == 2
     assert len(mixed[2].train) == 1 + 2 + 2
     assert [s.validation for s in mixed] == [s.validation for s in stages]
+    # DPO pairs only a stage's own rows, never the replayed ones its checker would refuse.
+    assert [s.preference_rows for s in mixed] == [s.train for s in stages]
     assert replay_stages(stages, 2, seed=0) == mixed  # seeded
 
 
@@ -95,11 +96,7 @@ def test_every_method_a_spec_can_name_is_runnable():
     check_runnable(parse_spec(spec_doc(methods={m: settings.get(m, {}) for m in METHODS})))
 
 
-@pytest.mark.parametrize("stage, words", [
-    ({"name": "k", "data": "k.jsonl"}, r"skill 'k' is given as data"),
-    ({"name": "k", "method": "dpo", "source": "src"}, r"skill 'k' learns by dpo"),
-])
-def test_a_stage_runs_cannot_train_yet_is_refused(stage, words):
-    spec = parse_spec(spec_doc(sources=["src"], skills=[{"name": "arith"}, stage]))
-    with pytest.raises(ConfigError, match=words):
-        check_runnable(spec)
+def test_a_dpo_stage_and_a_data_stage_are_runnable():
+    check_runnable(parse_spec(spec_doc(sources=["src"], skills=[
+        {"name": "arith", "data": "arith.jsonl"},
+        {"name": "k", "method": "dpo", "source": "src"}])))

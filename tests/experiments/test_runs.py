@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 
 import pytest
@@ -14,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from skillstore.catalog import add_skill, init_workspace, register_base
 from skillstore.catalog.db import make_engine, sqlite_path
-from skillstore.catalog.models import Experiment
+from skillstore.catalog.models import Experiment, Skill
+from skillstore.curriculum.skills import SKILLS
 from skillstore.routing import NONE_CLASS
 from skillstore.settings import Settings
 from tests.conftest import run_cli
@@ -63,16 +65,84 @@ def write_spec(tmp_path, **changes):
     return path
 
 
-DATA_SKILL = {"name": "k", "data": "k.jsonl"}  # runs do not register skills from data yet
+def sort_jsonl(path, rows: int = 250) -> None:
+    """A user's own JSONL skill: ``rows`` distinct prompts of the curriculum's sort skill (250:
+    the fewest whose default split has the 50 test rows a held-out suite needs)."""
+    rng, seen = random.Random(7), {}
+    while len(seen) < rows:
+        row = SKILLS["sort"].sample(rng)
+        seen.setdefault(row["prompt"], {"prompt": row["prompt"], "answer": row["answer"]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in seen.values()))
 
 
-def test_an_unrunnable_stage_is_refused_before_anything_is_queued(catalog, tmp_path, capsys):
-    (tmp_path / "k.jsonl").write_text('{"prompt": "a", "answer": "b"}\n')
-    path = write_spec(tmp_path, skills=[{"name": "arith"}, DATA_SKILL])
+def skill_rows(cat) -> dict[str, dict | None]:
+    with cat.session() as s:
+        return {k.name: k.heldout for k in s.scalars(sa.select(Skill))}
+
+
+def test_an_impossible_stage_is_refused_before_anything_is_queued(catalog, tmp_path, capsys):
+    path = write_spec(tmp_path, sources=["tiny"], methods={"lora_seq": None}, skills=[
+        {"name": "arith"}, {"name": "sort", "method": "dpo", "source": "tiny"}])
     code, out, err = run_cli(capsys, "experiment", "run", str(path))
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in out + err, err
-    assert err.startswith("error: skill 'k' is given as data, which experiment runs do not ")
+    assert "skill 'sort' learns by dpo, which lora_seq cannot" in err
     assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
+
+
+def test_a_skill_given_as_data_is_registered_with_a_held_out_suite_once(catalog, tmp_path,
+                                                                         capsys):
+    """A spec's JSONL skill is registered when the spec is queued, as `skill add` registers it
+    (a 50-row test half scored by the stage's metric); queued again, the same file reuses it."""
+    sort_jsonl(tmp_path / "k.jsonl")
+    path = write_spec(tmp_path, skills=[{"name": "arith"},
+                                        {"name": "k", "data": "k.jsonl", "metric": "exact_match"}])
+    for queued in (1, 2):
+        code, out, err = run_cli(capsys, "experiment", "run", str(path), "--json")
+        assert code == 0, err
+        assert experiments(catalog) == queued and broker_messages(catalog.settings) == 4 * queued
+    heldout = skill_rows(catalog)["k"]
+    assert (heldout["n_test"], heldout["n_train"], heldout["metric"]) == (50, 200, "exact_match")
+    code, out, err = run_cli(capsys, "skill", "show", "k", "--json")
+    assert code == 0 and json.loads(out)["description"] == "registered by experiment two-skills"
+
+
+@pytest.mark.parametrize(("content", "metric", "message"), [
+    ('{"prompt": "a", "answer": "b"}\nnot json\n', None, "k.jsonl:2: "),
+    (250, "number", "has no number for metric number"),
+    ("".join(json.dumps({"prompt": f"p{i}", "answer": "x"}) + "\n" for i in range(40)), None,
+     "too small to judge or learn from"),
+    (200, None, "pass test_size between 50 and 100"),
+])
+def test_a_bad_data_skill_is_refused_before_anything_is_stored(catalog, tmp_path, capsys,
+                                                               content, metric, message):
+    data = tmp_path / "k.jsonl"
+    if isinstance(content, int):
+        sort_jsonl(data, rows=content)
+    else:
+        data.write_text(content)
+    stage = {"name": "k", "data": "k.jsonl", **({"metric": metric} if metric else {})}
+    path = write_spec(tmp_path, skills=[{"name": "arith"}, stage])
+    code, out, err = run_cli(capsys, "experiment", "run", str(path))
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
+    assert "k" not in skill_rows(catalog)
+    assert not (catalog.settings.home / "suites" / "k").exists()
+
+
+def test_data_for_a_registered_skill_must_be_the_file_it_came_from(catalog, tmp_path, capsys):
+    sort_jsonl(tmp_path / "k.jsonl")
+    sort_jsonl(tmp_path / "other.jsonl", rows=260)
+    first = write_spec(tmp_path, skills=[{"name": "arith"}, {"name": "k", "data": "k.jsonl"}])
+    assert run_cli(capsys, "experiment", "run", str(first))[0] == 0
+    cases = [({"name": "k", "data": "other.jsonl"}, "registered already from other data"),
+             ({"name": "k", "data": "k.jsonl", "metric": "loglikelihood"},
+              "with metric exact_match, not loglikelihood; drop it"),
+             ({"name": "k", "data": "k.jsonl", "test_size": 60}, "test_size 50, not 60")]
+    for stage, message in cases:
+        path = write_spec(tmp_path, skills=[{"name": "arith"}, stage])
+        code, out, err = run_cli(capsys, "experiment", "run", str(path))
+        assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert experiments(catalog) == 1
 
 
 def test_an_unknown_experiment_is_one_line_naming_the_fix(catalog, capsys):
@@ -87,13 +157,18 @@ def test_an_unknown_experiment_is_one_line_naming_the_fix(catalog, capsys):
 def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
     from skillstore.api import create_api
 
-    with TestClient(create_api(catalog.settings)) as client:
+    settings = catalog.settings.model_copy(update={"api_path_roots": (tmp_path,)})
+    with TestClient(create_api(settings)) as client:
         data = tmp_path / "k.jsonl"
         data.write_text('{"prompt": "a", "answer": "b"}\n')
         refused = client.post("/experiments", headers=AUTH, json=spec_doc(
-            skills=[{"name": "arith"}, {**DATA_SKILL, "data": str(data)}]))
-        assert refused.status_code == 400, refused.text
-        assert refused.json()["error"]["message"].startswith("skill 'k' is given as data")
+            skills=[{"name": "arith"}, {"name": "k", "data": str(data)}]))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["message"].endswith(
+            "register it with your own task by `skillstore skill add --suite`.")
+        outside = client.post("/experiments", headers=AUTH, json=spec_doc(
+            skills=[{"name": "arith"}, {"name": "k", "data": "/etc/hostname"}]))
+        assert outside.status_code == 400 and "outside the folders" in outside.text
         bad = client.post("/experiments", headers=AUTH, json=spec_doc(colour="blue"))
         assert bad.status_code == 422 and "colour: no such key" in bad.json()["error"]["message"]
         assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
@@ -117,8 +192,9 @@ def test_the_api_queues_lists_shows_and_cancels(catalog, tmp_path):
 
 def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
         tmp_path, tiny_zoo, monkeypatch, capsys):
-    """Two skills, one seed, a few steps, naive_ft, graft and multi_lora on one worker: each
-    run's result holds the 2x2 matrix and its metrics, the experiment succeeds, the graft run's
+    """Two skills, the second a user's JSONL given as data, one seed, a few steps, naive_ft,
+    graft and multi_lora on one worker: each run's result holds the 2x2 matrix and its metrics,
+    the JSONL skill scored on its held-out half, the experiment succeeds, the graft run's
     packs are catalog candidates whose `pack show` names the experiment, and multi_lora routes
     its two adapters with the general suite's prompts as the router's NONE class and records
     what its one-point sweep chose."""
@@ -126,7 +202,9 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     monkeypatch.setenv("SKILLSTORE_HOME", str(env.settings.home))
     for var in ("DATABASE_URL", "BLOB_URL", "BROKER_URL", "RESULT_BACKEND"):
         monkeypatch.delenv(f"SKILLSTORE_{var}", raising=False)
-    path = write_spec(tmp_path, base="tiny-llama", skills=[{"name": "reverse"}, {"name": "sort"}],
+    sort_jsonl(tmp_path / "sorting.jsonl")
+    path = write_spec(tmp_path, base="tiny-llama",
+                      skills=[{"name": "reverse"}, {"name": "sorting", "data": "sorting.jsonl"}],
                       methods={"naive_ft": None, "graft": {"router": "tag"},
                                "multi_lora": {"ranks": [4], "lrs": [3e-3]}}, seeds=[0],
                       eval_limit=10, train=FAST_TRAIN)
@@ -146,8 +224,8 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     assert (run["method"], run["seed"], run["status"], run["error"]) == \
         ("naive_ft", 0, "succeeded", None)
     assert (graft["method"], graft["status"]) == ("graft", "succeeded")
-    assert [p["name"] for p in graft["result"]["packs"]] == ["reverse@v1", "sort@v1"]
-    code, out, err = run_cli(capsys, "pack", "show", "sort@v1", "--json")
+    assert [p["name"] for p in graft["result"]["packs"]] == ["reverse@v1", "sorting@v1"]
+    code, out, err = run_cli(capsys, "pack", "show", "sorting@v1", "--json")
     assert code == 0, err
     pack = json.loads(out)
     assert (pack["status"], pack["blob_digest"]) == \
@@ -155,7 +233,7 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     assert pack["experiment"] == {"experiment_id": exp_id, "experiment": doc["name"],
                                   "run_id": graft["id"], "method": "graft", "seed": 0}
     code, out, _ = run_cli(capsys, "experiment", "show", str(exp_id))
-    assert code == 0 and re.findall(r"\b\w+@v\d+\b", out) == ["reverse@v1", "sort@v1"]
+    assert code == 0 and re.findall(r"\b\w+@v\d+\b", out) == ["reverse@v1", "sorting@v1"]
     # The graft run ends in a state of its packs behind its router, never the head.
     assert run["state_id"] is None and lora["state_id"] is None  # no catalog packs: no state
     code, out, err = run_cli(capsys, "state", "show", str(graft["state_id"]), "--json")
@@ -163,10 +241,11 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     state = json.loads(out)
     assert state["packs"] == [f"{p['name']}x1" for p in graft["result"]["packs"]]
     assert (state["router"], state["current"]) == ("tag", False)
-    assert result["skills"] == ["reverse", "sort"]
+    assert result["skills"] == ["reverse", "sorting"]
     matrix = result["accuracy_matrix"]
     assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
-    assert result["n"] == [[8, 8], [8, 8]]  # the zoo's eight test prompts per skill
+    # The zoo's eight test prompts; the JSONL's 50 held-out ones at the spec's eval_limit.
+    assert result["n"] == [[8, 10], [8, 10]]
     assert set(result["metrics"]) >= {"average_accuracy", "bwt", "forgetting",
                                       "forward_transfer"}
     assert all(b > 0 for b in result["bytes_per_skill"].values())
@@ -175,11 +254,11 @@ def test_an_experiment_runs_on_a_real_worker_and_its_packs_enter_the_catalog(
     chosen = lora["result"]
     assert chosen["chosen"] == {"rank": 4, "lr": 3e-3}
     assert [p["rank"] for p in chosen["sweep"]["points"]] == [4]
-    assert len(chosen["accuracy_matrix"]) == 2 and chosen["n"] == [[8, 8], [8, 8]]
+    assert len(chosen["accuracy_matrix"]) == 2 and chosen["n"] == [[8, 10], [8, 10]]
     assert [r["router"] for r in chosen["routers"]] == ["learned", "learned"]
     assert chosen["routers"][0]["classes"] == ["reverse", NONE_CLASS]
     b = chosen["bytes_per_skill"]
-    assert b["reverse"] == b["sort"] > 0  # one rank-4 adapter each
+    assert b["reverse"] == b["sorting"] > 0  # one rank-4 adapter each
     env.catalog.close()
 
 

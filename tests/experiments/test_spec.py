@@ -39,6 +39,20 @@ def test_a_good_spec_is_read_whole_with_its_defaults_and_runs():
                            ("multi_lora", 0), ("multi_lora", 1), ("ties", 0), ("ties", 1)]
 
 
+@pytest.mark.parametrize("doc", [
+    GOOD,
+    with_(skills=[{"name": "reverse"}, {"name": "k", "method": "dpo", "source": "src-gpt2"}],
+          methods={"graft": None, "joint": None}, dpo={"beta": 0.3, "max_steps": 5}),
+    with_(skills=[{"name": "reverse"},
+                  {"name": "k", "data": "k.jsonl", "metric": "number", "test_size": 60}]),
+])
+def test_a_stored_spec_reads_back_as_itself(doc):
+    """The catalog stores a spec as `as_json` (every default written out) and each run parses
+    it again: that must give the same spec, not a refusal of keys the user never wrote."""
+    spec = parse_spec(doc)
+    assert parse_spec(spec.as_json()).as_json() == spec.as_json()
+
+
 @pytest.mark.parametrize("doc, words", [
     (with_(colour="blue"), r"colour: no such key"),
     (with_(seeds=[]), r"seeds: .*at least 1"),
@@ -59,6 +73,12 @@ def test_a_good_spec_is_read_whole_with_its_defaults_and_runs():
      r"names source 'qwen', which is not in sources"),
     (with_(skills=[{"name": "k", "data": "k.jsonl", "metric": "bleu"}]),
      r"unknown metric 'bleu'; valid: "),
+    (with_(skills=[{"name": "k", "test_size": 60}]), r"test_size splits .* add data or drop"),
+    (with_(skills=[{"name": "k", "method": "dpo", "source": "src-gpt2"}]),
+     r"skill 'k' learns by dpo, which multi_lora cannot .* learn 'k' by distill"),
+    (with_(dpo={"beta": 0.2}), r"dpo configures .* and no skill is; drop dpo"),
+    (with_(skills=[{"name": "k", "method": "dpo", "source": "src-gpt2"}],
+           methods={"graft": None}, dpo={"betta": 0.2}), r"dpo\.betta: no such key"),
     (with_(skills=[]), r"skills: .*at least 1"),
     (with_(train={"max_steps": 0}), r"train\.max_steps: .*greater than 0"),
     (with_(gate={"min_gain": 2}), r"gate\.min_gain"),

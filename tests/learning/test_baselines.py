@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from skillstore.curriculum.validate import load_rows
@@ -10,11 +12,13 @@ from skillstore.models import load_causal_lm
 from skillstore.training.baselines import (
     LoRAConfig,
     Stage,
+    fit_stage,
     sweep_lora,
     train_joint,
     train_lora,
     train_sequential,
 )
+from skillstore.training.dpo import DPOConfig
 from skillstore.training.sft import SFTConfig
 
 TINY = SFTConfig(lr=1e-2, max_steps=6, batch_size=8, eval_every=3)
@@ -71,3 +75,21 @@ def test_a_lora_sweep_tries_every_point_keeps_the_best_and_leaves_the_model(mini
     assert losses[(4, 3e-2)] < losses[(4, 1e-4)]
     assert fingerprint_module(model) == before  # every point trained a copy
     assert sweep.as_json()["points"] == sweep.points
+
+
+def test_a_dpo_stage_is_the_same_sft_then_dpo_against_the_sft_model(mini_zoo):
+    """fit_stage seeds SFT, so a stage with DPO and one without part only at DPO: each training
+    prompt gets a pair (the model's refused greedy answer, else the documented fallback)."""
+    stage = _stages(mini_zoo, ["knowledge"])[0]
+    sft_only, tok = load_causal_lm(mini_zoo.target, fingerprint=False)
+    plain = fit_stage(sft_only, tok, stage, TINY)
+    assert "dpo" not in plain.metrics
+    model, _ = load_causal_lm(mini_zoo.target, fingerprint=False)
+    dpo = DPOConfig(max_steps=2, batch_size=4, samples=0, synthetic_rejected=True, seed=5)
+    fit = fit_stage(model, tok, dataclasses.replace(stage, dpo=dpo), TINY)
+    assert fit.metrics["best_val_loss"] == plain.metrics["best_val_loss"]  # the same SFT
+    assert (fit.metrics["dpo"]["steps"], fit.metrics["dpo"]["seed"]) == (2, 5)
+    origins = fit.metrics["dpo"]["pairs"]["knowledge"]
+    assert origins["dropped"] == 0 and origins["source"] == 0
+    assert origins["greedy"] + origins["synthetic"] == len(stage.train)
+    assert fingerprint_module(model) != fingerprint_module(sft_only)

@@ -42,8 +42,12 @@ def queue(ctx: Ctx, spec: Annotated[dict[str, Any], Body(
         parsed = parse_spec(spec)
     except ConfigError as exc:
         raise RequestError(str(exc)) from None
+    # A skill given as data names a file on the server, readable only under its path roots.
+    skills = tuple(s.model_copy(update={"data": ctx.server_path(str(s.data), "dataset")})
+                   if s.data is not None else s for s in parsed.skills)
+    parsed = parsed.model_copy(update={"skills": skills})
     with ctx.session() as session:
-        return experiment_dict(queue_experiment(session, ctx.settings, parsed))
+        return experiment_dict(queue_experiment(session, ctx.settings, parsed, blobs=ctx.blobs))
 
 
 @router.get("/experiments", response_model=Page[ExperimentOut],
