@@ -1,4 +1,5 @@
-"""SIGKILL a worker mid-train and mid-compress: another worker finishes the job exactly once."""
+"""SIGKILL a worker mid-train and mid-compress: another worker finishes the job exactly once.
+(The deterministic twin of test_worker_kills' random kills.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from skillstore.catalog import JobStatus, PackStatus
 from skillstore.catalog.models import Promotion, SkillPack
 from skillstore.jobqueue import spawn_worker, stop_worker
 
-from .conftest import FAST_OPTIONS, queue_job
-from .test_pipeline import assert_learned
+from tests.workers.conftest import FAST_OPTIONS, queue_job, sqlite_env  # noqa: F401 - a fixture
+from tests.workers.test_pipeline import assert_learned
 
 # Long enough that a kill seen at a quarter of training lands well before it ends, even on an
 # idle machine where progress is written at most once a second.
