@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 import torch
@@ -36,6 +37,7 @@ from ..training.baselines import (
     lora_model,
     sweep_lora,
 )
+from ..training.generate import exact_match
 from ..training.sft import Progress, SFTConfig
 from .sequential import suite_scores
 from .spec import LoRASweep, Merge
@@ -220,18 +222,56 @@ def multi_lora_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequenc
 
 # --- Merges over per-skill fine-tunes --------------------------------------------------------
 
-def merge_method(name: str, settings: Merge) -> tuple[FusionMethod, float | None]:
-    """The `states.fusion` method that merges the deltas for ``name``, and the density DARE
-    drops each delta to first (None: no drop). DARE-TIES is DARE's random drop with rescale,
-    then TIES's sign election and disjoint mean with no further trim."""
+def merge_method(name: str, settings: Merge, scale: float = 1.0
+                 ) -> tuple[FusionMethod, float | None]:
+    """The `states.fusion` method that merges the deltas for ``name`` at ``scale``, and the
+    density DARE drops each delta to first (None: no drop). DARE-TIES is DARE's random drop
+    with rescale, then TIES's sign election and disjoint mean with no further trim."""
     density = settings.density or DEFAULT_DENSITY
     if name == "task_arithmetic":
-        return TaskArithmetic(lam=settings.scale), None
+        return TaskArithmetic(lam=scale), None
     if name == "ties":
-        return Ties(density=density, lam=settings.scale), None
+        return Ties(density=density, lam=scale), None
     if name == "dare_ties":
-        return Ties(density=1.0, lam=settings.scale), density
+        return Ties(density=1.0, lam=scale), density
     raise ConfigError(f"no merge method {name!r}; valid: task_arithmetic, ties, dare_ties.")
+
+
+def merge_fusions(name: str, settings: Merge) -> tuple[dict[float, FusionMethod], float | None]:
+    """The fusion at every scale of ``settings.grid()``, and DARE's density."""
+    fusions = {s: merge_method(name, settings, s)[0] for s in settings.grid()}
+    return fusions, merge_method(name, settings)[1]
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    """What `merge_scores` measured: the rows, each fine-tune's changed parameters, each dpo
+    stage's DPO metrics, and after each stage the scale picked and every scale's score."""
+
+    rows: Rows
+    changed: list[int]
+    dpo: dict[str, dict]
+    scales: list[dict]
+
+
+def pick_scale(model, tokenizer, base: dict[str, torch.Tensor],
+               deltas: Sequence[dict[str, torch.Tensor]], fusions: dict[float, FusionMethod],
+               stages: Sequence[Stage], *, limit: int | None = None) -> dict:
+    """The scale whose merge of ``deltas`` has the best mean validation exact match over
+    ``stages`` (ties: the larger scale), as the LoRA sweep picks on validation rows; with one
+    scale, that one unscored. ``model`` is left holding the merge at the scale picked."""
+    points = []
+    if len(fusions) > 1:
+        for scale, fusion in fusions.items():
+            load_weights(model, base, merged(fusion, deltas))
+            accs = [exact_match(model, tokenizer, s.validation, limit=limit).accuracy
+                    for s in stages]
+            points.append({"scale": scale, "val_accuracy": sum(accs) / len(accs)})
+        chosen = max(points, key=lambda p: (p["val_accuracy"], p["scale"]))["scale"]
+    else:
+        chosen = next(iter(fusions))
+    load_weights(model, base, merged(fusions[chosen], deltas))
+    return {"chosen": chosen, "points": points}
 
 
 def dare(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -284,15 +324,15 @@ def changed_params(delta: dict[str, torch.Tensor]) -> int:
 
 
 def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],
-                 config: SFTConfig, fusion: FusionMethod, *, dare_density: float | None = None,
-                 seed: int = 0, limit: int | None = None, progress: Progress | None = None
-                 ) -> tuple[Rows, list[int], dict[str, dict]]:
-    """Full fine-tuning of each stage from the base (``model``'s weights at the start), then the
-    deltas of stages 1..i merged by ``fusion`` onto the base and scored after each stage i;
-    with ``dare_density`` each delta is first DAREd, by a generator seeded with ``seed``, once
-    when it is made. Returns the rows and each fine-tune's changed parameters (its dense
-    delta) and each dpo stage's DPO metrics. ``model`` ends holding the last merge."""
-    base, deltas, changed, rows, dpo = weights_of(model), [], [], [], {}
+                 config: SFTConfig, fusions: dict[float, FusionMethod], *,
+                 dare_density: float | None = None, seed: int = 0, limit: int | None = None,
+                 progress: Progress | None = None) -> MergeRun:
+    """Full fine-tuning of each stage from the base (``model``'s weights at the start), then
+    after each stage i the deltas of stages 1..i merged onto the base at the scale of
+    ``fusions`` (scale -> fusion) that `pick_scale` picks on the validation rows of stages
+    1..i, and scored; with ``dare_density`` each delta is first DAREd, by a generator seeded
+    with ``seed``, once when it is made. ``model`` ends holding the last merge."""
+    base, deltas, changed, rows, dpo, scales = weights_of(model), [], [], [], {}, []
     generator = torch.Generator().manual_seed(seed)
     for i, stage in enumerate(stages):
         delta, preferred = finetune_delta(model, tokenizer, base, stage, config,
@@ -305,6 +345,7 @@ def merge_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Sui
         deltas.append(delta)
         if progress is not None:
             progress(f"{stage.name}:score", (i + 1) / len(stages))
-        load_weights(model, base, merged(fusion, deltas))
+        scales.append(pick_scale(model, tokenizer, base, deltas, fusions, stages[:i + 1],
+                                 limit=limit))
         rows.append(suite_scores(model, tokenizer, suites, limit=limit))
-    return rows, changed, dpo
+    return MergeRun(rows, changed, dpo, scales)

@@ -36,10 +36,13 @@ VARIANTS = (ROUTED, *MERGED)  # after one entry per source
 
 
 def merges(spec: ExperimentSpec, n: int) -> dict[str, tuple[object, list[float]]]:
-    """fusion method and per-pack scales of each merged variant, from the spec's settings."""
+    """fusion method and per-pack scales of each merged variant, from the spec's settings: a
+    fixed ``scale`` where the spec gives one, else 1 (the packs of one skill are averaged, so
+    nothing to sweep, unlike the merge methods' sums over several skills)."""
     chosen = spec.methods.chosen()
-    ties, _ = merge_method("ties", chosen.get("ties") or Merge())
-    scale = getattr(chosen.get("task_arithmetic"), "scale", Merge().scale)
+    settings = chosen.get("ties") or Merge()
+    ties, _ = merge_method("ties", settings, settings.scale or 1.0)
+    scale = getattr(chosen.get("task_arithmetic"), "scale", None) or 1.0
     return {"ties": (ties, [1.0] * n),
             "task_arithmetic": (TaskArithmetic(lam=scale), [1.0 / n] * n)}
 

@@ -32,7 +32,7 @@ from .baselines import (
     earlier_sweep,
     lora_choice,
     lora_sequence_scores,
-    merge_method,
+    merge_fusions,
     merge_scores,
     multi_lora_scores,
 )
@@ -213,16 +213,17 @@ class Merged:
 
     def execute(self, inputs: RunInputs, check: Check) -> dict:
         model, tok, base_row = _base_row(inputs)
-        fusion, drop = merge_method(self.name, inputs.spec.settings(self.name))
-        scores, changed, dpo = merge_scores(
-            model, tok, inputs.stages, inputs.suites, inputs.train, fusion, dare_density=drop,
-            seed=inputs.seed, limit=inputs.spec.eval_limit, progress=check)
-        metrics = continual_metrics([[s.value for s in row] for row in scores],
+        fusions, drop = merge_fusions(self.name, inputs.spec.settings(self.name))
+        run = merge_scores(model, tok, inputs.stages, inputs.suites, inputs.train, fusions,
+                           dare_density=drop, seed=inputs.seed, limit=inputs.spec.eval_limit,
+                           progress=check)
+        metrics = continual_metrics([[s.value for s in row] for row in run.rows],
                                     [s.value for s in base_row])
-        density = getattr(fusion, "density", None) if drop is None else drop
-        return _result(inputs, scores, metrics, base_row, changed,
-                       merge={"method": self.name, "scale": fusion.lam, "density": density},
-                       **({"dpo": dpo} if dpo else {}))
+        density = getattr(next(iter(fusions.values())), "density", None) if drop is None else drop
+        return _result(inputs, run.rows, metrics, base_row, run.changed,
+                       merge={"method": self.name, "scale": run.scales[-1]["chosen"],
+                              "density": density, "scales": run.scales},
+                       **({"dpo": run.dpo} if run.dpo else {}))
 
 
 @dataclass(frozen=True)

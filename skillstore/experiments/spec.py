@@ -66,11 +66,28 @@ class LoRASweep(_Settings):
     lrs: tuple[Annotated[float, Field(gt=0)], ...] = Field(default=(1e-3, 3e-3), min_length=1)
 
 
-class Merge(_Settings):
-    """Task arithmetic, TIES or DARE-TIES over the skills' fine-tunes."""
+MERGE_SCALES = (0.3, 0.5, 0.7, 1.0, 1.5)
 
-    scale: float = Field(default=1.0, gt=0, le=2)
+
+class Merge(_Settings):
+    """Task arithmetic, TIES or DARE-TIES over the skills' fine-tunes, at a fixed ``scale``,
+    or (None) at the best of ``scales`` on the validation rows after each stage: one scale
+    for every sum of several full deltas undoes them all (measured: 0 on every skill at 1)."""
+
+    scale: float | None = Field(default=None, gt=0, le=2)
+    scales: tuple[Annotated[float, Field(gt=0, le=2)], ...] = Field(default=MERGE_SCALES,
+                                                                    min_length=1)
     density: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.scale is not None and self.scales != MERGE_SCALES:
+            raise ValueError("scale fixes the merge's scale and scales sweeps it; give one")
+        return self
+
+    def grid(self) -> tuple[float, ...]:
+        """The scales a run tries: the fixed one, else the sweep's."""
+        return (self.scale,) if self.scale is not None else self.scales
 
 
 class Joint(_Settings):

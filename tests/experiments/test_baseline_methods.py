@@ -16,15 +16,19 @@ from skillstore.experiments.baselines import (
     dare,
     earlier_sweep,
     lora_deltas,
+    merge_fusions,
     merge_method,
     merge_scores,
     merged,
+    pick_scale,
+    weights_of,
 )
 from skillstore.experiments.catalog import RunCancelled, create_experiment
 from skillstore.experiments.methods import check_runnable, execute
 from skillstore.experiments.spec import Merge
 from skillstore.models import load_causal_lm
 from skillstore.training.baselines import LoRAConfig, Stage, lora_model
+from skillstore.training.generate import ExactMatch
 from skillstore.training.sft import SFTConfig, train_sft
 
 from .conftest import spec_doc
@@ -150,7 +154,7 @@ TOY = [torch.tensor([1.0, -2.0, 3.0, 0.5]), torch.tensor([-1.5, -1.0, 2.0, 0.1])
 
 
 def toy(scale: float = 1.0, density: float | None = None) -> dict:
-    return {name: merge_method(name, Merge(scale=scale, density=density))
+    return {name: merge_method(name, Merge(scale=scale, density=density), scale)
             for name in ("task_arithmetic", "ties", "dare_ties")
             if not (name == "task_arithmetic" and density is not None)}
 
@@ -198,9 +202,10 @@ def test_each_skill_is_fine_tuned_from_the_base_and_the_deltas_merged(tiny_world
     base = copy.deepcopy(model)
     stages = [Stage(n, rows, rows[:2], []) for n, rows in ROWS.items()]
     config = SFTConfig(**QUICK, seed=3)
-    fusion, _ = merge_method("task_arithmetic", Merge())
-    rows, changed, _ = merge_scores(model, tok, stages, [], config, fusion, seed=3)
-    assert rows == [[], []] and len(changed) == 2 and all(c > 0 for c in changed)
+    fusions, _ = merge_fusions("task_arithmetic", Merge(scale=1.0))
+    run = merge_scores(model, tok, stages, [], config, fusions, seed=3)
+    assert run.rows == [[], []] and len(run.changed) == 2 and all(c > 0 for c in run.changed)
+    assert run.scales == [{"chosen": 1.0, "points": []}] * 2  # a fixed scale: nothing swept
     tuned = []
     for stage in stages:
         alone = copy.deepcopy(base)
@@ -217,3 +222,38 @@ def test_each_skill_is_fine_tuned_from_the_base_and_the_deltas_merged(tiny_world
 def test_the_baselines_are_runnable(method):
     settings = {"density": 0.5} if method in ("ties", "dare_ties") else {}
     check_runnable(parse_spec(spec_doc(methods={method: settings})))
+
+
+def test_the_merge_scale_is_the_best_on_the_validation_rows_so_far(tiny_world, monkeypatch):
+    """Each stage's merge is scored at every scale of the grid on the validation rows of the
+    stages so far; the best mean exact match wins (ties: the larger scale), and the model is
+    left holding the merge at that scale."""
+    from skillstore.experiments import baselines as baselines_mod
+
+    model, tok = load_causal_lm(tiny_world.base_dir, fingerprint=False)
+    base = weights_of(model)
+    one = {n: torch.full_like(w, 0.01) for n, w in base.items()}
+    fusions, _ = merge_fusions("task_arithmetic", Merge(scales=(0.5, 1.0, 1.5)))
+    stages = [Stage(n, rows, rows[:2], []) for n, rows in ROWS.items()]
+    # A stand-in for the validation score that peaks at the merge of scale 1.0.
+    seen = []
+
+    def score(model_, tok_, rows, *, limit=None):
+        shift = float(next(iter(model_.parameters())).flatten()[0]
+                      - next(iter(base.values())).flatten()[0])
+        seen.append((round(shift / 0.01, 3), rows[0]["prompt"]))
+        return ExactMatch(1.0 - abs(shift / 0.01 - 1.0), len(rows), 0)
+
+    monkeypatch.setattr(baselines_mod, "exact_match", score)
+    picked = pick_scale(model, tok, base, [one], fusions, stages, limit=4)
+    assert picked["chosen"] == 1.0
+    assert [p["scale"] for p in picked["points"]] == [0.5, 1.0, 1.5]
+    assert picked["points"][1]["val_accuracy"] == pytest.approx(1.0)
+    # every scale scored on both stages' validation rows; the model holds base + 1.0 x delta
+    assert sorted({s for s, _ in seen}) == [0.5, 1.0, 1.5] and len(seen) == 6
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, base[n] + one[n], rtol=1e-5, atol=1e-6)
+    # a tie goes to the larger scale
+    monkeypatch.setattr(baselines_mod, "exact_match",
+                        lambda *a, **k: ExactMatch(0.5, 2, 1))
+    assert pick_scale(model, tok, base, [one], fusions, stages)["chosen"] == 1.5

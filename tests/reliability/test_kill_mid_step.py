@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from skillstore.catalog import JobStatus, PackStatus
 from skillstore.catalog.models import Promotion, SkillPack
 from skillstore.jobqueue import spawn_worker, stop_worker
-
 from tests.workers.conftest import FAST_OPTIONS, queue_job, sqlite_env  # noqa: F401 - a fixture
 from tests.workers.test_pipeline import assert_learned
 
@@ -26,7 +25,7 @@ def _kill_when(env, job_id, until, poll=0.02):
     return env.job(job_id)
 
 
-def test_sigkill_mid_train_and_mid_compress_finishes_once(sqlite_env):
+def test_sigkill_mid_train_and_mid_compress_finishes_once(sqlite_env):  # noqa: F811
     env = sqlite_env
     with env.catalog.session() as s:
         job_id = queue_job(s, env.settings, "reverse", "tiny-llama", sft=LONG_TRAIN,
