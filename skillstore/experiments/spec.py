@@ -11,13 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from ..catalog.models import Skill
+from ..curriculum.validate import validate_dataset
 from ..errors import ConfigError, DatasetError, NotFoundError
 from ..gate.policy import GatePolicy
-from ..heldout import METRICS
+from ..heldout import DEFAULT_METRIC, METRICS, split_dataset
 from ..packs import load_policy
 from ..training.dpo import DPOConfig
 from ..training.sft import SFTConfig
@@ -306,12 +309,6 @@ def check_spec(session: Session, spec: ExperimentSpec) -> None:
 def check_data_stage(session: Session, stage: SkillStage) -> None:
     """A data stage's file is whole and splittable (DatasetError names the file and line), and
     a registered skill of its name came from the same file with the same metric."""
-    import sqlalchemy as sa
-
-    from ..catalog.models import Skill
-    from ..curriculum.validate import validate_dataset
-    from ..heldout import DEFAULT_METRIC, split_dataset
-
     if not stage.data.is_file():
         raise NotFoundError(f"Experiment skill {stage.name!r}: data file "
                             f"{str(stage.data)!r} does not exist.")
