@@ -50,9 +50,12 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """HEAD's short hash, with ``+changes`` when tracked files differ from it."""
     done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"],
+                           check=False).returncode == 1
+    return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
 
 
 def main(argv: list[str]) -> int:
@@ -67,7 +70,8 @@ def main(argv: list[str]) -> int:
                         help="path without suffix for the .md, .html and .json files")
     args = parser.parse_args(argv)
     spec = load_spec(SPEC)
-    started, when = time.monotonic(), datetime.now(UTC)
+    # The code the runs ran is the tree's when they are queued, not when the report is written.
+    started, when, at = time.monotonic(), datetime.now(UTC), commit()
     env, exp, work = run_experiment(SPEC, [s.name for s in spec.skills],
                                     concurrency=args.concurrency, log=_log)
     wall = time.monotonic() - started
@@ -79,7 +83,7 @@ def main(argv: list[str]) -> int:
     failed = [r for r in doc["runs"] if r["status"] != "succeeded"]
     header = (
         f"# Reference experiment: the built-in `{SPEC}` spec\n\n"
-        f"Measured {when:%Y-%m-%d} (UTC) at commit `{commit()}` by `make experiment`, on "
+        f"Measured {when:%Y-%m-%d} (UTC) at commit `{at}` by `make experiment`, on "
         f"{machine()}: one worker with {args.concurrency} pool processes on the embedded "
         f"broker (SQLite catalog and queue). {len(doc['runs'])} runs "
         f"({len(spec.methods.chosen())} methods x {len(spec.seeds)} seeds), "
@@ -97,7 +101,7 @@ def main(argv: list[str]) -> int:
                "-o", str(args.out.with_suffix(".html")))
     data = json.loads(skillstore(env, "experiment", "report", str(exp), "--format", "json"))
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"measured": when.isoformat(), "commit": commit(), "machine": machine(),
+        {"measured": when.isoformat(), "commit": at, "machine": machine(),
          "concurrency": args.concurrency, "wall_s": round(wall, 1), "overhead": cost,
          "report": data}, indent=2), encoding="utf-8")
     _log(f"{len(doc['runs'])} runs in {wall / 60:.1f} min, {len(failed)} not succeeded; "
