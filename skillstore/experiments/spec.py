@@ -329,9 +329,9 @@ def check_data_stage(session: Session, stage: SkillStage) -> None:
                           f"data than {str(stage.data)!r}; rename the skill in the spec, or "
                           "drop its data to learn the registered one.")
     split = registered.heldout or {}
-    for key in ("metric", "n_test"):
-        wanted = getattr(stage, "test_size" if key == "n_test" else key)
-        if wanted is not None and split.get(key) != wanted:
+    for key, wanted, had in (("metric", stage.metric, split.get("metric")),
+                             ("test_size", stage.test_size, split.get("n_test"))):
+        if wanted is not None and had != wanted:
             raise ConfigError(f"Experiment skill {stage.name!r} is registered already with "
-                              f"{key.replace('n_test', 'test_size')} {split.get(key)}, not "
-                              f"{wanted}; drop it from the stage or rename the skill.")
+                              f"{key} {had}, not {wanted}; drop it from the stage or rename "
+                              "the skill.")
