@@ -14,7 +14,7 @@ from ._groups import EXPERIMENT
 
 POLL_S = 1.0
 SpecArg = typer.Argument(..., metavar="SPEC", help="Experiment spec: a YAML file, or the name "
-                         "of a built-in spec (skillstore/experiments/specs: demo, hetero).")
+                         "of a built-in spec (skillstore/experiments/specs: demo, full, hetero).")
 RefArg = typer.Argument(..., metavar="ID", help="Experiment id or name (the newest of it).")
 
 
