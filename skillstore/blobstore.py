@@ -6,9 +6,10 @@ import base64
 import hashlib
 import io
 import os
+import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,7 +91,9 @@ class BlobStore:
         return f"{self.root}/sha256/{hexpart[:2]}/{hexpart[2:]}"
 
     def _tmp_path(self) -> str:
-        return f"{self.root}/tmp/{uuid.uuid4().hex}"
+        """A staging name that says who writes it (`<host>_<pid>_<uuid>`), so that a worker
+        restarting on the same host can remove what a killed process of its left behind."""
+        return f"{self.root}/tmp/{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex}"
 
     # -- writes ---------------------------------------------------------------------------
     def put_bytes(self, data: bytes) -> str:
@@ -271,6 +274,22 @@ class BlobStore:
             return
         for path, info in sorted(self.fs.find(tmp, detail=True).items()):
             yield path, _mtime(info)
+
+    def sweep_staging(self, host: str, alive: Callable[[int], bool]) -> list[str]:
+        """Remove the staged writes that dead processes on `host` left (a SIGKILL mid-write),
+        and return their paths. A live writer's, another host's and an unnamed one's are
+        kept; `skillstore gc` removes those once they are older than its age floor."""
+        removed = []
+        for path, _modified in self.iter_staging():
+            writer_host, sep, rest = path.rsplit("/", 1)[-1].rpartition("_")[0].rpartition("_")
+            if not sep or writer_host != host or not rest.isdigit() or alive(int(rest)):
+                continue
+            try:
+                self.fs.rm(path)
+            except FileNotFoundError:
+                continue  # another sweeper got there first
+            removed.append(path)
+        return removed
 
     def delete(self, digest: str) -> None:
         path = self.path(digest)

@@ -199,6 +199,8 @@ def resume_orphans(**_kwargs) -> None:
         with cat.session() as s:
             for folder in sweep_scratch(s, cat.settings, socket.gethostname(), _alive):
                 log.warning("removed %s: its job's worker is gone", folder)
+            for path in cat.blobs.sweep_staging(socket.gethostname(), _alive):
+                log.warning("removed the staged write %s: its writer is gone", path)
             for job in lifecycle.resume_orphans(s, cat.settings, socket.gethostname(), _alive):
                 log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
     except SkillstoreError as exc:

@@ -118,3 +118,47 @@ def test_gc_deletes_only_unreferenced(session, tmp_path):
     assert done.deleted == [orphan] and done.kept == 1
     assert done.stale_staging and not store.fs.exists(f"{store.root}/tmp/interrupted")
     assert not store.exists(orphan) and store.get_bytes(kept) == b"referenced pack"
+
+
+_SLOW_WRITER = """
+import sys, time
+from skillstore.blobstore import BlobStore
+
+class Stalls:
+    sent = False
+    def read(self, n):
+        if self.sent:
+            time.sleep(3600)
+        self.sent = True
+        return b"half a pack"
+
+BlobStore(sys.argv[1]).put_stream(Stalls())
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_staged_file_that_its_host_sweeps(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    store = BlobStore(tmp_path / "blobs")
+    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(tmp_path / "blobs")])
+    deadline = time.monotonic() + 60
+    while not list(store.iter_staging()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    [(killed, _)] = store.iter_staging()
+    host = socket.gethostname()
+    kept = [f"{store.root}/tmp/{name}" for name in
+            (f"{host}_{os.getpid()}_live", f"other-host_{writer.pid}_x", "unnamed")]
+    for path in kept:
+        store.fs.pipe_file(path, b"in flight")
+
+    alive = {os.getpid()}.__contains__
+    assert store.sweep_staging("another-host", alive) == []
+    assert store.sweep_staging(host, alive) == [killed]
+    assert sorted(p for p, _ in store.iter_staging()) == sorted(kept)
