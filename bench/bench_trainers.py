@@ -14,8 +14,10 @@ folder), SKILLSTORE_BENCH_SKILLS (comma list; default all five), SKILLSTORE_BENC
 (torch threads), SKILLSTORE_BENCH_TRAINERS_STEPS (max_steps on the zoo; default bench_learning's
 2,000), SKILLSTORE_BENCH_TRAINERS_PARTS (zoo,memory), SKILLSTORE_BENCH_TRAINERS_SHAPE (0.5b, or
 tiny to check the bench itself), SKILLSTORE_BENCH_TRAINERS_BIG_STEPS (default 20),
-SKILLSTORE_BENCH_TRAINERS_BIG_BATCH (default 2), SKILLSTORE_BENCH_TAG (writes
-out/trainers-TAG.json instead of out/trainers.json).
+SKILLSTORE_BENCH_TRAINERS_BIG_BATCH (default 2), SKILLSTORE_BENCH_TRAINERS_SEEDS (comma list of
+training seeds; default 0: each skill is learned once per seed by each backend, the prompts of all
+seeds are paired together, and the per-seed differences get a t interval too),
+SKILLSTORE_BENCH_TAG (writes out/trainers-TAG.json instead of out/trainers.json).
 """
 
 from __future__ import annotations
@@ -54,10 +56,15 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"SKILLSTORE_BENCH_TRAINERS_{name}") or default
 
 
-def _zoo_config():
+def _zoo_config(seed: int = 0):
     from skillstore.training.sft import SFTConfig
 
-    return SFTConfig(**{**BENCH_SFT, "max_steps": int(_env("STEPS", str(BENCH_SFT["max_steps"])))})
+    steps = int(_env("STEPS", str(BENCH_SFT["max_steps"])))
+    return SFTConfig(**{**BENCH_SFT, "max_steps": steps, "seed": seed})
+
+
+def _seeds() -> list[int]:
+    return [int(s) for s in _env("SEEDS", "0").split(",")]
 
 
 def _answers_right(model, tok, rows: list[dict]) -> list[bool]:
@@ -94,7 +101,7 @@ def _fine_tune(zoo, backend: str, train, val, test, cfg) -> dict:
 
 def zoo_part(home: Path) -> dict:
     from skillstore.curriculum.validate import load_rows
-    from skillstore.evaluation.stats import mcnemar_exact
+    from skillstore.evaluation.stats import mcnemar_exact, mean_interval
     from skillstore.models import pick_device
     from skillstore.training.backends import choose_backend
     from skillstore.training.memory import ModelShape
@@ -102,25 +109,40 @@ def zoo_part(home: Path) -> dict:
 
     zoo = build_zoo(home)
     cur = zoo.load_curriculum()
-    cfg = _zoo_config()
+    seeds = _seeds()
     skills = os.environ.get("SKILLSTORE_BENCH_SKILLS", ",".join(cur.skills)).split(",")
     rows = []
     for name in skills:
         files = cur.skills[name]
         train, val = load_rows(files.train), load_rows(files.validation)
         test = load_rows(files.test)
-        row = {"skill": name, "load_before": _load()}
-        for backend in BACKENDS:
-            row[backend] = _fine_tune(zoo, backend, train, val, test, cfg)
+        row = {"skill": name, "load_before": _load(), "seeds": []}
+        right: dict[str, list[bool]] = {b: [] for b in BACKENDS}
+        for seed in seeds:
+            run = {"seed": seed}
+            for backend in BACKENDS:
+                run[backend] = _fine_tune(zoo, backend, train, val, test, _zoo_config(seed))
+                right[backend] += run[backend].pop("right")
+            run["trl_minus_builtin"] = run["trl"]["em"] - run["builtin"]["em"]
+            row["seeds"].append(run)
+            print(json.dumps({"skill": name, **run}), flush=True)
         row["load_after"] = _load()
-        paired = mcnemar_exact(row["builtin"].pop("right"), row["trl"].pop("right"))
-        row["trl_minus_builtin"] = paired.as_dict()
+        for backend in BACKENDS:
+            runs = [r[backend] for r in row["seeds"]]
+            row[backend] = {"em": statistics.fmean(r["em"] for r in runs),
+                            "seconds_per_step": statistics.median(r["seconds_per_step"]
+                                                                  for r in runs),
+                            "steps": "/".join(str(r["steps"]) for r in runs)}
+        # every (prompt, seed) is one pair; the seeds' own spread is in `over_seeds`
+        row["trl_minus_builtin"] = mcnemar_exact(right["builtin"], right["trl"]).as_dict()
+        if len(seeds) > 1:
+            row["over_seeds"] = mean_interval([r["trl_minus_builtin"] for r in row["seeds"]])
         rows.append(row)
-        print(json.dumps(row), flush=True)
+    cfg = _zoo_config()
     shape = ModelShape.of_folder(zoo.target)
     auto = choose_backend("auto", shape.params, pick_device())
     return {"zoo_digest": zoo_manifest(zoo)["digest"], "config": cfg.model_dump(),
-            "params": shape.params, "auto": auto.as_json(), "per_skill": rows}
+            "seeds": seeds, "params": shape.params, "auto": auto.as_json(), "per_skill": rows}
 
 
 def _big_run(root: Path, base: Path, train: Path, checkpointing: bool, steps: int,
@@ -180,13 +202,17 @@ def _mib(n: float | None) -> str:
 
 
 def _zoo_table(part: dict) -> str:
-    lines = ["| skill | builtin EM | TRL EM | TRL - builtin [95% CI] (n) | builtin s/step | "
-             "TRL s/step | steps builtin / TRL | load |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    seeds = part.get("seeds", [0])
+    pooled = f" (n = prompts x {len(seeds)} seeds)" if len(seeds) > 1 else " (n)"
+    lines = [f"| skill | builtin EM | TRL EM | TRL - builtin [95% CI]{pooled} | over seeds, mean "
+             "[95% t] | builtin s/step | TRL s/step | steps builtin / TRL | load |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in part["per_skill"]:
         b, t, d = r["builtin"], r["trl"], r["trl_minus_builtin"]
+        o = r.get("over_seeds")
+        spread = f"{o['mean']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]" if o else "-"
         lines.append(f"| {r['skill']} | {b['em']:.3f} | {t['em']:.3f} | {d['difference']:+.3f} "
-                     f"[{d['low']:+.3f}, {d['high']:+.3f}] ({d['n']}) | "
+                     f"[{d['low']:+.3f}, {d['high']:+.3f}] ({d['n']}) | {spread} | "
                      f"{b['seconds_per_step']:.3f} | {t['seconds_per_step']:.3f} | "
                      f"{b['steps']} / {t['steps']} | {r['load_before']}-{r['load_after']} |")
     return "\n".join(lines)
@@ -249,7 +275,8 @@ def run(out_dir: Path) -> None:
     if "zoo" in parts:
         report["zoo"] = zoo_part(home)
         print(f"\nPart 1: zoo {report['zoo']['zoo_digest']}, {report['zoo']['params']:,} "
-              f"parameters; SFT max {report['zoo']['config']['max_steps']} steps, batch "
+              f"parameters; seeds {report['zoo']['seeds']}; SFT max "
+              f"{report['zoo']['config']['max_steps']} steps, batch "
               f"{report['zoo']['config']['batch_size']}, lr {report['zoo']['config']['lr']}; "
               f"auto picks {report['zoo']['auto']['chosen']} ({report['zoo']['auto']['reason']})"
               f"\n\n{_zoo_table(report['zoo'])}")
