@@ -65,7 +65,20 @@ def default_test_size(n_rows: int) -> int:
     return min(required_n(POWER_ACCURACY, POWER_MARGIN), int(n_rows * MAX_TEST_FRACTION))
 
 
-def _unique_rows(path: Path) -> tuple[list[tuple[int, dict]], int]:
+@dataclass(frozen=True)
+class Wording:
+    """How a fix names the options: `skill add`'s flags by default; an experiment spec passes
+    its keys."""
+
+    metric: str = "--metric"
+    test_size: str = "--test-size"
+    own_task: str = "pass --suite with your own task"
+
+
+FLAGS = Wording()
+
+
+def _unique_rows(path: Path, say: Wording = FLAGS) -> tuple[list[tuple[int, dict]], int]:
     """(line, row) once per prompt; identical repeats are dropped, another answer is refused."""
     seen: dict[str, tuple[int, dict]] = {}
     dropped = 0
@@ -79,46 +92,48 @@ def _unique_rows(path: Path) -> tuple[list[tuple[int, dict]], int]:
             raise DatasetError(
                 f"{path}:{line}: prompt {row['prompt'][:60]!r} is also on line {first[0]} with "
                 "another answer, so it could land in both the training and the test split; "
-                "keep one answer per prompt, or pass --suite with your own task.")
+                f"keep one answer per prompt, or {say.own_task}.")
     return list(seen.values()), dropped
 
 
-def check_metric(rows: list[tuple[int, dict]], metric: str, path: Path) -> None:
+def check_metric(rows: list[tuple[int, dict]], metric: str, path: Path,
+                 say: Wording = FLAGS) -> None:
     """Refuse a metric the rows cannot be scored by, naming the first row that does not fit."""
     for line, row in rows:
         if metric != "loglikelihood" and "\n" in row["answer"]:
             raise DatasetError(f"{path}:{line}: answer spans several lines, but generation stops "
                                "at the first newline, so it can never match; join the lines or "
-                               "pick --metric loglikelihood.")
+                               f"pick {say.metric} loglikelihood.")
         if metric == "number" and not _NUMBER.search(row["answer"]):
             raise DatasetError(f"{path}:{line}: answer {row['answer'][:60]!r} has no number for "
-                               "--metric number to compare; fix the row or pick --metric "
-                               "exact_match.")
+                               f"{say.metric} number to compare; fix the row or pick "
+                               f"{say.metric} exact_match.")
         if metric == "loglikelihood" and not row["answer"]:
-            raise DatasetError(f"{path}:{line}: answer is empty, so --metric loglikelihood has "
-                               "nothing to score; fix the row or pick --metric exact_match.")
+            raise DatasetError(f"{path}:{line}: answer is empty, so {say.metric} loglikelihood "
+                               f"has nothing to score; fix the row or pick {say.metric} "
+                               "exact_match.")
 
 
 def split_dataset(path: str | Path, *, seed: int = DEFAULT_SEED, test_size: int | None = None,
-                  metric: str = DEFAULT_METRIC) -> HeldoutSplit:
+                  metric: str = DEFAULT_METRIC, say: Wording = FLAGS) -> HeldoutSplit:
     """Hold out ``test_size`` rows (default: default_test_size), picked by a shuffle seeded
     with ``seed``; no prompt is in both halves. DatasetError names the file when it is too
     small for a split of at least MIN_TEST_ROWS test and MIN_TRAIN_ROWS training rows."""
     if metric not in METRICS:
         raise unknown_name("metric", metric, METRICS)
     path = Path(path)
-    rows, dropped = _unique_rows(path)
-    check_metric(rows, metric, path)
+    rows, dropped = _unique_rows(path, say)
+    check_metric(rows, metric, path, say)
     size = default_test_size(len(rows)) if test_size is None else test_size
     n = len(rows)
     if size < MIN_TEST_ROWS or n - size < MIN_TRAIN_ROWS:
         fix = f"add rows (the default split needs {int(MIN_TEST_ROWS / MAX_TEST_FRACTION)})"
         if n >= MIN_TEST_ROWS + MIN_TRAIN_ROWS:
-            fix = f"pass --test-size between {MIN_TEST_ROWS} and {n - MIN_TRAIN_ROWS}"
+            fix = f"pass {say.test_size} between {MIN_TEST_ROWS} and {n - MIN_TRAIN_ROWS}"
         raise DatasetError(
             f"{path}: {n} distinct prompts split into {size} test and {n - size} training rows "
             f"is too small to judge or learn from (at least {MIN_TEST_ROWS} test and "
-            f"{MIN_TRAIN_ROWS} training rows); {fix}, or pass --suite with your own task.")
+            f"{MIN_TRAIN_ROWS} training rows); {fix}, or {say.own_task}.")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     held = set(order[:size])

@@ -20,7 +20,7 @@ from ..catalog.models import Skill
 from ..curriculum.validate import validate_dataset
 from ..errors import ConfigError, DatasetError, NotFoundError
 from ..gate.policy import GatePolicy
-from ..heldout import DEFAULT_METRIC, METRICS, split_dataset
+from ..heldout import DEFAULT_METRIC, METRICS, Wording, split_dataset
 from ..packs import load_policy
 from ..training.dpo import DPOConfig
 from ..training.sft import SFTConfig
@@ -306,6 +306,11 @@ def check_spec(session: Session, spec: ExperimentSpec) -> None:
             check_data_stage(session, stage)
 
 
+# A data stage's fixes name the spec's keys, not `skill add`'s flags.
+SPEC_KEYS = Wording(metric="metric", test_size="test_size",
+                    own_task="register it with your own task by `skillstore skill add --suite`")
+
+
 def check_data_stage(session: Session, stage: SkillStage) -> None:
     """A data stage's file is whole and splittable (DatasetError names the file and line), and
     a registered skill of its name came from the same file with the same metric."""
@@ -317,13 +322,10 @@ def check_data_stage(session: Session, stage: SkillStage) -> None:
         registered = session.scalar(sa.select(Skill).where(Skill.name == stage.name))
         if registered is None:
             split_dataset(stage.data, metric=stage.metric or DEFAULT_METRIC,
-                          test_size=stage.test_size)
+                          test_size=stage.test_size, say=SPEC_KEYS)
             return
-    except DatasetError as exc:  # its fixes name `skill add`'s flags; a spec has keys
-        fix = (str(exc).replace("--test-size", "test_size").replace("--metric", "metric")
-               .replace("pass --suite with your own task",
-                        "register it with your own task by `skillstore skill add --suite`"))
-        raise DatasetError(f"Experiment skill {stage.name!r}: {fix}") from None
+    except DatasetError as exc:
+        raise DatasetError(f"Experiment skill {stage.name!r}: {exc}") from None
     if registered.data_sha256 != digest:
         raise ConfigError(f"Experiment skill {stage.name!r} is registered already from other "
                           f"data than {str(stage.data)!r}; rename the skill in the spec, or "

@@ -124,6 +124,7 @@ def test_a_bad_data_skill_is_refused_before_anything_is_stored(catalog, tmp_path
     path = write_spec(tmp_path, skills=[{"name": "arith"}, stage])
     code, out, err = run_cli(capsys, "experiment", "run", str(path))
     assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert "--metric" not in err and "--test-size" not in err, err  # a spec has keys, not flags
     assert experiments(catalog) == 0 and broker_messages(catalog.settings) == 0
     assert "k" not in skill_rows(catalog)
     assert not (catalog.settings.home / "suites" / "k").exists()
