@@ -6,7 +6,10 @@ CALIBRATION of them setting the abstention threshold), on the zoo target, for fi
 Scored on every skill's whole test split, split by `Template.kind` (trained forms, new
 openers, new phrasings), and on the general suite's test prompts (no pack is right): each
 seed's accuracy, and the Wilson 95% interval of the worst seed's (the seeds' routers answer
-the same prompts, so their prompts are not pooled into one n).
+the same prompts, so their prompts are not pooled into one n). Then the fit itself, side by
+side: 300 full-batch AdamW steps on the same n-gram features through `fitting_forward` (the
+batch standardised once, the first layer sparse) and through the classifier as it is,
+interleaved, three times each.
 
     python -m bench routing        # writes bench/out/routing.json
 """
@@ -14,6 +17,8 @@ the same prompts, so their prompts are not pooled into one n).
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -63,7 +68,7 @@ def run(out: Path) -> dict:
                      "accuracy": [k / n for k in right[kind]], "worst": worst / n,
                      "low": ci.low, "high": ci.high})
     result = {"zoo": str(zoo.root), "seeds": list(SEEDS), "router_prompts": ROUTER_PROMPTS,
-              "calibration": CALIBRATION, "rows": rows}
+              "calibration": CALIBRATION, "rows": rows, "fit": fit_seconds(model, tok, prompts)}
     (out / "routing.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| test prompts | n | accuracy, seeds 0-4 | worst seed [95% Wilson] |\n"
           "|---|---|---|---|")
@@ -71,4 +76,44 @@ def run(out: Path) -> dict:
         seeds = " / ".join(f"{a:.3f}" for a in r["accuracy"])
         print(f"| {r['prompts']} | {r['n']} | {seeds} | {r['worst']:.3f} "
               f"[{r['low']:.3f}, {r['high']:.3f}] |")
+    fit = result["fit"]
+    print(f"\nfit, {fit['steps']} steps on {fit['examples']} prompts (median of 3, 1 thread): "
+          f"as trained {fit['fitting_forward_s']:.2f} s, classifier as it is "
+          f"{fit['classifier_s']:.2f} s; {fit['speedup']:.1f}x")
     return result
+
+
+def fit_seconds(model, tok, prompts: dict, steps: int = 300, repeats: int = 3) -> dict:
+    """Seconds for `steps` fitting steps through `fitting_forward` and through the classifier's
+    own forward, on the same features, interleaved."""
+    import torch
+
+    from skillstore.routing.learned import (
+        RouterClassifier,
+        feature_scale,
+        fitting_forward,
+        prompt_features,
+    )
+
+    texts = [t for items in prompts.values() for t in items]
+    labels = torch.tensor([i for i, items in enumerate(prompts.values()) for _ in items])
+    feats = prompt_features(model, tok, texts)
+    times: dict[str, list[float]] = {"fitting_forward": [], "classifier": []}
+    for _ in range(repeats):
+        for way in times:
+            torch.manual_seed(0)
+            clf = RouterClassifier(list(prompts), feats.shape[1])
+            clf.mean.copy_(feats.mean(0))
+            clf.std.copy_(feature_scale(feats, 0.1))
+            logits = fitting_forward(clf, feats) if way == "fitting_forward" else \
+                (lambda clf=clf: clf(feats))
+            opt = torch.optim.AdamW(clf.parameters(), lr=1e-2, weight_decay=1e-3)
+            start = time.perf_counter()
+            for _ in range(steps):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(logits(), labels).backward()
+                opt.step()
+            times[way].append(time.perf_counter() - start)
+    fast, plain = (statistics.median(times[w]) for w in ("fitting_forward", "classifier"))
+    return {"steps": steps, "examples": len(texts), "fitting_forward_s": fast,
+            "classifier_s": plain, "speedup": plain / fast, "runs": times}

@@ -22,7 +22,13 @@ from skillstore.routing import (
     save_router,
     train_router,
 )
-from skillstore.routing.learned import prompt_features, token_ngrams
+from skillstore.routing.learned import (
+    RouterClassifier,
+    feature_scale,
+    fitting_forward,
+    prompt_features,
+    token_ngrams,
+)
 from skillstore.states.materialise import grafted_all
 
 PROMPTS = ["copy ab: ", "reverse xyz = ", "copy hello: ", "reverse q = "]
@@ -234,3 +240,29 @@ def test_unknown_router_and_tag_are_refused(world):
     with RoutedModel(model, DeltaBank(model, deltas(packs)), "learned"):
         with pytest.raises(RoutingError, match="no classifier"):
             model(**enc)
+
+
+@pytest.mark.parametrize("kind", ["sparse counts", "dense"])
+def test_fitting_forward_is_the_classifier_on_its_batch(kind):
+    """Training's shortcut gives the classifier's own logits and weight gradients."""
+    gen = torch.Generator().manual_seed(0)
+    if kind == "sparse counts":
+        ids = torch.randint(0, 500, (64, 12), generator=gen)
+        feats = token_ngrams(ids, torch.ones_like(ids))
+        feats[:, 7] = 3.0  # a bucket that never varies: std inf, it must read as 0
+    else:
+        feats = torch.randn(64, 32, generator=gen) + 5.0
+    clf = RouterClassifier(["a", "b", "<none>"], feats.shape[1], hidden=16)
+    clf.mean.copy_(feats.mean(0))
+    clf.std.copy_(feature_scale(feats, 0.1))
+    labels = torch.randint(0, 3, (64,), generator=gen)
+    grads = []
+    for logits in (fitting_forward(clf, feats), lambda: clf(feats)):
+        clf.zero_grad()
+        out = logits()
+        torch.nn.functional.cross_entropy(out, labels).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in clf.parameters()]))
+    (fast, fast_grads), (plain, plain_grads) = grads
+    assert torch.allclose(fast, plain, atol=1e-5)
+    for a, b in zip(fast_grads, plain_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
