@@ -56,6 +56,10 @@ def register_data_skills(session: Session, settings: Settings, blobs: BlobStore,
     return added
 
 
+def _send(app, run_id: int) -> None:
+    app.send_task(EXPERIMENT_RUN_TASK, args=(run_id,), retry_policy={"max_retries": 2})
+
+
 def send_runs(session: Session, settings: Settings, experiment: Experiment) -> None:
     """One Celery task per queued run; a broker that cannot be reached fails the unsent runs.
 
@@ -68,7 +72,7 @@ def send_runs(session: Session, settings: Settings, experiment: Experiment) -> N
                   key=lambda r: (seeds.index(r.seed) if r.seed in seeds else len(seeds), r.id))
     for i, run in enumerate(runs):
         try:
-            app.send_task(EXPERIMENT_RUN_TASK, args=(run.id,), retry_policy={"max_retries": 2})
+            _send(app, run.id)
         except OperationalError as exc:
             for unsent in runs[i:]:
                 fail_run(session, unsent.id, f"could not reach the broker: {exc}")
@@ -77,7 +81,6 @@ def send_runs(session: Session, settings: Settings, experiment: Experiment) -> N
                            f"{maybe_sanitize_url(settings.broker_url)!r} ({exc}); start the "
                            "broker or fix SKILLSTORE_BROKER_URL, then run the spec again."
                            ) from None
-
 
 
 def resend_unreferenced_runs(session: Session, settings: Settings,
@@ -91,5 +94,5 @@ def resend_unreferenced_runs(session: Session, settings: Settings,
         ExperimentRun.id.not_in(referenced)).order_by(ExperimentRun.id)))
     app = producer(settings)
     for run in lost:
-        app.send_task(EXPERIMENT_RUN_TASK, args=(run.id,), retry_policy={"max_retries": 2})
+        _send(app, run.id)
     return lost
