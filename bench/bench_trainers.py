@@ -201,17 +201,25 @@ def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2 ** 20:,.0f} MiB"
 
 
+def _span(values: list[float]) -> str:
+    """One backend's lowest-highest over its seeds: how far runs of one loop differ."""
+    return f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else ""
+
+
 def _zoo_table(part: dict) -> str:
     seeds = part.get("seeds", [0])
     pooled = f" (n = prompts x {len(seeds)} seeds)" if len(seeds) > 1 else " (n)"
-    lines = [f"| skill | builtin EM | TRL EM | TRL - builtin [95% CI]{pooled} | over seeds, mean "
-             "[95% t] | builtin s/step | TRL s/step | steps builtin / TRL | load |",
+    lines = [f"| skill | builtin EM (seeds) | TRL EM (seeds) | TRL - builtin [95% CI]{pooled} "
+             "| over seeds, mean [95% t] | builtin s/step | TRL s/step | steps builtin / TRL "
+             "| load |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in part["per_skill"]:
         b, t, d = r["builtin"], r["trl"], r["trl_minus_builtin"]
         o = r.get("over_seeds")
+        spans = {k: _span([run[k]["em"] for run in r.get("seeds", [])]) for k in BACKENDS}
         spread = f"{o['mean']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]" if o else "-"
-        lines.append(f"| {r['skill']} | {b['em']:.3f} | {t['em']:.3f} | {d['difference']:+.3f} "
+        lines.append(f"| {r['skill']} | {b['em']:.3f}{spans['builtin']} | "
+                     f"{t['em']:.3f}{spans['trl']} | {d['difference']:+.3f} "
                      f"[{d['low']:+.3f}, {d['high']:+.3f}] ({d['n']}) | {spread} | "
                      f"{b['seconds_per_step']:.3f} | {t['seconds_per_step']:.3f} | "
                      f"{b['steps']} / {t['steps']} | {r['load_before']}-{r['load_after']} |")
