@@ -82,8 +82,10 @@ def _block(value: Any, indent: int = 0) -> str:
 
 
 def print_rows(rows: Sequence[dict], columns: Sequence[str], *, as_json: bool, title: str,
-               empty: str = "Nothing yet.", footer: str | None = None) -> None:
-    """A listing: a rich table for people, `--json` (the full rows) for programs."""
+               empty: str = "Nothing yet.", footer: str | None = None,
+               compact: bool = False) -> None:
+    """A listing: a rich table for people, `--json` (the full rows) for programs. ``compact``
+    drops the borders, for a wide listing that must still fit 80 columns."""
     if as_json:
         print_json(list(rows))
         return
@@ -91,7 +93,8 @@ def print_rows(rows: Sequence[dict], columns: Sequence[str], *, as_json: bool, t
     if not rows:
         console.print(empty)
         return
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", **(
+        {"box": None, "pad_edge": False, "header_style": "bold underline"} if compact else {}))
     for i, col in enumerate(columns):
         # Never cut a value; the leading id and name columns do not even wrap.
         table.add_column(col, overflow="fold", no_wrap=i < 2)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from ..catalog.schema import JobStatus
 from ._common import JSON_OPTION, print_json, print_record, print_rows, workspace_session
@@ -88,10 +89,15 @@ def _run_row(r: dict) -> dict:
     result = r["result"] or {}
     metrics = result.get("metrics") or {}
     sizes = list((result.get("bytes_per_skill") or {}).values())
-    return {**r, "avg_acc": metrics.get("average_accuracy"), "bwt": metrics.get("bwt"),
-            "forgetting": metrics.get("forgetting"), "fwt": metrics.get("forward_transfer"),
+    seconds = result.get("seconds")
+    return {**r, "avg acc": _rounded(metrics.get("average_accuracy")),
+            "bwt": _rounded(metrics.get("bwt")),
             "bytes/skill": round(sum(sizes) / len(sizes)) if sizes else None,
-            "seconds": result.get("seconds"), "state": r["state_id"]}
+            "secs": None if seconds is None else round(seconds), "state": r["state_id"]}
+
+
+def _rounded(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
 
 
 def _pack_rows(runs: list[dict]) -> list[dict]:
@@ -116,10 +122,16 @@ def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
     head = {k: doc[k] for k in ("id", "name", "status", "base_id", "spec_sha256", "created_at",
                                 "finished_at")}
     print_record(head, as_json=False, title=f"Experiment {doc['id']}")
+    # 80 columns: forgetting and FWT are in `experiment report`, errors on lines of their own
     print_rows([_run_row(r) for r in doc["runs"]],
-               ("id", "method", "seed", "status", "avg_acc", "bwt", "forgetting", "fwt",
-                "bytes/skill", "seconds", "state", "error"), as_json=False,
+               ("id", "method", "seed", "status", "avg acc", "bwt", "bytes/skill", "secs",
+                "state"), as_json=False, compact=True,
                title="Runs (a graft run's final state: `skillstore state show STATE`)")
+    console = Console()
+    for r in doc["runs"]:
+        if r["error"]:
+            console.print(f"run {r['id']} ({r['method']}, seed {r['seed']}) "
+                          f"{r['status'].value}: {r['error']}", markup=False, highlight=False)
     if packs := _pack_rows(doc["runs"]):
         print_rows(packs, ("run", "seed", "skill", "pack", "bytes", "ratio", "rel_error"),
                    as_json=False, title="Packs in the catalog (`skillstore pack show PACK`)")
