@@ -258,8 +258,10 @@ def pick_scale(model, tokenizer, base: dict[str, torch.Tensor],
                deltas: Sequence[dict[str, torch.Tensor]], fusions: dict[float, FusionMethod],
                stages: Sequence[Stage], *, limit: int | None = None) -> dict:
     """The scale whose merge of ``deltas`` has the best mean validation exact match over
-    ``stages`` (ties: the larger scale), as the LoRA sweep picks on validation rows; with one
-    scale, that one unscored. ``model`` is left holding the merge at the scale picked."""
+    ``stages``, as the LoRA sweep picks on validation rows; with one scale, that one unscored.
+    Ties go to the scale nearest 1 (the plain merge; then the larger): where every scale
+    scores the same, validation said nothing, and the merge reported is the method's own.
+    ``model`` is left holding the merge at the scale picked."""
     points = []
     if len(fusions) > 1:
         for scale, fusion in fusions.items():
@@ -267,7 +269,8 @@ def pick_scale(model, tokenizer, base: dict[str, torch.Tensor],
             accs = [exact_match(model, tokenizer, s.validation, limit=limit).accuracy
                     for s in stages]
             points.append({"scale": scale, "val_accuracy": sum(accs) / len(accs)})
-        chosen = max(points, key=lambda p: (p["val_accuracy"], p["scale"]))["scale"]
+        chosen = max(points, key=lambda p: (p["val_accuracy"], -abs(p["scale"] - 1.0),
+                                            p["scale"]))["scale"]
     else:
         chosen = next(iter(fusions))
     load_weights(model, base, merged(fusions[chosen], deltas))

@@ -226,7 +226,7 @@ def test_the_baselines_are_runnable(method):
 
 def test_the_merge_scale_is_the_best_on_the_validation_rows_so_far(tiny_world, monkeypatch):
     """Each stage's merge is scored at every scale of the grid on the validation rows of the
-    stages so far; the best mean exact match wins (ties: the larger scale), and the model is
+    stages so far; the best mean exact match wins (ties: the scale nearest 1), and the model is
     left holding the merge at that scale."""
     from skillstore.experiments import baselines as baselines_mod
 
@@ -253,7 +253,9 @@ def test_the_merge_scale_is_the_best_on_the_validation_rows_so_far(tiny_world, m
     assert sorted({s for s, _ in seen}) == [0.5, 1.0, 1.5] and len(seen) == 6
     for n, p in model.named_parameters():
         torch.testing.assert_close(p, base[n] + one[n], rtol=1e-5, atol=1e-6)
-    # a tie goes to the larger scale
+    # a tie goes to the scale nearest 1, the plain merge; between 0.5 and 1.5, to 1.5
     monkeypatch.setattr(baselines_mod, "exact_match",
                         lambda *a, **k: ExactMatch(0.5, 2, 1))
-    assert pick_scale(model, tok, base, [one], fusions, stages)["chosen"] == 1.5
+    assert pick_scale(model, tok, base, [one], fusions, stages)["chosen"] == 1.0
+    apart = {s: f for s, f in fusions.items() if s != 1.0}
+    assert pick_scale(model, tok, base, [one], apart, stages)["chosen"] == 1.5
