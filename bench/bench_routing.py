@@ -7,9 +7,9 @@ Scored on every skill's whole test split, split by `Template.kind` (trained form
 openers, new phrasings), and on the general suite's test prompts (no pack is right): each
 seed's accuracy, and the Wilson 95% interval of the worst seed's (the seeds' routers answer
 the same prompts, so their prompts are not pooled into one n). Then the fit itself, side by
-side: 300 full-batch AdamW steps on the same n-gram features through `fitting_forward` (the
-batch standardised once, the first layer sparse) and through the classifier as it is,
-interleaved, three times each.
+side: `fit_classifier` (standardising, then 300 full-batch AdamW steps) on the same n-gram
+features through `fitting_forward` (the batch standardised once, the first layer sparse) and
+through the classifier as it is, interleaved, three times each.
 
     python -m bench routing        # writes bench/out/routing.json
 """
@@ -84,16 +84,12 @@ def run(out: Path) -> dict:
 
 
 def fit_seconds(model, tok, prompts: dict, steps: int = 300, repeats: int = 3) -> dict:
-    """Seconds for `steps` fitting steps through `fitting_forward` and through the classifier's
-    own forward, on the same features, interleaved."""
+    """Seconds for `fit_classifier` (standardising, then `steps` steps) through
+    `fitting_forward` and through the classifier's own forward, on the same features,
+    interleaved."""
     import torch
 
-    from skillstore.routing.learned import (
-        RouterClassifier,
-        feature_scale,
-        fitting_forward,
-        prompt_features,
-    )
+    from skillstore.routing.learned import RouterClassifier, fit_classifier, prompt_features
 
     texts = [t for items in prompts.values() for t in items]
     labels = torch.tensor([i for i, items in enumerate(prompts.values()) for _ in items])
@@ -103,16 +99,9 @@ def fit_seconds(model, tok, prompts: dict, steps: int = 300, repeats: int = 3) -
         for way in times:
             torch.manual_seed(0)
             clf = RouterClassifier(list(prompts), feats.shape[1])
-            clf.mean.copy_(feats.mean(0))
-            clf.std.copy_(feature_scale(feats, 0.1))
-            logits = fitting_forward(clf, feats) if way == "fitting_forward" else \
-                (lambda clf=clf: clf(feats))
-            opt = torch.optim.AdamW(clf.parameters(), lr=1e-2, weight_decay=1e-3)
             start = time.perf_counter()
-            for _ in range(steps):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(logits(), labels).backward()
-                opt.step()
+            fit_classifier(clf, feats, labels, steps=steps, lr=1e-2,
+                           shortcut=way == "fitting_forward")
             times[way].append(time.perf_counter() - start)
     fast, plain = (statistics.median(times[w]) for w in ("fitting_forward", "classifier"))
     return {"steps": steps, "examples": len(texts), "fitting_forward_s": fast,

@@ -334,6 +334,22 @@ def fitting_forward(clf: RouterClassifier, feats: torch.Tensor) -> Callable[[], 
     return forward
 
 
+def fit_classifier(clf: RouterClassifier, feats: torch.Tensor, labels: torch.Tensor, *,
+                   steps: int, lr: float, shortcut: bool = True) -> None:
+    """Standardise ``clf`` on ``feats`` and fit it by full-batch AdamW, then set it to eval.
+    ``shortcut=False`` runs the classifier's own forward at every step instead of
+    ``fitting_forward`` (what `bench routing` compares it with)."""
+    clf.mean.copy_(feats.mean(0))
+    clf.std.copy_(feature_scale(feats, feature_kind(clf.features).min_scale))
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-3)
+    logits = fitting_forward(clf, feats) if shortcut else (lambda: clf(feats))
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(logits(), labels).backward()
+        opt.step()
+    clf.eval()
+
+
 @dataclass(frozen=True)
 class RouterTraining:
     classifier: RouterClassifier
@@ -369,16 +385,7 @@ def train_router(model: nn.Module, tokenizer, prompts: Mapping[str, Sequence[str
     clf = RouterClassifier(classes, feats.shape[1], hidden=hidden, layer=layer, top_k=top_k,
                            base_fingerprint=getattr(model, "skillstore_fingerprint", None),
                            features=features)
-    clf.mean.copy_(feats.mean(0))
-    clf.std.copy_(feature_scale(feats, feature_kind(features).min_scale))
-    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=1e-3)
-    logits = fitting_forward(clf, feats)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(logits(), labels)
-        loss.backward()
-        opt.step()
-    clf.eval()
+    fit_classifier(clf, feats, labels, steps=steps, lr=lr)
     accuracy = (clf.probs(feats).argmax(-1) == labels).float().mean().item()
     cal_texts = [t for name in classes for t in held[name]]
     cal_feats = clf.featurize(model, tokenizer, cal_texts) if cal_texts else feats[:0]
