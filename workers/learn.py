@@ -196,12 +196,13 @@ def resume_orphans(**_kwargs) -> None:
     """
     try:
         cat = catalog()
+        host = socket.gethostname()
         with cat.session() as s:
-            for folder in sweep_scratch(s, cat.settings, socket.gethostname(), _alive):
+            for folder in sweep_scratch(s, cat.settings, host, _alive):
                 log.warning("removed %s: its job's worker is gone", folder)
-            for path in cat.blobs.sweep_staging(socket.gethostname(), _alive):
+            for path in cat.blobs.sweep_staging(host, _alive):
                 log.warning("removed the staged write %s: its writer is gone", path)
-            for job in lifecycle.resume_orphans(s, cat.settings, socket.gethostname(), _alive):
+            for job in lifecycle.resume_orphans(s, cat.settings, host, _alive):
                 log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
     except SkillstoreError as exc:
         log.warning("cannot look for orphaned jobs: %s", exc)
