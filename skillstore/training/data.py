@@ -84,6 +84,19 @@ def batches(examples: list[Example], batch_size: int, generator: torch.Generator
         yield [examples[i] for i in order[start:start + batch_size]]
 
 
+def batch_plan(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """The row indices of each of ``steps`` training batches: one shuffle of the ``n`` rows per
+    epoch from a generator seeded with ``seed``, cut into ``batch_size`` chunks (an epoch's
+    last chunk may be short). Every SFT backend trains on this plan, so a job's seed fixes
+    which rows each step sees whichever loop runs it."""
+    generator = torch.Generator().manual_seed(seed)
+    plan: list[list[int]] = []
+    while len(plan) < steps:
+        order = torch.randperm(n, generator=generator).tolist()
+        plan.extend(order[start:start + batch_size] for start in range(0, n, batch_size))
+    return plan[:steps]
+
+
 def pad_id_of(tokenizer) -> int:
     pad = tokenizer.pad_token_id
     return pad if pad is not None else tokenizer.eos_token_id

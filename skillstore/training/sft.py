@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TrainingError
-from .data import Example, batches, collate, encode_rows, pad_id_of
+from .data import Example, batch_plan, batches, collate, encode_rows, pad_id_of
 
 Progress = Callable[[str, float], None]
 
@@ -132,7 +132,6 @@ def _train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     device = next(model.parameters()).device
     pad = pad_id_of(tokenizer)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("The model has no trainable parameters; unfreeze it or use the "
@@ -146,37 +145,36 @@ def _train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     history: list[dict] = []
     t0 = time.perf_counter()
     running = 0.0
-    while step < cfg.max_steps and not stopped_early:
-        for chunk in batches(train, cfg.batch_size, gen):
-            batch = collate(chunk, pad, device)
-            loss = model(**batch).loss
-            check_finite(loss, step)
-            optimizer_step(loss, opt, sched, params, cfg.grad_clip)
-            step += 1
-            running += float(loss.detach())
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                entry = {"step": step, "train_loss": running / cfg.eval_every}
-                running = 0.0
-                if val:
-                    v = mean_loss(model, val, pad, cfg.batch_size * 2)
-                    if not math.isfinite(v):
-                        raise TrainingError(f"Validation loss became {v} at step {step}; nothing "
-                                            "was saved. Lower the learning rate.")
-                    entry["val_loss"] = v
-                    if v < best - cfg.min_delta:
-                        best, bad = v, 0
-                        best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-                    else:
-                        bad += 1
-                        if bad >= cfg.patience:
-                            stopped_early, reason = True, "patience"
-                    if v <= cfg.stop_loss:
-                        stopped_early, reason = True, "stop_loss"
-                history.append(entry)
-            if progress:
-                progress("train", step / cfg.max_steps)
-            if step >= cfg.max_steps or stopped_early:
-                break
+    for indices in batch_plan(len(train), cfg.batch_size, cfg.max_steps, cfg.seed):
+        batch = collate([train[i] for i in indices], pad, device)
+        loss = model(**batch).loss
+        check_finite(loss, step)
+        optimizer_step(loss, opt, sched, params, cfg.grad_clip)
+        step += 1
+        running += float(loss.detach())
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            entry = {"step": step, "train_loss": running / cfg.eval_every}
+            running = 0.0
+            if val:
+                v = mean_loss(model, val, pad, cfg.batch_size * 2)
+                if not math.isfinite(v):
+                    raise TrainingError(f"Validation loss became {v} at step {step}; nothing "
+                                        "was saved. Lower the learning rate.")
+                entry["val_loss"] = v
+                if v < best - cfg.min_delta:
+                    best, bad = v, 0
+                    best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        stopped_early, reason = True, "patience"
+                if v <= cfg.stop_loss:
+                    stopped_early, reason = True, "stop_loss"
+            history.append(entry)
+        if progress:
+            progress("train", step / cfg.max_steps)
+        if stopped_early:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -12,18 +12,20 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import datasets as datasets_bars
 import torch
 import trl
 from datasets import Dataset
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..errors import DatasetError, TrainingError
-from .data import STOP, encode_example, encode_rows
+from .data import STOP, batch_plan, encode_example, encode_rows
 from .dpo import DPOConfig
-from .sft import Progress, SFTConfig, TrainResult
+from .sft import Progress, SFTConfig, TrainResult, lr_lambda
 
 # What SFTTrainer and DPOTrainer attach to the model they train: TRL's fused LM-head forward,
 # accelerate's output-casting wrapper and the trainer's tags. Taken off again afterwards, so
@@ -102,6 +104,36 @@ class ContractCallback(TrainerCallback):
                              **extra})
 
 
+class PlannedSFTTrainer(trl.SFTTrainer):
+    """SFTTrainer on the built-in loop's batches and schedule: in one process its training
+    batches come from ``plan`` (`data.batch_plan`), so the same seed gives both backends the
+    same rows at each step, and its learning rate follows `sft.lr_lambda`. What differs between
+    the backends is then the loop, not the draw. Under several processes (accelerate launch)
+    the Trainer's own sharded sampler is kept."""
+
+    def __init__(self, *args, plan: list[list[int]], min_lr_frac: float, **kwargs):
+        self.plan, self.min_lr_frac = plan, min_lr_frac
+        super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer,
+                partial(lr_lambda, total=num_training_steps, warmup=warmup,
+                        min_frac=self.min_lr_frac))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.args.world_size > 1:
+            return super().get_train_dataloader()
+        dataset = self._remove_unused_columns(self.train_dataset, description="training")
+        return self.accelerator.prepare(DataLoader(
+            dataset, batch_sampler=self.plan, collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers))
+
+
 def _checkpointing_field() -> str:
     """transformers 5 renamed `gradient_checkpointing` to `activation_checkpointing`."""
     new = "activation_checkpointing"
@@ -169,8 +201,9 @@ def trl_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | Non
             cfg: SFTConfig, progress: Progress | None, *,
             gradient_checkpointing: bool = False) -> TrainResult:
     """`train_sft`'s contract on TRL's SFTTrainer: the rows are tokenised by `training.data`
-    (prompt and answer apart, the loss on answer tokens only), so both backends learn the same
-    tokens; TRL takes the pre-tokenised input_ids and labels as they are."""
+    (prompt and answer apart, the loss on answer tokens only) and drawn in `data.batch_plan`'s
+    order, so both backends learn the same tokens in the same batches; TRL takes the
+    pre-tokenised input_ids and labels as they are."""
     train = encode_rows(tokenizer, train_rows, cfg.max_length, "SFT training data")
     val = (encode_rows(tokenizer, val_rows, cfg.max_length, "SFT validation data")
            if val_rows else [])
@@ -195,9 +228,11 @@ def trl_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | Non
             weight_decay=cfg.weight_decay, per_device_eval_batch_size=cfg.batch_size * 2,
             max_length=None,  # encode_rows refused any row over cfg.max_length already
             packing=False)
-        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset(train),
-                                 eval_dataset=dataset(val) if val else None,
-                                 processing_class=tokenizer, callbacks=[callback])
+        trainer = PlannedSFTTrainer(
+            model=model, args=args, train_dataset=dataset(train),
+            eval_dataset=dataset(val) if val else None, processing_class=tokenizer,
+            callbacks=[callback], min_lr_frac=cfg.min_lr_frac,
+            plan=batch_plan(len(train), cfg.batch_size, cfg.max_steps, cfg.seed))
         _run(trainer, callback, model)
         steps = trainer.state.global_step
     if callback.best_state is not None:
