@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..evaluation.cache import Suite
 from ..evaluation.scores import Score
 from ..evaluation.suites import suite_prompts
-from ..packs.parts import DensePart
+from ..packs.parts import DensePart, LowRankPart, Part
 from ..routing import NONE_CLASS, DeltaBank, PackDeltas, RoutedModel, train_router
 from ..routing.evaluate import EVAL_PROMPTS, evaluate_router
 from ..states.fusion import FusionMethod, TaskArithmetic, Ties
@@ -115,15 +115,28 @@ def lora_sequence_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequ
     return rows, adapter_params(wrapped)
 
 
-def lora_deltas(wrapped) -> dict[str, torch.Tensor]:
-    """The active adapter of a PEFT-wrapped model as one dense float32 delta per base tensor
-    (B @ A * scale, in the base weight's own layout), keyed by the base's tensor names."""
+def lora_parts(wrapped) -> dict[str, Part]:
+    """The active adapter of a PEFT-wrapped model as one part per base tensor, keyed by the
+    base's tensor names: a linear layer's adapter as its factors (B * scale and A, float32, in
+    the base weight's own layout), so routing applies it at the adapter's rank as a multi-LoRA
+    server would; any other adapted module (an embedding) as its dense delta."""
     from peft.tuners.lora import LoraLayer
 
     adapter = wrapped.active_adapter
-    return {f"{name}.weight": module.get_delta_weight(adapter).detach().float().cpu()
-            for name, module in wrapped.get_base_model().named_modules()
-            if isinstance(module, LoraLayer) and adapter in module.lora_A}
+    parts: dict[str, Part] = {}
+    for name, module in wrapped.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        key = f"{name}.weight"
+        if isinstance(module.lora_A[adapter], torch.nn.Linear):
+            a = module.lora_A[adapter].weight.detach().float().cpu()
+            b = module.lora_B[adapter].weight.detach().float().cpu() * module.scaling[adapter]
+            # delta = B @ A; a Conv1D (fan_in_fan_out) stores its weight transposed: A.T @ B.T
+            parts[key] = (LowRankPart(key, a.T.contiguous(), b.T.contiguous())
+                          if module.fan_in_fan_out else LowRankPart(key, b, a))
+        else:
+            parts[key] = DensePart(key, module.get_delta_weight(adapter).detach().float().cpu())
+    return parts
 
 
 def class_prompts(stages: Sequence[Stage], general: Sequence[str] = ()) -> dict[str, list[str]]:
@@ -208,8 +221,7 @@ def multi_lora_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequenc
         sizes.append(adapter_params(wrapped))
         BUILTIN.sft(wrapped, tokenizer, stage.train, stage.validation, config.sft,
                     stage_progress(progress, stages, i))
-        adapters.append(PackDeltas(stage.name, {n: DensePart(n, d)
-                                                for n, d in lora_deltas(wrapped).items()}))
+        adapters.append(PackDeltas(stage.name, lora_parts(wrapped)))
         del wrapped
         if progress is not None:
             progress(f"{stage.name}:score", (i + 1) / len(stages))

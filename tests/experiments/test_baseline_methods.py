@@ -15,7 +15,7 @@ from skillstore.experiments import parse_spec
 from skillstore.experiments.baselines import (
     dare,
     earlier_sweep,
-    lora_deltas,
+    lora_parts,
     merge_fusions,
     merge_method,
     merge_scores,
@@ -27,6 +27,7 @@ from skillstore.experiments.catalog import RunCancelled, create_experiment
 from skillstore.experiments.methods import check_runnable, execute
 from skillstore.experiments.spec import Merge
 from skillstore.models import load_causal_lm
+from skillstore.packs.parts import LowRankPart
 from skillstore.training.baselines import LoRAConfig, Stage, lora_model
 from skillstore.training.generate import ExactMatch
 from skillstore.training.sft import SFTConfig, train_sft
@@ -120,20 +121,42 @@ def test_the_sweep_is_reused_from_the_first_seed_that_finished_with_a_choice(ses
     assert earlier_sweep(session, first, spec.seeds) is None  # the first seed sweeps
 
 
-def test_a_lora_adapters_dense_delta_is_what_merging_it_adds(tiny_world):
+def test_a_lora_adapters_factors_are_what_merging_it_adds(tiny_world):
     model, _ = load_causal_lm(tiny_world.base_dir, fingerprint=False)
     wrapped = lora_model(copy.deepcopy(model), LoRAConfig(rank=2))
     with torch.no_grad():  # a trained-looking adapter: B is zero when it is made
         for name, p in wrapped.named_parameters():
             if "lora_B" in name:
                 p.normal_()
-    deltas = lora_deltas(wrapped)
+    parts = lora_parts(wrapped)
     merged_model = wrapped.merge_and_unload()
-    assert len(deltas) == 14  # 7 linear layers in each of 2 blocks
-    for name, delta in deltas.items():
+    assert len(parts) == 14  # 7 linear layers in each of 2 blocks
+    for name, part in parts.items():
         before, after = model.get_parameter(name), merged_model.get_parameter(name)
-        assert delta.abs().sum() > 0
-        torch.testing.assert_close(before + delta, after)
+        assert isinstance(part, LowRankPart) and part.rank == 2  # routed at the adapter's rank
+        assert part.to_dense().abs().sum() > 0
+        torch.testing.assert_close(before + part.to_dense(), after)
+
+
+def test_a_gpt2_adapters_factors_are_in_conv1d_layout():
+    """GPT-2's Conv1D stores its weight (in, out): the factors must multiply out to that."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1,
+                                       n_head=2))
+    wrapped = lora_model(copy.deepcopy(model), LoRAConfig(rank=2))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    parts = lora_parts(wrapped)
+    merged_model = wrapped.merge_and_unload()
+    assert {n.split(".")[-2] for n in parts} == {"c_attn", "c_proj", "c_fc"}
+    for name, part in parts.items():
+        before, after = model.get_parameter(name), merged_model.get_parameter(name)
+        assert part.shape == tuple(before.shape) and part.rank == 2
+        torch.testing.assert_close(before + part.to_dense(), after)
 
 
 def test_lora_adapters_start_the_same_at_the_same_seed(tiny_world):
