@@ -1,7 +1,9 @@
 """Trainers benchmark: the built-in loop against TRL on the zoo, and TRL's memory at 0.5B shape.
 
 Part 1 fine-tunes the zoo's target on each curriculum skill with each backend at the same
-settings (`backend.sft`, the call `run_training` makes), scores both on the same test prompts
+settings (`backend.sft`, the call `run_training` makes; both loops draw a seed's batches from
+`data.batch_plan` and follow `sft.lr_lambda`, so at one seed they see the same rows at every
+step and what differs is the loop), scores both on the same test prompts
 (greedy answers compared as `exact_match` compares them, kept per prompt so the two are paired:
 McNemar with Tango's interval), times seconds per step from the progress callback, and asks
 `choose_backend` what `auto` picks for the zoo. Part 2 trains a random-init model of
