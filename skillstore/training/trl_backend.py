@@ -10,7 +10,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -23,9 +23,9 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..errors import DatasetError, TrainingError
-from .data import STOP, batch_plan, encode_example, encode_rows
+from .data import STOP, batch_plan, encode_example, encode_rows, pad_id_of
 from .dpo import DPOConfig
-from .sft import Progress, SFTConfig, TrainResult, lr_lambda
+from .sft import Progress, SFTConfig, TrainResult, lr_lambda, mean_loss
 
 # What SFTTrainer and DPOTrainer attach to the model they train: TRL's fused LM-head forward,
 # accelerate's output-casting wrapper and the trainer's tags. Taken off again afterwards, so
@@ -36,11 +36,13 @@ _PATCHED = ("forward", "_original_forward", "_is_accelerate_prepared", "model_ta
 class ContractCallback(TrainerCallback):
     """The built-in loop's contract inside a transformers Trainer: progress (and so cancellation)
     after every optimiser step, a NaN loss raises, the loss history, and early stopping on the
-    validation loss with the best weights kept in CPU memory."""
+    validation loss with the best weights kept in CPU memory. ``validate(model)`` is the
+    validation loss; for SFT it is the built-in loop's own `sft.mean_loss` (token-weighted over
+    the validation rows), so both backends stop and keep weights by the same figure."""
 
     def __init__(self, what: str, progress: Progress | None, *, eval_every: int,
-                 validate: bool, patience: int = 1, min_delta: float = 0.0,
-                 stop_loss: float = 0.0):
+                 validate: Callable[[torch.nn.Module], float] | None = None, patience: int = 1,
+                 min_delta: float = 0.0, stop_loss: float = 0.0):
         self.what, self.progress = what, progress
         self.eval_every, self.validate = eval_every, validate
         self.patience, self.min_delta, self.stop_loss = patience, min_delta, stop_loss
@@ -49,20 +51,19 @@ class ContractCallback(TrainerCallback):
         self.best, self.best_state, self.bad = math.inf, None, 0
         self.stop_reason: str | None = None
         self._window: list[float] = []
-        self._evaluated_at = -1
 
     def _due(self, state) -> bool:
         return state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.progress:  # raises JobCancelled when the job was cancelled: training ends here
             self.progress("train", min(1.0, state.global_step / state.max_steps))
-        if self.validate and self._due(state):
-            control.should_evaluate = True
         return control
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:  # evaluation and end-of-training logs
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        # The step's loss is logged after on_step_end: validating here keeps the history's
+        # order (the window of train losses, then the validation that closes it).
+        if not logs or "loss" not in logs:  # end-of-training logs
             return control
         loss = float(logs["loss"])
         if not math.isfinite(loss):
@@ -71,15 +72,12 @@ class ContractCallback(TrainerCallback):
                                 "for empty answers.")
         self.losses.append(loss)
         self._window.append(loss)
-        if self._due(state) and not self.validate:
-            self._record(state.global_step)
-        return control
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        if state.global_step == self._evaluated_at or not metrics or "eval_loss" not in metrics:
+        if not self._due(state):
             return control
-        self._evaluated_at = state.global_step
-        v = float(metrics["eval_loss"])
+        if self.validate is None:
+            self._record(state.global_step)
+            return control
+        v = self.validate(model)
         if not math.isfinite(v):
             raise TrainingError(f"Validation loss became {v} at step {state.global_step}; nothing "
                                 "was saved. Lower the learning rate.")
@@ -215,9 +213,11 @@ def trl_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | Non
         return Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels}
                                   for e in examples])
 
-    callback = ContractCallback("SFT", progress, eval_every=cfg.eval_every, validate=bool(val),
-                                patience=cfg.patience, min_delta=cfg.min_delta,
-                                stop_loss=cfg.stop_loss)
+    pad = pad_id_of(tokenizer)
+    callback = ContractCallback(
+        "SFT", progress, eval_every=cfg.eval_every,
+        validate=(lambda m: mean_loss(m, val, pad, cfg.batch_size * 2)) if val else None,
+        patience=cfg.patience, min_delta=cfg.min_delta, stop_loss=cfg.stop_loss)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skillstore-trl-") as scratch, _quiet():
         args = trl.SFTConfig(
@@ -225,12 +225,12 @@ def trl_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | Non
                            batch_size=cfg.batch_size, warmup_frac=cfg.warmup_frac,
                            min_lr_frac=cfg.min_lr_frac, grad_clip=cfg.grad_clip, seed=cfg.seed,
                            gradient_checkpointing=gradient_checkpointing),
-            weight_decay=cfg.weight_decay, per_device_eval_batch_size=cfg.batch_size * 2,
+            weight_decay=cfg.weight_decay,
             max_length=None,  # encode_rows refused any row over cfg.max_length already
             packing=False)
         trainer = PlannedSFTTrainer(
             model=model, args=args, train_dataset=dataset(train),
-            eval_dataset=dataset(val) if val else None, processing_class=tokenizer,
+            processing_class=tokenizer,
             callbacks=[callback], min_lr_frac=cfg.min_lr_frac,
             plan=batch_plan(len(train), cfg.batch_size, cfg.max_steps, cfg.seed))
         _run(trainer, callback, model)
@@ -263,7 +263,7 @@ def trl_dpo(model, reference, tokenizer, pairs: list[dict], cfg: DPOConfig,
             encode_example(tokenizer, p["prompt"], p[side], cfg.max_length)
     rows = [{"prompt": p["prompt"], "chosen": p["chosen"] + STOP,
              "rejected": p["rejected"] + STOP} for p in pairs]
-    callback = ContractCallback("DPO", progress, eval_every=cfg.max_steps, validate=False)
+    callback = ContractCallback("DPO", progress, eval_every=cfg.max_steps)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skillstore-trl-") as scratch, _quiet():
         args = trl.DPOConfig(

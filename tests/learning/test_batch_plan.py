@@ -53,18 +53,30 @@ def test_both_backends_see_the_rows_of_the_plan_at_every_step(seed):
         assert _seen_batches(backend, seed) == want, name
 
 
-def test_one_seed_trains_the_same_model_on_both_backends():
-    """Same rows, same schedule, same AdamW: the loops differ only in rounding (a fused
-    optimiser step against a plain one), far below what six steps move the weights."""
+def test_one_seed_trains_and_validates_the_same_model_on_both_backends():
+    """Same rows, same schedule, same AdamW, same validation loss: the loops differ only in
+    rounding, far below what six steps move the weights, and they judge the validation rows
+    by the same figure (`sft.mean_loss`), so they stop and keep weights alike."""
     tok = tiny_tokenizer()
     start = tiny_llama(tok).state_dict()
-    trained = {}
+    # Two validation batches (of 8 and 2 rows) with answers of different lengths: a mean of
+    # batch means is not the token-weighted mean.
+    val = [{"prompt": f"copy {w}:", "answer": f" {w}"}
+           for w in ("u", "vw", "xyz", "abcd", "e", "fg", "hij", "klmn", "opqrstu", "v")]
+    config = SIX_STEPS.model_copy(update={"eval_every": 3, "batch_size": 4})
+    trained, runs = {}, {}
     for name, backend in BACKENDS.items():
         model = tiny_llama(tok)
-        backend.sft(model, tok, ROWS, None, SIX_STEPS, None)
+        runs[name] = backend.sft(model, tok, ROWS, val, config, None).metrics
         trained[name] = model.state_dict()
     builtin, trl = trained["builtin"], trained["trl"]
     moved = max(float((builtin[k] - start[k]).abs().max()) for k in start)
     apart = max(float((builtin[k] - trl[k]).abs().max()) for k in start)
     assert moved > 1e-3
     assert apart < 0.01 * moved, (apart, moved)
+    seen = {name: [(h["step"], h["val_loss"]) for h in m["history"]] for name, m in runs.items()}
+    assert [s for s, _ in seen["trl"]] == [s for s, _ in seen["builtin"]] == [3, 6]
+    for (_, want), (_, got) in zip(seen["builtin"], seen["trl"], strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+    assert runs["trl"]["best_val_loss"] == pytest.approx(runs["builtin"]["best_val_loss"],
+                                                         rel=1e-6)
