@@ -113,21 +113,28 @@ def _named(raw: bytes | str) -> tuple[str, int] | None:
         return None  # not a task message of ours (protocol 1, another app): names nothing
 
 
-def referenced(channel) -> tuple[set[int], set[int]]:
-    """The learning job ids and experiment run ids that a message in Redis names: queued on
-    any of our queues (at every priority) or taken by a worker and not yet acknowledged."""
+def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
+    """What the messages in Redis name: the learning job ids queued on any of our queues (at
+    every priority), the steps of each job taken by a worker and not yet acknowledged, and the
+    experiment run ids queued or taken."""
     client = channel.client
-    raws = list(client.hvals(channel.unacked_key))
+    held_raws = list(client.hvals(channel.unacked_key))
+    queued_raws = []
     for queue in QUEUES:
         for priority in channel.priority_steps:
-            raws += client.lrange(channel._q_for_pri(queue, priority), 0, -1)
-    learn, jobs, runs = set(LEARN_TASKS.values()), set(), set()
-    for task, first in filter(None, map(_named, raws)):
-        if task in learn:
-            jobs.add(first)
-        elif task == EXPERIMENT_RUN_TASK:
-            runs.add(first)
-    return jobs, runs
+            queued_raws += client.lrange(channel._q_for_pri(queue, priority), 0, -1)
+    stage_of = {task: stage for stage, task in LEARN_TASKS.items()}
+    jobs, held, runs = set(), {}, set()
+    for raws, is_held in ((queued_raws, False), (held_raws, True)):
+        for task, first in filter(None, map(_named, raws)):
+            if task in stage_of:
+                if is_held:
+                    held.setdefault(first, set()).add(stage_of[task])
+                else:
+                    jobs.add(first)
+            elif task == EXPERIMENT_RUN_TASK:
+                runs.add(first)
+    return jobs, held, runs
 
 
 def resend_lost(channel) -> None:
@@ -141,12 +148,14 @@ def resend_lost(channel) -> None:
     if not client.set(SWEEP_KEY, "1", nx=True, ex=SWEEP_TTL_S):
         return  # another worker is looking; what it resends is named when the next one looks
     try:
-        jobs, runs = referenced(channel)
+        jobs, held, runs = referenced(channel)
         time.sleep(SETTLE_S)
-        later_jobs, later_runs = referenced(channel)
+        later_jobs, later_held, later_runs = referenced(channel)
+        for job_id, stages in later_held.items():
+            held.setdefault(job_id, set()).update(stages)
         cat = catalog()
         with cat.session() as s:
-            for job in resend_unreferenced(s, cat.settings, jobs | later_jobs):
+            for job in resend_unreferenced(s, cat.settings, jobs | later_jobs, held):
                 log.warning("resent job %s from %s: the broker lost its message",
                             job.id, next_stage(job))
             for run in resend_unreferenced_runs(s, cat.settings, runs | later_runs):

@@ -232,18 +232,24 @@ def next_stage(job: Job) -> str:
     return next((stage for stage in STAGES if stage not in done), STAGES[-1])
 
 
-def resend_unreferenced(session: Session, settings: Settings, referenced: set[int]) -> list[Job]:
+def resend_unreferenced(session: Session, settings: Settings, referenced: set[int],
+                        held: dict[int, set[str]] | None = None) -> list[Job]:
     """Send again, from their next step, the unfinished jobs that no message in the broker
-    names (``referenced`` holds the job ids that some queued or unacknowledged message does).
+    keeps going: ``referenced`` holds the job ids that some queued message names, ``held``
+    the steps of each job that a worker took and has not acknowledged.
 
     A broker that loses a message it was handing over (Redis popped it, then went away before
     the consumer could record it as unacknowledged) leaves its job queued for ever; nothing
-    else would send it again. The steps are idempotent, so a job sent twice finishes once.
+    else would send it again. A held message for a step the job has recorded keeps nothing
+    going either: its worker finished the step, but the broker went away before the ack and
+    the next step's message reached it, and Redis hands a held message back only after its
+    visibility timeout (hours). The steps are idempotent, so a job sent twice finishes once.
     """
+    held = held or {}
     rows = session.scalars(sa.select(Job).where(
         Job.kind == KIND, Job.status.in_([JobStatus.queued, JobStatus.running]),
         Job.id.not_in(referenced)).order_by(Job.id))
-    lost = list(rows)
+    lost = [job for job in rows if not held.get(job.id, set()) - set(job.outputs)]
     for job in lost:
         send_chain(session, settings, job, next_stage(job))
     return lost

@@ -220,3 +220,28 @@ def test_ids_beyond_the_primary_key_range_are_not_found(session, ref):
             lookup(session, ref)
     # None of the lookups reached the database with the number: the transaction still works.
     assert get_pack(session, "arith@v1").version == 1
+
+
+def test_a_job_held_only_for_a_step_it_recorded_is_sent_again(engine, monkeypatch):
+    """After a broker restart, a job is kept going by a queued message, or by a held
+    (unacknowledged) message for a step it has not recorded. A held message for a step it did
+    record (the ack and the next step's message were lost with the broker) keeps nothing
+    going: the job is sent again from its next step."""
+    from skillstore.pipeline import lifecycle
+
+    sent = []
+    monkeypatch.setattr(lifecycle, "send_chain",
+                        lambda session, settings, job, stage: sent.append((job.id, stage)))
+    with session_scope(engine) as session:
+        ids = []
+        for _ in range(4):
+            job = create_job(session, kind="learn", request={"skill": "arith"})
+            begin(session, job.id, "compress", "host", 1)
+            for stage in ("prepare", "train", "compress"):
+                lifecycle.record_output(session, job, stage, {"done": True})
+            ids.append(job.id)
+        finished_step, running_step, queued, nothing = ids
+        held = {finished_step: {"compress"}, running_step: {"evaluate"}}
+        lost = lifecycle.resend_unreferenced(session, None, {queued}, held)
+    assert [j.id for j in lost] == [finished_step, nothing]
+    assert sent == [(finished_step, "evaluate"), (nothing, "evaluate")]
