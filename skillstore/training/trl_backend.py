@@ -55,7 +55,7 @@ class ContractCallback(TrainerCallback):
     def _due(self, state) -> bool:
         return state.global_step % self.eval_every == 0 or state.global_step >= state.max_steps
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def on_step_end(self, args, state, control, **kwargs):
         if self.progress:  # raises JobCancelled when the job was cancelled: training ends here
             self.progress("train", min(1.0, state.global_step / state.max_steps))
         return control
