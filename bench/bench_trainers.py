@@ -171,7 +171,7 @@ def _big_run(root: Path, base: Path, train: Path, checkpointing: bool, steps: in
             "measured_by": memory.get("measured_by"), "plan": memory}
 
 
-def plan_crossover(base: Path, seq_len: int) -> dict | None:
+def plan_crossover(base: Path, seq_len: int, scored_len: int | None) -> dict | None:
     """The smallest batch at ``seq_len`` at which the memory plan itself puts the checkpointed
     TRL run at CKPT_VS_PLAIN of the plain one (arithmetic only: nothing is trained)."""
     from skillstore.training.memory import ModelShape, estimate
@@ -179,7 +179,8 @@ def plan_crossover(base: Path, seq_len: int) -> dict | None:
     shape = ModelShape.of_folder(base)
     for batch in (2 ** k for k in range(12)):
         ckpt, plain = (estimate(shape, device="cpu", backend="trl", batch_size=batch,
-                                seq_len=seq_len, gradient_checkpointing=gc).total
+                                seq_len=seq_len, scored_len=scored_len,
+                                gradient_checkpointing=gc).total
                        for gc in (True, False))
         if ckpt <= CKPT_VS_PLAIN * plain:
             return {"batch": batch, "seq_len": seq_len, "ckpt": ckpt, "plain": plain}
@@ -187,16 +188,20 @@ def plan_crossover(base: Path, seq_len: int) -> dict | None:
 
 
 def memory_part(home: Path) -> dict:
-    from skillstore.zoo import build_zoo
+    from skillstore.curriculum.build import write_curriculum
+    from skillstore.zoo.build import ZooRecipe
 
     shape_name = _env("SHAPE", "0.5b")
     steps, batch = int(_env("BIG_STEPS", "20")), int(_env("BIG_BATCH", "2"))
     root = Path(tempfile.mkdtemp(prefix="trainers-", dir=home))
     base = random_base(root / "base", HALF_B if shape_name == "0.5b" else TINY, "cpu")
-    train = build_zoo(home).load_curriculum().skills[BIG_SKILL].train
+    recipe = ZooRecipe()  # the zoo's rows, without building (training) the zoo itself
+    train = write_curriculum(root / "curriculum", seed=recipe.seed, n_train=recipe.n_train,
+                             n_eval=recipe.n_eval).skills[BIG_SKILL].train
     runs = [_big_run(root, base, train, ckpt, steps, batch) for ckpt in (True, False)]
     return {"shape": shape_name, "steps": steps, "batch": batch, "skill": BIG_SKILL,
-            "runs": runs, "plan_crossover": plan_crossover(base, runs[0]["plan"]["seq_len"])}
+            "runs": runs, "plan_crossover": plan_crossover(base, runs[0]["plan"]["seq_len"],
+                                             runs[0]["plan"].get("scored_len"))}
 
 
 def _mib(n: float | None) -> str:

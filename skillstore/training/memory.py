@@ -14,15 +14,17 @@ import psutil
 import torch
 
 from ..errors import ConfigError
+from .loss import PLAIN_HEAD_TYPES, chunk_tokens
 
 GIB = 2 ** 30
 #: What a run adds besides the terms below (loading code, the tokenizer, the allocator's slack;
 #: for TRL also its lazily imported modules, datasets and Trainer), fitted on the CPU in fresh
 #: processes (docs/learning.md, "Memory plan").
 OVERHEAD_BYTES = {"builtin": 80 * 2 ** 20, "trl": 150 * 2 ** 20}
-#: fp32 vocabulary-sized rows held per token at the peak, fitted the same way: the built-in
-#: loop's logits, their log-softmax and gradients; TRL's LM head scores chunks of up to
-#: 32,768 tokens and keeps entropy and top-1 statistics beside the log-probabilities.
+#: fp32 vocabulary-sized rows held per scored token at the peak, fitted the same way: the
+#: logits, their log-softmax and gradients under `loss.answer_loss` (either backend in one
+#: process); TRL's own LM head (several processes) scores chunks of up to 32,768 tokens and
+#: keeps entropy and top-1 statistics beside the log-probabilities.
 LOGIT_COPIES = {"builtin": 4, "trl": 8}
 TRL_LOGIT_CHUNK = 32768
 #: AdamW keeps two moments per trainable parameter.
@@ -44,6 +46,7 @@ class ModelShape:
     intermediate: int
     vocab: int
     eager_attention: bool = False  # eager attention keeps every (seq x seq) score matrix
+    plain_head: bool = False  # `loss.answer_loss` scores answer tokens a chunk at a time
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> ModelShape:
@@ -59,7 +62,8 @@ class ModelShape:
                    intermediate=(getattr(cfg, "intermediate_size", None)
                                  or getattr(cfg, "n_inner", None) or 4 * hidden),
                    vocab=cfg.vocab_size,
-                   eager_attention=getattr(cfg, "_attn_implementation", None) == "eager")
+                   eager_attention=getattr(cfg, "_attn_implementation", None) == "eager",
+                   plain_head=getattr(cfg, "model_type", None) in PLAIN_HEAD_TYPES)
 
     @property
     def weight_bytes(self) -> int:
@@ -99,6 +103,7 @@ class MemoryPlan:
     seq_len: int
     gradient_checkpointing: bool
     parts: dict[str, int] = field(default_factory=dict)
+    scored_len: int | None = None  # tokens per sequence the loss scores, where not all
 
     @property
     def total(self) -> int:
@@ -108,7 +113,8 @@ class MemoryPlan:
         return {"device": self.device, "backend": self.backend, "stage": self.stage,
                 "batch_size": self.batch_size, "seq_len": self.seq_len,
                 "gradient_checkpointing": self.gradient_checkpointing,
-                "total_bytes": self.total, "parts_bytes": dict(self.parts)}
+                "scored_len": self.scored_len, "total_bytes": self.total,
+                "parts_bytes": dict(self.parts)}
 
     def summary(self) -> str:
         big = sorted(self.parts.items(), key=lambda kv: -kv[1])[:3]
@@ -122,7 +128,8 @@ def gib(n: float) -> str:
 def estimate(shape: ModelShape, *, device: str, backend: str, stage: str = "sft",
              batch_size: int, seq_len: int, gradient_checkpointing: bool = False,
              keep_best: bool = False, reference: bool = False, other_weights: int = 0,
-             mixed_bf16: bool = False) -> MemoryPlan:
+             mixed_bf16: bool = False, scored_len: int | None = None,
+             processes: int = 1) -> MemoryPlan:
     """Peak bytes of a full fine-tune: weights, gradients, AdamW state, activations, logits.
 
     ``batch_size`` counts sequences per forward pass (a DPO step runs chosen and rejected:
@@ -131,10 +138,13 @@ def estimate(shape: ModelShape, *, device: str, backend: str, stage: str = "sft"
     (the norms' fp32 intermediates, q/k/v and their rotations, the attention output, the MLP;
     the (seq x seq) scores only with eager attention); with gradient checkpointing each layer
     keeps its input and one layer is recomputed at a time. Logits: LOGIT_COPIES fp32 rows of
-    the vocabulary per token. On the CPU a fixed overhead is added (the process's, not the
-    tensors'). ``keep_best`` adds the copy of the best weights early stopping holds on the
-    device; ``reference`` the frozen DPO reference; ``other_weights`` another model loaded
-    beside (a distillation source).
+    the vocabulary per scored token. SFT in one process on a model with a plain LM head scores
+    only the ``scored_len`` answer tokens of each sequence, at most `loss.chunk_tokens` at a
+    time (`loss.answer_loss`); otherwise every token is scored (TRL's own head under several
+    ``processes``: up to TRL_LOGIT_CHUNK at a time). On the CPU a fixed overhead is added (the
+    process's, not the tensors'). ``keep_best`` adds the copy of the best weights early
+    stopping holds on the device; ``reference`` the frozen DPO reference; ``other_weights``
+    another model loaded beside (a distillation source).
     """
     act_bytes = 2 if mixed_bf16 else shape.param_bytes
     tokens = batch_size * seq_len
@@ -147,8 +157,14 @@ def estimate(shape: ModelShape, *, device: str, backend: str, stage: str = "sft"
         activations = shape.layers * tokens * h * act_bytes + layer
     else:
         activations = shape.layers * layer
-    scored = min(tokens, TRL_LOGIT_CHUNK) if backend == "trl" else tokens
-    logits = LOGIT_COPIES.get(backend, LOGIT_COPIES["trl"]) * scored * shape.vocab * 4
+    answers_only = stage == "sft" and shape.plain_head and (backend == "builtin" or processes == 1)
+    if answers_only:
+        scored = min(batch_size * (scored_len or seq_len), chunk_tokens(shape.vocab))
+        copies = LOGIT_COPIES["builtin"]
+    else:
+        scored = min(tokens, TRL_LOGIT_CHUNK) if backend == "trl" else tokens
+        copies = LOGIT_COPIES.get(backend, LOGIT_COPIES["trl"])
+    logits = copies * scored * shape.vocab * 4
     # bf16 autocast changes the activations only: weights, gradients and AdamW's moments stay
     # in the dtype the checkpoint was loaded in.
     parts = {"weights": shape.weight_bytes, "gradients": shape.weight_bytes,
@@ -164,7 +180,7 @@ def estimate(shape: ModelShape, *, device: str, backend: str, stage: str = "sft"
         parts["source"] = other_weights
     return MemoryPlan(device=device, backend=backend, stage=stage, batch_size=batch_size,
                       seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
-                      parts=parts)
+                      parts=parts, scored_len=scored_len if answers_only else None)
 
 
 def available_bytes(device: torch.device | str) -> int:

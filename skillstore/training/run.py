@@ -235,6 +235,8 @@ def plan_memory(method: str, job: TrainJob, shape: ModelShape, backend: str,
                              and torch.cuda.is_bf16_supported())}
     plans = [estimate(shape, stage="sft", batch_size=batch_size or job.sft.batch_size,
                       seq_len=min(job.sft.max_length, prompt + (generated if sourced else answer)),
+                      scored_len=generated if sourced else answer,
+                      processes=int(os.environ.get("WORLD_SIZE", "1")),
                       # TRL's callback keeps the best weights in CPU memory, not on a GPU
                       keep_best=(job.val_path is not None
                                  and (backend == "builtin" or device.type == "cpu")),

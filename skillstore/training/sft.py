@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TrainingError
 from .data import Example, batch_plan, batches, collate, encode_rows, pad_id_of
+from .loss import answer_loss
 
 Progress = Callable[[str, float], None]
 
@@ -85,7 +86,7 @@ def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> f
     for chunk in batches(examples, batch_size, None):
         batch = collate(chunk, pad_id, device)
         n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(model(**batch).loss) * n
+        total += float(answer_loss(model, batch)) * n
         count += n
     model.train(was)
     return total / max(1, count)
@@ -147,7 +148,7 @@ def _train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     running = 0.0
     for indices in batch_plan(len(train), cfg.batch_size, cfg.max_steps, cfg.seed):
         batch = collate([train[i] for i in indices], pad, device)
-        loss = model(**batch).loss
+        loss = answer_loss(model, batch)
         check_finite(loss, step)
         optimizer_step(loss, opt, sched, params, cfg.grad_clip)
         step += 1

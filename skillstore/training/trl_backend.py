@@ -25,6 +25,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..errors import DatasetError, TrainingError
 from .data import STOP, batch_plan, encode_example, encode_rows, pad_id_of
 from .dpo import DPOConfig
+from .loss import answer_loss, plain_head
 from .sft import Progress, SFTConfig, TrainResult, lr_lambda, mean_loss
 
 # What SFTTrainer and DPOTrainer attach to the model they train: TRL's fused LM-head forward,
@@ -105,9 +106,11 @@ class ContractCallback(TrainerCallback):
 class PlannedSFTTrainer(trl.SFTTrainer):
     """SFTTrainer on the built-in loop's batches and schedule: in one process its training
     batches come from ``plan`` (`data.batch_plan`), so the same seed gives both backends the
-    same rows at each step, and its learning rate follows `sft.lr_lambda`. What differs between
-    the backends is then the loop, not the draw. Under several processes (accelerate launch)
-    the Trainer's own sharded sampler is kept."""
+    same rows at each step, its learning rate follows `sft.lr_lambda`, and its loss is
+    `loss.answer_loss`, the built-in loop's (answer tokens only, scored a chunk at a time).
+    What differs between the backends is then the loop, not the draw or the loss. Under
+    several processes (accelerate launch) the Trainer's own sharded sampler and TRL's own loss
+    are kept: the loss must run through the DDP wrapper's forward for gradients to sync."""
 
     def __init__(self, *args, plan: list[list[int]], min_lr_frac: float, **kwargs):
         self.plan, self.min_lr_frac = plan, min_lr_frac
@@ -122,6 +125,12 @@ class PlannedSFTTrainer(trl.SFTTrainer):
                         min_frac=self.min_lr_frac))
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.world_size > 1 or return_outputs or plain_head(model) is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        return answer_loss(model, inputs)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.args.world_size > 1:

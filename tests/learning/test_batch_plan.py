@@ -73,7 +73,8 @@ def test_one_seed_trains_and_validates_the_same_model_on_both_backends():
     moved = max(float((builtin[k] - start[k]).abs().max()) for k in start)
     apart = max(float((builtin[k] - trl[k]).abs().max()) for k in start)
     assert moved > 1e-3
-    assert apart < 0.01 * moved, (apart, moved)
+    # One loss function on both: 1.7e-8 apart here (3.7e-7 while TRL scored its own loss).
+    assert apart < 2e-5 * moved, (apart, moved)
     seen = {name: [(h["step"], h["val_loss"]) for h in m["history"]] for name, m in runs.items()}
     assert [s for s, _ in seen["trl"]] == [s for s, _ in seen["builtin"]] == [3, 6]
     for (_, want), (_, got) in zip(seen["builtin"], seen["trl"], strict=True):

@@ -99,3 +99,28 @@ def test_a_job_that_cannot_fit_is_refused_naming_the_setting(world, monkeypatch,
         fits = [plan_memory("sft", job, shape, "builtin", device, longest, batch_size=b,
                             gradient_checkpointing=True).total <= free for b in (size, size + 1)]
         assert fits == [True, False]
+
+
+def test_sft_logits_are_planned_for_answer_tokens_a_chunk_at_a_time():
+    """At Qwen2's vocabulary a batch's full logits would outweigh the model: the plan counts
+    what `loss.answer_loss` holds (the answers' tokens, at most one chunk), and TRL's own head
+    where several processes keep it."""
+    from skillstore.training.loss import chunk_tokens
+    from skillstore.training.memory import LOGIT_COPIES, TRL_LOGIT_CHUNK, estimate
+
+    vocab = 151_936
+    shape = ModelShape(params=494_000_000, param_bytes=2, hidden=896, layers=24, heads=14,
+                       kv_heads=2, intermediate=4864, vocab=vocab, plain_head=True)
+    common = {"device": "cpu", "batch_size": 8, "seq_len": 512}
+    chunk = LOGIT_COPIES["builtin"] * chunk_tokens(vocab) * vocab * 4
+    for backend in ("builtin", "trl"):
+        plan = estimate(shape, backend=backend, scored_len=64, **common)
+        assert plan.parts["logits"] == chunk and plan.scored_len == 64
+    short = estimate(shape, backend="builtin", scored_len=64, **{**common, "batch_size": 1})
+    assert short.parts["logits"] == min(chunk, LOGIT_COPIES["builtin"] * 64 * vocab * 4)
+    ddp = estimate(shape, backend="trl", scored_len=64, processes=2, **common)
+    assert ddp.parts["logits"] == LOGIT_COPIES["trl"] * min(8 * 512, TRL_LOGIT_CHUNK) * vocab * 4
+    assert ddp.scored_len is None
+    other = estimate(ModelShape(**{**shape.__dict__, "plain_head": False}), backend="builtin",
+                     scored_len=64, **common)
+    assert other.parts["logits"] == LOGIT_COPIES["builtin"] * 8 * 512 * vocab * 4
