@@ -17,6 +17,7 @@ from .sft import (
     Progress,
     TrainResult,
     activation_checkpointing,
+    adamw,
     check_finite,
     lr_lambda,
     optimizer_step,
@@ -141,7 +142,7 @@ def _train_dpo(model, reference, tokenizer, pairs: list[dict], cfg: DPOConfig,
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = adamw(params, cfg.lr)
     warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, cfg.max_steps, warmup, 0.1))

@@ -46,9 +46,10 @@ def plain_head(model) -> torch.nn.Module | None:
         return None
     if getattr(model.config, "model_type", None) not in PLAIN_HEAD_TYPES:
         return None
-    if model.base_model is model:
+    head = model.get_output_embeddings()
+    if model.base_model is model or not isinstance(head, torch.nn.Linear):
         return None
-    return model.get_output_embeddings()
+    return head
 
 
 def _chunk_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

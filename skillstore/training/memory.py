@@ -47,6 +47,7 @@ class ModelShape:
     vocab: int
     eager_attention: bool = False  # eager attention keeps every (seq x seq) score matrix
     plain_head: bool = False  # `loss.answer_loss` scores answer tokens a chunk at a time
+    tied_embeddings: bool = False  # the input embedding is the LM head's weight
 
     @classmethod
     def of_folder(cls, folder: str | Path) -> ModelShape:
@@ -63,7 +64,8 @@ class ModelShape:
                                  or getattr(cfg, "n_inner", None) or 4 * hidden),
                    vocab=cfg.vocab_size,
                    eager_attention=getattr(cfg, "_attn_implementation", None) == "eager",
-                   plain_head=getattr(cfg, "model_type", None) in PLAIN_HEAD_TYPES)
+                   plain_head=getattr(cfg, "model_type", None) in PLAIN_HEAD_TYPES,
+                   tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)))
 
     @property
     def weight_bytes(self) -> int:
@@ -144,7 +146,9 @@ def estimate(shape: ModelShape, *, device: str, backend: str, stage: str = "sft"
     ``processes``: up to TRL_LOGIT_CHUNK at a time). On the CPU a fixed overhead is added (the
     process's, not the tensors'). ``keep_best`` adds the copy of the best weights early
     stopping holds on the device; ``reference`` the frozen DPO reference; ``other_weights``
-    another model loaded beside (a distillation source).
+    another model loaded beside (a distillation source). With tied embeddings the backward
+    pass holds the embedding's gradient beside the head's before adding them: one more
+    vocabulary x hidden tensor.
     """
     act_bytes = 2 if mixed_bf16 else shape.param_bytes
     tokens = batch_size * seq_len
@@ -172,6 +176,8 @@ def estimate(shape: ModelShape, *, device: str, backend: str, stage: str = "sft"
              "activations": activations + tokens * h * act_bytes, "logits": logits}
     if device.startswith("cpu"):  # process memory; on CUDA the allocator holds tensors only
         parts["overhead"] = OVERHEAD_BYTES.get(backend, OVERHEAD_BYTES["trl"])
+    if shape.tied_embeddings:  # the head's and the embedding's gradients meet as two tensors
+        parts["tied_gradient"] = shape.vocab * h * shape.param_bytes
     if keep_best:
         parts["best_weights"] = shape.weight_bytes
     if reference:

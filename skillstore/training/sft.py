@@ -66,6 +66,15 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "SFT") -> None:
         )
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0):
+    """AdamW as both backends run it: the fused kernel on the CPU and CUDA (the transformers
+    Trainer's default, `adamw_torch_fused`), which also keeps no parameter-sized temporaries
+    (the multi-tensor path holds one more copy of the weights during a step); the default
+    implementation elsewhere."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 @torch.no_grad()
 def optimizer_step(loss: torch.Tensor, opt, sched, params, grad_clip: float) -> None:
     """One update: backward, clip the global gradient norm, step the optimizer and schedule."""
@@ -137,7 +146,7 @@ def _train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     if not params:
         raise TrainingError("The model has no trainable parameters; unfreeze it or use the "
                             "LoRA trainer.")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, cfg.lr, cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, cfg.max_steps, warmup, cfg.min_lr_frac))
