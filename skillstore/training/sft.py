@@ -50,6 +50,48 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
+class EarlyStopping:
+    """The validation rule both SFT loops follow: keep the weights of the best validation loss
+    (better by more than ``min_delta``), stop after ``patience`` evaluations without one, or
+    once the loss is at or below ``stop_loss``. ``on_cpu`` keeps the best weights in CPU
+    memory instead of beside the model (the TRL loop's choice, off the GPU)."""
+
+    def __init__(self, cfg: SFTConfig, *, on_cpu: bool = False):
+        self.patience, self.min_delta, self.stop_loss = cfg.patience, cfg.min_delta, cfg.stop_loss
+        self.on_cpu = on_cpu
+        self.best, self.bad = math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.reason: str | None = None
+
+    def update(self, val_loss: float, step: int, model) -> str | None:
+        """Judge one validation loss; the reason to stop now (``patience``, ``stop_loss``) or
+        None. A loss that is not finite raises: nothing is saved."""
+        if not math.isfinite(val_loss):
+            raise TrainingError(f"Validation loss became {val_loss} at step {step}; nothing "
+                                "was saved. Lower the learning rate.")
+        if val_loss < self.best - self.min_delta:
+            self.best, self.bad = val_loss, 0
+            self.best_state = {k: (t.detach().to("cpu", copy=True) if self.on_cpu
+                                   else t.detach().clone())
+                               for k, t in model.state_dict().items()}
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                self.reason = "patience"
+        if val_loss <= self.stop_loss:
+            self.reason = "stop_loss"
+        return self.reason
+
+    def restore(self, model) -> None:
+        """Load the best weights seen, if validation ran."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    @property
+    def best_val_loss(self) -> float | None:
+        return self.best if self.best_state is not None else None
+
+
 def lr_lambda(step: int, total: int, warmup: int, min_frac: float) -> float:
     """Linear warmup to 1, then cosine decay to ``min_frac`` at ``total`` steps."""
     if step < warmup:
@@ -151,46 +193,33 @@ def _train_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, cfg.max_steps, warmup, cfg.min_lr_frac))
     model.train()
-    best, best_state, bad, step, stopped_early, reason = math.inf, None, 0, 0, False, None
+    stopping = EarlyStopping(cfg)
+    step, window = 0, []
     history: list[dict] = []
     t0 = time.perf_counter()
-    running = 0.0
     for indices in batch_plan(len(train), cfg.batch_size, cfg.max_steps, cfg.seed):
         batch = collate([train[i] for i in indices], pad, device)
         loss = answer_loss(model, batch)
         check_finite(loss, step)
         optimizer_step(loss, opt, sched, params, cfg.grad_clip)
         step += 1
-        running += float(loss.detach())
+        window.append(float(loss.detach()))
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            entry = {"step": step, "train_loss": running / cfg.eval_every}
-            running = 0.0
+            entry = {"step": step, "train_loss": sum(window) / len(window)}
+            window = []
             if val:
-                v = mean_loss(model, val, pad, cfg.batch_size * 2)
-                if not math.isfinite(v):
-                    raise TrainingError(f"Validation loss became {v} at step {step}; nothing "
-                                        "was saved. Lower the learning rate.")
-                entry["val_loss"] = v
-                if v < best - cfg.min_delta:
-                    best, bad = v, 0
-                    best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        stopped_early, reason = True, "patience"
-                if v <= cfg.stop_loss:
-                    stopped_early, reason = True, "stop_loss"
+                entry["val_loss"] = mean_loss(model, val, pad, cfg.batch_size * 2)
+                stopping.update(entry["val_loss"], step, model)
             history.append(entry)
         if progress:
             progress("train", step / cfg.max_steps)
-        if stopped_early:
+        if stopping.reason:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopping.restore(model)
     model.eval()
-    metrics = {"steps": step, "seconds": time.perf_counter() - t0, "stopped_early": stopped_early,
-               "stop_reason": reason,
-               "best_val_loss": best if best_state is not None else None,
+    metrics = {"steps": step, "seconds": time.perf_counter() - t0,
+               "stopped_early": stopping.reason is not None, "stop_reason": stopping.reason,
+               "best_val_loss": stopping.best_val_loss,
                "n_train": len(train), "n_val": len(val), "history": history,
                "backend": "builtin", "seed": cfg.seed,
                "config": cfg.model_dump()}  # what the trainer ran with, for the job's record

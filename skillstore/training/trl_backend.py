@@ -26,7 +26,7 @@ from ..errors import DatasetError, TrainingError
 from .data import STOP, batch_plan, encode_example, encode_rows, pad_id_of
 from .dpo import DPOConfig
 from .loss import answer_loss, plain_head
-from .sft import Progress, SFTConfig, TrainResult, lr_lambda, mean_loss
+from .sft import EarlyStopping, Progress, SFTConfig, TrainResult, lr_lambda, mean_loss
 
 # What SFTTrainer and DPOTrainer attach to the model they train: TRL's fused LM-head forward,
 # accelerate's output-casting wrapper and the trainer's tags. Taken off again afterwards, so
@@ -36,21 +36,19 @@ _PATCHED = ("forward", "_original_forward", "_is_accelerate_prepared", "model_ta
 
 class ContractCallback(TrainerCallback):
     """The built-in loop's contract inside a transformers Trainer: progress (and so cancellation)
-    after every optimiser step, a NaN loss raises, the loss history, and early stopping on the
-    validation loss with the best weights kept in CPU memory. ``validate(model)`` is the
-    validation loss; for SFT it is the built-in loop's own `sft.mean_loss` (token-weighted over
-    the validation rows), so both backends stop and keep weights by the same figure."""
+    after every optimiser step, a NaN loss raises, the loss history, and the built-in loop's
+    `sft.EarlyStopping` on the validation loss (best weights kept in CPU memory).
+    ``validate(model)`` is the validation loss; for SFT it is the built-in loop's own
+    `sft.mean_loss` (token-weighted over the validation rows), so both backends stop and keep
+    weights by the same figure and the same rule. Without ``stopping`` nothing is validated."""
 
     def __init__(self, what: str, progress: Progress | None, *, eval_every: int,
-                 validate: Callable[[torch.nn.Module], float] | None = None, patience: int = 1,
-                 min_delta: float = 0.0, stop_loss: float = 0.0):
+                 validate: Callable[[torch.nn.Module], float] | None = None,
+                 stopping: EarlyStopping | None = None):
         self.what, self.progress = what, progress
-        self.eval_every, self.validate = eval_every, validate
-        self.patience, self.min_delta, self.stop_loss = patience, min_delta, stop_loss
+        self.eval_every, self.validate, self.stopping = eval_every, validate, stopping
         self.losses: list[float] = []
         self.history: list[dict] = []
-        self.best, self.best_state, self.bad = math.inf, None, 0
-        self.stop_reason: str | None = None
         self._window: list[float] = []
 
     def _due(self, state) -> bool:
@@ -75,32 +73,14 @@ class ContractCallback(TrainerCallback):
         self._window.append(loss)
         if not self._due(state):
             return control
-        if self.validate is None:
-            self._record(state.global_step)
-            return control
-        v = self.validate(model)
-        if not math.isfinite(v):
-            raise TrainingError(f"Validation loss became {v} at step {state.global_step}; nothing "
-                                "was saved. Lower the learning rate.")
-        self._record(state.global_step, val_loss=v)
-        if v < self.best - self.min_delta:
-            self.best, self.bad = v, 0
-            self.best_state = {k: t.detach().to("cpu", copy=True)
-                               for k, t in model.state_dict().items()}
-        else:
-            self.bad += 1
-            if self.bad >= self.patience:
-                self.stop_reason = "patience"
-        if v <= self.stop_loss:
-            self.stop_reason = "stop_loss"
-        if self.stop_reason:
-            control.should_training_stop = True
-        return control
-
-    def _record(self, step: int, **extra) -> None:
         window, self._window = self._window, []
-        self.history.append({"step": step, "train_loss": sum(window) / max(1, len(window)),
-                             **extra})
+        entry = {"step": state.global_step, "train_loss": sum(window) / len(window)}
+        if self.validate is not None and self.stopping is not None:
+            entry["val_loss"] = self.validate(model)
+            if self.stopping.update(entry["val_loss"], state.global_step, model):
+                control.should_training_stop = True
+        self.history.append(entry)
+        return control
 
 
 class PlannedSFTTrainer(trl.SFTTrainer):
@@ -223,10 +203,11 @@ def trl_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | Non
                                   for e in examples])
 
     pad = pad_id_of(tokenizer)
+    stopping = EarlyStopping(cfg, on_cpu=True)
     callback = ContractCallback(
         "SFT", progress, eval_every=cfg.eval_every,
         validate=(lambda m: mean_loss(m, val, pad, cfg.batch_size * 2)) if val else None,
-        patience=cfg.patience, min_delta=cfg.min_delta, stop_loss=cfg.stop_loss)
+        stopping=stopping)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skillstore-trl-") as scratch, _quiet():
         args = trl.SFTConfig(
@@ -244,12 +225,10 @@ def trl_sft(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | Non
             plan=batch_plan(len(train), cfg.batch_size, cfg.max_steps, cfg.seed))
         _run(trainer, callback, model)
         steps = trainer.state.global_step
-    if callback.best_state is not None:
-        model.load_state_dict(callback.best_state)
+    stopping.restore(model)
     metrics = {"steps": steps, "seconds": time.perf_counter() - t0,
-               "stopped_early": callback.stop_reason is not None,
-               "stop_reason": callback.stop_reason,
-               "best_val_loss": callback.best if callback.best_state is not None else None,
+               "stopped_early": stopping.reason is not None, "stop_reason": stopping.reason,
+               "best_val_loss": stopping.best_val_loss,
                "n_train": len(train), "n_val": len(val), "history": callback.history,
                "backend": "trl", "trl_version": trl.__version__, "seed": cfg.seed,
                "config": cfg.model_dump()}
