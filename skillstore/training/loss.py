@@ -28,7 +28,9 @@ from .data import IGNORE_INDEX
 #: vocabulary-sized tensors alive at a time.
 LOSS_CHUNK_BYTES = 64 * 2 ** 20
 #: model_type values whose ForCausalLM computes ``logits = lm_head(last_hidden_state)`` with
-#: nothing after it (no soft-capping or logit scale), checked against each class's forward.
+#: nothing after it (no soft-capping or logit scale), read off each class's forward in
+#: transformers 5.25. The mixture-of-experts ones add a router loss when their config asks for
+#: router logits (``output_router_logits``); such a model is scored by its own forward.
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3",
                               "qwen3_moe", "gpt2", "gpt_neox", "gemma", "phi3", "starcoder2"})
 
@@ -38,13 +40,18 @@ def chunk_tokens(vocab: int) -> int:
     return max(1, LOSS_CHUNK_BYTES // (4 * vocab))
 
 
+def plain_head_config(config) -> bool:
+    """Whether a model of this config computes its loss from the LM head on its backbone's
+    output and nothing else (read by the memory plan from a checkpoint's config too)."""
+    return (getattr(config, "model_type", None) in PLAIN_HEAD_TYPES
+            and not getattr(config, "output_router_logits", False))  # else a router term
+
+
 def plain_head(model) -> torch.nn.Module | None:
     """The LM head when ``model``'s logits are that head on its backbone's output, else None."""
     from transformers import PreTrainedModel  # loaded by then: ``model`` is one or is not
 
-    if not isinstance(model, PreTrainedModel):
-        return None
-    if getattr(model.config, "model_type", None) not in PLAIN_HEAD_TYPES:
+    if not isinstance(model, PreTrainedModel) or not plain_head_config(model.config):
         return None
     head = model.get_output_embeddings()
     if model.base_model is model or not isinstance(head, torch.nn.Linear):

@@ -14,7 +14,7 @@ import psutil
 import torch
 
 from ..errors import ConfigError
-from .loss import PLAIN_HEAD_TYPES, chunk_tokens
+from .loss import chunk_tokens, plain_head_config
 
 GIB = 2 ** 30
 #: What a run adds besides the terms below (loading code, the tokenizer, the allocator's slack;
@@ -64,7 +64,7 @@ class ModelShape:
                                  or getattr(cfg, "n_inner", None) or 4 * hidden),
                    vocab=cfg.vocab_size,
                    eager_attention=getattr(cfg, "_attn_implementation", None) == "eager",
-                   plain_head=getattr(cfg, "model_type", None) in PLAIN_HEAD_TYPES,
+                   plain_head=plain_head_config(cfg),
                    tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)))
 
     @property

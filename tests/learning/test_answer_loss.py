@@ -101,3 +101,24 @@ def test_a_model_without_a_plain_head_is_scored_by_its_own_forward():
     assert wrapped.calls == 1
     model.config.model_type = "gemma2"  # soft-caps its logits: the head alone is not the logits
     assert plain_head(model) is None
+
+
+@pytest.mark.parametrize("router_logits", [False, True])
+def test_a_mixture_of_experts_with_a_router_loss_is_scored_by_its_own_forward(router_logits):
+    """Mixtral's loss adds the router's load-balancing term when its config asks for router
+    logits; the head alone would leave it out."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(MixtralConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=2,
+        num_experts_per_tok=1, output_router_logits=router_logits,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id))
+    batch = collate(encode_rows(tok, ROWS, 64), pad_id_of(tok), torch.device("cpu"))
+    assert (plain_head(model) is None) == router_logits
+    with torch.no_grad():
+        assert float(answer_loss(model, batch)) == pytest.approx(float(model(**batch).loss),
+                                                                rel=1e-5)
