@@ -133,6 +133,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SKILLSTORE_BLOB_URL": settings.blob_url,
         "SKILLSTORE_BROKER_URL": settings.broker_url,
         "SKILLSTORE_RESULT_BACKEND": settings.result_backend,
+        "SKILLSTORE_STRANDED_AFTER_S": str(settings.stranded_after_s),
         **settings.s3_env(),
     })
     return env

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     def _unset_when_empty(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    # A worker killed between taking a queued job's message and claiming the job leaves a job
+    # no one owns and no queue holds; workers put such a message back (workers/unclaimed.py).
+    stranded_after_s: float = Field(
+        default=60.0, gt=0, description="Seconds a queued job may sit unclaimed with its message "
+                                        "taken before a worker puts the message back.")
+
     # HTTP API (`skillstore serve`, docs/api.md). Tokens are stored as sha256 hex digests only;
     # `skillstore api-token new` prints a fresh token and the digest to put here.
     api_token_hashes: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -7,6 +7,7 @@ from celery import Celery
 from skillstore.jobqueue import celery_config
 from skillstore.settings import Settings, get_settings
 
+from . import unclaimed  # noqa: F401 - puts back messages a killed worker took unclaimed
 from .reconnect import Consumer, PutBackStranded
 
 TASK_MODULES = ("workers.ops", "workers.learn", "workers.experiments")

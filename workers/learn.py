@@ -173,7 +173,9 @@ def _alive(pid: int) -> bool:
 def claim_received(request=None, **_kwargs) -> None:
     """A queued job belongs to this worker from the moment its message arrives, so that a worker
     killed before a pool process begins the step leaves a job that resume_orphans finds (Redis
-    keeps that message unacknowledged for the whole visibility timeout). Best effort."""
+    keeps that message unacknowledged for the whole visibility timeout). Best effort: a worker
+    killed before the claim is written leaves an unclaimed job, which `workers.unclaimed`
+    finds."""
     if request is None or request.name not in LEARN_TASKS.values() or not request.args:
         return
     try:

@@ -98,7 +98,7 @@ class PutBackStranded(bootsteps.StartStopStep):
             resend_lost(channel)
 
 
-def _named(raw: bytes | str) -> tuple[str, int] | None:
+def named(raw: bytes | str) -> tuple[str, int] | None:
     """(task name, first argument) of a Celery message as the Redis transport stores it: a
     queued message, or an unacknowledged one as [message, exchange, routing key]."""
     try:
@@ -126,7 +126,7 @@ def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
     stage_of = {task: stage for stage, task in LEARN_TASKS.items()}
     jobs, held, runs = set(), {}, set()
     for raws, is_held in ((queued_raws, False), (held_raws, True)):
-        for task, first in filter(None, map(_named, raws)):
+        for task, first in filter(None, map(named, raws)):
             if task in stage_of:
                 if is_held:
                     held.setdefault(first, set()).add(stage_of[task])

@@ -7,6 +7,7 @@ sessions around these calls, and the CLI and the API call `queue`, `cancel` and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import sqlalchemy as sa
 from celery import chain
@@ -147,7 +148,7 @@ def begin(session: Session, job_id: int, stage: str, host: str, pid: int) -> Job
     return job
 
 
-def set_owner(job: Job, host: str, pid: int) -> None:
+def set_owner(job: Job, host: str | None, pid: int | None) -> None:
     job.owner_host, job.owner_pid = host, pid
 
 
@@ -221,6 +222,7 @@ def retry(session: Session, settings: Settings, job_id: int | str) -> Job:
                        "can be retried.")
     stage = job.stage if job.stage in STAGES else STAGES[0]
     job.status, job.error, job.finished_at = JobStatus.queued, None, None
+    set_owner(job, None, None)  # queued afresh: the worker that takes it claims it
     session.flush()
     send_chain(session, settings, job, stage)
     return job
@@ -253,6 +255,16 @@ def resend_unreferenced(session: Session, settings: Settings, referenced: set[in
     for job in lost:
         send_chain(session, settings, job, next_stage(job))
     return lost
+
+
+def unclaimed_jobs(session: Session, quiet_s: float) -> list[Job]:
+    """Queued jobs that were sent, that no worker has claimed, and whose row has not changed
+    for ``quiet_s`` seconds: the ones whose message may have died with the worker that took it
+    (``workers.unclaimed`` asks the broker which of them still wait on a queue)."""
+    quiet_since = utcnow() - timedelta(seconds=quiet_s)
+    return list(session.scalars(sa.select(Job).where(
+        Job.kind == KIND, Job.status == JobStatus.queued, Job.owner_pid.is_(None),
+        Job.celery_task_id.is_not(None), Job.updated_at < quiet_since).order_by(Job.id)))
 
 
 def orphaned_jobs(session: Session, host: str, alive: Callable[[int], bool]) -> list[Job]:

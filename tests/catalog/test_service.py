@@ -8,6 +8,7 @@ from factories import base, digest, pack, skill
 from sqlalchemy.exc import IntegrityError
 
 from skillstore.catalog import (
+    JobStatus,
     PackStatus,
     advance_head,
     create_job,
@@ -22,6 +23,7 @@ from skillstore.catalog import (
     state_fingerprint,
 )
 from skillstore.catalog.db import session_scope
+from skillstore.catalog.models import Job
 from skillstore.errors import ConfigError, NotFoundError, PromotionConflictError
 from skillstore.pipeline.lifecycle import JobCancelled, begin, fail, finish, set_progress
 
@@ -245,3 +247,33 @@ def test_a_job_held_only_for_a_step_it_recorded_is_sent_again(engine, monkeypatc
         lost = lifecycle.resend_unreferenced(session, None, {queued}, held)
     assert [j.id for j in lost] == [finished_step, nothing]
     assert sent == [(finished_step, "evaluate"), (nothing, "evaluate")]
+
+
+def test_only_sent_unclaimed_quiet_queued_jobs_count_as_unclaimed(engine, monkeypatch):
+    """`unclaimed_jobs` names the queued jobs whose message may have died with a worker: sent,
+    never claimed, and unchanged for the quiet time. A retried job is queued afresh, unowned."""
+    from datetime import timedelta
+
+    from skillstore.catalog import attach_task
+    from skillstore.catalog.schema import utcnow
+    from skillstore.pipeline import lifecycle
+
+    monkeypatch.setattr(lifecycle, "send_chain", lambda session, settings, job, stage: None)
+    with session_scope(engine) as session:
+        jobs = {name: create_job(session, kind="learn", request={"skill": "arith"})
+                for name in ("stranded", "unsent", "claimed", "fresh", "running", "retried")}
+        for name, job in jobs.items():
+            if name != "unsent":
+                attach_task(session, job, f"task-{name}")
+        lifecycle.set_owner(jobs["claimed"], "host", 7)
+        begin(session, jobs["running"].id, "prepare", "host", 8)
+        begin(session, jobs["retried"].id, "prepare", "host", 9)
+        fail(session, jobs["retried"], "boom", stage="prepare")
+        lifecycle.retry(session, None, jobs["retried"].id)
+        assert jobs["retried"].owner_pid is None and jobs["retried"].status == JobStatus.queued
+        session.flush()
+        an_hour_ago = utcnow() - timedelta(hours=1)
+        session.execute(sa.update(Job).where(Job.id != jobs["fresh"].id)
+                        .values(updated_at=an_hour_ago))
+        found = [j.id for j in lifecycle.unclaimed_jobs(session, quiet_s=60)]
+    assert found == [jobs["stranded"].id, jobs["retried"].id]
