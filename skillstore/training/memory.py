@@ -251,7 +251,9 @@ def fitting_batch_size(plan_at, batch_size: int, available: int) -> int | None:
 class PeakMemory:
     """Measures the peak memory a block adds on a device: torch's allocator peak on CUDA, the
     process's peak RSS on the CPU (Linux's VmHWM, reset on entry through /proc/self/clear_refs;
-    where that is not allowed, RSS sampled every 5 ms)."""
+    where that is not allowed, RSS sampled every 5 ms), less the RSS the process held as the
+    block began (`before`). The process's own peak is `before` plus the measured bytes, and
+    its estimate `before` plus the plan's total."""
 
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
@@ -293,8 +295,15 @@ class PeakMemory:
             peak = _hwm()
         self.bytes = max(0, peak - self._base)
 
+    @property
+    def before(self) -> int | None:
+        """The process's RSS as the block began (CPU only): what the peak stands on, and what
+        the plan leaves out, since the host's available memory already excludes it."""
+        return None if self.device.type == "cuda" else self._base
+
     def as_json(self) -> dict:
-        return {"measured_peak_bytes": self.bytes, "measured_by": self.method}
+        return {"measured_peak_bytes": self.bytes, "measured_by": self.method,
+                "process_before_bytes": self.before}
 
 
 def _trim() -> None:

@@ -292,8 +292,10 @@ def run_training(method: str, job: TrainJob, progress: Progress | None = None) -
         packs = [read_pack(g.path) for g in job.graft]
         with grafted_all(model, packs, [g.scale for g in job.graft], exact=False):
             result = trainer.train(job, model, tok, progress)
-    log.info("%s on %s with %s: memory estimated %s, measured peak %s (%s)", method,
-             job.base_dir.name, choice.chosen, gib(plan.total), gib(peak.bytes or 0), peak.method)
+    before = f"; the process held {gib(peak.before)} before" if peak.before is not None else ""
+    log.info("%s on %s with %s: memory estimated %s, measured peak %s (%s)%s", method,
+             job.base_dir.name, choice.chosen, gib(plan.total), gib(peak.bytes or 0), peak.method,
+             before)
     metrics = {k: v for k, v in result.metrics.items() if k not in ("history", "distilled_rows")}
     metrics["backend"] = choice.as_json()
     metrics["memory"] = {**plan.as_json(), **peak.as_json()}

@@ -3,6 +3,7 @@ one line naming the setting to change, before anything is loaded."""
 
 from __future__ import annotations
 
+import psutil
 import pytest
 import torch
 
@@ -63,6 +64,8 @@ def test_the_estimate_is_within_the_stated_factor_of_the_measured_peak(world):
     # In the test process the imports are done, so the estimate's fixed overhead is left out.
     modelled = estimate - memory["parts_bytes"]["overhead"]
     assert modelled / FACTOR <= measured <= estimate * FACTOR, memory
+    # What the peak stands on: the test process's RSS as training began, imports and all.
+    assert 100 * 2 ** 20 < memory["process_before_bytes"] < psutil.Process().memory_info().rss * 2
     # Checkpointing lowers the estimate by the activations it does not keep.
     gc = run_training("sft", job_for(world, "checkpointed", gradient_checkpointing=True))
     gc_memory = gc["memory"]
