@@ -137,7 +137,7 @@ def _sweep_quietly(app) -> None:
     from .learn import catalog
 
     try:
-        sweep(app, catalog())
+        log.debug("looked for unclaimed jobs: %s", sweep(app, catalog()))
     except Exception as exc:  # noqa: BLE001 - the timer must keep running; the next look retries
         log.warning("cannot look for jobs whose message died with a worker: %r", exc)
 
