@@ -26,6 +26,7 @@ from celery.signals import worker_ready
 
 from skillstore.jobqueue import LEARN_TASKS, QUEUES
 from skillstore.pipeline.lifecycle import next_stage, send_chain, unclaimed_jobs
+from skillstore.settings import get_settings
 
 from .reconnect import SETTLE_S, named
 
@@ -144,11 +145,11 @@ def _sweep_quietly(app) -> None:
 
 @worker_ready.connect
 def start_sweeping(sender=None, **_kwargs) -> None:
-    """Look now, then every half of `stranded_after_s`, on the consumer's timer."""
-    from .learn import catalog
-
+    """Look now, then every half of `stranded_after_s`, on the consumer's timer. The timer is
+    set first and from the settings alone, so a database that is away at start only makes
+    the first looks fail."""
     if sender is None:
         return
-    _sweep_quietly(sender.app)
-    sender.timer.call_repeatedly(catalog().settings.stranded_after_s / 2, _sweep_quietly,
+    sender.timer.call_repeatedly(get_settings().stranded_after_s / 2, _sweep_quietly,
                                  (sender.app,))
+    _sweep_quietly(sender.app)

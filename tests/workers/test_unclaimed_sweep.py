@@ -63,3 +63,22 @@ def test_the_embedded_broker_shows_what_waits(tmp_path):
         assert sweep(app, catalog) == {"put_back": [], "sent_again": []}
     finally:
         catalog.close()
+
+
+def test_the_sweep_is_timed_even_when_the_database_is_away_at_start(tmp_path, monkeypatch,
+                                                                        caplog):
+    """worker_ready sets the timer from the settings alone; the first look fails, with a line."""
+    from types import SimpleNamespace
+
+    from workers import learn, unclaimed
+
+    monkeypatch.setenv("SKILLSTORE_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("SKILLSTORE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/x")
+    monkeypatch.setenv("SKILLSTORE_STRANDED_AFTER_S", "8")
+    monkeypatch.setattr(learn, "_per_process", {})  # no catalog opened by an earlier test
+    timed = []
+    timer = SimpleNamespace(call_repeatedly=lambda *args: timed.append(args))
+    app = create_app(Settings(home=tmp_path / "ws"))
+    unclaimed.start_sweeping(sender=SimpleNamespace(app=app, timer=timer))
+    assert timed == [(4.0, unclaimed._sweep_quietly, (app,))]
+    assert "cannot look for jobs whose message died with a worker" in caplog.text
