@@ -36,6 +36,7 @@ from skillstore.errors import SkillstoreError
 from skillstore.jobqueue import EXPERIMENT_RUN_TASK, LEARN_TASKS, QUEUES
 
 log = logging.getLogger(__name__)
+STAGE_OF = {task: stage for stage, task in LEARN_TASKS.items()}  # task name -> learning stage
 
 # Two looks this far apart: a message another worker has popped but not yet recorded as
 # unacknowledged (a millisecond's gap) is seen by one of them, so a live job is not resent.
@@ -113,23 +114,26 @@ def named(raw: bytes | str) -> tuple[str, int] | None:
         return None  # not a task message of ours (protocol 1, another app): names nothing
 
 
+def redis_messages(channel) -> tuple[list[bytes], dict[bytes, bytes]]:
+    """The raw messages Redis holds for us: those queued on any of our queues (at every
+    priority), and the unacknowledged ones by delivery tag."""
+    client = channel.client
+    queued = [raw for queue in QUEUES for priority in channel.priority_steps
+              for raw in client.lrange(channel._q_for_pri(queue, priority), 0, -1)]
+    return queued, client.hgetall(channel.unacked_key)
+
+
 def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
     """What the messages in Redis name: the learning job ids queued on any of our queues (at
     every priority), the steps of each job taken by a worker and not yet acknowledged, and the
     experiment run ids queued or taken."""
-    client = channel.client
-    held_raws = list(client.hvals(channel.unacked_key))
-    queued_raws = []
-    for queue in QUEUES:
-        for priority in channel.priority_steps:
-            queued_raws += client.lrange(channel._q_for_pri(queue, priority), 0, -1)
-    stage_of = {task: stage for stage, task in LEARN_TASKS.items()}
+    queued_raws, unacked = redis_messages(channel)
     jobs, held, runs = set(), {}, set()
-    for raws, is_held in ((queued_raws, False), (held_raws, True)):
+    for raws, is_held in ((queued_raws, False), (unacked.values(), True)):
         for task, first in filter(None, map(named, raws)):
-            if task in stage_of:
+            if task in STAGE_OF:
                 if is_held:
-                    held.setdefault(first, set()).add(stage_of[task])
+                    held.setdefault(first, set()).add(STAGE_OF[task])
                 else:
                     jobs.add(first)
             elif task == EXPERIMENT_RUN_TASK:

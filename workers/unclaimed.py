@@ -24,14 +24,14 @@ from dataclasses import dataclass
 
 from celery.signals import worker_ready
 
-from skillstore.jobqueue import LEARN_TASKS, QUEUES
+from skillstore.jobqueue import QUEUES
 from skillstore.pipeline.lifecycle import next_stage, send_chain, unclaimed_jobs
 from skillstore.settings import get_settings
 
-from .reconnect import SETTLE_S, named
+from .learn import catalog as worker_catalog
+from .reconnect import SETTLE_S, STAGE_OF, named, redis_messages
 
 log = logging.getLogger(__name__)
-STAGE_OF = {task: stage for stage, task in LEARN_TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,11 @@ def _learn(raw) -> tuple[int, str] | None:
 
 
 def _look_redis(channel) -> tuple[set[int], dict[int, list[Held]]]:
-    client = channel.client
-    waiting = {step[0] for queue in QUEUES for priority in channel.priority_steps
-               for step in map(_learn, client.lrange(channel._q_for_pri(queue, priority), 0, -1))
-               if step is not None}
-    taken_at = dict(client.zrange(channel.unacked_index_key, 0, -1, withscores=True))
+    queued, unacked = redis_messages(channel)
+    waiting = {step[0] for step in map(_learn, queued) if step is not None}
+    taken_at = dict(channel.client.zrange(channel.unacked_index_key, 0, -1, withscores=True))
     now, held = time.time(), {}
-    for tag, raw in client.hgetall(channel.unacked_key).items():
+    for tag, raw in unacked.items():
         if (step := _learn(raw)) is not None:
             age = now - taken_at.get(tag, now)
             held.setdefault(step[0], []).append(Held(tag.decode(), step[1], age))
@@ -135,10 +133,8 @@ def sweep(app, catalog) -> dict[str, list[int]]:
 def _sweep_quietly(app) -> None:
     """The timer's call: a sweep that fails (the database or the broker away) waits for the
     next one, and never stops the worker."""
-    from .learn import catalog
-
     try:
-        log.debug("looked for unclaimed jobs: %s", sweep(app, catalog()))
+        log.debug("looked for unclaimed jobs: %s", sweep(app, worker_catalog()))
     except Exception as exc:  # noqa: BLE001 - the timer must keep running; the next look retries
         log.warning("cannot look for jobs whose message died with a worker: %r", exc)
 
