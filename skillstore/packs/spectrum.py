@@ -158,6 +158,11 @@ def _quant_err(rows: torch.Tensor, weigh) -> torch.Tensor:
     return out
 
 
+def _row_sum_sq(e: torch.Tensor) -> torch.Tensor:
+    """Each row's sum of squares, summed in float64 without a float64 copy of ``e``."""
+    return (e * e).sum(1, dtype=torch.float64)
+
+
 def _price(u, s, vh, left, right):
     """Per direction: the error of dropping it, and of keeping it at each width."""
     s64 = s.double()
@@ -176,9 +181,9 @@ def _price(u, s, vh, left, right):
         a = (u[:, sl] * sq[sl]).T.contiguous()
         b = sq[sl, None] * vh[sl]
         err_a[sl] = _quant_err(a, lambda e: ((e.double() ** 2) * left).sum(1)
-                               if left is not None else (e.double() ** 2).sum(1))
+                               if left is not None else _row_sum_sq(e))
         err_b[sl] = _quant_err(b, lambda e: ((e.double() @ right) * e.double()).sum(1)
-                               if right is not None else (e.double() ** 2).sum(1))
+                               if right is not None else _row_sum_sq(e))
     tables = s64[:, None] * (err_a * r[:, None] + ell[:, None] * err_b)
     return drop, tables
 
