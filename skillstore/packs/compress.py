@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +64,39 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def in_order(work: Callable, items: Iterable[tuple], workers: int) -> Iterator[tuple]:
+    """(item, ``work(*item)``) for each item, in the items' order, with up to ``workers``
+    items worked on at once on threads of their own, each running torch on one intra-op
+    thread: every tensor's result is the serial one, so the pack does not depend on
+    ``workers``. At most ``workers`` items are held beyond the one being read."""
+    if workers <= 1:
+        for item in items:
+            yield item, work(*item)
+        return
+    # OpenMP's thread count is per calling thread: each worker sets its own to one
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        window: deque = deque()
+        try:
+            for item in items:
+                window.append((item, pool.submit(work, *item)))
+                if len(window) >= workers:
+                    item, future = window.popleft()
+                    yield item, future.result()
+            while window:
+                item, future = window.popleft()
+                yield item, future.result()
+        finally:
+            for _, future in window:
+                future.cancel()
+
+
 def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
                         policy: str | Path | CompressionPolicy, out_path: str | Path, *,
                         base_fingerprint: str | None = None,
                         tuned_fingerprint: str | None = None,
                         calibration: Mapping[str, torch.Tensor] | None = None,
-                        progress: Progress | None = None) -> PackSummary:
+                        progress: Progress | None = None,
+                        workers: int | None = None) -> PackSummary:
     """Write the pack for ``tuned_dir - base_dir`` under ``policy`` to ``out_path``.
 
     ``calibration`` maps weight names to input second moments (quant.collect_hessians): the
@@ -76,17 +105,19 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
     ``gptq`` and no calibration is refused). Unchanged tensors are left out.
 
     The file is reproducible: the same checkpoints (by content), policy and calibration give
-    the same bytes on the same platform, whatever torch's thread count or the folders'
-    paths. Encoding runs on one thread for that, and the manifest names both checkpoints by
-    fingerprint (pass them when known, to skip hashing the folders).
+    the same bytes on the same platform, whatever torch's thread count, ``workers`` or the
+    folders' paths. Each tensor is encoded on one torch thread for that; ``workers`` tensors
+    (default: the caller's torch thread count) are encoded at once, and the manifest names
+    both checkpoints by fingerprint (pass them when known, to skip hashing the folders).
     """
+    workers = max(1, torch.get_num_threads() if workers is None else workers)
     with torch_threads(1):
         return _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint,
-                         tuned_fingerprint, calibration, progress)
+                         tuned_fingerprint, calibration, progress, workers)
 
 
 def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fingerprint,
-              calibration, progress) -> PackSummary:
+              calibration, progress, workers) -> PackSummary:
     start = time.perf_counter()
     policy = load_policy(policy)
     total = len(check_compatible(base_dir, tuned_dir))
@@ -102,49 +133,72 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
     spectra: dict[str, Spectrum] = {}
     allocating = policy.budget is not None
     steps = 2 * total if allocating else total
-    dense_elems = fixed_bytes = 0
-    # Pass one: fixed roles are encoded at once; the allocated ones keep only their spectra.
-    for i, (name, delta, dtype) in enumerate(iter_deltas(base_dir, tuned_dir)):
-        if progress:
-            progress(i, steps, name)
-        dense_elems += delta.numel()
-        norm2 = _sum_sq(delta)
-        if norm2 == 0.0:
-            continue
-        if not math.isfinite(norm2):  # NaN codes cannot be packed into any bit width
-            bad = int((~torch.isfinite(delta)).sum())
-            raise ModelMismatchError(
-                f"Tensor {name!r} of tuned {str(tuned_dir)!r} has {bad} NaN or infinite values "
-                "(the training diverged); retrain it, e.g. with a lower learning rate.")
-        role = module_role(name, delta.shape, policy.role_table)
-        meta[name] = {"shape": list(delta.shape), "dtype": dtype, "role": role, "norm2": norm2}
+    count = {"elems": 0}
+
+    def changed():
+        """(name, delta, role) of each changed tensor, in the checkpoint's order."""
+        for i, (name, delta, dtype) in enumerate(iter_deltas(base_dir, tuned_dir)):
+            if progress:
+                progress(i, steps, name)
+            count["elems"] += delta.numel()
+            norm2 = _sum_sq(delta)
+            if norm2 == 0.0:
+                continue
+            if not math.isfinite(norm2):  # NaN codes cannot be packed into any bit width
+                bad = int((~torch.isfinite(delta)).sum())
+                raise ModelMismatchError(
+                    f"Tensor {name!r} of tuned {str(tuned_dir)!r} has {bad} NaN or infinite "
+                    "values (the training diverged); retrain it, e.g. with a lower learning "
+                    "rate.")
+            role = module_role(name, delta.shape, policy.role_table)
+            meta[name] = {"shape": list(delta.shape), "dtype": dtype, "role": role,
+                          "norm2": norm2}
+            yield name, delta, role
+
+    def first(name, delta, role):
+        """Pass one: a fixed role is encoded at once; an allocated one keeps its spectrum."""
         if allocating and role in (EMBEDDING, ATTENTION, MLP) and delta.dim() == 2:
-            spectra[name] = measure(name, role, delta, budget=policy.budget,
-                                    energy=policy.energy.get(role),
-                                    sensitivity=calibration.get(name))
-            continue
+            return measure(name, role, delta, budget=policy.budget,
+                           energy=policy.energy.get(role), sensitivity=calibration.get(name))
         codec = policy.spec_for(role).build()
         enc = codec.encode(name, delta, hessian=calibration.get(name))
-        chosen[name] = (codec, enc)
-        fixed_bytes += enc.nbytes
-        meta[name]["err2"] = _err2(codec, name, delta, enc)
+        return codec, enc, _err2(codec, name, delta, enc)
+
+    fixed_bytes = 0
+    for (name, _, _), out in in_order(first, changed(), workers):
+        if isinstance(out, Spectrum):
+            spectra[name] = out
+            continue
+        chosen[name] = out[:2]
+        fixed_bytes += out[1].nbytes
+        meta[name]["err2"] = out[2]
+    dense_elems = count["elems"]
     if spectra:
         picks = _allocate(spectra, policy, 2 * dense_elems, fixed_bytes)
-        # Pass two: encode the allocated matrices as chosen, one at a time.
-        for i, (name, delta, _) in enumerate(iter_deltas(base_dir, tuned_dir)):
-            if progress:
-                progress(total + i, steps, name)
-            pick = picks.get(name)
-            if pick is None:
-                continue
+
+        def allocated():
+            for i, (name, delta, _) in enumerate(iter_deltas(base_dir, tuned_dir)):
+                if progress:
+                    progress(total + i, steps, name)
+                if name in picks:
+                    yield name, delta
+
+        def second(name, delta):
+            """Pass two: an allocated matrix encoded as chosen."""
+            pick = picks[name]
             hessian = _gptq_hessian(policy, calibration, name, delta)
             codec = pick.codec(calibrated=hessian is not None)
             if codec is None:  # nothing left of it: out of the pack, its error counted
+                return None
+            enc = budget_mode.encode(pick, spectra[name], delta, hessian=hessian)
+            return codec, enc, _err2(codec, name, delta, enc)
+
+        for (name, _), out in in_order(second, allocated(), workers):
+            if out is None:
                 meta[name]["err2"] = meta[name]["norm2"]
                 continue
-            enc = budget_mode.encode(pick, spectra[name], delta, hessian=hessian)
-            chosen[name] = (codec, enc)
-            meta[name]["err2"] = _err2(codec, name, delta, enc)
+            chosen[name] = out[:2]
+            meta[name]["err2"] = out[2]
     if progress:
         progress(steps, steps, "")
     manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)

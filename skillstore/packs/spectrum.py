@@ -16,6 +16,7 @@ direction i at width b is measured once, alone, and is additive over directions.
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ GROUP = 64
 OVERSAMPLE = 16
 POWER_ITERS = 2
 PROBE_RANK = 32  # directions tried first where an energy target may make do with few
+_GLOBAL_RNG = threading.Lock()
 SLAB = 1 << 21  # entries quantised per step: int64 codes of a 150k-wide block would be GBs
 
 
@@ -77,8 +79,9 @@ def factors(name: str, delta: torch.Tensor, rank: int, method: str
         u, s, vh = svd(delta, rank)
         return u, s[:rank], vh
     # svd_lowrank draws its test matrix from the global generator: seed it by name, and
-    # leave the caller's random state as it was
-    with torch.random.fork_rng(devices=[]):
+    # leave the caller's random state as it was; one at a time, as compress_checkpoint
+    # encodes several tensors at once on threads that share that generator
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(name.encode()))
         u, s, v = torch.svd_lowrank(delta.float(), q=min(rank + OVERSAMPLE, min(delta.shape)),
                                     niter=POWER_ITERS)

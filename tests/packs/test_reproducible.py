@@ -63,6 +63,49 @@ def test_thread_count_does_not_change_the_file(wide_pair, policy, tmp_path):
     assert one == two
 
 
+@pytest.mark.parametrize("policy", ["compact", load_policy("compact", budget=0.05)],
+                         ids=["compact", "budget"])
+def test_tensors_encoded_at_once_give_the_file_of_one_at_a_time(wide_pair, policy, tmp_path):
+    """The randomised range finder seeds torch's one global generator per tensor: tensors
+    encoded on several threads at once must still each draw their own seed's numbers."""
+    torch.manual_seed(123)
+    compress_checkpoint(*wide_pair, policy, tmp_path / "one.safetensors", workers=1)
+    after_one = torch.rand(3)
+    torch.manual_seed(123)
+    compress_checkpoint(*wide_pair, policy, tmp_path / "four.safetensors", workers=4)
+    assert torch.equal(torch.rand(3), after_one)  # the caller's random state is left alone
+    assert sha256_file(tmp_path / "one.safetensors") == sha256_file(tmp_path / "four.safetensors")
+
+
+def test_in_order_keeps_the_order_bounds_the_window_and_raises():
+    import threading
+    import time
+
+    from skillstore.packs.compress import in_order
+
+    lock, busy, most, seen_threads = threading.Lock(), [0], [0], set()
+
+    def work(i):
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        seen_threads.add(torch.get_num_threads())
+        time.sleep(0.02 * (5 - i % 5))  # later items finish first
+        with lock:
+            busy[0] -= 1
+        if i == 7:
+            raise ValueError("item 7")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 7"):
+        for item, out in in_order(work, ((i,) for i in range(10)), 3):
+            got.append((item[0], out))
+    assert got == [(i, i * i) for i in range(7)]
+    assert most[0] == 3 and seen_threads == {1}
+    assert [out for _, out in in_order(work, ((i,) for i in range(3)), 1)] == [0, 1, 4]
+
+
 @pytest.mark.parametrize("codec", list(CODECS), ids=list(CODECS))
 def test_every_codec_gives_the_same_file_on_any_thread_count(wide_pair, codec, tmp_path):
     spec = CodecSpec(codec=codec)
