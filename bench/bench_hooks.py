@@ -222,8 +222,11 @@ def measure(base_dir: Path, paths: list[Path], policy: str) -> dict:
                      "routed_runs_s": routed, "base_runs_s": base})
         _log(f"{name}: holds {held / 1e6:.0f} MB, routed forward {rows[-1]['routed_s']:.2f} s")
     for r in rows:
-        r["resident_bytes"] = base_bytes + pack_bytes + r["held_bytes"]
+        # a routed state drops its pack files once the bank is built (states/materialise.py)
+        r["resident_bytes"] = base_bytes + r["held_bytes"]
         r["resident_over_target"] = r["resident_bytes"] / (base_bytes + 4 * pack_bytes)
+        r["with_files_over_target"] = (r["resident_bytes"] + pack_bytes) / \
+            (base_bytes + 4 * pack_bytes)
         r["held_over_packs"] = r["held_bytes"] / pack_bytes
     want, rounding = _reference(model, files, ids, top1)
     for r in rows:
@@ -270,18 +273,20 @@ def markdown(res: dict) -> str:
              f"{res['threads']} thread(s), load "
              f"average {res['loadavg']:.1f}.", "",
              "| hooks | held MB | held / pack bytes | RSS growth MB (trimmed) | resident / "
-             "(base + 4 x packs) | build s | routed fwd s | plain base fwd s | routed / base "
-             "| max logit error |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(base + 4 x packs) (files kept too) | build s | routed fwd s | plain base fwd s "
+             "| routed / base | max logit error |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['hooks']} | {r['held_bytes'] / mb:.1f} | "
                      f"{r['held_over_packs']:.2f}x | {r['rss_growth_bytes'] / mb:.0f} "
                      f"({r['rss_growth_trimmed_bytes'] / mb:.0f}) | "
-                     f"{r['resident_over_target']:.2f} | {r['build_s']:.1f} | "
+                     f"{r['resident_over_target']:.2f} ({r['with_files_over_target']:.2f}) | "
+                     f"{r['build_s']:.1f} | "
                      f"{r['routed_s']:.3f} | {r['base_s']:.3f} | "
                      f"{r['routed_over_base']:.2f}x | {r['max_logit_error']:.4f} |")
     lines += ["", "Targets (issue 16): resident / (base + 4 x packs) <= 1; routed / base <= "
-              "1.3x. Resident = base weights + pack files (kept in memory) + what the hooks "
-              "hold; RSS growth is the process's while the bank is built (trimmed: after "
+              "1.3x. Resident = base weights + what the hooks hold (a routed state drops its "
+              "pack files once the bank is built; in brackets, with the files kept too); RSS "
+              "growth is the process's while the bank is built (trimmed: after "
               "malloc_trim, without the freed decode the allocator keeps). Times are medians "
               f"of {REPEATS} warm runs; routed / base is the median of paired runs, the plain "
               "base right before each routed pass. Logit error: against each sample's packs "

@@ -51,6 +51,9 @@ def materialise(model: nn.Module, view: StateView, blobs, *, tag: str | None = N
             raise RoutingError(f"The router of state {view.id} was trained on another base; "
                                "retrain it.")
     bank = DeltaBank(model, pack_deltas(view, packs))
+    # the bank holds every delta it applies, in the base's dtype: the files' payloads (loaded
+    # here, not the caller's) need not stay resident while the state serves
+    packs = pack = None
     with RoutedModel(model, bank, view.router, classifier=classifier, tag=tag,
                      pad_token_id=pad_token_id):
         yield model

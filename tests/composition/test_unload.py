@@ -3,8 +3,11 @@ the new head has a router for its packs, materialises and evaluates."""
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import sys
+import weakref
 
 import pytest
 import torch
@@ -87,7 +90,7 @@ def run(*args):
 
 
 def test_retiring_from_a_learned_head_retrains_its_router_and_the_state_evaluates(
-        world, packs3, tiny_world, tmp_path):
+        world, packs3, tiny_world, tmp_path, monkeypatch):
     from skillstore.catalog import eval_results, get_pack, promotions_of
     from skillstore.evaluation import evaluate_state, state_loader
     from skillstore.states import load_view, materialise
@@ -114,7 +117,14 @@ def test_retiring_from_a_learned_head_retrains_its_router_and_the_state_evaluate
     for skill, prompt in prompts.items():
         with grafted(model, read_pack(packs3[skill])):
             grafted_logits[skill] = model(**tok(prompt, return_tensors="pt")).logits
+    module = importlib.import_module("skillstore.states.materialise")
+    loaded = []
+    monkeypatch.setattr(module, "read_pack",
+                        lambda path, read=module.read_pack: loaded.append(weakref.ref(
+                            pack := read(path))) or pack)
     with torch.no_grad(), materialise(model, view, world.blobs) as routed:
+        gc.collect()  # the hooks hold the deltas: the pack files are not kept while serving
+        assert len(loaded) == 2 and all(ref() is None for ref in loaded)
         for skill, prompt in prompts.items():  # each input gets its own pack, and only it
             torch.testing.assert_close(routed(**tok(prompt, return_tensors="pt")).logits,
                                        grafted_logits[skill], atol=1e-4, rtol=1e-4)
