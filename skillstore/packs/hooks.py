@@ -137,37 +137,15 @@ def _scaled(change: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
     return change * weight.to(change.dtype).view(-1, *([1] * (change.dim() - 1)))
 
 
-# The samples a change is for: every one (None), a run of consecutive ones (a slice, taken as
-# a view and added in place), or any others (sorted indices, gathered and scattered).
-Samples = torch.Tensor | slice | None
-
-
-def sample_index(rows: Samples, count: int, device: torch.device) -> torch.Tensor:
-    """``rows`` as sample indices (``count`` samples in all)."""
-    if isinstance(rows, torch.Tensor):
-        return rows
-    rows = rows or slice(0, count)
-    return torch.arange(rows.start, rows.stop, device=device)
-
-
-def select_samples(x: torch.Tensor, rows: Samples) -> torch.Tensor:
-    """The inputs of samples ``rows``: ``x`` itself, a view of a run, or a gathered copy."""
-    if rows is None or isinstance(rows, slice):
-        return x if rows is None else x[rows]
-    return x.index_select(0, rows)
-
-
-def _add_at(out: torch.Tensor, rows: Samples, src: torch.Tensor) -> None:
+def _add_at(out: torch.Tensor, rows: torch.Tensor | None, src: torch.Tensor) -> None:
     src = src.to(out.dtype)
     if rows is None:
         out.add_(src)
-    elif isinstance(rows, slice):
-        out[rows].add_(src)
     else:
         out.index_add_(0, rows, src)
 
 
-def add_change(out: torch.Tensor, rows: Samples, module: nn.Module, attr: str,
+def add_change(out: torch.Tensor, rows: torch.Tensor | None, module: nn.Module, attr: str,
                part: Ready, x: torch.Tensor, weight: torch.Tensor | float) -> None:
     """Add ``weight`` times the module's output change when parameter ``attr`` moves by
     ``part`` (outputs are linear in each parameter) to samples ``rows`` of ``out`` (every
@@ -203,7 +181,7 @@ def _add_product(out, rows, part: Ready, x: torch.Tensor, weight, transposed: bo
             # flat offsets of (sample, position, touched output): index_add_ along the last
             # dim of a wide output is many times slower on CPU than one flat scatter
             width, positions = out.shape[-1], out[0].numel() // out.shape[-1]
-            samples = sample_index(rows, out.shape[0], out.device)
+            samples = torch.arange(out.shape[0], device=out.device) if rows is None else rows
             at = (samples.view(-1, 1, 1) * positions
                   + torch.arange(positions, device=out.device).view(1, -1, 1)) * width \
                 + part.rows.view(1, 1, -1)
@@ -234,8 +212,7 @@ def _add_lookup(out, rows, part: Ready, ids: torch.Tensor, weight) -> None:
     if rows is None:
         where = torch.arange(flat_ids.numel(), device=out.device)
     else:
-        where = (sample_index(rows, out.shape[0], out.device).view(-1, 1) * per
-                 + torch.arange(per, device=out.device)).reshape(-1)
+        where = (rows.view(-1, 1) * per + torch.arange(per, device=out.device)).reshape(-1)
     per_token = weight if isinstance(weight, float) else weight.repeat_interleave(per)
     if isinstance(part, SparseRows):
         if part.rows.numel() == 0:

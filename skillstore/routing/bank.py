@@ -9,17 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import FingerprintMismatchError, RoutingError
-from ..packs.hooks import (
-    Ready,
-    Samples,
-    add_change,
-    hook_input,
-    nbytes,
-    owners,
-    ready_for,
-    select_samples,
-    writable,
-)
+from ..packs.hooks import Ready, add_change, hook_input, nbytes, owners, ready_for, writable
 from ..packs.parts import Part
 
 
@@ -32,9 +22,9 @@ class PackDeltas:
     scale: float = 1.0
 
 
-# The samples a pack applies to (None: the whole batch; a slice: a run of consecutive ones)
-# and their weight (one float when they share it), or None when no sample uses the pack.
-Route = tuple[Samples, torch.Tensor | float] | None
+# The samples a pack applies to (None: the whole batch) and their weight (one float when
+# they share it), or None when no sample uses the pack.
+Route = tuple[torch.Tensor | None, torch.Tensor | float] | None
 
 
 class DeltaBank:
@@ -148,11 +138,7 @@ class DeltaBank:
                     continue
                 weights = column[rows]
                 same = bool((weights == weights[0]).all())
-                first, last = int(rows[0]), int(rows[-1])
-                # a run of samples (top-1 routing of a batch sorted by pack, or one sample) is
-                # a view of the batch, not a gathered copy and a scatter back
-                run = slice(first, last + 1) if last - first + 1 == rows.numel() else rows
-                routes.append((None if rows.numel() == batch else run,
+                routes.append((None if rows.numel() == batch else rows,
                                float(weights[0]) if same else weights))
             self._routes[key] = routes
         return self._routes[key]
@@ -182,7 +168,8 @@ class DeltaBank:
         for attr, part, (rows, weight) in active:
             self._busy = True
             try:  # only the samples routed to this pack pay for it
-                add_change(out, rows, module, attr, part, select_samples(x, rows), weight)
+                add_change(out, rows, module, attr, part,
+                           x if rows is None else x.index_select(0, rows), weight)
             finally:
                 self._busy = False
         return out
