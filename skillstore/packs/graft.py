@@ -197,9 +197,12 @@ def add_in_place(weight: torch.Tensor, part: Part, scale: float = 1.0) -> None:
     elif isinstance(part, DensePart):
         w.add_(part.tensor.to(w.device).reshape(w.shape), alpha=scale)
     elif low_rank and w.dtype == torch.bfloat16:
-        w.addmm_(part.U.to(w.device, w.dtype), part.V.to(w.device, w.dtype), alpha=scale)
+        # row-major factors: a decoded U is column-major, on which addmm_ runs at half speed
+        w.addmm_(part.U.to(w.device, w.dtype, memory_format=torch.contiguous_format),
+                 part.V.to(w.device, w.dtype, memory_format=torch.contiguous_format),
+                 alpha=scale)
     elif low_rank:
-        u = part.U.to(w.device, torch.float32)
+        u = part.U.to(w.device, torch.float32, memory_format=torch.contiguous_format)
         v = part.V.to(w.device, torch.float32)
         rows = max(1, min(w.shape[0], SLAB_BYTES // (4 * max(1, w.shape[1]))))
         buf = torch.empty(rows, w.shape[1], dtype=torch.float32, device=w.device)
