@@ -193,6 +193,10 @@ def compress(
                                               "delta (e.g. 5), replacing the preset's; the "
                                               "header is not counted."),
     out: Path = typer.Option(..., "-o", "--out", help="Pack file to write (.safetensors)."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Tensors encoded at once, each on one thread "
+                                            "(default: torch's thread count). The file is the "
+                                            "same whatever the number; memory grows with it."),
 ) -> None:
     """Compress the delta of a fine-tuned checkpoint against its base into one pack file."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -208,7 +212,7 @@ def compress(
         def report(done: int, total: int, name: str) -> None:
             bar.update(task, completed=done, total=total, description=f"compressing {name}"[:60])
 
-        summary = compress_checkpoint(base, tuned, chosen, out, progress=report)
+        summary = compress_checkpoint(base, tuned, chosen, out, progress=report, workers=workers)
     typer.echo(f"wrote {summary.path} ({summary.bytes:,} bytes, {100 * summary.ratio:.2f}% of the "
                f"dense fp16 delta, relative error {summary.rel_error:.4f}, {summary.seconds:.1f}s)")
     for role, codecs in sorted(summary.codecs_by_role.items()):

@@ -57,6 +57,23 @@ def test_budget_option_is_a_percent(llama_pair, tmp_path):
     assert read_pack(pack).manifest["policy"]["budget"] == 0.2
 
 
+def test_workers_option_gives_the_same_file(llama_pair, tmp_path):
+    from skillstore.fingerprint import sha256_file
+
+    digests = []
+    for workers in ("1", "3"):
+        pack = tmp_path / f"w{workers}.safetensors"
+        res = runner.invoke(app, ["pack", "compress", "--base", str(llama_pair[0]), "--tuned",
+                                  str(llama_pair[1]), "--budget", "20", "--workers", workers,
+                                  "-o", str(pack)])
+        assert res.exit_code == 0, res.output
+        digests.append(sha256_file(pack))
+    assert digests[0] == digests[1]
+    res = runner.invoke(app, ["pack", "compress", "--base", str(llama_pair[0]), "--tuned",
+                              str(llama_pair[1]), "--workers", "0", "-o", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "--workers" in res.output
+
+
 def test_bad_inputs_are_one_line_errors(llama_pair, compact_pack, tmp_path):
     res = runner.invoke(app, ["pack", "compress", "--base", str(llama_pair[0]), "--tuned",
                               str(llama_pair[1]), "--policy", "compactt",
