@@ -4,27 +4,67 @@ outside any transaction, and records the result or the error."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from functools import partial
 
 import sqlalchemy as sa
 from celery import shared_task
+from celery.signals import task_received, worker_ready
+from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session
 
 from skillstore.errors import SkillstoreError
 from skillstore.experiments.catalog import (
     RunCancelled,
     begin_run,
+    claim_run,
     fail_run,
     finish_run,
     run_stopped,
 )
+from skillstore.experiments.queue import resume_orphan_runs
 from skillstore.jobqueue import EXPERIMENT_RUN_TASK
 
-from .learn import MAX_TRANSIENT_RETRIES, RETRY_BACKOFF_S, TRANSIENT, catalog, progress_engine
+from .learn import (
+    MAX_TRANSIENT_RETRIES,
+    RETRY_BACKOFF_S,
+    TRANSIENT,
+    catalog,
+    process_alive,
+    progress_engine,
+)
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0
+
+
+@task_received.connect
+def claim_received(request=None, **_kwargs) -> None:
+    """A queued run belongs to this worker from the moment its message arrives (as a job
+    does, `workers.learn.claim_received`), so that a worker killed while the run goes on
+    leaves a run that `resume_orphans` finds."""
+    if request is None or request.name != EXPERIMENT_RUN_TASK or not request.args:
+        return
+    try:
+        with Session(progress_engine()) as s:
+            claim_run(s, request.args[0], socket.gethostname(), os.getpid())
+            s.commit()
+    except sa.exc.OperationalError as exc:
+        log.warning("cannot claim experiment run %s: %s", request.args[0], exc)
+
+
+@worker_ready.connect
+def resume_orphans(**_kwargs) -> None:
+    """An experiment run whose worker died on this host is sent again, from the base."""
+    try:
+        cat = catalog()
+        with cat.session() as s:
+            for run in resume_orphan_runs(s, cat.settings, socket.gethostname(), process_alive):
+                log.warning("sent experiment run %s again: its worker is gone", run.id)
+    except (SkillstoreError, sa.exc.OperationalError, OperationalError) as exc:
+        log.warning("cannot look for orphaned experiment runs: %s", exc)
 
 
 def _checker(run_id: int):

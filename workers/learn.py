@@ -159,7 +159,7 @@ def _step_task(stage: str):
 TASKS = {stage: _step_task(stage) for stage in STAGES}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process runs; a zombie (killed, not yet reaped by whoever inherited it) is dead."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -200,11 +200,11 @@ def resume_orphans(**_kwargs) -> None:
         cat = catalog()
         host = socket.gethostname()
         with cat.session() as s:
-            for folder in sweep_scratch(s, cat.settings, host, _alive):
+            for folder in sweep_scratch(s, cat.settings, host, process_alive):
                 log.warning("removed %s: its job's worker is gone", folder)
-            for path in cat.blobs.sweep_staging(host, _alive):
+            for path in cat.blobs.sweep_staging(host, process_alive):
                 log.warning("removed the staged write %s: its writer is gone", path)
-            for job in lifecycle.resume_orphans(s, cat.settings, host, _alive):
+            for job in lifecycle.resume_orphans(s, cat.settings, host, process_alive):
                 log.warning("resuming job %s from %s: its worker is gone", job.id, job.stage)
     except SkillstoreError as exc:
         log.warning("cannot look for orphaned jobs: %s", exc)

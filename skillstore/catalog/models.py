@@ -313,6 +313,10 @@ class ExperimentRun(Record):
         sa.ForeignKey("model_states.id", ondelete="SET NULL"))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The worker process that took the run's message (as jobs record theirs), so that the next
+    # worker on that host sends the run again if this one dies
+    owner_host: Mapped[str | None] = mapped_column(sa.String(255))
+    owner_pid: Mapped[int | None]
 
     experiment: Mapped[Experiment] = relationship(lazy="raise", back_populates="runs")
 

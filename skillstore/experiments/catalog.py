@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -139,6 +139,34 @@ def begin_run(session: Session, run_id: int) -> ExperimentRun | None:
     run.status, run.error, run.started_at = JobStatus.running, None, utcnow()
     refresh_status(session, run.experiment_id)
     return run
+
+
+def claim_run(session: Session, run_id: int, host: str, pid: int) -> bool:
+    """Record the worker process that took a queued run's message; False when the run is not
+    queued (finished, cancelled, or already taken) or gone."""
+    claimed = session.execute(
+        sa.update(ExperimentRun)
+        .where(ExperimentRun.id == run_id, ExperimentRun.status == JobStatus.queued)
+        .values(owner_host=host, owner_pid=pid))
+    return claimed.rowcount == 1
+
+
+def orphaned_runs(session: Session, host: str, alive: Callable[[int], bool]
+                  ) -> list[ExperimentRun]:
+    """Unfinished runs whose worker process on ``host`` is gone (``alive(pid)`` is False): a
+    running one, or a queued one whose message that worker took before it died."""
+    rows = session.scalars(sa.select(ExperimentRun).where(
+        ExperimentRun.status.in_(UNFINISHED), ExperimentRun.owner_host == host,
+        ExperimentRun.owner_pid.is_not(None)).order_by(ExperimentRun.id))
+    return [run for run in rows if not alive(int(run.owner_pid))]
+
+
+def requeue_run(session: Session, run: ExperimentRun) -> None:
+    """Put an orphaned run back in the queue, owned by nobody, to be sent again: it begins
+    again from the base (a run has no steps to resume from)."""
+    run.status, run.owner_host, run.owner_pid, run.started_at = \
+        JobStatus.queued, None, None, None
+    refresh_status(session, run.experiment_id)
 
 
 def _finish(session: Session, run_id: int, **values) -> bool:

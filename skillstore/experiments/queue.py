@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
@@ -15,7 +17,7 @@ from ..heldout import SUITES_DIR
 from ..intake import register_skill_dataset
 from ..jobqueue import EXPERIMENT_RUN_TASK, producer
 from ..settings import Settings
-from .catalog import create_experiment, fail_run
+from .catalog import create_experiment, fail_run, orphaned_runs, requeue_run
 from .methods import check_runnable
 from .spec import ExperimentSpec, check_spec
 
@@ -96,3 +98,22 @@ def resend_unreferenced_runs(session: Session, settings: Settings,
     for run in lost:
         _send(app, run.id)
     return lost
+
+
+def resume_orphan_runs(session: Session, settings: Settings, host: str,
+                       alive: Callable[[int], bool]) -> list[ExperimentRun]:
+    """Send again the runs whose worker on this host died (SIGKILL, power cut), from the
+    base. Redis and RabbitMQ would redeliver such a message after their visibility timeout
+    (12 h for Redis); the embedded SQL broker never does, so this is what finishes the run
+    there. The requeue is committed before the send, so the worker that takes the message
+    finds the run queued and claims it."""
+    orphans = orphaned_runs(session, host, alive)
+    if not orphans:
+        return []
+    for run in orphans:
+        requeue_run(session, run)
+    session.commit()
+    app = producer(settings)
+    for run in orphans:
+        _send(app, run.id)
+    return orphans

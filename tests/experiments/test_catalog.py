@@ -14,12 +14,15 @@ from skillstore.experiments import parse_spec
 from skillstore.experiments.catalog import (
     begin_run,
     cancel_experiment,
+    claim_run,
     create_experiment,
     derived_status,
     fail_run,
     finish_run,
     get_experiment,
     list_experiments,
+    orphaned_runs,
+    requeue_run,
     run_stopped,
 )
 
@@ -120,3 +123,27 @@ def test_cancel_stops_queued_and_running_runs_and_keeps_finished_ones(session, s
     with pytest.raises(JobError, match="nothing to cancel"):
         cancel_experiment(session, experiment.id)
     assert session.scalar(sa.select(sa.func.count()).select_from(Experiment)) == 1
+
+
+def test_runs_of_a_dead_worker_on_this_host_are_orphans_and_go_back_to_the_queue(session, spec):
+    experiment = create_experiment(session, spec)
+    a, b, c, d = (r.id for r in experiment.runs)
+    for run_id, host, pid in ((a, "here", 11), (b, "here", 12), (c, "there", 11), (d, "here", 13)):
+        assert claim_run(session, run_id, host, pid)
+    assert claim_run(session, a, "here", 99)  # a message taken again: its taker owns it
+    assert claim_run(session, a, "here", 11)
+    begin_run(session, a)
+    begin_run(session, b)
+    finish_run(session, b, {"accuracy_matrix": [[1.0]]})
+    assert not claim_run(session, b, "here", 99)  # finished runs are never claimed
+    session.expire_all()
+    dead = {11, 12}
+    orphans = orphaned_runs(session, "here", lambda pid: pid not in dead)
+    # a: running, its worker dead; b: finished; c: another host's; d: its worker alive
+    assert [r.id for r in orphans] == [a]
+    requeue_run(session, orphans[0])
+    session.flush()
+    run = session.get(ExperimentRun, a)
+    assert (run.status, run.owner_host, run.owner_pid, run.started_at) == (Q, None, None, None)
+    assert orphaned_runs(session, "here", lambda pid: False) == [session.get(ExperimentRun, d)]
+    assert claim_run(session, a, "here", 14)  # the next worker to take it owns it
