@@ -4,11 +4,13 @@ run again, and it finishes once."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import psutil
 
 from skillstore.catalog import JobStatus
+from skillstore.catalog.serialize import run_dict
 from skillstore.experiments import parse_spec
 from skillstore.experiments.catalog import get_run
 from skillstore.experiments.queue import queue_experiment
@@ -56,6 +58,9 @@ def test_a_run_whose_worker_is_killed_is_sent_again_and_finishes_once(tmp_path, 
         run = _wait(env, run_id, lambda r: JobStatus(r.status).finished, timeout=300)
     assert (run.status, run.error) == (JobStatus.succeeded, None)
     assert run.result["accuracy_matrix"] and run.owner_pid != worker.pid
+    with env.catalog.session() as s:  # `experiment show --json` names the worker that ran it
+        assert run_dict(get_run(s, run_id))["owner"] == {"host": socket.gethostname(),
+                                                         "pid": run.owner_pid}
     logs = "".join(p.read_text(errors="replace") for p in env.logs.glob("*.log"))
     assert f"sent experiment run {run_id} again: its worker is gone" in logs
     figures.update(run=run_id, killed_pid=worker.pid)
