@@ -134,48 +134,52 @@ def measured(cmd: list[str], env: dict, cwd: Path) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def pack_error(base: Path, tuned: Path, pack: Path) -> float:
-    from skillstore.packs import read_pack
+def relative_error(base: Path, tuned: Path, lost) -> float:
+    """sqrt(sum of ``lost(name, delta)`` / sum of squared deltas) over every 2-D weight, where
+    ``lost`` is a reconstruction's squared error on that weight."""
     from skillstore.packs.delta import iter_deltas
 
-    pf = read_pack(pack)
     num = den = 0.0
     for name, d, _ in iter_deltas(base, tuned):
         if d.dim() != 2:
             continue
-        rec = pf.decode(name).to_dense() if name in pf.manifest["tensors"] else torch.zeros_like(d)
-        num += float(((d - rec.reshape(d.shape)) ** 2).sum())
+        num += lost(name, d)
         den += float((d.double() ** 2).sum())
     return math.sqrt(num / den)
+
+
+def pack_error(base: Path, tuned: Path, pack: Path) -> float:
+    from skillstore.packs import read_pack
+
+    pf = read_pack(pack)
+
+    def lost(name, d):
+        rec = pf.decode(name).to_dense() if name in pf.manifest["tensors"] else torch.zeros_like(d)
+        return float(((d - rec.reshape(d.shape)) ** 2).sum())
+
+    return relative_error(base, tuned, lost)
 
 
 def floor_error(base: Path, tuned: Path) -> float:
     """The relative error of the pair's best rank-``SPECTRUM_RANK`` approximation per linear
     delta, unquantised, with embedding rows kept exactly: what the noise alone leaves."""
-    from skillstore.packs.delta import iter_deltas
 
-    num = den = 0.0
-    for name, d, _ in iter_deltas(base, tuned):
-        if d.dim() != 2:
-            continue
-        den += float((d.double() ** 2).sum())
-        if "embed_tokens" not in name:
-            s = torch.linalg.svdvals(d.float()).double()
-            num += float((s[SPECTRUM_RANK:] ** 2).sum())
-    return math.sqrt(num / den)
+    def lost(name, d):
+        if "embed_tokens" in name:
+            return 0.0
+        s = torch.linalg.svdvals(d.float()).double()
+        return float((s[SPECTRUM_RANK:] ** 2).sum())
+
+    return relative_error(base, tuned, lost)
 
 
 def lora_error(base: Path, tuned: Path, adapter: Path) -> float:
     from safetensors.torch import load_file
 
-    from skillstore.packs.delta import iter_deltas
-
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     w = load_file(adapter / "adapter_model.safetensors")
-    num = den = 0.0
-    for name, d, _ in iter_deltas(base, tuned):
-        if d.dim() != 2:
-            continue
+
+    def lost(name, d):
         module = name.removesuffix(".weight")
         key = f"base_model.model.{module}"
         rec = torch.zeros_like(d)
@@ -188,9 +192,9 @@ def lora_error(base: Path, tuned: Path, adapter: Path) -> float:
         elif f"{key}.lora_embedding_A" in w:
             rec = (w[f"{key}.lora_embedding_B"].float() @ w[f"{key}.lora_embedding_A"].float()).T
             rec *= alpha / rank
-        num += float(((d - rec) ** 2).sum())
-        den += float((d.double() ** 2).sum())
-    return math.sqrt(num / den)
+        return float(((d - rec) ** 2).sum())
+
+    return relative_error(base, tuned, lost)
 
 
 MERGEKIT_VENV = ROOT / "bench/out/mergekit-venv"
