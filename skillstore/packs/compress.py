@@ -120,7 +120,9 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
               calibration, progress, workers) -> PackSummary:
     start = time.perf_counter()
     policy = load_policy(policy)
-    total = len(check_compatible(base_dir, tuned_dir))
+    index = check_compatible(base_dir, tuned_dir)
+    total = len(index)
+    dense_elems = sum(math.prod(info.shape) for info in index.values())
     fingerprint = base_fingerprint or fingerprint_checkpoint(base_dir)
     source = {"tuned_fingerprint": tuned_fingerprint or fingerprint_checkpoint(tuned_dir)}
     if policy.gptq and not calibration:
@@ -133,14 +135,12 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
     spectra: dict[str, Spectrum] = {}
     allocating = policy.budget is not None
     steps = 2 * total if allocating else total
-    count = {"elems": 0}
 
     def changed():
         """(name, delta, role) of each changed tensor, in the checkpoint's order."""
         for i, (name, delta, dtype) in enumerate(iter_deltas(base_dir, tuned_dir)):
             if progress:
                 progress(i, steps, name)
-            count["elems"] += delta.numel()
             norm2 = _sum_sq(delta)
             if norm2 == 0.0:
                 continue
@@ -172,7 +172,6 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
         chosen[name] = out[:2]
         fixed_bytes += out[1].nbytes
         meta[name]["err2"] = out[2]
-    dense_elems = count["elems"]
     if spectra:
         picks = _allocate(spectra, policy, 2 * dense_elems, fixed_bytes)
 
