@@ -317,6 +317,9 @@ class ExperimentRun(Record):
     # worker on that host sends the run again if this one dies
     owner_host: Mapped[str | None] = mapped_column(sa.String(255))
     owner_pid: Mapped[int | None]
+    # When the run's message was last sent: a queued run sent long ago that no worker claimed
+    # may have lost its message with a worker killed before the claim (workers/unclaimed.py)
+    sent_at: Mapped[datetime | None]
 
     experiment: Mapped[Experiment] = relationship(lazy="raise", back_populates="runs")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -149,6 +150,25 @@ def claim_run(session: Session, run_id: int, host: str, pid: int) -> bool:
         .where(ExperimentRun.id == run_id, ExperimentRun.status == JobStatus.queued)
         .values(owner_host=host, owner_pid=pid))
     return claimed.rowcount == 1
+
+
+def mark_sent(session: Session, runs: Sequence[ExperimentRun]) -> None:
+    """Record that the runs' messages go to the broker now (``unclaimed_runs`` reads it)."""
+    now = utcnow()
+    for run in runs:
+        run.sent_at = now
+    session.flush()
+
+
+def unclaimed_runs(session: Session, quiet_s: float) -> list[ExperimentRun]:
+    """Queued runs sent at least ``quiet_s`` seconds ago that no worker has claimed: the ones
+    whose message may have died with a worker killed between taking it and claiming the run
+    (``workers.unclaimed`` asks the broker which of them still wait on a queue)."""
+    sent_before = utcnow() - timedelta(seconds=quiet_s)
+    return list(session.scalars(sa.select(ExperimentRun).where(
+        ExperimentRun.status == JobStatus.queued, ExperimentRun.owner_pid.is_(None),
+        ExperimentRun.sent_at.is_not(None), ExperimentRun.sent_at < sent_before)
+        .order_by(ExperimentRun.id)))
 
 
 def orphaned_runs(session: Session, host: str, alive: Callable[[int], bool]

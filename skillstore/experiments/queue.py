@@ -17,7 +17,7 @@ from ..heldout import SUITES_DIR
 from ..intake import register_skill_dataset
 from ..jobqueue import EXPERIMENT_RUN_TASK, producer
 from ..settings import Settings
-from .catalog import create_experiment, fail_run, orphaned_runs, requeue_run
+from .catalog import create_experiment, fail_run, mark_sent, orphaned_runs, requeue_run
 from .methods import check_runnable
 from .spec import ExperimentSpec, check_spec
 
@@ -72,6 +72,8 @@ def send_runs(session: Session, settings: Settings, experiment: Experiment) -> N
     seeds = list(experiment.spec.get("seeds") or [])
     runs = sorted((r for r in experiment.runs if r.status == JobStatus.queued),
                   key=lambda r: (seeds.index(r.seed) if r.seed in seeds else len(seeds), r.id))
+    mark_sent(session, runs)
+    session.commit()  # before any worker can claim one
     for i, run in enumerate(runs):
         try:
             _send(app, run.id)
@@ -94,10 +96,20 @@ def resend_unreferenced_runs(session: Session, settings: Settings,
     lost = list(session.scalars(sa.select(ExperimentRun).where(
         ExperimentRun.status.in_([JobStatus.queued, JobStatus.running]),
         ExperimentRun.id.not_in(referenced)).order_by(ExperimentRun.id)))
+    return send_again(session, settings, lost)
+
+
+def send_again(session: Session, settings: Settings,
+               runs: list[ExperimentRun]) -> list[ExperimentRun]:
+    """Send the runs' messages once more, their new send time committed first."""
+    if not runs:
+        return runs
+    mark_sent(session, runs)
+    session.commit()
     app = producer(settings)
-    for run in lost:
+    for run in runs:
         _send(app, run.id)
-    return lost
+    return runs
 
 
 def resume_orphan_runs(session: Session, settings: Settings, host: str,
@@ -112,8 +124,4 @@ def resume_orphan_runs(session: Session, settings: Settings, host: str,
         return []
     for run in orphans:
         requeue_run(session, run)
-    session.commit()
-    app = producer(settings)
-    for run in orphans:
-        _send(app, run.id)
-    return orphans
+    return send_again(session, settings, orphans)

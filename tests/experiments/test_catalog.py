@@ -3,12 +3,15 @@ its planned runs, found by id or name, cancelled, and its status follows its run
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import sqlalchemy as sa
 
 from skillstore.catalog import JobStatus, migrate
 from skillstore.catalog.db import make_engine
 from skillstore.catalog.models import Experiment, ExperimentRun
+from skillstore.catalog.schema import utcnow
 from skillstore.errors import JobError, NotFoundError
 from skillstore.experiments import parse_spec
 from skillstore.experiments.catalog import (
@@ -21,9 +24,11 @@ from skillstore.experiments.catalog import (
     finish_run,
     get_experiment,
     list_experiments,
+    mark_sent,
     orphaned_runs,
     requeue_run,
     run_stopped,
+    unclaimed_runs,
 )
 
 from .conftest import spec_doc
@@ -147,3 +152,22 @@ def test_runs_of_a_dead_worker_on_this_host_are_orphans_and_go_back_to_the_queue
     assert (run.status, run.owner_host, run.owner_pid, run.started_at) == (Q, None, None, None)
     assert orphaned_runs(session, "here", lambda pid: False) == [session.get(ExperimentRun, d)]
     assert claim_run(session, a, "here", 14)  # the next worker to take it owns it
+
+
+def test_unclaimed_runs_are_queued_ones_sent_long_ago_that_no_worker_took(session, spec):
+    """The runs whose message may have died with a worker killed before its claim."""
+    experiment = create_experiment(session, spec)
+    never, claimed, finished, stranded = experiment.runs
+    assert unclaimed_runs(session, 60) == []  # nothing was sent yet
+    mark_sent(session, experiment.runs)
+    assert unclaimed_runs(session, 60) == []  # sent just now: a worker may be taking it
+    session.execute(sa.update(ExperimentRun).values(sent_at=utcnow() - timedelta(hours=1)))
+    session.execute(sa.update(ExperimentRun).where(ExperimentRun.id == never.id)
+                    .values(sent_at=None))
+    assert claim_run(session, claimed.id, "here", 11)
+    begin_run(session, finished.id)
+    finish_run(session, finished.id, {"accuracy_matrix": [[1.0]]})
+    session.expire_all()
+    assert unclaimed_runs(session, 60) == [session.get(ExperimentRun, stranded.id)]
+    mark_sent(session, [session.get(ExperimentRun, stranded.id)])  # sent again: quiet anew
+    assert unclaimed_runs(session, 60) == []

@@ -1,13 +1,14 @@
-"""A worker killed after taking a queued job's message and before claiming the job: the next
-worker puts the message back (Redis) or sends the job again (the embedded SQL broker, or a
-message Redis dropped in its handover), and the job finishes once. (The deterministic twin of
-the random kill that left CI's job 20 queued.)"""
+"""A worker killed after taking a queued job's or experiment run's message and before claiming
+it: the next worker puts the message back (Redis) or sends it again (the embedded SQL broker, or
+a message Redis dropped in its handover), and the job or run finishes once. (The deterministic
+twin of the random kill that left CI's job 20 queued.)"""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,10 @@ from redis import Redis
 
 from skillstore.catalog import JobStatus
 from skillstore.catalog.models import SkillPack
-from skillstore.jobqueue import STAGE_QUEUES, settings_env
+from skillstore.experiments import parse_spec
+from skillstore.experiments.catalog import get_run
+from skillstore.experiments.queue import queue_experiment
+from skillstore.jobqueue import EXPERIMENT_RUN_TASK, GPU_QUEUE, STAGE_QUEUES, settings_env
 from tests.workerenv import make_env
 from workers.reconnect import named
 
@@ -23,18 +27,32 @@ from .checks import assert_nothing_lost, queue
 
 QUIET_S = 3.0  # stranded_after_s for these workers: the default minute, shortened
 
-# A consumer that takes the first message of the prepare queue, as a worker's does, and is
-# SIGKILLed before it can do anything with it: no ack, no reject, no claim.
-TAKER = f"""
-import os, signal
+# A consumer that takes the first message of a queue, as a worker's does, and is SIGKILLed
+# before it can do anything with it: no ack, no reject, no claim.
+TAKER = """
+import os, signal, sys
 from skillstore.jobqueue import producer
 from skillstore.settings import get_settings
 
 with producer(get_settings()).connection_for_read() as conn:
-    message = conn.SimpleQueue({STAGE_QUEUES["prepare"]!r}).get(timeout=60)
+    message = conn.SimpleQueue(sys.argv[1]).get(timeout=60)
     print(message.headers["task"], message.headers["argsrepr"], flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
+
+
+def _take(env, queue: str, task: str, first: int, redis) -> None:
+    """The first message of ``queue`` (``task`` for ``first``) taken and never acknowledged:
+    by a SIGKILLed consumer, or (``redis`` given) popped as a crash inside Redis's handover."""
+    if redis is not None:
+        client = Redis.from_url(redis.url(0))
+        assert named(client.rpop(queue)) == (task, first)
+        assert client.hlen("unacked") == 0
+        return
+    taker = subprocess.run([sys.executable, "-c", TAKER, queue], env=settings_env(env.settings),
+                           capture_output=True, text=True, timeout=120)
+    assert taker.returncode == -signal.SIGKILL, taker.stderr[-2000:]
+    assert taker.stdout.split() == [task, f"({first},)"]
 
 
 @pytest.fixture(params=["redis", "redis-dropped", "embedded"])
@@ -53,15 +71,8 @@ def broker_env(request, tmp_path, tiny_zoo):
 def test_a_message_taken_by_a_killed_worker_before_its_claim_is_not_lost(broker_env, figures):
     kind, env, redis = broker_env
     job_id = queue(env, "reverse")
-    if kind == "redis-dropped":  # popped and never recorded: a crash inside Redis's handover
-        client = Redis.from_url(redis.url(0))
-        assert named(client.rpop(STAGE_QUEUES["prepare"])) == ("workers.learn.prepare", job_id)
-        assert client.hlen("unacked") == 0
-    else:
-        taker = subprocess.run([sys.executable, "-c", TAKER], env=settings_env(env.settings),
-                               capture_output=True, text=True, timeout=120)
-        assert taker.returncode == -signal.SIGKILL, taker.stderr[-2000:]
-        assert taker.stdout.split() == ["workers.learn.prepare", f"({job_id},)"]
+    _take(env, STAGE_QUEUES["prepare"], "workers.learn.prepare", job_id,
+          redis if kind == "redis-dropped" else None)
     job = env.job(job_id)
     assert job.status == JobStatus.queued and job.owner_pid is None  # nobody owns it
     if kind == "redis":  # the message sits in Redis's unacked hash, not on any queue
@@ -81,3 +92,38 @@ def test_a_message_taken_by_a_killed_worker_before_its_claim_is_not_lost(broker_
     if redis is not None:  # the put-back message was taken again and acknowledged
         assert Redis.from_url(redis.url(0)).hlen("unacked") == 0
     figures.update(broker=kind, attempts=job.attempts, **summary)
+
+
+def test_a_run_message_taken_by_a_killed_worker_before_its_claim_is_not_lost(broker_env,
+                                                                             figures):
+    kind, env, redis = broker_env
+    spec = parse_spec({"name": "taken", "base": "tiny-llama", "skills": [{"name": "reverse"}],
+                       "methods": {"naive_ft": None}, "seeds": [0], "eval_limit": 10,
+                       "train": {"max_steps": 20, "batch_size": 8, "eval_every": 20}})
+    with env.catalog.session() as s:
+        run_id = queue_experiment(s, env.settings, spec, blobs=env.catalog.blobs).runs[0].id
+    _take(env, GPU_QUEUE, EXPERIMENT_RUN_TASK, run_id, redis if kind == "redis-dropped" else None)
+    with env.catalog.session() as s:
+        run = get_run(s, run_id)
+        assert run.status == JobStatus.queued and run.owner_pid is None  # nobody owns it
+    if kind == "redis":
+        assert Redis.from_url(redis.url(0)).hlen("unacked") == 1
+
+    with env.worker():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with env.catalog.session() as s:
+                run = get_run(s, run_id)
+            if JobStatus(run.status).finished:
+                break
+            time.sleep(0.5)
+    logs = "".join(p.read_text(errors="replace") for p in env.logs.glob("*.log"))
+    assert (run.status, run.error) == (JobStatus.succeeded, None), logs[-3000:]
+    assert run.result["accuracy_matrix"]
+    recovered = {"redis": f"put back experiment run {run_id}'s run message",
+                 "redis-dropped": f"sent experiment run {run_id} again: its message was taken",
+                 "embedded": f"sent experiment run {run_id} again: its message was taken"}[kind]
+    assert recovered in logs
+    if redis is not None:
+        assert Redis.from_url(redis.url(0)).hlen("unacked") == 0
+    figures.update(broker=kind, run=run_id)
