@@ -88,7 +88,7 @@ def _stranded_runs(catalog) -> list[int]:
     """An experiment of two runs, both sent an hour ago and claimed by nobody."""
     from skillstore.catalog import add_skill, register_base
     from skillstore.experiments import parse_spec
-    from skillstore.experiments.catalog import create_experiment, mark_sent
+    from skillstore.experiments.catalog import create_experiment
     from skillstore.experiments.queue import send_runs
 
     with catalog.session() as s:
