@@ -195,7 +195,9 @@ def compress(
     out: Path = typer.Option(..., "-o", "--out", help="Pack file to write (.safetensors)."),
     workers: int | None = typer.Option(None, "--workers", min=1,
                                        help="Tensors encoded at once, each on one thread "
-                                            "(default: torch's thread count). The file is the "
+                                            "(default: torch's thread count, fewer when three "
+                                            "float32 copies of the largest tensor each would "
+                                            "take over half the free memory). The file is the "
                                             "same whatever the number; memory grows with it."),
 ) -> None:
     """Compress the delta of a fine-tuned checkpoint against its base into one pack file."""

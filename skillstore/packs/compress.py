@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +90,28 @@ def in_order(work: Callable, items: Iterable[tuple], workers: int) -> Iterator[t
                 future.cancel()
 
 
+# What one worker holds, in float32 copies of the largest tensor: its delta and the SVD's
+# and the encoder's working copies (a generous count: float32 Gram and projections are smaller).
+WORKER_COPIES = 3
+
+
+def default_workers(shapes: Iterable[Sequence[int]], threads: int,
+                    available: int | None = None) -> int:
+    """How many tensors to encode at once when the caller does not say: torch's thread
+    count, fewer where ``WORKER_COPIES`` float32 copies of the largest tensor per worker would
+    take more than half of the memory available now (``available`` bytes; psutil's figure
+    when None). At least one."""
+    largest = max((math.prod(shape) for shape in shapes), default=0)
+    if largest == 0:
+        return max(1, threads)
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    per_worker = WORKER_COPIES * 4 * largest
+    return max(1, min(threads, available // 2 // per_worker))
+
+
 def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
                         policy: str | Path | CompressionPolicy, out_path: str | Path, *,
                         base_fingerprint: str | None = None,
@@ -106,21 +128,26 @@ def compress_checkpoint(base_dir: str | Path, tuned_dir: str | Path,
 
     The file is reproducible: the same checkpoints (by content), policy and calibration give
     the same bytes on the same platform, whatever torch's thread count, ``workers`` or the
-    folders' paths. Each tensor is encoded on one torch thread for that; ``workers`` tensors
-    (default: the caller's torch thread count) are encoded at once, and the manifest names
+    folders' paths. Each tensor is encoded on one torch thread for that, and the manifest names
     both checkpoints by fingerprint (pass them when known, to skip hashing the folders).
+    ``workers`` tensors are encoded at once; by default the caller's torch thread count, fewer
+    where that many copies of the largest tensor would not fit the free memory
+    (``default_workers``).
     """
-    workers = max(1, torch.get_num_threads() if workers is None else workers)
+    threads = torch.get_num_threads()
     with torch_threads(1):
         return _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint,
-                         tuned_fingerprint, calibration, progress, workers)
+                         tuned_fingerprint, calibration, progress, workers, threads)
 
 
 def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fingerprint,
-              calibration, progress, workers) -> PackSummary:
+              calibration, progress, workers, threads) -> PackSummary:
     start = time.perf_counter()
     policy = load_policy(policy)
     index = check_compatible(base_dir, tuned_dir)
+    if workers is None:
+        workers = default_workers((info.shape for info in index.values()), threads)
+    workers = max(1, workers)
     total = len(index)
     dense_elems = sum(math.prod(info.shape) for info in index.values())
     fingerprint = base_fingerprint or fingerprint_checkpoint(base_dir)

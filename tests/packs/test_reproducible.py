@@ -106,6 +106,35 @@ def test_in_order_keeps_the_order_bounds_the_window_and_raises():
     assert [out for _, out in in_order(work, ((i,) for i in range(3)), 1)] == [0, 1, 4]
 
 
+def test_the_default_workers_fit_the_free_memory(wide_pair, tmp_path, monkeypatch):
+    """By default as many tensors as torch has threads, fewer when their copies would take
+    more than half of the free memory; at least one."""
+    from skillstore.packs import compress
+    from skillstore.packs.compress import WORKER_COPIES, default_workers
+
+    shapes = [(4096, 1024), (1024,), (8, 8)]
+    one = WORKER_COPIES * 4 * 4096 * 1024  # bytes a worker on the largest tensor holds
+    assert default_workers(shapes, 16, available=64 * one) == 16
+    assert default_workers(shapes, 16, available=10 * one) == 5
+    assert default_workers(shapes, 16, available=one) == 1  # never none
+    assert default_workers([], 4, available=1) == 4  # nothing to hold
+
+    # compress_checkpoint asks for it when the caller names no number, from the pair's shapes
+    used = []
+    real = compress.in_order
+    monkeypatch.setattr(compress, "in_order",
+                        lambda work, items, workers: used.append(workers) or real(work, items,
+                                                                                    workers))
+    largest = 256 * 512  # wide_llama's MLP matrices and lm head
+    free = type("vm", (), {"available": 2 * 2 * WORKER_COPIES * 4 * largest})()
+    monkeypatch.setattr("psutil.virtual_memory", lambda: free)
+    compress_on_threads(4, wide_pair, "compact", tmp_path / "low.safetensors")
+    assert used and set(used) == {2}  # each pass over the tensors
+    used.clear()
+    compress_on_threads(4, wide_pair, "compact", tmp_path / "named.safetensors", workers=3)
+    assert used and set(used) == {3}
+
+
 @pytest.mark.parametrize("codec", list(CODECS), ids=list(CODECS))
 def test_every_codec_gives_the_same_file_on_any_thread_count(wide_pair, codec, tmp_path):
     spec = CodecSpec(codec=codec)
