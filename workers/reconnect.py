@@ -114,6 +114,21 @@ def named(raw: bytes | str) -> tuple[str, int] | None:
         return None  # not a task message of ours (protocol 1, another app): names nothing
 
 
+JOB, RUN = "job", "experiment run"  # what a message is for: a learning step's job, or a run
+Key = tuple[str, int]  # (JOB or RUN, its id)
+
+
+def addressed(raw: bytes | str) -> tuple[Key, str] | None:
+    """((JOB, job id), stage) of a learning step's message, ((RUN, run id), "run") of an
+    experiment run's; None for any other message."""
+    what = named(raw)
+    if what is None:
+        return None
+    if what[0] in STAGE_OF:
+        return (JOB, what[1]), STAGE_OF[what[0]]
+    return ((RUN, what[1]), "run") if what[0] == EXPERIMENT_RUN_TASK else None
+
+
 def redis_messages(channel) -> tuple[list[bytes], dict[bytes, bytes]]:
     """The raw messages Redis holds for us: those queued on any of our queues (at every
     priority), and the unacknowledged ones by delivery tag."""
@@ -130,14 +145,13 @@ def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
     queued_raws, unacked = redis_messages(channel)
     jobs, held, runs = set(), {}, set()
     for raws, is_held in ((queued_raws, False), (unacked.values(), True)):
-        for task, first in filter(None, map(named, raws)):
-            if task in STAGE_OF:
-                if is_held:
-                    held.setdefault(first, set()).add(STAGE_OF[task])
-                else:
-                    jobs.add(first)
-            elif task == EXPERIMENT_RUN_TASK:
+        for (kind, first), stage in filter(None, map(addressed, raws)):
+            if kind == RUN:
                 runs.add(first)
+            elif is_held:
+                held.setdefault(first, set()).add(stage)
+            else:
+                jobs.add(first)
     return jobs, held, runs
 
 

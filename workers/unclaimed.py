@@ -19,6 +19,7 @@ second look a few seconds later, so that a message another worker is just taking
 lost. Steps and runs are idempotent: a job sent twice still finishes once, and a run records one
 result.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,18 +30,14 @@ from celery.signals import worker_ready
 
 from skillstore.experiments.catalog import unclaimed_runs
 from skillstore.experiments.queue import send_again
-from skillstore.jobqueue import EXPERIMENT_RUN_TASK, QUEUES
+from skillstore.jobqueue import QUEUES
 from skillstore.pipeline.lifecycle import next_stage, send_chain, unclaimed_jobs
 from skillstore.settings import get_settings
 
 from .learn import catalog as worker_catalog
-from .reconnect import SETTLE_S, STAGE_OF, named, redis_messages
+from .reconnect import JOB, RUN, SETTLE_S, Key, addressed, redis_messages
 
 log = logging.getLogger(__name__)
-
-
-JOB, RUN = "job", "experiment run"  # what a message is for: a learning step's job, or a run
-Key = tuple[str, int]  # (JOB or RUN, its id)
 
 
 @dataclass(frozen=True)
@@ -52,24 +49,13 @@ class Held:
     age_s: float
 
 
-def _step(raw) -> tuple[Key, str] | None:
-    """((JOB, job id), stage) of a learning step's message, ((RUN, run id), "run") of an
-    experiment run's; None for any other message."""
-    what = named(raw)
-    if what is None:
-        return None
-    if what[0] in STAGE_OF:
-        return (JOB, what[1]), STAGE_OF[what[0]]
-    return ((RUN, what[1]), "run") if what[0] == EXPERIMENT_RUN_TASK else None
-
-
 def _look_redis(channel) -> tuple[set[Key], dict[Key, list[Held]]]:
     queued, unacked = redis_messages(channel)
-    waiting = {step[0] for step in map(_step, queued) if step is not None}
+    waiting = {step[0] for step in map(addressed, queued) if step is not None}
     taken_at = dict(channel.client.zrange(channel.unacked_index_key, 0, -1, withscores=True))
     now, held = time.time(), {}
     for tag, raw in unacked.items():
-        if (step := _step(raw)) is not None:
+        if (step := addressed(raw)) is not None:
             age = now - taken_at.get(tag, now)
             held.setdefault(step[0], []).append(Held(tag.decode(), step[1], age))
     return waiting, held
@@ -85,7 +71,7 @@ def _look_sql(channel) -> tuple[set[Key], dict[Key, list[Held]]]:
                 .filter(queue.name.in_(QUEUES), message.visible.is_(True)).all())
     finally:
         channel.session.commit()  # end the read: SQLite holds a shared lock until then
-    return {step[0] for (payload,) in rows if (step := _step(payload)) is not None}, {}
+    return {step[0] for (payload,) in rows if (step := addressed(payload)) is not None}, {}
 
 
 def look(channel) -> tuple[set[Key], dict[Key, list[Held]]] | None:
