@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -16,9 +17,29 @@ from skillstore.catalog import (
     promotions_of,
 )
 from skillstore.catalog.models import SkillPack
+from skillstore.experiments.catalog import get_run
 from skillstore.pipeline import STAGES
 from skillstore.zoo.register import register_checkpoint
 from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, queue_job
+
+
+def run_of(env, run_id: int):
+    """An experiment run's row as it is now."""
+    with env.catalog.session() as s:
+        return get_run(s, run_id)
+
+
+def wait_run(env, run_id: int, until, timeout: float):
+    """The experiment run once ``until(run)`` holds; fails with the workers' logs' tails if it
+    does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = run_of(env, run_id)
+        if until(run):
+            return run
+        time.sleep(0.2)
+    logs = "".join(p.read_text(errors="replace")[-3000:] for p in env.logs.glob("*.log"))
+    raise AssertionError(f"run {run_id} never got there: {run_of(env, run_id).status}\n{logs}")
 
 
 def variant_base(zoo, folder: Path, k: int) -> Path:

@@ -17,24 +17,10 @@ from skillstore.experiments.queue import queue_experiment
 from skillstore.jobqueue import stop_worker
 from tests.workerenv import make_env
 
+from .checks import run_of, wait_run
+
 # long enough that the kill lands while the run trains
 TRAIN = {"max_steps": 400, "batch_size": 8, "eval_every": 400}
-
-
-def _run(env, run_id):
-    with env.catalog.session() as s:
-        return get_run(s, run_id)
-
-
-def _wait(env, run_id, until, timeout: float) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = _run(env, run_id)
-        if until(run):
-            return run
-        time.sleep(0.2)
-    logs = "".join(p.read_text(errors="replace")[-3000:] for p in env.logs.glob("*.log"))
-    raise AssertionError(f"run {run_id} never got there: {_run(env, run_id).status}\n{logs}")
 
 
 def test_a_run_whose_worker_is_killed_is_sent_again_and_finishes_once(tmp_path, tiny_zoo,
@@ -47,15 +33,15 @@ def test_a_run_whose_worker_is_killed_is_sent_again_and_finishes_once(tmp_path, 
         experiment = queue_experiment(s, env.settings, spec, blobs=env.catalog.blobs)
         run_id = experiment.runs[0].id
     with env.worker() as worker:
-        run = _wait(env, run_id, lambda r: r.status == JobStatus.running, timeout=120)
+        run = wait_run(env, run_id, lambda r: r.status == JobStatus.running, timeout=120)
         time.sleep(1.0)  # into the training
         stop_worker(worker, kill=True)
-    run = _run(env, run_id)
+    run = run_of(env, run_id)
     assert run.status == JobStatus.running, "the kill must land while the run goes on"
     assert run.owner_pid == worker.pid and not psutil.pid_exists(worker.pid)
 
     with env.worker():
-        run = _wait(env, run_id, lambda r: JobStatus(r.status).finished, timeout=300)
+        run = wait_run(env, run_id, lambda r: JobStatus(r.status).finished, timeout=300)
     assert (run.status, run.error) == (JobStatus.succeeded, None)
     assert run.result["accuracy_matrix"] and run.owner_pid != worker.pid
     with env.catalog.session() as s:  # `experiment show --json` names the worker that ran it

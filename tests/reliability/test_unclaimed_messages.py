@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -17,13 +16,12 @@ from redis import Redis
 from skillstore.catalog import JobStatus
 from skillstore.catalog.models import SkillPack
 from skillstore.experiments import parse_spec
-from skillstore.experiments.catalog import get_run
 from skillstore.experiments.queue import queue_experiment
 from skillstore.jobqueue import EXPERIMENT_RUN_TASK, GPU_QUEUE, STAGE_QUEUES, settings_env
 from tests.workerenv import make_env
 from workers.reconnect import named
 
-from .checks import assert_nothing_lost, queue
+from .checks import assert_nothing_lost, queue, run_of, wait_run
 
 QUIET_S = 3.0  # stranded_after_s for these workers: the default minute, shortened
 
@@ -103,20 +101,13 @@ def test_a_run_message_taken_by_a_killed_worker_before_its_claim_is_not_lost(bro
     with env.catalog.session() as s:
         run_id = queue_experiment(s, env.settings, spec, blobs=env.catalog.blobs).runs[0].id
     _take(env, GPU_QUEUE, EXPERIMENT_RUN_TASK, run_id, redis if kind == "redis-dropped" else None)
-    with env.catalog.session() as s:
-        run = get_run(s, run_id)
-        assert run.status == JobStatus.queued and run.owner_pid is None  # nobody owns it
+    run = run_of(env, run_id)
+    assert run.status == JobStatus.queued and run.owner_pid is None  # nobody owns it
     if kind == "redis":
         assert Redis.from_url(redis.url(0)).hlen("unacked") == 1
 
     with env.worker():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with env.catalog.session() as s:
-                run = get_run(s, run_id)
-            if JobStatus(run.status).finished:
-                break
-            time.sleep(0.5)
+        run = wait_run(env, run_id, lambda r: JobStatus(r.status).finished, timeout=300)
     logs = "".join(p.read_text(errors="replace") for p in env.logs.glob("*.log"))
     assert (run.status, run.error) == (JobStatus.succeeded, None), logs[-3000:]
     assert run.result["accuracy_matrix"]
