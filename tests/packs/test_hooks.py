@@ -301,3 +301,32 @@ def test_a_pruned_tied_embedding_is_held_once_as_its_rows_in_the_base_dtype(gpt2
     base = model.transformer.wte.weight.float()
     want = base[ids] + 2 * part.to_dense().to(torch.bfloat16).float()[ids]
     torch.testing.assert_close(hidden, want.to(torch.bfloat16).float())
+
+
+def test_factors_are_laid_out_for_each_owners_product_and_a_tied_pair_still_matches():
+    """Each product reads its right operand as a transposed row-major matrix, the order
+    ``F.linear`` reads a weight in and CPU bf16 kernels read several times faster than the
+    other. Factors arrive column-major, as decoded; a tied embedding and head each get the
+    layout of their own product and both still add the merged delta."""
+    from skillstore.packs.parts import LowRankPart
+
+    model = tiny_gpt2(0)  # Conv1D blocks, and a head tied to the token embedding
+    gen = torch.Generator().manual_seed(3)
+
+    def factors(name):
+        out, inp = model.get_parameter(name).shape
+        return LowRankPart(name, torch.randn(4, out, generator=gen).T,  # column-major U
+                           0.1 * torch.randn(inp, 4, generator=gen).T)
+
+    parts = [factors("transformer.wte.weight"), factors("transformer.h.0.attn.c_attn.weight")]
+    ids = torch.randint(0, 96, (2, 8), generator=torch.Generator().manual_seed(8))
+    weights = torch.tensor([[1.0], [0.0]])
+    got, bank = _routed(model, [parts], weights, ids)
+    laid = {(type(module).__name__, ready.U.is_contiguous(), ready.U.T.is_contiguous(),
+             ready.V.is_contiguous(), ready.V.T.is_contiguous())
+            for module, entries in bank._entries.items() for *_, ready in entries}
+    assert laid == {("Embedding", True, False, False, True),  # U[ids] @ V
+                    ("Linear", True, False, True, False),  # (x @ V.T) @ U.T: the tied head
+                    ("Conv1D", False, True, False, True)}  # (x @ U) @ V
+    torch.testing.assert_close(got, _merged_per_sample(model, [parts], weights, ids),
+                               atol=2e-5, rtol=1e-4)
