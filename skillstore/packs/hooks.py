@@ -135,15 +135,19 @@ def _sparse(part: SparsePart, like: torch.Tensor, transpose: bool) -> SparseRows
 def ready_for(part: Part, param: torch.Tensor,
               param_owners: list[tuple[nn.Module, str]]) -> list[tuple[nn.Module, str, Ready]]:
     """(module, attr, ready part) for each owner of ``param``; owners that use the delta the
-    same way share one copy (a tied embedding and head share sparse rows, not factors, which
-    each lays out for its own product)."""
+    same way share one copy (a tied embedding and head share sparse rows, and of factors U;
+    V, small, is laid out for each one's product)."""
     forms: dict[tuple[str, bool], Ready] = {}
     out = []
     for module, attr in param_owners:
         layout = _layout(module, attr)
         key = (layout, isinstance(module, nn.Embedding) and isinstance(part, LowRankPart))
         if key not in forms:
-            forms[key] = prepare(part, param, layout, lookup=key[1])
+            twin = forms.get((layout, not key[1]))
+            forms[key] = (  # both read U by rows: only the small V differs
+                LowRankPart(part.name, twin.U, _columns(twin.V) if key[1] else _rows(twin.V))
+                if isinstance(twin, LowRankPart)
+                else prepare(part, param, layout, lookup=key[1]))
         out.append((module, attr, forms[key]))
     return out
 

@@ -306,8 +306,8 @@ def test_a_pruned_tied_embedding_is_held_once_as_its_rows_in_the_base_dtype(gpt2
 def test_factors_are_laid_out_for_each_owners_product_and_a_tied_pair_still_matches():
     """Each product reads its right operand as a transposed row-major matrix, the order
     ``F.linear`` reads a weight in and CPU bf16 kernels read several times faster than the
-    other. Factors arrive column-major, as decoded; a tied embedding and head each get the
-    layout of their own product and both still add the merged delta."""
+    other. Factors arrive column-major, as decoded; a tied embedding and head share U, each
+    gets V in the layout of its own product, and both still add the merged delta."""
     from skillstore.packs.parts import LowRankPart
 
     model = tiny_gpt2(0)  # Conv1D blocks, and a head tied to the token embedding
@@ -328,5 +328,8 @@ def test_factors_are_laid_out_for_each_owners_product_and_a_tied_pair_still_matc
     assert laid == {("Embedding", True, False, False, True),  # U[ids] @ V
                     ("Linear", True, False, True, False),  # (x @ V.T) @ U.T: the tied head
                     ("Conv1D", False, True, False, True)}  # (x @ U) @ V
+    tied = [ready for module, entries in bank._entries.items() for *_, ready in entries
+            if ready.name == "transformer.wte.weight"]
+    assert len(tied) == 2 and tied[0].U is tied[1].U  # the large factor is held once
     torch.testing.assert_close(got, _merged_per_sample(model, [parts], weights, ids),
                                atol=2e-5, rtol=1e-4)
