@@ -7,7 +7,8 @@ skill's first training rows when the policy asks for them, `tune_pack` when ``tu
 then `store.put_file`. The fine-tune is the one the merges use (`baselines.finetune_delta`) and
 the routed scoring the one `multi_lora` uses (`baselines.routed_scores`). A skill distilled
 from several sources gets one pack per source, fused and scored by `hetero.fusion_scores`; the
-first listed source's pack is the one the continual matrix routes.
+first listed source's pack is the one the continual matrix routes. `stage_verdicts` judges
+each stage's pack with the spec's gate, on the scores the run already has.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from ..evaluation.cache import Suite
 from ..evaluation.scores import Score
+from ..gate.decision import decide
+from ..gate.policy import GatePolicy
 from ..packs import (
     CompressionPolicy,
     TuneConfig,
@@ -164,3 +167,24 @@ def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Sui
             rows.append(row)
             routers.append(router)
     return rows, packs, routers, fusions
+
+
+def stage_verdicts(policy: GatePolicy, suites: Sequence[Suite], base_row: Sequence[Score],
+                   rows: Sequence[Sequence[Score]], packs: Sequence[StagePack]) -> list[dict]:
+    """The gate's decision (`gate.decision.decide`, with ``policy``) on each stage's pack, as a
+    learning job's gate takes it: the state after stage i against the state before it (the
+    base for the first), paired prompt by prompt on every suite, the new skill's gain and the
+    pack's fidelity to its own fine-tune, and no drop on the skills before it. The run scored
+    no general suite, so none is checked.
+
+    The verdicts are recorded, not acted on: a pack the gate would reject still joins the
+    later stages, so that every method learns the same curriculum."""
+    names = [s.name for s in suites]
+    out, before = [], base_row
+    for i, (row, pack) in enumerate(zip(rows, packs, strict=True)):
+        decision = decide(policy, new_skill=names[i], before=dict(zip(names, before, strict=True)),
+                          after=dict(zip(names, row, strict=True)), earlier_skills=names[:i],
+                          general_suites=(), finetune=pack.finetune)
+        out.append({"skill": pack.skill, "summary": decision.summary(), **decision.as_dict()})
+        before = row
+    return out

@@ -38,7 +38,7 @@ from .baselines import (
 )
 from .catalog import get_run
 from .distilled import Taught, distil_stages
-from .graft import graft_scores, policy_label
+from .graft import graft_scores, policy_label, stage_verdicts
 from .sequential import FP16_BYTES, ChangedParams, sequential_scores, skill_stages, suite_scores
 from .spec import ExperimentSpec, parse_spec
 
@@ -259,7 +259,9 @@ class GraftLLM:
                        finetune_n={p.skill: p.finetune.n for p in packs},
                        routers=routers,
                        router_accuracy=[r.get("test_accuracy") for r in routers],
-                       fusion=fusion)
+                       fusion=fusion,
+                       gate=stage_verdicts(inputs.spec.gate, inputs.suites, base_row, rows,
+                                           packs))
 
 
 EXECUTORS: Registry[Executor] = Registry(

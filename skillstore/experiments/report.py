@@ -113,6 +113,23 @@ def _comparisons(groups: dict[str, list[ExperimentRun]]) -> tuple[list[dict], li
     return out, untested
 
 
+def _gate_verdicts(groups: dict[str, list[ExperimentRun]]) -> list[dict]:
+    """Per graft run, the spec's gate verdict on each of its packs (`graft.stage_verdicts`):
+    what a learning job's gate would have decided on the same rows."""
+    out = []
+    for label, runs in groups.items():
+        for run in runs:
+            verdicts = (run.result or {}).get("gate")
+            if run.method != "graft" or not verdicts:
+                continue
+            out.append({"graft": label, "seed": run.seed,
+                        "promoted": sum(v["verdict"] == "promoted" for v in verdicts),
+                        "of": len(verdicts),
+                        "verdicts": [{k: v[k] for k in ("skill", "verdict", "summary")}
+                                     for v in verdicts]})
+    return out
+
+
 def _no_result_error(experiment: Experiment) -> JobError:
     counts = {}
     for r in experiment.runs:
@@ -159,6 +176,7 @@ def build_experiment_report(session: Session, experiment: Experiment) -> dict:
                                      "percentile",
                          "adjustment": "Holm over every comparison",
                          "comparisons": comparisons, "untested": untested},
+        "gate": _gate_verdicts(groups),
         "fusion": fusion_table(groups),
         # the queue's cost beyond the runs' method seconds (overhead.orchestration)
         "orchestration": orchestration(experiment.created_at, experiment.finished_at,
@@ -215,6 +233,13 @@ def _sections(doc: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     if tests["untested"]:
         out.append(("Not tested: no seed that both methods finished", ["graft", "against"],
                     [[u["graft"], u["baseline"]] for u in tests["untested"]]))
+    if gate := doc.get("gate"):
+        out.append(("The spec's gate on each graft pack (each stage's state against the one "
+                    "before it, paired on the same prompts; recorded, not acted on)",
+                    ["graft", "seed", "promoted", "verdicts"],
+                    [[g["graft"], str(g["seed"]), f"{g['promoted']} of {g['of']}",
+                      "; ".join(f"{v['skill']}: {v['summary']}" for v in g["verdicts"])]
+                     for g in gate]))
     out += fusion_sections(doc.get("fusion") or [])
     if cost := doc.get("orchestration"):
         out.append(("Orchestration (seconds; overhead = time in the tasks beyond the methods' "

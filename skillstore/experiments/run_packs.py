@@ -3,7 +3,8 @@ SkillPack per pack file, trained on the experiment's base (and distilled from it
 the stage names one), linked to its run so its lineage reaches the experiment; and the model
 state the run ended in (those packs behind its last router), linked as the run's state.
 
-A candidate made here is never promoted by the run: the experiment scored it, the gate did not.
+A candidate made here is never promoted by the run: the run judged it with the spec's gate
+(`graft.stage_verdicts`) and keeps that verdict in the pack's metrics, but moves no head.
 `skillstore pack show` names the experiment; promoting it is a person's decision, with a reason.
 The run's state is never a head either: `skillstore state show` and `state eval` take it like
 any other state.
@@ -35,6 +36,7 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
     stages = {s.name: s for s in parse_spec(experiment.spec, f"experiment {experiment.id}'s "
                                             "spec").skills}
     actor = f"experiment:{experiment.id}/run:{run.id}"
+    verdicts = {v["skill"]: v for v in result.get("gate", ())}  # the spec gate's (graft.py)
     out = []
     for record in result.get("packs", ()):
         skill, stage = record["skill"], stages[record["skill"]]
@@ -53,6 +55,8 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
                                 "n": result.get("finetune_n", {}).get(skill)}}
         if record.get("tune"):
             metrics["tune"] = record["tune"]
+        if skill in verdicts:
+            metrics["gate"] = {k: verdicts[skill][k] for k in ("verdict", "summary")}
         pack = create_pack(session, skill=get_skill(session, skill), base=base,
                            blob_digest=record["digest"], size_bytes=record["bytes"],
                            format_version=int(pack_file.manifest["format_version"]),

@@ -5,18 +5,23 @@ the packs' digests, sizes and errors, and the same seed makes the same packs."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from skillstore.blobstore import BlobStore
 from skillstore.errors import ConfigError
+from skillstore.evaluation.cache import Suite
+from skillstore.evaluation.scores import Score
 from skillstore.experiments import parse_spec
 from skillstore.experiments.catalog import RunCancelled
+from skillstore.experiments.graft import StagePack, stage_verdicts
 from skillstore.experiments.methods import check_runnable, execute
 from skillstore.fingerprint import fingerprint_checkpoint
+from skillstore.gate.policy import GatePolicy
 from skillstore.models import load_causal_lm
 from skillstore.packs import read_pack
-from skillstore.routing import NONE_CLASS
+from skillstore.routing import NONE_CLASS, PackDeltas
 from skillstore.routing.routers import traced_routes
 
 from .conftest import spec_doc
@@ -71,6 +76,11 @@ def test_a_graft_run_stores_one_pack_per_skill_and_routes_them(tiny_world, suite
     assert result["router_accuracy"][1] == second["test_accuracy"]
     assert 0.0 <= second["test_accuracy"] <= 1.0
     assert second["test_n"] == sum(len(rows) for rows in ROWS.values())  # every test prompt
+    # the spec's gate judged each stage's pack on the run's own rows
+    assert [(v["skill"], v["new_skill"]) for v in result["gate"]] == \
+        [(n, s.name) for n, s in zip(NAMES, suites, strict=True)]
+    assert all(v["verdict"] in ("promoted", "rejected", "inconclusive") for v in result["gate"])
+    assert [c["kind"] for c in result["gate"][1]["checks"]][-1] == "drop"
 
 
 def test_the_general_prompts_are_the_learned_routers_none_class(tiny_world, suites, store):  # noqa: F811
@@ -148,3 +158,46 @@ def test_a_graft_run_stops_when_cancelled_and_needs_a_store(tiny_world, suites, 
                                       {"router": "tag"}, {"router": "none", "top_k": 2}])
 def test_graft_is_runnable(settings):
     check_runnable(parse_spec(spec_doc(methods={"graft": settings, "naive_ft": None})))
+
+
+def _score(hits: list[int]) -> Score:
+    samples = {str(i): float(h) for i, h in enumerate(hits)}
+    return Score(sum(hits) / len(hits), 0.0, len(hits), samples)
+
+
+def _stage_pack(skill: str, finetune: Score) -> StagePack:
+    return StagePack(skill, "sha256:x", 1, 1, 0.0, 1, finetune, None, PackDeltas(skill, {}))
+
+
+def test_the_specs_gate_judges_each_stage_against_the_state_before_it():
+    """Stage i's routed row against row i-1 (the base's for the first), on the same prompts:
+    a learned skill that keeps the earlier one is promoted, one that costs it is rejected as
+    forgetting, and the policy is the one given (a stricter gain rejects the same scores;
+    the default 1-point drop tolerance leaves 60 unchanged prompts inconclusive)."""
+    two = [Suite(name, Path("tasks"), (name,)) for name in ("alpha", "beta")]
+    n, none, every = 60, [0] * 60, [1] * 60
+    base = [_score(none), _score(none)]
+    learned_alpha = [_score(every), _score(none)]
+    packs = [_stage_pack("alpha", _score(every)), _stage_pack("beta", _score(every))]
+
+    policy = GatePolicy(max_drop=0.05)  # the demo's: what ~100 prompts can certify
+    kept = stage_verdicts(policy, two, base,
+                          [learned_alpha, [_score(every), _score(every)]], packs)
+    assert [v["skill"] for v in kept] == ["alpha", "beta"]
+    assert [v["verdict"] for v in kept] == ["promoted", "promoted"], [v["summary"] for v in kept]
+    assert {c["kind"] for c in kept[1]["checks"]} == {"gain", "fidelity", "drop"}
+    assert [c["n"] for c in kept[1]["checks"]] == [n] * 3
+    default = stage_verdicts(GatePolicy(), two, base,
+                             [learned_alpha, [_score(every), _score(every)]], packs)
+    assert default[1]["verdict"] == "inconclusive" and default[1]["needed_n"] > n
+
+    forgot = stage_verdicts(policy, two, base,
+                            [learned_alpha, [_score(none), _score(every)]], packs)
+    assert [v["verdict"] for v in forgot] == ["promoted", "rejected"]
+    assert "forgot alpha" in forgot[1]["summary"]
+
+    half = [1, 0] * (n // 2)
+    rows, alpha = [[_score(half), _score(none)]], [_stage_pack("alpha", _score(half))]
+    assert stage_verdicts(policy, two, base, rows, alpha)[0]["verdict"] == "promoted"
+    strict = stage_verdicts(GatePolicy(min_gain=0.9, max_drop=0.05), two, base, rows, alpha)
+    assert strict[0]["verdict"] == "rejected"

@@ -41,11 +41,23 @@ def seq(avg, bwt, fgt, fwt):
     return {"average_accuracy": avg, "bwt": bwt, "forgetting": fgt, "forward_transfer": fwt}
 
 
+def gated(run: dict, *verdicts: tuple[str, str, str]) -> dict:
+    """``run`` with the spec gate's verdicts, as graft.stage_verdicts records them."""
+    return {**run, "gate": [{"skill": k, "new_skill": k, "verdict": v, "summary": f"{v}: {why}",
+                             "promote": v == "promoted", "checks": []}
+                            for k, v, why in verdicts]}
+
+
 # method -> seed -> (status, result or error)
 RUNS = {
-    "graft": {0: result([[0.92, 0.1], [0.9, 0.8]], seq(0.85, -0.02, 0.02, 0.01), [1000, 3000], 0),
-              1: result([[0.9, 0.12], [0.85, 0.95]], seq(0.9, -0.05, 0.05, 0.03), [1500, 3500],
-                        1),
+    "graft": {0: gated(result([[0.92, 0.1], [0.9, 0.8]], seq(0.85, -0.02, 0.02, 0.01),
+                              [1000, 3000], 0),
+                       ("arith", "promoted", "all checks passed"),
+                       ("sort", "promoted", "all checks passed")),
+              1: gated(result([[0.9, 0.12], [0.85, 0.95]], seq(0.9, -0.05, 0.05, 0.03),
+                              [1500, 3500], 1),
+                       ("arith", "promoted", "all checks passed"),
+                       ("sort", "rejected", "forgot arith: dropped +0.050")),
               2: ERROR},
     "naive_ft": {
         0: result([[0.9, 0.1], [0.2, 0.9]], seq(0.55, -0.7, 0.7, 0.0), [2_000_000, 2_000_000], 0),
@@ -209,6 +221,17 @@ def test_md_html_and_json_carry_the_same_numbers(doc):
     for m in doc["methods"]:
         for v in (v for row in m["accuracy_matrix"] for v in row):
             assert f"{v:.3f}" in md and f">{v:.3f}</text>" in page
+
+
+def test_each_graft_runs_gate_verdicts_are_reported(doc):
+    assert [(g["graft"], g["seed"], g["promoted"], g["of"]) for g in doc["gate"]] == \
+        [("graft", 0, 2, 2), ("graft", 1, 1, 2)]
+    assert doc["gate"][1]["verdicts"][1] == {"skill": "sort", "verdict": "rejected",
+                                             "summary": "rejected: forgot arith: dropped +0.050"}
+    md = render_experiment_report(doc, "md")
+    assert "| graft | 1 | 1 of 2 | arith: promoted: all checks passed; sort: " \
+        "rejected: forgot arith: dropped +0.050 |" in md
+    assert json.loads(render_experiment_report(doc, "json"))["gate"] == doc["gate"]
 
 
 def test_the_html_is_one_self_contained_page(doc):

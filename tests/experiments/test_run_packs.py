@@ -95,6 +95,9 @@ def test_a_finished_graft_run_enters_one_candidate_pack_per_skill_linked_to_it(
         assert pack.codecs and pack.method == "sft"
         assert pack.metrics["run_id"] == run_id and pack.metrics["seed"] == 3
         assert pack.metrics["finetune"]["value"] == result["finetune_scores"][name]
+        verdict = {v["skill"]: v for v in result["gate"]}[name]  # the spec gate's, kept
+        assert pack.metrics["gate"] == {"verdict": verdict["verdict"],
+                                        "summary": verdict["summary"]}
         detail = pack_detail(session, pack)
         assert detail["experiment"] == {"experiment_id": pack.metrics["experiment_id"],
                                         "experiment": run_inputs.spec.name, "run_id": run_id,
