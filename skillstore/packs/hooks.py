@@ -143,11 +143,11 @@ def ready_for(part: Part, param: torch.Tensor,
         layout = _layout(module, attr)
         key = (layout, isinstance(module, nn.Embedding) and isinstance(part, LowRankPart))
         if key not in forms:
+            # The other owner's factors, already laid out, keep U as it is (both read it by
+            # rows) and lay out only the small V again.
             twin = forms.get((layout, not key[1]))
-            forms[key] = (  # both read U by rows: only the small V differs
-                LowRankPart(part.name, twin.U, _columns(twin.V) if key[1] else _rows(twin.V))
-                if isinstance(twin, LowRankPart)
-                else prepare(part, param, layout, lookup=key[1]))
+            forms[key] = prepare(twin if isinstance(twin, LowRankPart) else part, param, layout,
+                                 lookup=key[1])
         out.append((module, attr, forms[key]))
     return out
 
