@@ -74,11 +74,16 @@ def lora_choice(model, tokenizer, stages: Sequence[Stage], grid: LoRASweep, sft:
                 earlier: dict | None, eval_limit: int | None,
                 progress: Progress | None = None) -> tuple[LoRAConfig, dict]:
     """The LoRA to train and the record of how it was picked: ``earlier``'s choice when an
-    earlier seed made one, else `sweep_lora` over ``grid`` on the first skill's validation
-    split. The record is ``{"chosen": {"rank", "lr"}, "sweep": {"points", "reused_from_seed"}}``."""
+    earlier seed made one, the grid's point when it has only one (nothing to choose: no
+    training spent on a sweep, ``points`` empty), else `sweep_lora` over ``grid`` on the first
+    skill's validation split. The record is ``{"chosen": {"rank", "lr"}, "sweep": {"points",
+    "reused_from_seed"}}``."""
     if earlier is not None:
         rank, lr = earlier["chosen"]["rank"], earlier["chosen"]["lr"]
         sweep = {"points": earlier["points"], "reused_from_seed": earlier["seed"]}
+    elif len(grid.ranks) == 1 and len(grid.lrs) == 1:
+        (rank,), (lr,) = grid.ranks, grid.lrs
+        sweep = {"points": [], "reused_from_seed": None}
     else:
         first = stages[0]
         if not first.validation:

@@ -65,10 +65,16 @@ def test_lora_seq_records_its_sweep_and_stores_the_whole_adapter_for_every_skill
     assert all(len(row) == len(NAMES) for row in result["accuracy_matrix"])
 
 
-def test_multi_lora_routes_one_adapter_per_skill_and_counts_each(tiny_world, suites):  # noqa: F811
+def test_multi_lora_routes_one_adapter_per_skill_and_counts_each(tiny_world, suites,  # noqa: F811
+                                                                 monkeypatch):
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("swept a grid of one point")
+
+    monkeypatch.setattr("skillstore.experiments.baselines.sweep_lora", no_sweep)
     result = execute(inputs("multi_lora", tiny_world.base_dir, suites,
                             ranks=[4], lrs=[1e-2]), lambda stage, f: None)
-    assert result["chosen"] == {"rank": 4, "lr": 1e-2}
+    assert result["chosen"] == {"rank": 4, "lr": 1e-2}  # the only point: nothing to sweep
+    assert result["sweep"] == {"points": [], "reused_from_seed": None}
     assert result["bytes_per_skill"] == {n: 2 * lora_size(tiny_world.base_dir, 4) for n in NAMES}
     first, second = result["routers"]
     assert first == {"router": "none"}  # one adapter and no general prompts: it serves all
@@ -95,7 +101,7 @@ def test_a_lora_run_stops_during_its_sweep_when_cancelled(tiny_world, suites):  
         raise RunCancelled(f"cancelled during {stage}")
 
     with pytest.raises(RunCancelled, match=r"cancelled during sweep:r2-lr0\.01:"):
-        execute(inputs("multi_lora", tiny_world.base_dir, suites, ranks=[2], lrs=[1e-2]),
+        execute(inputs("multi_lora", tiny_world.base_dir, suites, ranks=[2, 4], lrs=[1e-2]),
                 cancelled)
 
 
