@@ -229,6 +229,17 @@ class ExperimentOut(Out):
     finished_at: datetime | None
 
 
+class AdoptedOut(Out):
+    """One pack of an adopted graft run: the gate's verdict on the state it would join."""
+
+    pack_id: int
+    name: str
+    verdict: str = Field(description="promoted, rejected or inconclusive; for a pack decided "
+                                     "before, its status.")
+    summary: str
+    state_id: int | None
+
+
 class StateMember(Out):
     position: int
     pack_id: int

@@ -1,5 +1,6 @@
-"""`skillstore experiment validate | run | list | show | wait | cancel | report`: experiment
-specs, their runs on the workers, and the comparison report."""
+"""`skillstore experiment validate | run | list | show | wait | cancel | adopt | report`:
+experiment specs, their runs on the workers, adopting a graft run's packs through the gate,
+and the comparison report."""
 
 from __future__ import annotations
 
@@ -183,6 +184,30 @@ def cancel(ref: str = RefArg) -> None:
                + ", ".join(f"{s} {n}" for s, n in sorted(doc["run_counts"].items())))
 
 
+def adopt(ref: str = RefArg,
+          run_id: int | None = typer.Option(None, "--run", help="The graft run to adopt; "
+                                            "needed when the experiment has several (seeds)."),
+          as_json: bool = JSON_OPTION) -> None:
+    """Put a succeeded graft run's packs through the gate, in curriculum order: each is judged
+    on the base's current state plus the pack (the spec's router retrained), against that
+    state on the same prompts and the general suite, with the spec's gate policy and its
+    fine-tune's scores. A promoted pack moves the head; a second adopt judges only what is
+    left."""
+    from ..experiments.adopt import adopt_run, graft_run
+
+    with workspace_session() as (catalog, session):
+        outcomes = [a.as_json() for a in adopt_run(session, catalog.settings, catalog.blobs,
+                                                   graft_run(session, ref, run_id))]
+    if as_json:
+        print_json(outcomes)
+        return
+    for a in outcomes:
+        typer.echo(f"{a['name']} {a['verdict']}: {a['summary']}")
+    promoted = sum(a["verdict"] == "promoted" for a in outcomes)
+    typer.echo(f"{promoted} of {len(outcomes)} pack(s) promoted; `skillstore state list` shows "
+               "the states, `skillstore report --pack PACK` each decision.")
+
+
 def report(ref: str = RefArg,
            fmt: str = typer.Option("md", "--format", "-f", help="md, html or json."),
            out: Path | None = typer.Option(None, "-o", "--out",
@@ -211,5 +236,5 @@ def register(app: typer.Typer) -> None:
     """Attach the experiment commands to the EXPERIMENT group."""
     for name, command in (("validate", validate), ("run", run), ("list", list_),
                           ("show", show), ("wait", wait), ("cancel", cancel),
-                          ("report", report)):
+                          ("adopt", adopt), ("report", report)):
         EXPERIMENT.app.command(name)(command)

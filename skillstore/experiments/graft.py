@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluation.cache import Suite
+from ..evaluation.cache import Suite, samples_bytes
 from ..evaluation.scores import Score
 from ..gate.decision import decide
 from ..gate.policy import GatePolicy
@@ -65,12 +65,18 @@ class StagePack:
     tune: dict | None
     deltas: PackDeltas = field(repr=False)
     dpo: dict | None = None  # the fine-tune's DPO metrics, for a dpo stage
+    # The blob of the fine-tune's per-sample scores: `experiment adopt` pairs the pack's state
+    # with them for the gate's fidelity check, as a learning job's gate does.
+    finetune_samples: str | None = None
 
     def record(self) -> dict:
         """The pack's lineage and sizes, as the run's result keeps them."""
         return {"skill": self.skill, "digest": self.digest, "bytes": self.bytes,
                 "dense_fp16_bytes": self.dense_fp16_bytes, "rel_error": self.rel_error,
                 "changed_params": self.changed_params, "tune": self.tune,
+                # as gate.reference.finetune_record keeps it on a learning job's pack
+                "finetune": {**self.finetune.as_json(), "suite": self.skill,
+                             "samples_digest": self.finetune_samples},
                 **({"dpo": self.dpo} if self.dpo is not None else {})}
 
 
@@ -119,10 +125,11 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
         tune = {"steps": tuned.steps, "loss_before": tuned.loss_before,
                 "loss_after": tuned.loss_after, "seconds": round(tuned.seconds, 3)}
     digest = store.put_file(path)  # whole or absent: named by its digest
+    samples = store.put_bytes(samples_bytes(finetune.samples)) if finetune.samples else None
     pack = read_pack(path)
     return StagePack(stage.name, digest, path.stat().st_size, summary.dense_fp16_bytes,
                      summary.rel_error, changed, finetune, tune,
-                     PackDeltas(stage.name, {p.name: p for p in pack.decoded()}), dpo)
+                     PackDeltas(stage.name, {p.name: p for p in pack.decoded()}), dpo, samples)
 
 
 def graft_scores(model, tokenizer, stages: Sequence[Stage], suites: Sequence[Suite],

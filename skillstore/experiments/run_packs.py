@@ -51,8 +51,11 @@ def register_run_packs(session: Session, run: ExperimentRun, result: dict, blobs
         metrics = {"experiment_id": experiment.id, "run_id": run.id, "seed": run.seed,
                    "policy": result.get("policy"), "rel_error": record["rel_error"],
                    "changed_params": record.get("changed_params"),
-                   "finetune": {"value": result.get("finetune_scores", {}).get(skill),
-                                "n": result.get("finetune_n", {}).get(skill)}}
+                   # with its per-sample scores' blob since the adopt step pairs them; an
+                   # older run's result has the headline only
+                   "finetune": record.get("finetune") or {
+                       "value": result.get("finetune_scores", {}).get(skill),
+                       "n": result.get("finetune_n", {}).get(skill)}}
         if record.get("tune"):
             metrics["tune"] = record["tune"]
         if skill in verdicts:

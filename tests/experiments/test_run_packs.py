@@ -7,6 +7,7 @@ none."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from skillstore.blobstore import BlobStore
 from skillstore.catalog import (
     PackStatus,
     add_skill,
+    current_head,
     get_pack,
     get_state,
     list_packs,
@@ -23,8 +25,16 @@ from skillstore.catalog import (
     register_base,
 )
 from skillstore.catalog.db import make_engine, session_scope
-from skillstore.catalog.models import ExperimentPack, ExperimentRun
+from skillstore.catalog.models import (
+    BaseCheckpoint,
+    Experiment,
+    ExperimentPack,
+    ExperimentRun,
+    Promotion,
+    Skill,
+)
 from skillstore.errors import SkillstoreError
+from skillstore.experiments.adopt import adopt_run, graft_run
 from skillstore.experiments.catalog import (
     begin_run,
     cancel_experiment,
@@ -34,7 +44,10 @@ from skillstore.experiments.catalog import (
 from skillstore.experiments.methods import execute
 from skillstore.experiments.sequential import suite_scores
 from skillstore.fingerprint import fingerprint_checkpoint
+from skillstore.gate.policy import GatePolicy
 from skillstore.models import load_causal_lm
+from skillstore.settings import Settings
+from skillstore.skilldata import rows_blob
 from skillstore.states.materialise import materialise
 from skillstore.states.view import load_view
 from tests.composition.llsuites import ROWS, write_ll_suites
@@ -152,3 +165,77 @@ def test_a_damaged_pack_file_is_refused_and_enters_nothing(session, graft_result
             finish_run(session, run_id, result, blobs=damaged)
     assert list_packs(session).total == 0
     assert session.scalar(sa.select(sa.func.count()).select_from(ExperimentPack)) == 0
+
+
+def adoptable(session, graft_result, gate: GatePolicy) -> ExperimentRun:
+    """A finished graft run of an experiment judged by ``gate``, its skills' suites the ones the
+    run scored (as `skill add` registers a suite: the task YAML)."""
+    result, store, run_inputs = graft_result
+    for suite in run_inputs.suites:
+        skill = session.scalar(sa.select(Skill).where(Skill.name == suite.name))
+        skill.suite = str(suite.include_path / f"{suite.tasks[0]}.yaml")
+        data = suite.include_path / "train.jsonl"  # the router's prompts, as `skill add` keeps
+        data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[suite.name]))
+        skill.data_uri, skill.data_sha256 = str(data), rows_blob(store, ROWS[suite.name])
+    experiment = create_experiment(session, run_inputs.spec.model_copy(update={"gate": gate}))
+    run = experiment.runs[0]
+    begin_run(session, run.id)
+    assert finish_run(session, run.id, result, blobs=store)
+    return run
+
+
+PERMISSIVE = GatePolicy(min_gain=-1.0, max_drop=1.0, max_general_drop=1.0, min_fidelity=0.5)
+
+
+def test_adopting_a_graft_run_judges_each_pack_on_the_head_it_would_join(
+        session, graft_result, tmp_path):
+    _, store, run_inputs = graft_result
+    run = adoptable(session, graft_result, PERMISSIVE)
+    base = session.get(BaseCheckpoint, session.get(Experiment, run.experiment_id).base_id)
+    settings = Settings(home=tmp_path / "home")
+    adopted = adopt_run(session, settings, store, run)
+    packs = [get_pack(session, r["pack_id"]) for r in run.result["packs"]]
+    assert [a.name for a in adopted] == [r["name"] for r in run.result["packs"]]
+    assert [a.verdict for a in adopted] == ["promoted"] * len(ROWS)
+    head = get_state(session, current_head(session, base.id).state_id)
+    # the head is the base plus every pack, in order, behind a router retrained for them
+    assert [m.pack_id for m in head.members] == [p.id for p in packs]
+    assert head.router == "learned" and head.router_blob_digest
+    first = get_state(session, adopted[0].state_id)
+    assert [m.pack_id for m in first.members] == [packs[0].id]  # judged on base + its pack
+    assert head.id == adopted[-1].state_id and head.parent_id == first.id
+    for pack, outcome in zip(packs, adopted, strict=True):
+        assert pack.status == PackStatus.promoted
+        audit = session.scalar(sa.select(Promotion).where(Promotion.pack_id == pack.id)
+                               .order_by(Promotion.id.desc()).limit(1))
+        assert audit.actor == f"experiment:{run.experiment_id}/run:{run.id}/adopt"
+        assert audit.reason == outcome.summary and audit.report_ref  # its HTML report
+        # the fine-tune's per-sample scores came with the run: fidelity was checked
+        assert pack.metrics["fidelity"]["finetune"] == pack.metrics["finetune"]["value"]
+        assert "fidelity not checked" not in outcome.summary
+    # a second adopt judges nothing again, and says how each pack was decided
+    again = adopt_run(session, settings, store, run)
+    assert [a.verdict for a in again] == ["promoted"] * len(ROWS)
+    assert all(a.summary.startswith("decided before (experiment:") for a in again)
+    assert session.scalar(sa.select(sa.func.count()).select_from(Promotion)
+                          .where(Promotion.to_status == PackStatus.promoted)) == len(ROWS)
+
+
+def test_a_pack_the_gate_refuses_leaves_the_head_where_it_was(session, graft_result, tmp_path):
+    _, store, _ = graft_result
+    # a gain of 1.0 cannot be certified on a handful of prompts: nothing is promoted
+    run = adoptable(session, graft_result, PERMISSIVE.model_copy(update={"min_gain": 1.0}))
+    adopted = adopt_run(session, Settings(home=tmp_path / "home"), store, run)
+    assert {a.verdict for a in adopted} <= {"rejected", "inconclusive"}
+    base_id = session.get(Experiment, run.experiment_id).base_id
+    assert current_head(session, base_id) is None
+    assert all(get_pack(session, a.pack_id).status == PackStatus.rejected for a in adopted)
+
+
+def test_only_a_succeeded_graft_run_can_be_adopted(session, graft_result):
+    _, _, run_inputs = graft_result
+    experiment = create_experiment(session, run_inputs.spec)
+    with pytest.raises(SkillstoreError, match="is queued; only a succeeded run"):
+        graft_run(session, experiment.id)
+    with pytest.raises(SkillstoreError, match="has no graft run 999"):
+        graft_run(session, experiment.id, 999)

@@ -18,7 +18,7 @@ from ...experiments.catalog import (
 )
 from ..context import ApiContext
 from ..params import NAME_PATTERN, PageParams
-from ..schemas import ExperimentOut, Page
+from ..schemas import AdoptedOut, ExperimentOut, Page
 from ._shared import WRITE, context, errors
 from .reports import REPORT_RESPONSES, Format
 
@@ -76,6 +76,22 @@ def cancel(ref: ExperimentRef, ctx: Ctx) -> dict:
     """Cancel the queued and running runs; a running one stops at its next progress check."""
     with ctx.session() as session:
         return experiment_dict(cancel_experiment(session, ref))
+
+
+@router.post("/experiments/{ref}/adopt", response_model=list[AdoptedOut], dependencies=WRITE,
+             responses=errors(400, 401, 404, 409, 422, 503))
+def adopt(ref: ExperimentRef, ctx: Ctx,
+          run: Annotated[int | None, Query(ge=1, le=2**31 - 1, description=(
+              "The graft run; needed when the experiment has several (one per seed)."))] = None
+          ) -> list[dict]:
+    """Put a succeeded graft run's packs through the gate in curriculum order, each on the
+    base's current head plus the pack (its router retrained), with the spec's gate policy; a
+    promoted pack moves the head. Packs decided before are returned with their status."""
+    from ...experiments.adopt import adopt_run, graft_run
+
+    with ctx.session() as session:
+        return [a.as_json() for a in adopt_run(session, ctx.settings, ctx.blobs,
+                                               graft_run(session, ref, run))]
 
 
 @router.get("/experiments/{ref}/report", response_model=None,
