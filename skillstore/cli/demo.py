@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stderr
 
 import sqlalchemy as sa
@@ -14,48 +13,47 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ..catalog import JobStatus, PackStatus, get_base, init_workspace
-from ..catalog.models import Job, LineageEdge, Skill, SkillPack
+from ..catalog.models import Experiment, LineageEdge, Skill, SkillPack
+from ..errors import ConfigError
 from ..jobqueue import spawn_worker, stop_worker
 from ..settings import Settings
 
 BASE = "tiny-llama"
-DISTILLED = "knowledge"  # the one skill taught by the heterogeneous GPT-2 source
-TRAIN = {"max_steps": 600, "batch_size": 32, "eval_every": 100, "patience": 3, "lr": 3e-3}
-EVAL_LIMIT = 100
-# The gate's drop tolerance for the demo: 5 points. On 100 paired prompts a drop bound within
-# the library default (1 point) needs at least ~230 prompts answered alike (docs/composition.md);
-# 5 points is what 100 prompts can certify when routing keeps earlier answers unchanged.
-GATE = {"max_drop": 0.05, "max_general_drop": 0.05}
-DISTILL_PROMPTS = 400
-# Budget mode picks rank and bits per module to fit a quarter of the dense fp16 delta; a fixed
-# preset prunes a tiny model's embedding delta too hard (measured: reverse 0.94 -> 0.16).
-POLICY, BUDGET = "balanced", 0.25
+# The built-in spec the demo runs (skillstore/experiments/specs/demo.yaml): the five curriculum
+# skills under graft (packs at 5% of the dense delta, tuned), naive_ft and multi_lora, one seed.
+SPEC = "demo"
+# One worker of two pool processes: the graft run on one core, the two baselines in turn on
+# the other; the graft run's adoption goes on here while the second baseline still trains.
+CONCURRENCY = 2
 
 
-def _queue_missing(catalog, settings, skills: list[str]) -> list[int]:
-    """One job per skill in order; a skill whose job already succeeded is reused, not redone."""
-    from ..pipeline import LearnRequest, queue
+def _demo_spec(skills: list[str] | None):
+    """The built-in demo spec, its curriculum cut to ``skills`` (in the spec's order)."""
+    from ..experiments import load_spec
 
-    ids = []
-    with catalog.session() as s:
-        base = get_base(s, BASE)
-        for name in skills:
-            skill = s.scalar(sa.select(Skill).where(Skill.name == name))
-            done = s.scalar(sa.select(Job).where(
-                Job.base_id == base.id, Job.skill_id == skill.id,
-                Job.status.in_([JobStatus.succeeded, JobStatus.queued, JobStatus.running]))
-                .order_by(Job.id.desc()).limit(1))
-            if done is not None:
-                ids.append(done.id)
-                continue
-            distill = name == DISTILLED
-            request = LearnRequest.build(
-                name, BASE, method="distill" if distill else "sft",
-                source="src-gpt2" if distill else None, policy=POLICY, budget=BUDGET, sft=TRAIN,
-                eval_limit=EVAL_LIMIT, distill_prompts=DISTILL_PROMPTS if distill else None,
-                gate=GATE)
-            ids.append(queue(s, settings, request).id)
-    return ids
+    spec = load_spec(SPEC)
+    if not skills:
+        return spec
+    unknown = sorted(set(skills) - {s.name for s in spec.skills})
+    if unknown:
+        raise ConfigError(f"The demo has no skill {', '.join(map(repr, unknown))}; choose among "
+                          f"{', '.join(s.name for s in spec.skills)}.")
+    return spec.model_copy(update={"skills": tuple(s for s in spec.skills if s.name in skills)})
+
+
+def _experiment(session, settings: Settings, spec, blobs) -> tuple[Experiment, bool]:
+    """The newest experiment of exactly this spec that did not fail (a second demo reuses it,
+    packs and verdicts included), else a new one queued; and whether it was queued now."""
+    from ..experiments.catalog import spec_digest
+    from ..experiments.queue import queue_experiment
+
+    found = session.scalar(sa.select(Experiment).where(
+        Experiment.spec_sha256 == spec_digest(spec.as_json()),
+        Experiment.status.in_([JobStatus.queued, JobStatus.running, JobStatus.succeeded]))
+        .order_by(Experiment.id.desc()).limit(1))
+    if found is not None:
+        return found, False
+    return queue_experiment(session, settings, spec, blobs=blobs), True
 
 
 def _lineage(session, base) -> Tree:
@@ -73,17 +71,13 @@ def _lineage(session, base) -> Tree:
     return tree
 
 
-def _matrix_table(title: str, doc: dict) -> Table:
+def _matrix_table(title: str, skills: list[str], matrix: list[list[float | None]]) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("after learning")
-    for name in doc["skills"]:
+    for name in skills:
         table.add_column(name, justify="right")
-    verdicts = doc.get("verdicts") or ["promoted"] * len(doc["skills"])
-    held = doc.get("held") or [True] * len(doc["skills"])
-    for name, row, kept, verdict in zip(doc["skills"], doc["accuracy_matrix"], held, verdicts,
-                                        strict=True):
-        table.add_row(name if kept else f"{name} ({verdict}: state unchanged)",
-                      *("—" if v is None else f"{v:.2f}" for v in row))
+    for name, row in zip(skills, matrix, strict=True):
+        table.add_row(name, *("—" if v is None else f"{v:.2f}" for v in row))
     return table
 
 
@@ -104,35 +98,6 @@ def _packs_table(session, base) -> tuple[Table, list[dict]]:
         table.add_row(row["pack"], row["status"], row["method"], f"{p.size_bytes:,}", f"{dense:,}",
                       f"{p.compression_ratio or 0:.1f}x", f"{row['rel_error'] or 0:.3f}")
     return table, rows
-
-
-def _metrics_line(name: str, doc: dict) -> str:
-    m = doc.get("metrics") or {}
-    acc = m.get("average_accuracy")
-    acc_text = "—" if acc is None else f"{acc:.3f}"
-    if m.get("bwt") is None:
-        return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills); needs two "
-                "learned skills for BWT and forgetting")
-    return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills)   "
-            f"BWT {m['bwt']:+.3f}   forgetting {m['forgetting']:.3f} (learned skills)")
-
-
-def _store_baselines(catalog, job_ids: list[int], naive: dict) -> None:
-    """Keep the naive baseline on every pack this run's jobs made, where build_report finds it,
-    so `skillstore report --pack P` (any format) shows it beside the routed matrix."""
-    from .demo_forgetting import NAIVE
-
-    if not naive.get("accuracy_matrix"):
-        return
-    doc = {k: v for k, v in naive.items() if k != "metrics"}  # reports recompute the metrics
-    with catalog.session() as s:
-        for job in s.scalars(sa.select(Job).where(Job.id.in_(job_ids))):
-            pack = s.get(SkillPack, job.pack_id) if job.pack_id is not None else None
-            if pack is not None:  # a new dict: the JSON column sees the change
-                metrics = dict(pack.metrics or {})
-                metrics["baselines"] = {**metrics.get("baselines", {}), NAIVE: doc}
-                pack.metrics = metrics
-        s.commit()
 
 
 def _html_report(catalog, settings: Settings):
@@ -180,12 +145,68 @@ def _held_out_lines(doc: dict) -> list[str]:
     return lines
 
 
+def _metrics_line(name: str, doc: dict) -> str:
+    m = doc.get("metrics") or {}
+    acc = m.get("average_accuracy")
+    acc_text = "—" if acc is None else f"{acc:.3f}"
+    if m.get("bwt") is None:
+        return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills); needs two "
+                "learned skills for BWT and forgetting")
+    return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills)   "
+            f"BWT {m['bwt']:+.3f}   forgetting {m['forgetting']:.3f} (learned skills)")
+
+
+def _methods_table(doc: dict) -> Table:
+    """Each method's final-row figures from the experiment report (one seed: no intervals)."""
+    table = Table(title=f"Methods (experiment {doc['experiment']['id']}, seed "
+                  f"{', '.join(map(str, doc['methods'][0]['seeds']))}; lm-eval on the same "
+                  "test prompts)", title_justify="left")
+    for col in ("method", "avg accuracy", "BWT", "forgetting", "bytes per skill"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for m in doc["methods"]:
+        table.add_row(m["label"], *(f"{m[k]['mean']:+.3f}" if k == "bwt" else
+                                    f"{m[k]['mean']:.3f}" for k in
+                                    ("average_accuracy", "bwt", "forgetting")),
+                      f"{m['bytes_per_skill']['mean']:,.0f}")
+    return table
+
+
+def _paired_lines(doc: dict) -> list[str]:
+    return [f"{c['graft']} - {c['baseline']} on the final row: {c['difference']:+.3f} "
+            f"[{c['low']:+.3f}, {c['high']:+.3f}] (paired bootstrap, n={c['n']} skills; "
+            f"{c['test']} p={c['p_value']:.3g}, Holm {c['holm_p']:.3g})"
+            for c in doc["paired_tests"]["comparisons"]]
+
+
+def _adopt_on_finish(catalog, settings: Settings, adopted: list):
+    """on_finished for follow_runs: when the graft run succeeds, put its packs through the
+    gate in order (experiments.adopt), a bar line of its own, while the others still train."""
+    from ..experiments.adopt import adopt_run
+
+    def on_finished(run, bar) -> None:
+        if run.method != "graft" or run.status != JobStatus.succeeded:
+            return
+        task = bar.add_task(f"adopt run {run.id}'s packs through the gate", total=1.0,
+                            state="")
+        with catalog.session() as s, open(settings.home / "eval.log", "a") as quiet, \
+                redirect_stderr(quiet):
+            adopted.extend(adopt_run(
+                s, settings, catalog.blobs, s.get(type(run), run.id),
+                progress=lambda name, done: bar.update(task, completed=done, state=name)))
+        bar.update(task, completed=1.0, state=f"{sum(a.verdict == 'promoted' for a in adopted)}"
+                   f" of {len(adopted)} promoted")
+    return on_finished
+
+
 def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: float = 1800) -> None:
-    """Build, learn through a real worker, and report; a second run reuses everything it can."""
+    """Run the built-in `demo` experiment on a real worker, adopt its graft run's packs through
+    the gate, and report; a second run reuses the experiment and everything it decided."""
+    from ..experiments.adopt import adopt_run
+    from ..experiments.catalog import get_experiment
+    from ..experiments.report import build_experiment_report, render_experiment_report
     from ..zoo import build_zoo, register_zoo
-    from .demo_forgetting import naive_sequential, routed_matrix
     from .demo_templates import template_report
-    from .job_watch import follow_jobs
+    from .job_watch import follow_runs
 
     for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
                 "HF_HUB_DISABLE_PROGRESS_BARS"):
@@ -197,59 +218,60 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     console = Console()
     t0 = time.perf_counter()
+    spec = _demo_spec(skills)
     catalog = init_workspace(settings)
     console.print(f"[bold]workspace[/] {settings.home}  (catalog, blobs and broker all embedded)")
     with console.status("building the tiny zoo (cached after the first run)..."):
         zoo = build_zoo(settings.home)
-    names = skills or list(zoo.load_curriculum().skills)
     with catalog.session() as s:
         register_zoo(s, catalog.blobs, zoo, base=BASE)
+        experiment, queued = _experiment(s, settings, spec, catalog.blobs)
+        experiment_id = experiment.id
+        runs = ", ".join(f"{r.method}/{r.seed}" for r in experiment.runs)
     console.print(f"zoo ready in {time.perf_counter() - t0:.0f}s: target {zoo.target.name}, "
-                  f"source {', '.join(zoo.sources)}; skills {', '.join(names)}")
-    job_ids = _queue_missing(catalog, settings, names)
-    with catalog.session() as s:
-        ordered = [s.scalar(sa.select(Skill).where(Skill.name == n)) for n in names]
-    worker = spawn_worker(settings, concurrency=1, log_path=settings.home / "worker.log")
-    # The baseline trains in this process while the worker learns: two cores, two trainers.
-    pool = ThreadPoolExecutor(max_workers=1)
-    naive_future = pool.submit(naive_sequential, settings, zoo.target, ordered, TRAIN,
-                               limit=EVAL_LIMIT)
+                  f"source {', '.join(zoo.sources)}")
+    names = ", ".join(stage.name for stage in spec.skills)
+    console.print(f"experiment {experiment_id} ({SPEC} spec: {names}) "
+                  f"{'queued' if queued else 'reused'}: runs {runs}")
+    adopted: list = []
+    worker = spawn_worker(settings, concurrency=CONCURRENCY,
+                          log_path=settings.home / "worker.log")
     try:
-        t_jobs = time.perf_counter()
-        final = follow_jobs(catalog, job_ids, timeout=timeout, console=console)
-        console.print(f"jobs finished in {time.perf_counter() - t_jobs:.0f}s "
+        t_runs = time.perf_counter()
+        final = follow_runs(catalog, experiment_id, timeout=timeout, console=console,
+                            on_finished=_adopt_on_finish(catalog, settings, adopted))
+        console.print(f"runs finished in {time.perf_counter() - t_runs:.0f}s "
                       f"(worker log: {settings.home / 'worker.log'})")
     finally:
         stop_worker(worker)
-    failed = [j for j, st in final.items() if st != JobStatus.succeeded]
     with catalog.session() as s:
+        doc = build_experiment_report(s, get_experiment(s, experiment_id))
         base = get_base(s, BASE)
+        if not adopted:  # a reused experiment: its packs were judged by the first demo
+            graft = next((r for r in get_experiment(s, experiment_id).runs
+                          if r.method == "graft" and final.get(r.id) == JobStatus.succeeded),
+                         None)
+            if graft is not None:
+                with open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
+                    adopted = adopt_run(s, settings, catalog.blobs, graft)
+        console.print(_methods_table(doc))
+        for m in doc["methods"]:
+            console.print(_matrix_table(f"{m['label']}: R[i][j] = lm-eval score on skill j "
+                                        "after stage i", m["skills"], m["accuracy_matrix"]))
+        for line in _paired_lines(doc):
+            console.print(line)
         console.print(_lineage(s, base))
-        for j in failed:
-            job = s.get(Job, j)
-            console.print(f"[red]job {j} {job.status.value}[/] in {job.stage}: {job.error}")
-        # The baseline's lm-eval runs finish before the routed ones start: one lm-eval at a time.
-        with console.status("naive sequential fine-tuning baseline (cached after the first "
-                            "run)..."):
-            naive = naive_future.result()
-            pool.shutdown()
-        with console.status("measuring the accuracy matrix of the states..."), \
-                open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
-            routed = routed_matrix(s, settings, base, limit=EVAL_LIMIT)
+        for a in adopted:
+            colour = {"promoted": "green", "skipped": "dim"}.get(a.verdict, "red")
+            console.print(f"[{colour}]{a.name} {a.verdict}[/]: {a.summary}", highlight=False)
         packs_table, _ = _packs_table(s, base)
         with console.status("scoring the head state by prompt template, and its tag "
                             "oracle..."), \
                 open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
             templates = template_report(s, settings, base, zoo.load_curriculum(),
-                                        limit=EVAL_LIMIT)
+                                        limit=spec.eval_limit)
         promoted = s.scalar(sa.select(sa.func.count()).select_from(SkillPack)
                             .where(SkillPack.status == PackStatus.promoted))
-    _store_baselines(catalog, job_ids, naive)
-    console.print(_matrix_table(
-        "Routed SkillPack state: R[i][j] = lm-eval score on skill j after stage i", routed))
-    console.print(_matrix_table("Naive sequential fine-tuning (same lm-eval suites)", naive))
-    console.print(_metrics_line("routed SkillPack state", routed))
-    console.print(_metrics_line("naive sequential fine-tuning", naive))
     if templates is not None:
         out = settings.home / "reports" / "demo_templates.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +280,11 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
         for line in _held_out_lines(templates):
             console.print(line)
     console.print(packs_table)
+    report = settings.home / "reports" / "demo-experiment.html"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_experiment_report(doc, "html"), encoding="utf-8")
     html = _html_report(catalog, settings)
-    console.print(f"{promoted} pack(s) promoted. HTML report: {html}")
+    console.print(f"{promoted} pack(s) promoted. HTML reports: {report} (the methods), "
+                  f"{html} (the promoted state)")
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
     catalog.close()

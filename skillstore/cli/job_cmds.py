@@ -1,4 +1,5 @@
-"""CLI for learning jobs: queue, start a worker, wait with a progress bar, cancel, retry, demo."""
+"""CLI for learning jobs: queue, start a worker, wait with a progress bar, cancel, retry; and
+the demo."""
 
 from __future__ import annotations
 
@@ -161,7 +162,9 @@ def worker(
 
 def demo(skills: str = typer.Option("", help="Comma-separated curriculum skills (default: all)."),
          timeout: float = typer.Option(1800, help="Give up after this many seconds.")) -> None:
-    """The whole service on the embedded default: zoo, worker, jobs, lineage, forgetting report."""
+    """The whole service on the embedded default: the zoo, the built-in `demo` experiment
+    (graft, naive_ft, multi_lora) on a real worker, its graft packs adopted through the gate,
+    the methods compared, lineage and reports."""
     from .demo import run_demo
 
     run_demo(get_settings(), skills=[s for s in skills.split(",") if s] or None, timeout=timeout)

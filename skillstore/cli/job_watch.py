@@ -1,14 +1,16 @@
-"""Follow learning jobs from the catalog with a live rich progress bar per job."""
+"""Follow learning jobs, or an experiment's runs, from the catalog with a live rich progress
+bar per job or run."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..catalog import JobStatus, get_job
+from ..catalog.models import ExperimentRun
 from ..errors import JobError
 
 POLL_S = 0.5
@@ -61,4 +63,49 @@ def follow_jobs(catalog, job_ids: Sequence[int], *, timeout: float | None = None
                 waiting = sorted(set(job_ids) - set(final))
                 raise JobError(f"Timed out waiting for job(s) {', '.join(map(str, waiting))}; "
                                "is a worker running? Start one with `skillstore worker`.")
+            time.sleep(POLL_S)
+
+
+def follow_runs(catalog, experiment_id: int, *, timeout: float | None = None,
+                console: Console | None = None,
+                on_finished: Callable[[ExperimentRun, Progress], None] | None = None
+                ) -> dict[int, JobStatus]:
+    """Poll an experiment's runs until every one has finished, a line per run with its status
+    and time; returns each run's final status. ``on_finished(run, bar)`` is called once for
+    each run as it finishes (the demo adopts the graft run's packs there, while the others
+    still train), with the bar to add its own line to."""
+    from ..experiments.catalog import get_experiment
+
+    console = console or Console()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    final: dict[int, JobStatus] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks = {}
+        while True:
+            finished = []
+            with catalog.session() as session:
+                for run in get_experiment(session, experiment_id).runs:
+                    if run.id not in tasks:
+                        tasks[run.id] = bar.add_task(f"run {run.id} {run.method} (seed "
+                                                     f"{run.seed})", total=None, state="")
+                    status = JobStatus(run.status)
+                    if status.finished and run.id not in final:
+                        final[run.id] = status
+                        bar.update(tasks[run.id], total=1.0, completed=1.0,
+                                   state=status.value + (f": {run.error}" if run.error else ""))
+                        bar.stop_task(tasks[run.id])
+                        finished.append(run)
+                    elif not status.finished:
+                        bar.update(tasks[run.id], state=status.value)
+                session.expunge_all()
+            for run in finished:
+                if on_finished is not None:
+                    on_finished(run, bar)
+            if tasks and len(final) == len(tasks):
+                return final
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobError(f"Timed out waiting for experiment {experiment_id}'s runs; is a "
+                               "worker running? Start one with `skillstore worker`.")
             time.sleep(POLL_S)

@@ -255,34 +255,6 @@ def test_report_pack_json_carries_the_packs_baselines(catalog, judged):
     assert seq["forgetting"] == pytest.approx(0.6)
 
 
-def test_the_demo_stores_its_baseline_where_any_pack_report_finds_it(catalog, attempted):
-    from skillstore.catalog import create_job
-    from skillstore.catalog.models import Job
-    from skillstore.cli.demo import _store_baselines
-    from skillstore.cli.demo_forgetting import NAIVE
-
-    naive = {"skills": ["alpha", "beta", "gamma", "delta"], "scorer": "lm-eval",
-             "accuracy_matrix": [[0.9, 0.1, 0.1, 0.1], [0.5, 0.9, 0.1, 0.1],
-                                 [0.4, 0.5, 0.9, 0.1], [0.3, 0.4, 0.5, 0.9]],
-             "metrics": {"average_accuracy": 1.0}}
-    with catalog.session() as s:
-        ids = []
-        for skill in ("alpha", "beta"):  # one job per pack, as the demo queues them
-            job = create_job(s, kind="learn", request={})
-            s.get(Job, job.id).pack_id = attempted["packs"][skill]
-            ids.append(job.id)
-        s.commit()
-    _store_baselines(catalog, ids, naive)
-    for skill in ("alpha", "beta"):  # promoted, and rejected (reported on its candidate)
-        doc = _cli_json("report", "--pack", str(attempted["packs"][skill]), "--format", "json")
-        row = doc["baselines"][NAIVE]
-        assert row["scorer"] == "lm-eval" and row["accuracy_matrix"] == naive["accuracy_matrix"]
-        assert row["average_accuracy"] == pytest.approx((0.3 + 0.4 + 0.5 + 0.9) / 4)
-    # a state report finds it on any pack of its history, not only on its last pack
-    doc = _cli_json("report", "--state", str(attempted["state"]), "--format", "json")
-    assert doc["baselines"][NAIVE]["same_skills"]
-
-
 CHECKS = [{"suite": "delta", "kind": "gain", "estimate": 0.05, "low": 0.01, "high": 0.09,
            "test": "mcnemar-exact", "p_value": 0.02, "n": 100, "status": "passed",
            "confidence": 0.95, "threshold": 0.0},

@@ -171,3 +171,46 @@ def test_unclaimed_runs_are_queued_ones_sent_long_ago_that_no_worker_took(sessio
     assert unclaimed_runs(session, 60) == [session.get(ExperimentRun, stranded.id)]
     mark_sent(session, [session.get(ExperimentRun, stranded.id)])  # sent again: quiet anew
     assert unclaimed_runs(session, 60) == []
+
+
+def test_following_an_experiment_calls_back_once_for_each_run_as_it_finishes(tmp_path):
+    from rich.console import Console
+
+    from skillstore.catalog import add_skill, init_workspace, register_base
+    from skillstore.cli.job_watch import follow_runs
+    from skillstore.settings import Settings
+
+    catalog = init_workspace(Settings(home=tmp_path / "home"))
+    with catalog.session() as s:
+        register_base(s, name="tiny", uri="/models/tiny", architecture="LlamaForCausalLM",
+                      fingerprint="sha256:" + "0" * 64)
+        for name in ("arith", "sort"):
+            add_skill(s, name=name, suite=f"{name}_suite", description=name)
+        experiment = create_experiment(s, parse_spec(spec_doc(seeds=[0])))
+        first, second = (r.id for r in experiment.runs)
+        begin_run(s, first)
+        fail_run(s, first, "out of memory")
+        s.commit()
+        exp_id = experiment.id
+    seen = []
+
+    def finished(run, bar) -> None:  # the second run finishes only after the first was seen
+        seen.append((run.id, run.status, run.error))
+        if run.id == first:
+            with catalog.session() as s:
+                begin_run(s, second)
+                finish_run(s, second, {"method": "joint"})
+                s.commit()
+
+    final = follow_runs(catalog, exp_id, timeout=30, console=Console(file=open(  # noqa: SIM115
+        tmp_path / "out.txt", "w")), on_finished=finished)
+    assert final == {first: F, second: S}
+    assert seen == [(first, F, "out of memory"), (second, S, None)]
+    # nothing finishes: it gives up after the timeout, naming the experiment
+    with catalog.session() as s:
+        waiting = create_experiment(s, parse_spec(spec_doc(seeds=[1]))).id
+        s.commit()
+    with pytest.raises(JobError, match=f"experiment {waiting}'s runs"):
+        follow_runs(catalog, waiting, timeout=0.1, console=Console(file=open(  # noqa: SIM115
+            tmp_path / "out2.txt", "w")))
+    catalog.close()
