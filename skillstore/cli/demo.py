@@ -178,34 +178,46 @@ def _paired_lines(doc: dict) -> list[str]:
             for c in doc["paired_tests"]["comparisons"]]
 
 
-def _adopt_on_finish(catalog, settings: Settings, adopted: list):
-    """on_finished for follow_runs: when the graft run succeeds, put its packs through the
-    gate in order (experiments.adopt), a bar line of its own, while the others still train."""
+def _adopt_and_score(catalog, settings: Settings, run_id: int, curriculum, limit: int | None,
+                     progress=None) -> dict:
+    """Adopt the graft run ``run_id`` (experiments.adopt: its packs through the gate, in
+    order), then score the head it leaves by kind of prompt template (demo_templates)."""
+    from ..catalog.models import ExperimentRun
     from ..experiments.adopt import adopt_run
+    from .demo_templates import template_report
 
+    with catalog.session() as s, open(settings.home / "eval.log", "a") as quiet, \
+            redirect_stderr(quiet):
+        adopted = adopt_run(s, settings, catalog.blobs, s.get(ExperimentRun, run_id),
+                            progress=progress)
+        if progress is not None:
+            progress("the head by prompt template", 1.0)
+        templates = template_report(s, settings, get_base(s, BASE), curriculum, limit=limit)
+    return {"adopted": adopted, "templates": templates}
+
+
+def _adopt_on_finish(catalog, settings: Settings, curriculum, limit: int | None, out: dict):
+    """on_finished for follow_runs: when the graft run succeeds, adopt it and score the head
+    (`_adopt_and_score`), a bar line of its own, while the other runs still train."""
     def on_finished(run, bar) -> None:
         if run.method != "graft" or run.status != JobStatus.succeeded:
             return
         task = bar.add_task(f"adopt run {run.id}'s packs through the gate", total=1.0,
                             state="")
-        with catalog.session() as s, open(settings.home / "eval.log", "a") as quiet, \
-                redirect_stderr(quiet):
-            adopted.extend(adopt_run(
-                s, settings, catalog.blobs, s.get(type(run), run.id),
-                progress=lambda name, done: bar.update(task, completed=done, state=name)))
-        bar.update(task, completed=1.0, state=f"{sum(a.verdict == 'promoted' for a in adopted)}"
-                   f" of {len(adopted)} promoted")
+        out.update(_adopt_and_score(
+            catalog, settings, run.id, curriculum, limit,
+            progress=lambda name, done: bar.update(task, completed=done, state=name)))
+        promoted = sum(a.verdict == "promoted" for a in out["adopted"])
+        bar.update(task, completed=1.0, state=f"{promoted} of {len(out['adopted'])} promoted")
     return on_finished
 
 
 def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: float = 1800) -> None:
     """Run the built-in `demo` experiment on a real worker, adopt its graft run's packs through
     the gate, and report; a second run reuses the experiment and everything it decided."""
-    from ..experiments.adopt import adopt_run
     from ..experiments.catalog import get_experiment
     from ..experiments.report import build_experiment_report, render_experiment_report
     from ..zoo import build_zoo, register_zoo
-    from .demo_templates import template_report
     from .job_watch import follow_runs
 
     for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS",
@@ -233,27 +245,28 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     names = ", ".join(stage.name for stage in spec.skills)
     console.print(f"experiment {experiment_id} ({SPEC} spec: {names}) "
                   f"{'queued' if queued else 'reused'}: runs {runs}")
-    adopted: list = []
+    adoption: dict = {}
     worker = spawn_worker(settings, concurrency=CONCURRENCY,
                           log_path=settings.home / "worker.log")
     try:
         t_runs = time.perf_counter()
         final = follow_runs(catalog, experiment_id, timeout=timeout, console=console,
-                            on_finished=_adopt_on_finish(catalog, settings, adopted))
+                            on_finished=_adopt_on_finish(catalog, settings, zoo.load_curriculum(),
+                                                         spec.eval_limit, adoption))
         console.print(f"runs finished in {time.perf_counter() - t_runs:.0f}s "
                       f"(worker log: {settings.home / 'worker.log'})")
     finally:
         stop_worker(worker)
     with catalog.session() as s:
         doc = build_experiment_report(s, get_experiment(s, experiment_id))
+        graft = next((r.id for r in get_experiment(s, experiment_id).runs
+                      if r.method == "graft" and final.get(r.id) == JobStatus.succeeded), None)
+    if not adoption and graft is not None:  # a reused experiment: its verdicts are kept
+        adoption = _adopt_and_score(catalog, settings, graft, zoo.load_curriculum(),
+                                    spec.eval_limit)
+    adopted, templates = adoption.get("adopted", []), adoption.get("templates")
+    with catalog.session() as s:
         base = get_base(s, BASE)
-        if not adopted:  # a reused experiment: its packs were judged by the first demo
-            graft = next((r for r in get_experiment(s, experiment_id).runs
-                          if r.method == "graft" and final.get(r.id) == JobStatus.succeeded),
-                         None)
-            if graft is not None:
-                with open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
-                    adopted = adopt_run(s, settings, catalog.blobs, graft)
         console.print(_methods_table(doc))
         for m in doc["methods"]:
             console.print(_matrix_table(f"{m['label']}: R[i][j] = lm-eval score on skill j "
@@ -262,14 +275,9 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
             console.print(line)
         console.print(_lineage(s, base))
         for a in adopted:
-            colour = {"promoted": "green", "skipped": "dim"}.get(a.verdict, "red")
+            colour = "green" if a.verdict == "promoted" else "red"
             console.print(f"[{colour}]{a.name} {a.verdict}[/]: {a.summary}", highlight=False)
         packs_table, _ = _packs_table(s, base)
-        with console.status("scoring the head state by prompt template, and its tag "
-                            "oracle..."), \
-                open(settings.home / "eval.log", "a") as quiet, redirect_stderr(quiet):
-            templates = template_report(s, settings, base, zoo.load_curriculum(),
-                                        limit=spec.eval_limit)
         promoted = s.scalar(sa.select(sa.func.count()).select_from(SkillPack)
                             .where(SkillPack.status == PackStatus.promoted))
     if templates is not None:
