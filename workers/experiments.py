@@ -22,7 +22,7 @@ from skillstore.experiments.catalog import (
     claim_run,
     fail_run,
     finish_run,
-    run_stopped,
+    report_progress,
 )
 from skillstore.experiments.queue import resume_orphan_runs
 from skillstore.jobqueue import EXPERIMENT_RUN_TASK
@@ -68,8 +68,9 @@ def resume_orphans(**_kwargs) -> None:
 
 
 def _checker(run_id: int):
-    """progress(stage, fraction) for the executor: at most once a second, it looks whether
-    the run was cancelled and raises RunCancelled if so (best effort when the DB is busy)."""
+    """progress(stage, fraction) for the executor: at most once a second, it records the
+    run's step and fraction done, and raises RunCancelled when the run was cancelled (best
+    effort when the DB is busy)."""
     last = [0.0]
 
     def check(stage: str, fraction: float) -> None:
@@ -79,7 +80,8 @@ def _checker(run_id: int):
         last[0] = now
         try:
             with Session(progress_engine()) as s:
-                stopped = run_stopped(s, run_id)
+                stopped = report_progress(s, run_id, stage, fraction)
+                s.commit()
         except sa.exc.OperationalError:
             return
         if stopped:

@@ -211,6 +211,9 @@ class ExperimentRunOut(Out):
                                           "matrix, metrics, bytes per skill (docs/experiments.md).")
     job_id: int | None
     state_id: int | None
+    stage: str | None = Field(description="While running: the step the method is in.")
+    progress: float | None = Field(description="While running: the fraction of the run done, "
+                                               "as the worker last reported it.")
     started_at: datetime | None
     finished_at: datetime | None
 

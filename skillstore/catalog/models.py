@@ -320,6 +320,10 @@ class ExperimentRun(Record):
     # When the run's message was last sent: a queued run sent long ago that no worker claimed
     # may have lost its message with a worker killed before the claim (workers/unclaimed.py)
     sent_at: Mapped[datetime | None]
+    # While running: the step the method is in and the fraction of the run done, as the
+    # worker last reported them (at most once a second); for progress bars.
+    stage: Mapped[str | None] = mapped_column(sa.String(64))
+    progress: Mapped[float | None]
 
     experiment: Mapped[Experiment] = relationship(lazy="raise", back_populates="runs")
 

@@ -75,6 +75,7 @@ def run_dict(r: ExperimentRun) -> dict:
     return {"id": r.id, "method": r.method, "seed": r.seed, "status": r.status,
             "error": r.error, "result": r.result, "job_id": r.job_id, "state_id": r.state_id,
             "owner": {"host": r.owner_host, "pid": r.owner_pid} if r.owner_host else None,
+            "stage": r.stage, "progress": r.progress,
             "started_at": r.started_at, "finished_at": r.finished_at}
 
 

@@ -163,12 +163,16 @@ def _methods_table(doc: dict) -> Table:
                   "test prompts)", title_justify="left")
     for col in ("method", "avg accuracy", "BWT", "forgetting", "bytes per skill"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    for m in doc["methods"]:
-        table.add_row(m["label"], *(f"{m[k]['mean']:+.3f}" if k == "bwt" else
-                                    f"{m[k]['mean']:.3f}" for k in
-                                    ("average_accuracy", "bwt", "forgetting")),
-                      f"{m['bytes_per_skill']['mean']:,.0f}")
+    for m in doc["methods"]:  # BWT and forgetting are None with a single skill
+        table.add_row(m["label"], *(_mean(m[k], fmt) for k, fmt in (
+            ("average_accuracy", ".3f"), ("bwt", "+.3f"), ("forgetting", ".3f"),
+            ("bytes_per_skill", ",.0f"))))
     return table
+
+
+def _mean(stat: dict | None, fmt: str) -> str:
+    mean = (stat or {}).get("mean")
+    return "—" if mean is None else format(mean, fmt)
 
 
 def _paired_lines(doc: dict) -> list[str]:

@@ -70,10 +70,10 @@ def follow_runs(catalog, experiment_id: int, *, timeout: float | None = None,
                 console: Console | None = None,
                 on_finished: Callable[[ExperimentRun, Progress], None] | None = None
                 ) -> dict[int, JobStatus]:
-    """Poll an experiment's runs until every one has finished, a line per run with its status
-    and time; returns each run's final status. ``on_finished(run, bar)`` is called once for
-    each run as it finishes (the demo adopts the graft run's packs there, while the others
-    still train), with the bar to add its own line to."""
+    """Poll an experiment's runs until every one has finished, a bar per run with the step
+    and fraction its worker last reported; returns each run's final status.
+    ``on_finished(run, bar)`` is called once for each run as it finishes (the demo adopts the
+    graft run's packs there, while the others still train), with the bar to add a line to."""
     from ..experiments.catalog import get_experiment
 
     console = console or Console()
@@ -97,6 +97,9 @@ def follow_runs(catalog, experiment_id: int, *, timeout: float | None = None,
                                    state=status.value + (f": {run.error}" if run.error else ""))
                         bar.stop_task(tasks[run.id])
                         finished.append(run)
+                    elif status == JobStatus.running and run.progress is not None:
+                        bar.update(tasks[run.id], total=1.0, completed=run.progress,
+                                   state=run.stage or "starting")
                     elif not status.finished:
                         bar.update(tasks[run.id], state=status.value)
                 session.expunge_all()

@@ -138,6 +138,7 @@ def begin_run(session: Session, run_id: int) -> ExperimentRun | None:
     if JobStatus(run.status).finished:
         return None
     run.status, run.error, run.started_at = JobStatus.running, None, utcnow()
+    run.stage, run.progress = None, 0.0
     refresh_status(session, run.experiment_id)
     return run
 
@@ -221,6 +222,16 @@ def fail_run(session: Session, run_id: int, error: str) -> bool:
     """Mark a run failed with a one-line error; the experiment's other runs go on."""
     line = error.strip().splitlines()[0] if error.strip() else "failed"
     return _finish(session, run_id, status=JobStatus.failed, error=line)
+
+
+def report_progress(session: Session, run_id: int, stage: str, fraction: float) -> bool:
+    """Record a running run's step and fraction done (flushed in the caller's transaction);
+    returns True, and writes nothing, when the run is no longer running (cancelled, or
+    finished meanwhile): what the running task stops on."""
+    done = session.execute(sa.update(ExperimentRun).where(
+        ExperimentRun.id == run_id, ExperimentRun.status == JobStatus.running).values(
+        stage=stage[:64], progress=min(1.0, max(0.0, float(fraction)))))
+    return done.rowcount == 0
 
 
 def run_stopped(session: Session, run_id: int) -> bool:

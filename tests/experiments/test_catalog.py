@@ -26,6 +26,7 @@ from skillstore.experiments.catalog import (
     list_experiments,
     mark_sent,
     orphaned_runs,
+    report_progress,
     requeue_run,
     run_stopped,
     unclaimed_runs,
@@ -171,6 +172,28 @@ def test_unclaimed_runs_are_queued_ones_sent_long_ago_that_no_worker_took(sessio
     assert unclaimed_runs(session, 60) == [session.get(ExperimentRun, stranded.id)]
     mark_sent(session, [session.get(ExperimentRun, stranded.id)])  # sent again: quiet anew
     assert unclaimed_runs(session, 60) == []
+
+
+def test_a_running_run_reports_its_step_and_stops_once_cancelled(session, spec):
+    experiment = create_experiment(session, spec)
+    a, b = (r.id for r in experiment.runs[:2])
+    assert report_progress(session, a, "reverse:train", 0.3)  # queued: not running, no write
+    assert session.get(ExperimentRun, a).progress is None
+    begin_run(session, a)
+    assert (session.get(ExperimentRun, a).stage, session.get(ExperimentRun, a).progress) == (
+        None, 0.0)
+    assert not report_progress(session, a, "reverse:train", 0.3)
+    session.expire_all()
+    run = session.get(ExperimentRun, a)
+    assert (run.stage, run.progress) == ("reverse:train", 0.3)
+    assert not report_progress(session, a, "x" * 80, 1.7)  # clipped to the column and to 1
+    session.expire_all()
+    assert (len(run.stage), run.progress) == (64, 1.0)
+    cancel_experiment(session, experiment.id)
+    assert report_progress(session, a, "sort:train", 0.6)  # cancelled: the task stops on it
+    session.expire_all()
+    assert session.get(ExperimentRun, a).stage == "x" * 64  # and nothing was written
+    assert session.get(ExperimentRun, b).progress is None
 
 
 def test_following_an_experiment_calls_back_once_for_each_run_as_it_finishes(tmp_path):
