@@ -101,8 +101,8 @@ def _packs_table(session, base) -> tuple[Table, list[dict]]:
 
 
 def _html_report(catalog, settings: Settings):
-    """The head state's report from skillstore.reports, the baselines beside it (read from
-    the packs, as `skillstore report` reads them)."""
+    """The head state's report from skillstore.reports, as `skillstore report --state`
+    renders it."""
     from ..catalog import current_head, get_state
     from ..reports.data import build_report
     from ..reports.render import render_report

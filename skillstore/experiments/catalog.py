@@ -232,9 +232,3 @@ def report_progress(session: Session, run_id: int, stage: str, fraction: float) 
         ExperimentRun.id == run_id, ExperimentRun.status == JobStatus.running).values(
         stage=stage[:64], progress=min(1.0, max(0.0, float(fraction)))))
     return done.rowcount == 0
-
-
-def run_stopped(session: Session, run_id: int) -> bool:
-    """Whether a run was cancelled (or otherwise finished) since it began."""
-    status = session.scalar(sa.select(ExperimentRun.status).where(ExperimentRun.id == run_id))
-    return status is None or JobStatus(status).finished

@@ -28,7 +28,6 @@ from skillstore.experiments.catalog import (
     orphaned_runs,
     report_progress,
     requeue_run,
-    run_stopped,
     unclaimed_runs,
 )
 
@@ -118,11 +117,11 @@ def test_cancel_stops_queued_and_running_runs_and_keeps_finished_ones(session, s
     begin_run(session, a)
     finish_run(session, a, {"accuracy_matrix": [[1.0]]})
     begin_run(session, b)
-    assert not run_stopped(session, b)
+    assert not report_progress(session, b, "arith:train", 0.5)
     cancelled = cancel_experiment(session, str(experiment.id))
     assert cancelled.status == C and cancelled.finished_at is not None
     assert [r.status for r in cancelled.runs] == [S, C, C, C]
-    assert run_stopped(session, b)  # what the running task looks at, and stops on
+    assert report_progress(session, b, "arith:train", 0.6)  # the running task stops on it
     assert not finish_run(session, b, {"late": True})  # a cancelled run keeps its status
     assert session.get(ExperimentRun, b).result is None
     assert begin_run(session, c) is None  # a queued message for a cancelled run does nothing
