@@ -41,6 +41,19 @@ PING_TASK, NOOP_TASK = "workers.ops.ping", "workers.ops.noop"
 # One experiment run (method, seed): it trains and evaluates models, so it runs on `gpu`.
 EXPERIMENT_RUN_TASK = "workers.experiments.run"
 
+# A worker that finishes a step while the broker restarts must still hand the chain on: retry
+# the publish for about two minutes (Celery's default gives up within a second, which left the
+# job running forever). `skillstore learn` passes its own short policy.
+PUBLISH_RETRY_POLICY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5,
+                        "interval_max": 2}
+
+
+def publish_window_s(policy: dict = PUBLISH_RETRY_POLICY) -> float:
+    """How long a publish retried under ``policy`` may go on: the sum of its waits."""
+    start, step, most = policy["interval_start"], policy["interval_step"], policy["interval_max"]
+    return sum(min(start + i * step, most) for i in range(policy["max_retries"]))
+
+
 TASK_ROUTES = {
     **{LEARN_TASKS[stage]: {"queue": STAGE_QUEUES[stage]} for stage in LEARN_STAGES},
     EXPERIMENT_RUN_TASK: {"queue": GPU_QUEUE},
@@ -72,11 +85,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_proc_alive_timeout": 120,
         "task_track_started": True,
         "broker_connection_retry_on_startup": True,
-        # A worker that finishes a step while the broker restarts must still hand the chain on:
-        # retry the publish for about two minutes (Celery's default gives up within a second,
-        # which left the job running forever). `skillstore learn` passes its own short policy.
-        "task_publish_retry_policy": {"max_retries": 60, "interval_start": 0.5,
-                                      "interval_step": 0.5, "interval_max": 2},
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
         "timezone": "UTC",

@@ -17,7 +17,10 @@ queue, and the transport records it as unacknowledged in a second command. A ser
 between the two has dropped the message before Celery ever saw it, and its job stays queued
 for ever (docs/reliability.md, bug 10). So after each reconnection one worker also looks for
 unfinished jobs and experiment runs that no message in Redis names, twice a few seconds apart,
-and sends those again from their next step.
+and sends those again from their next step. A job named only by a held message for a step it
+recorded is still being handed on: its worker finished the step during the outage and retries
+the next step's publish for up to two minutes. That worker is given the time; a look after it
+sends the job again only if the next message never came.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 
 import sqlalchemy as sa
@@ -33,7 +37,7 @@ from celery.worker import state
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from skillstore.errors import SkillstoreError
-from skillstore.jobqueue import EXPERIMENT_RUN_TASK, LEARN_TASKS, QUEUES
+from skillstore.jobqueue import EXPERIMENT_RUN_TASK, LEARN_TASKS, QUEUES, publish_window_s
 
 log = logging.getLogger(__name__)
 STAGE_OF = {task: stage for stage, task in LEARN_TASKS.items()}  # task name -> learning stage
@@ -96,7 +100,7 @@ class PutBackStranded(bootsteps.StartStopStep):
                         what)
         if getattr(c, "reconnected", False) and hasattr(channel, "unacked_key"):
             c.reconnected = False
-            resend_lost(channel)
+            resend_lost(channel, c.app)
 
 
 def named(raw: bytes | str) -> tuple[str, int] | None:
@@ -155,10 +159,15 @@ def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
     return jobs, held, runs
 
 
-def resend_lost(channel) -> None:
-    """Send again the unfinished jobs and runs that no message names, looking twice."""
+def resend_lost(channel, app=None, *, final: bool = False) -> None:
+    """Send again the unfinished jobs and runs that no message names, looking twice.
+
+    A job whose only message is a held one for a step it recorded is handing on: its worker
+    may still be retrying the next step's publish (``jobqueue.publish_window_s``). Unless this
+    is the ``final`` look, such a job is left alone, and ``app`` looks again once that window
+    has passed, on a connection of its own."""
     from skillstore.experiments.queue import resend_unreferenced_runs
-    from skillstore.pipeline.lifecycle import next_stage, resend_unreferenced
+    from skillstore.pipeline.lifecycle import next_stage, send_chain, unreferenced_jobs
 
     from .learn import catalog
 
@@ -173,13 +182,36 @@ def resend_lost(channel) -> None:
             held.setdefault(job_id, set()).update(stages)
         cat = catalog()
         with cat.session() as s:
-            for job in resend_unreferenced(s, cat.settings, jobs | later_jobs, held):
+            lost, handing_on = unreferenced_jobs(s, jobs | later_jobs, held)
+            if final:
+                lost, handing_on = sorted(lost + handing_on, key=lambda job: job.id), []
+            for job in lost:
+                send_chain(s, cat.settings, job, next_stage(job))
                 log.warning("resent job %s from %s: the broker lost its message",
                             job.id, next_stage(job))
             for run in resend_unreferenced_runs(s, cat.settings, runs | later_runs):
                 log.warning("resent experiment run %s: the broker lost its message", run.id)
             s.commit()
+        if handing_on and app is not None:
+            wait_s = publish_window_s() + SETTLE_S
+            log.warning("jobs %s finished a step as the broker went away; looking again in "
+                        "%.0f s, once their workers have had time to send the next one",
+                        ", ".join(str(job.id) for job in handing_on), wait_s)
+            later = threading.Timer(wait_s, look_again, args=(app,))
+            later.daemon = True
+            later.start()
     except (SkillstoreError, sa.exc.OperationalError) as exc:
         log.warning("cannot look for jobs whose message the broker lost: %s", exc)
     finally:
         client.delete(SWEEP_KEY)
+
+
+def look_again(app) -> None:
+    """The final look for jobs whose message the broker lost, on a connection of its own (it
+    runs on a timer's thread, beside the consumer's)."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=3)
+            resend_lost(conn.default_channel, final=True)
+    except Exception as exc:  # a thread's error would be printed and lost: say what it means
+        log.warning("cannot look again for jobs whose message the broker lost: %r", exc)

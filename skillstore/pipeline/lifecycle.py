@@ -234,27 +234,46 @@ def next_stage(job: Job) -> str:
     return next((stage for stage in STAGES if stage not in done), STAGES[-1])
 
 
-def resend_unreferenced(session: Session, settings: Settings, referenced: set[int],
-                        held: dict[int, set[str]] | None = None) -> list[Job]:
-    """Send again, from their next step, the unfinished jobs that no message in the broker
-    keeps going: ``referenced`` holds the job ids that some queued message names, ``held``
-    the steps of each job that a worker took and has not acknowledged.
+def unreferenced_jobs(session: Session, referenced: set[int],
+                      held: dict[int, set[str]] | None = None) -> tuple[list[Job], list[Job]]:
+    """The unfinished jobs that no message in the broker keeps going, in two kinds:
+    ``referenced`` holds the job ids that some queued message names, ``held`` the steps of each
+    job that a worker took and has not acknowledged.
 
-    A broker that loses a message it was handing over (Redis popped it, then went away before
-    the consumer could record it as unacknowledged) leaves its job queued for ever; nothing
-    else would send it again. A held message for a step the job has recorded keeps nothing
-    going either: its worker finished the step, but the broker went away before the ack and
-    the next step's message reached it, and Redis hands a held message back only after its
-    visibility timeout (hours). The steps are idempotent, so a job sent twice finishes once.
+    - lost: no message names the job. A broker that loses a message it was handing over (Redis
+      popped it, then went away before the consumer could record it as unacknowledged) leaves
+      its job queued for ever; nothing else would send it again.
+    - handing on: only held messages for steps the job has recorded name it. Its worker
+      finished the step and acknowledges only once the next step's message is sent, so that
+      message may still be on its way: a publish during a broker outage is retried for
+      ``jobqueue.publish_window_s()``. Past that, the job is lost too: its worker gave up or
+      died, and Redis hands a held message back only after its visibility timeout (hours).
     """
     held = held or {}
     rows = session.scalars(sa.select(Job).where(
         Job.kind == KIND, Job.status.in_([JobStatus.queued, JobStatus.running]),
         Job.id.not_in(referenced)).order_by(Job.id))
-    lost = [job for job in rows if not held.get(job.id, set()) - set(job.outputs)]
-    for job in lost:
+    lost, handing_on = [], []
+    for job in rows:
+        steps = held.get(job.id, set())
+        if not steps:
+            lost.append(job)
+        elif not steps - set(job.outputs):
+            handing_on.append(job)
+    return lost, handing_on
+
+
+def resend_unreferenced(session: Session, settings: Settings, referenced: set[int],
+                        held: dict[int, set[str]] | None = None) -> list[Job]:
+    """Send again, from their next step, the unfinished jobs that no message in the broker
+    keeps going (``unreferenced_jobs``: the lost ones and those handing on alike, so call it
+    once a handing-on job's worker has had its publish window). The steps are idempotent, so
+    a job sent twice finishes once."""
+    lost, handing_on = unreferenced_jobs(session, referenced, held)
+    jobs = sorted(lost + handing_on, key=lambda job: job.id)
+    for job in jobs:
         send_chain(session, settings, job, next_stage(job))
-    return lost
+    return jobs
 
 
 def unclaimed_jobs(session: Session, quiet_s: float) -> list[Job]:
