@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .catalog.models import Skill
 from .curriculum.validate import load_rows
+from .errors import DatasetError
 
 VAL_FRACTION = 0.1
 
@@ -24,10 +25,15 @@ def skill_rows(store, skill: Skill) -> tuple[list[dict], list[dict]]:
         return _carve(read_rows(store, skill.heldout["train_sha256"]), skill.name)
     if skill.data_sha256 and store.exists(skill.data_sha256):
         train = load_rows(store.local_path(skill.data_sha256))
-    else:
+    elif skill.data_uri:
         train = load_rows(skill.data_uri)
-    val_path = Path(skill.data_uri or "").with_name("validation.jsonl")
-    if skill.data_uri and val_path.is_file():
+    else:  # uploaded data (no file recorded) whose blob is gone
+        raise DatasetError(
+            f"Skill {skill.name!r} has no training data: its blob {skill.data_sha256 or '(none)'} "
+            f"is not in the blob store and no file is recorded; add the same file again "
+            f"(`skillstore skill add {skill.name} --data FILE --suite {skill.suite}`) to store it.")
+    val_path = Path(skill.data_uri).with_name("validation.jsonl") if skill.data_uri else None
+    if val_path is not None and val_path.is_file():
         return train, load_rows(val_path)
     return _carve(train, skill.name)
 

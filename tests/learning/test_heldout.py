@@ -189,6 +189,21 @@ def test_registered_skill_trains_on_the_training_half_only(catalog, tmp_path):
                                                          heldout["test_sha256"]}
 
 
+def test_a_skill_whose_uploaded_data_is_gone_names_the_skill_and_the_fix(catalog, tmp_path):
+    """Data stored as a blob with no file recorded (an upload), whose blob was then lost: one
+    line naming the skill and how to store the data again, not a TypeError on a None path."""
+    data = write_rows(tmp_path / "succ.jsonl", successor_rows(30))
+    with catalog.session() as s:
+        skill = register_skill_dataset(s, catalog.blobs, name="named", data=data,
+                                       suite="named", data_uri="")
+        assert len(skill_rows(catalog.blobs, skill)[0]) == 27
+        catalog.blobs.local_path(skill.data_sha256).unlink()
+        with pytest.raises(DatasetError, match=r"Skill 'named' has no training data: its blob "
+                           r"sha256:\w+ is not in the blob store .*`skillstore skill add named "
+                           r"--data FILE --suite named`"):
+            skill_rows(catalog.blobs, skill)
+
+
 def test_learn_accepts_a_heldout_skill_and_refuses_a_bare_task_name(catalog, tmp_path):
     data = write_rows(tmp_path / "succ.jsonl", successor_rows(300))
     register(catalog, data)
