@@ -91,7 +91,10 @@ def _run_row(r: dict) -> dict:
     metrics = result.get("metrics") or {}
     sizes = list((result.get("bytes_per_skill") or {}).values())
     seconds = result.get("seconds")
-    return {**r, "avg acc": _rounded(metrics.get("average_accuracy")),
+    status = r["status"].value
+    if r["status"] == JobStatus.running and r["stage"]:  # its step, as the worker reports it
+        status = r["stage"] + ("" if r["progress"] is None else f" {r['progress']:.0%}")
+    return {**r, "status": status, "avg acc": _rounded(metrics.get("average_accuracy")),
             "bwt": _rounded(metrics.get("bwt")),
             "bytes/skill": round(sum(sizes) / len(sizes)) if sizes else None,
             "secs": None if seconds is None else round(seconds), "state": r["state_id"]}
@@ -110,8 +113,8 @@ def _pack_rows(runs: list[dict]) -> list[dict]:
 
 
 def show(ref: str = RefArg, as_json: bool = JSON_OPTION) -> None:
-    """One experiment: its status and every run with its status, error, key metrics, and the
-    catalog packs and model state it made."""
+    """One experiment: its status and every run with its status (a running run: its step and
+    how far it is), error, key metrics, and the catalog packs and model state it made."""
     from ..catalog.serialize import experiment_dict
     from ..experiments.catalog import get_experiment
 

@@ -148,7 +148,7 @@ def test_data_for_a_registered_skill_must_be_the_file_it_came_from(catalog, tmp_
 
 def test_experiment_show_fits_80_columns_with_errors_whole(catalog, tmp_path, capsys,
                                                            monkeypatch):
-    from skillstore.experiments.catalog import fail_run
+    from skillstore.experiments.catalog import begin_run, fail_run, report_progress
 
     monkeypatch.setenv("COLUMNS", "80")
     code, out, err = run_cli(capsys, "experiment", "run", str(write_spec(tmp_path)), "--json")
@@ -157,14 +157,19 @@ def test_experiment_show_fits_80_columns_with_errors_whole(catalog, tmp_path, ca
     error = ("could not reach the broker at 'redis://127.0.0.1:6379/0': connection refused; "
              "start the broker or fix SKILLSTORE_BROKER_URL")
     with catalog.session() as s:
-        run_id = s.get(Experiment, doc["id"]).runs[0].id
+        run_id, running = (run.id for run in s.get(Experiment, doc["id"]).runs[:2])
         assert fail_run(s, run_id, error)
+        assert begin_run(s, running) is not None
+        assert not report_progress(s, running, "reverse:train", 0.4)
+        s.commit()
     code, out, err = run_cli(capsys, "experiment", "show", str(doc["id"]))
     assert code == 0, err
     wide = [line for line in out.splitlines() if len(line) > 80]
     assert not wide, wide
     assert error in " ".join(line.strip() for line in out.splitlines()), out
     assert re.search(rf"^{run_id} +\w+ +\d+ +failed\b", out, re.M), out  # one line a run
+    # A running run names its step and how far it is, as the worker reported them.
+    assert re.search(rf"^{running} +\w+ +\d+ +reverse:train 40% ", out, re.M), out
 
 
 def test_an_unknown_experiment_is_one_line_naming_the_fix(catalog, capsys):
