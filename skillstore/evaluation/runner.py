@@ -9,6 +9,7 @@ import numbers
 import re
 import statistics
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -134,16 +135,36 @@ def _rows(results: dict, tasks: Sequence[str]) -> list[TaskResult]:
     return rows
 
 
+@contextmanager
+def _environment_report(evaluator, keep: bool):
+    """``simple_evaluate`` ends by describing the environment: torch's ``collect_env`` (pip,
+    conda and GPU probes in subprocesses: 4.3 s on a process's first evaluation here and
+    0.4 s on each after) and ``git describe`` in the working folder, which prints git's
+    ``fatal: not a git repository`` outside a checkout. Nothing here reads those fields, and
+    an experiment evaluates hundreds of times, so unless ``keep`` they are left out."""
+    if keep:
+        yield
+        return
+    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+    evaluator.add_env_info, evaluator.get_git_commit_hash = (lambda storage: None), (lambda: None)
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
+
+
 def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Path,
               batch_size: int = 16, limit: int | None = None,
-              samples: dict[str, list[int]] | None = None) -> list[TaskResult]:
+              samples: dict[str, list[int]] | None = None,
+              describe_environment: bool = False) -> list[TaskResult]:
     """``simple_evaluate`` on ``model`` as it is in memory (grafted, routed or plain).
 
     ``samples`` (task -> doc indices, instead of ``limit``) runs only those docs; their
     per-sample scores keep the true doc ids.
 
     Only the suite folder is indexed (``include_defaults=False``): no network and no scan of
-    lm-eval's thousands of bundled tasks.
+    lm-eval's thousands of bundled tasks. lm-eval's description of the environment is left
+    out unless ``describe_environment`` (``_environment_report``).
     """
     # lm-eval takes seconds to import; only a command that evaluates pays for it.
     from lm_eval import evaluator
@@ -164,11 +185,12 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include_path: str | Pat
               device=str(next(model.parameters()).device))
     # Per-sample scores give every mean metric its stderr (sample_stderr) and the gate its
     # paired tests; lm-eval's bootstrap would only add stderrs of other aggregations.
-    results = evaluator.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-        samples={t: sorted(d) for t, d in samples.items()} if samples else None, log_samples=True,
-        bootstrap_iters=0, verbosity="ERROR",
-    )
+    with _environment_report(evaluator, describe_environment):
+        results = evaluator.simple_evaluate(
+            model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+            samples={t: sorted(d) for t, d in samples.items()} if samples else None,
+            log_samples=True, bootstrap_iters=0, verbosity="ERROR",
+        )
     if results is None:
         raise EvaluationError("lm-eval returned nothing (non-zero rank?); "
                               "run evaluation in the main process.")

@@ -68,6 +68,26 @@ def test_lm_eval_run_on_an_in_memory_model_gives_rows(tiny_world, suites):
     assert row.stderr is not None
 
 
+def test_an_evaluation_outside_a_checkout_runs_no_environment_probes(tiny_world, quick_suites,
+                                                                      tmp_path, monkeypatch,
+                                                                      capfd):
+    """lm-eval ends each evaluation by probing the environment (torch's collect_env, `git
+    describe` in the working folder, which prints git's error outside a checkout); the runner
+    leaves that out, and puts lm-eval's functions back after."""
+    from lm_eval import evaluator
+
+    probes = (evaluator.add_env_info, evaluator.get_git_commit_hash)
+    model, tok = load_causal_lm(tiny_world.base_dir)
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git looks no higher
+    rows = run_tasks(model, tok, ["t_alpha"], include_path=quick_suites[0].include_path)
+    assert "acc" in {r.metric for r in rows}
+    assert "not a git repository" not in capfd.readouterr().err
+    assert (evaluator.add_env_info, evaluator.get_git_commit_hash) == probes
+
+
 def test_cache_hits_never_rerun_and_new_versions_do(tiny_world, quick_suites, catalog, tmp_path):
     suites = quick_suites
     model, tok = load_causal_lm(tiny_world.base_dir)
