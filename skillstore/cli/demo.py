@@ -10,6 +10,7 @@ from contextlib import redirect_stderr
 import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from ..catalog import JobStatus, PackStatus, get_base, init_workspace
@@ -280,7 +281,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
         console.print(_lineage(s, base))
         for a in adopted:
             colour = "green" if a.verdict == "promoted" else "red"
-            console.print(f"[{colour}]{a.name} {a.verdict}[/]: {a.summary}", highlight=False)
+            head, why = a.line.split(": ", 1)
+            console.print(Text.assemble((head, colour), f": {why}"), highlight=False)
         packs_table, _ = _packs_table(s, base)
         promoted = s.scalar(sa.select(sa.func.count()).select_from(SkillPack)
                             .where(SkillPack.status == PackStatus.promoted))

@@ -199,14 +199,14 @@ def adopt(ref: str = RefArg,
     from ..experiments.adopt import adopt_run, graft_run
 
     with workspace_session() as (catalog, session):
-        outcomes = [a.as_json() for a in adopt_run(session, catalog.settings, catalog.blobs,
-                                                   graft_run(session, ref, run_id))]
+        outcomes = adopt_run(session, catalog.settings, catalog.blobs,
+                             graft_run(session, ref, run_id))
     if as_json:
-        print_json(outcomes)
+        print_json([a.as_json() for a in outcomes])
         return
     for a in outcomes:
-        typer.echo(f"{a['name']} {a['verdict']}: {a['summary']}")
-    promoted = sum(a["verdict"] == "promoted" for a in outcomes)
+        typer.echo(a.line)
+    promoted = sum(a.verdict == "promoted" for a in outcomes)
     typer.echo(f"{promoted} of {len(outcomes)} pack(s) promoted; `skillstore state list` shows "
                "the states, `skillstore report --pack PACK` each decision.")
 

@@ -58,6 +58,13 @@ class Adopted:
     def as_json(self) -> dict:
         return asdict(self)
 
+    @property
+    def line(self) -> str:
+        """``sort@v1 inconclusive: needs n ≈ ...``: the name, the verdict and why, with the
+        verdict said once (a gate summary, the audit line, begins with it)."""
+        why = self.summary.removeprefix(f"{self.verdict}: ")
+        return f"{self.name} {self.verdict}: {why}"
+
 
 def graft_run(session: Session, ref: int | str, run_id: int | None = None) -> ExperimentRun:
     """The experiment's succeeded graft run: ``run_id`` when given, else its only one."""

@@ -213,10 +213,14 @@ def test_adopting_a_graft_run_judges_each_pack_on_the_head_it_would_join(
         # the fine-tune's per-sample scores came with the run: fidelity was checked
         assert pack.metrics["fidelity"]["finetune"] == pack.metrics["finetune"]["value"]
         assert "fidelity not checked" not in outcome.summary
+        # the printed line says the verdict once: the audit line begins with it
+        assert outcome.summary.startswith("promoted: ")
+        assert outcome.line == f"{outcome.name} promoted: {outcome.summary[len('promoted: '):]}"
     # a second adopt judges nothing again, and says how each pack was decided
     again = adopt_run(session, settings, store, run)
     assert [a.verdict for a in again] == ["promoted"] * len(ROWS)
     assert all(a.summary.startswith("decided before (experiment:") for a in again)
+    assert all(a.line == f"{a.name} promoted: {a.summary}" for a in again)
     assert session.scalar(sa.select(sa.func.count()).select_from(Promotion)
                           .where(Promotion.to_status == PackStatus.promoted)) == len(ROWS)
 
