@@ -147,14 +147,21 @@ def _held_out_lines(doc: dict) -> list[str]:
 
 
 def _metrics_line(name: str, doc: dict) -> str:
+    """The matrix's average accuracy, over every skill when each was scored (on held-out
+    templates only the head's skills are), else over the learned ones; and BWT and forgetting,
+    which need two learned skills."""
     m = doc.get("metrics") or {}
-    acc = m.get("average_accuracy")
-    acc_text = "—" if acc is None else f"{acc:.3f}"
+    n_learned = sum(doc.get("held") or [])
+    if m.get("average_accuracy") is not None:
+        acc = f"avg acc {m['average_accuracy']:.3f} (all {len(doc['skills'])} skills)"
+    elif m.get("learned_average_accuracy") is not None:
+        acc = f"avg acc {m['learned_average_accuracy']:.3f} (the {n_learned} learned skill(s))"
+    else:
+        acc = "avg acc — (no skill learned)"
     if m.get("bwt") is None:
-        return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills); needs two "
-                "learned skills for BWT and forgetting")
-    return (f"{name:<28} avg acc {acc_text} (all {len(doc['skills'])} skills)   "
-            f"BWT {m['bwt']:+.3f}   forgetting {m['forgetting']:.3f} (learned skills)")
+        return f"{name:<28} {acc}; BWT and forgetting need two learned skills"
+    return (f"{name:<28} {acc}   BWT {m['bwt']:+.3f}   forgetting {m['forgetting']:.3f} "
+            "(learned skills)")
 
 
 def _methods_table(doc: dict) -> Table:

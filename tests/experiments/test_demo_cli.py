@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from skillstore.cli.demo import _demo_spec, _methods_table
+from skillstore.cli.demo import _demo_spec, _methods_table, _metrics_line
 from skillstore.errors import ConfigError
 
 
@@ -35,3 +35,23 @@ def test_the_methods_table_prints_a_dash_where_a_metric_needs_two_skills():
     naive = next(line for line in lines if "naive_ft" in line)
     assert graft.count("—") == 2 and "0.520" in graft and "45,277" in graft  # BWT, forgetting
     assert "-0.250" in naive and "0.250" in naive and "889,088" in naive
+
+
+def test_the_held_out_line_averages_the_learned_skills_when_the_others_were_not_scored():
+    """On held-out templates only the head's skills are scored: the average is over the
+    learned ones (it printed "—" whenever a pack was held back), and BWT needs two of them."""
+    from skillstore.evaluation.metrics import continual_metrics
+
+    def line(matrix, held):
+        return _metrics_line("held out", {"skills": list("abc")[:len(held)], "held": held,
+                                          "metrics": continual_metrics(matrix, learned=held)
+                                          .as_dict()})
+
+    one = line([[0.5, None, None], [0.5, None, None], [0.5, None, None]], [True, False, False])
+    assert one == ("held out                     avg acc 0.500 (the 1 learned skill(s)); BWT "
+                   "and forgetting need two learned skills")
+    two = line([[0.6, None, None], [0.6, None, None], [0.4, None, 0.8]], [True, False, True])
+    assert two.endswith("avg acc 0.600 (the 2 learned skill(s))   BWT -0.200   forgetting "
+                        "0.200 (learned skills)"), two
+    every = line([[0.6, 0.0], [0.5, 0.9]], [True, True])
+    assert "avg acc 0.700 (all 2 skills)   BWT -0.100" in every, every
