@@ -162,10 +162,11 @@ def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
 def resend_lost(channel, app=None, *, final: bool = False) -> None:
     """Send again the unfinished jobs and runs that no message names, looking twice.
 
-    A job whose only message is a held one for a step it recorded is handing on: its worker
-    may still be retrying the next step's publish (``jobqueue.publish_window_s``). Unless this
-    is the ``final`` look, such a job is left alone, and ``app`` looks again once that window
-    has passed, on a connection of its own."""
+    A job named only by held messages for steps it recorded or never began is unsure
+    (``lifecycle.unreferenced_jobs``): its worker may still be retrying the next step's publish
+    (``jobqueue.publish_window_s``), or still start the step. Unless this is the ``final``
+    look, such a job is left alone, and ``app`` looks again once that window has passed, on a
+    connection of its own."""
     from skillstore.experiments.queue import resend_unreferenced_runs
     from skillstore.pipeline.lifecycle import next_stage, send_chain, unreferenced_jobs
 
@@ -182,9 +183,9 @@ def resend_lost(channel, app=None, *, final: bool = False) -> None:
             held.setdefault(job_id, set()).update(stages)
         cat = catalog()
         with cat.session() as s:
-            lost, handing_on = unreferenced_jobs(s, jobs | later_jobs, held)
+            lost, unsure = unreferenced_jobs(s, jobs | later_jobs, held)
             if final:
-                lost, handing_on = sorted(lost + handing_on, key=lambda job: job.id), []
+                lost, unsure = sorted(lost + unsure, key=lambda job: job.id), []
             for job in lost:
                 send_chain(s, cat.settings, job, next_stage(job))
                 log.warning("resent job %s from %s: the broker lost its message",
@@ -192,11 +193,12 @@ def resend_lost(channel, app=None, *, final: bool = False) -> None:
             for run in resend_unreferenced_runs(s, cat.settings, runs | later_runs):
                 log.warning("resent experiment run %s: the broker lost its message", run.id)
             s.commit()
-        if handing_on and app is not None:
+        if unsure and app is not None:
             wait_s = publish_window_s() + SETTLE_S
-            log.warning("jobs %s finished a step as the broker went away; looking again in "
-                        "%.0f s, once their workers have had time to send the next one",
-                        ", ".join(str(job.id) for job in handing_on), wait_s)
+            log.warning("jobs %s are named only by held messages for steps that finished or "
+                        "never began; looking again in %.0f s, once their workers have had "
+                        "time to send or start them", ", ".join(str(job.id) for job in unsure),
+                        wait_s)
             later = threading.Timer(wait_s, look_again, args=(app,))
             later.daemon = True
             later.start()

@@ -243,34 +243,39 @@ def unreferenced_jobs(session: Session, referenced: set[int],
     - lost: no message names the job. A broker that loses a message it was handing over (Redis
       popped it, then went away before the consumer could record it as unacknowledged) leaves
       its job queued for ever; nothing else would send it again.
-    - handing on: only held messages for steps the job has recorded name it. Its worker
-      finished the step and acknowledges only once the next step's message is sent, so that
-      message may still be on its way: a publish during a broker outage is retried for
-      ``jobqueue.publish_window_s()``. Past that, the job is lost too: its worker gave up or
-      died, and Redis hands a held message back only after its visibility timeout (hours).
+    - unsure: only held messages name the job, and none is for the step it is running: each
+      is for a step it recorded, or for one it never began. A recorded step's worker
+      acknowledges only once the next step's message is sent, so that message may still be on
+      its way: a publish during a broker outage is retried for ``jobqueue.publish_window_s()``.
+      A step never begun may wait in a live worker for a free process, or be gone with it: a
+      task whose result backend was down as it started failed before its body and took its
+      message with it (docs/reliability.md, bug 16). Past the publish window, a job still named
+      only so is lost too: Redis hands a held message back only after its visibility timeout
+      (hours), and the idempotent steps make a second send harmless.
+    A held message for the step the job is running (``job.stage``, not recorded) keeps it going.
     """
     held = held or {}
     rows = session.scalars(sa.select(Job).where(
         Job.kind == KIND, Job.status.in_([JobStatus.queued, JobStatus.running]),
         Job.id.not_in(referenced)).order_by(Job.id))
-    lost, handing_on = [], []
+    lost, unsure = [], []
     for job in rows:
         steps = held.get(job.id, set())
         if not steps:
             lost.append(job)
-        elif not steps - set(job.outputs):
-            handing_on.append(job)
-    return lost, handing_on
+        elif job.stage not in steps - set(job.outputs):
+            unsure.append(job)
+    return lost, unsure
 
 
 def resend_unreferenced(session: Session, settings: Settings, referenced: set[int],
                         held: dict[int, set[str]] | None = None) -> list[Job]:
     """Send again, from their next step, the unfinished jobs that no message in the broker
-    keeps going (``unreferenced_jobs``: the lost ones and those handing on alike, so call it
-    once a handing-on job's worker has had its publish window). The steps are idempotent, so
+    keeps going (``unreferenced_jobs``: the lost ones and the unsure ones alike, so call it
+    once an unsure job's worker has had its publish window). The steps are idempotent, so
     a job sent twice finishes once."""
-    lost, handing_on = unreferenced_jobs(session, referenced, held)
-    jobs = sorted(lost + handing_on, key=lambda job: job.id)
+    lost, unsure = unreferenced_jobs(session, referenced, held)
+    jobs = sorted(lost + unsure, key=lambda job: job.id)
     for job in jobs:
         send_chain(session, settings, job, next_stage(job))
     return jobs

@@ -224,11 +224,14 @@ def test_ids_beyond_the_primary_key_range_are_not_found(session, ref):
     assert get_pack(session, "arith@v1").version == 1
 
 
-def test_a_job_held_only_for_a_step_it_recorded_is_sent_again(engine, monkeypatch):
+def test_a_job_held_only_for_a_step_it_recorded_or_never_began_is_sent_again(engine,
+                                                                             monkeypatch):
     """After a broker restart, a job is kept going by a queued message, or by a held
-    (unacknowledged) message for a step it has not recorded. A held message for a step it did
-    record (the ack and the next step's message were lost with the broker) keeps nothing
-    going: the job is sent again from its next step."""
+    (unacknowledged) message for the step it is running. A held message for a step it did
+    record (the ack and the next step's message were lost with the broker), or for one it
+    never began (the task failed before its body), keeps nothing going for sure: such a job
+    is unsure, and the final look sends it again from its next step, as it does a job no
+    message names."""
     from skillstore.pipeline import lifecycle
 
     sent = []
@@ -236,17 +239,23 @@ def test_a_job_held_only_for_a_step_it_recorded_is_sent_again(engine, monkeypatc
                         lambda session, settings, job, stage: sent.append((job.id, stage)))
     with session_scope(engine) as session:
         ids = []
-        for _ in range(4):
+        for _ in range(5):
             job = create_job(session, kind="learn", request={"skill": "arith"})
             begin(session, job.id, "compress", "host", 1)
             for stage in ("prepare", "train", "compress"):
                 lifecycle.record_output(session, job, stage, {"done": True})
             ids.append(job.id)
-        finished_step, running_step, queued, nothing = ids
-        held = {finished_step: {"compress"}, running_step: {"evaluate"}}
-        lost = lifecycle.resend_unreferenced(session, None, {queued}, held)
-    assert [j.id for j in lost] == [finished_step, nothing]
-    assert sent == [(finished_step, "evaluate"), (nothing, "evaluate")]
+        finished_step, running_step, never_begun, queued, nothing = ids
+        begin(session, running_step, "evaluate", "host", 1)
+        held = {finished_step: {"compress"}, running_step: {"evaluate"},
+                never_begun: {"evaluate"}}
+        lost, unsure = lifecycle.unreferenced_jobs(session, {queued}, held)
+        assert ([j.id for j in lost], [j.id for j in unsure]) == (
+            [nothing], [finished_step, never_begun])
+        resent = lifecycle.resend_unreferenced(session, None, {queued}, held)
+    assert [j.id for j in resent] == [finished_step, never_begun, nothing]
+    assert sent == [(finished_step, "evaluate"), (never_begun, "evaluate"),
+                    (nothing, "evaluate")]
 
 
 def test_only_sent_unclaimed_quiet_queued_jobs_count_as_unclaimed(engine, monkeypatch):

@@ -85,8 +85,8 @@ def test_a_job_whose_step_finished_in_the_outage_is_resent_only_if_its_next_mess
         late_id, never_id = late.id, never.id
 
         reconnect.resend_lost(channel, app)
-        assert _trains(channel) == [], "a job still handing on was resent at once"
-        assert f"jobs {late_id}, {never_id} finished a step" in caplog.text
+        assert _trains(channel) == [], "an unsure job was resent at once"
+        assert f"jobs {late_id}, {never_id} are named only by held messages" in caplog.text
         assert len(Timers.made) == 1
 
         lifecycle.send_chain(s, settings, late, "train")  # the late worker's publish
