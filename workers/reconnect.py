@@ -17,10 +17,10 @@ queue, and the transport records it as unacknowledged in a second command. A ser
 between the two has dropped the message before Celery ever saw it, and its job stays queued
 for ever (docs/reliability.md, bug 10). So after each reconnection one worker also looks for
 unfinished jobs and experiment runs that no message in Redis names, twice a few seconds apart,
-and sends those again from their next step. A job named only by a held message for a step it
-recorded is still being handed on: its worker finished the step during the outage and retries
-the next step's publish for up to two minutes. That worker is given the time; a look after it
-sends the job again only if the next message never came.
+and sends those again from their next step. A job named only by held messages for steps it
+recorded or never began is unsure: its worker may still be retrying the next step's publish
+(for up to two minutes) or still start the step. That worker is given the time; a look after
+it sends the job again only if nothing names it then (docs/reliability.md, bugs 15 and 16).
 """
 
 from __future__ import annotations
