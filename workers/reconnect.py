@@ -159,8 +159,9 @@ def referenced(channel) -> tuple[set[int], dict[int, set[str]], set[int]]:
     return jobs, held, runs
 
 
-def resend_lost(channel, app=None, *, final: bool = False) -> None:
-    """Send again the unfinished jobs and runs that no message names, looking twice.
+def resend_lost(channel, app=None, *, final: bool = False) -> bool:
+    """Send again the unfinished jobs and runs that no message names, looking twice; returns
+    False when another worker was looking (what it resends is named when the next one looks).
 
     A job named only by held messages for steps it recorded or never began is unsure
     (``lifecycle.unreferenced_jobs``): its worker may still be retrying the next step's publish
@@ -168,13 +169,13 @@ def resend_lost(channel, app=None, *, final: bool = False) -> None:
     look, such a job is left alone, and ``app`` looks again once that window has passed, on a
     connection of its own."""
     from skillstore.experiments.queue import resend_unreferenced_runs
-    from skillstore.pipeline.lifecycle import next_stage, send_chain, unreferenced_jobs
+    from skillstore.pipeline.lifecycle import next_stage, resend_unreferenced
 
     from .learn import catalog
 
     client = channel.client
     if not client.set(SWEEP_KEY, "1", nx=True, ex=SWEEP_TTL_S):
-        return  # another worker is looking; what it resends is named when the next one looks
+        return False
     try:
         jobs, held, runs = referenced(channel)
         time.sleep(SETTLE_S)
@@ -183,11 +184,9 @@ def resend_lost(channel, app=None, *, final: bool = False) -> None:
             held.setdefault(job_id, set()).update(stages)
         cat = catalog()
         with cat.session() as s:
-            lost, unsure = unreferenced_jobs(s, jobs | later_jobs, held)
-            if final:
-                lost, unsure = sorted(lost + unsure, key=lambda job: job.id), []
-            for job in lost:
-                send_chain(s, cat.settings, job, next_stage(job))
+            sent, unsure = resend_unreferenced(s, cat.settings, jobs | later_jobs, held,
+                                               unsure_too=final)
+            for job in sent:
                 log.warning("resent job %s from %s: the broker lost its message",
                             job.id, next_stage(job))
             for run in resend_unreferenced_runs(s, cat.settings, runs | later_runs):
@@ -206,14 +205,23 @@ def resend_lost(channel, app=None, *, final: bool = False) -> None:
         log.warning("cannot look for jobs whose message the broker lost: %s", exc)
     finally:
         client.delete(SWEEP_KEY)
+    return True
 
 
 def look_again(app) -> None:
     """The final look for jobs whose message the broker lost, on a connection of its own (it
-    runs on a timer's thread, beside the consumer's)."""
+    runs on a timer's thread, beside the consumer's). While another worker is looking, it
+    waits for that look to end (at most the key's lifetime) rather than skip: that worker may
+    have taken the job for live, or failed to reach the catalog, and planned no final look."""
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=3)
-            resend_lost(conn.default_channel, final=True)
+            deadline = time.monotonic() + SWEEP_TTL_S + SETTLE_S
+            while not resend_lost(conn.default_channel, final=True):
+                if time.monotonic() > deadline:
+                    log.warning("cannot look again for jobs whose message the broker lost: "
+                                "another worker held the look for %d s", SWEEP_TTL_S)
+                    return
+                time.sleep(SETTLE_S)
     except Exception as exc:  # a thread's error would be printed and lost: say what it means
         log.warning("cannot look again for jobs whose message the broker lost: %r", exc)

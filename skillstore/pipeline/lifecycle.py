@@ -269,16 +269,19 @@ def unreferenced_jobs(session: Session, referenced: set[int],
 
 
 def resend_unreferenced(session: Session, settings: Settings, referenced: set[int],
-                        held: dict[int, set[str]] | None = None) -> list[Job]:
+                        held: dict[int, set[str]] | None = None, *, unsure_too: bool = True
+                        ) -> tuple[list[Job], list[Job]]:
     """Send again, from their next step, the unfinished jobs that no message in the broker
-    keeps going (``unreferenced_jobs``: the lost ones and the unsure ones alike, so call it
-    once an unsure job's worker has had its publish window). The steps are idempotent, so
-    a job sent twice finishes once."""
+    keeps going (``unreferenced_jobs``); returns (sent, left). The lost ones are always sent;
+    the unsure ones too with ``unsure_too`` (a look after their workers' publish window),
+    else they are left for that later look. The steps are idempotent, so a job sent twice
+    finishes once."""
     lost, unsure = unreferenced_jobs(session, referenced, held)
-    jobs = sorted(lost + unsure, key=lambda job: job.id)
-    for job in jobs:
+    sent, left = (sorted(lost + unsure, key=lambda job: job.id), []) if unsure_too \
+        else (lost, unsure)
+    for job in sent:
         send_chain(session, settings, job, next_stage(job))
-    return jobs
+    return sent, left
 
 
 def unclaimed_jobs(session: Session, quiet_s: float) -> list[Job]:

@@ -252,10 +252,15 @@ def test_a_job_held_only_for_a_step_it_recorded_or_never_began_is_sent_again(eng
         lost, unsure = lifecycle.unreferenced_jobs(session, {queued}, held)
         assert ([j.id for j in lost], [j.id for j in unsure]) == (
             [nothing], [finished_step, never_begun])
-        resent = lifecycle.resend_unreferenced(session, None, {queued}, held)
-    assert [j.id for j in resent] == [finished_step, never_begun, nothing]
-    assert sent == [(finished_step, "evaluate"), (never_begun, "evaluate"),
-                    (nothing, "evaluate")]
+        first, left = lifecycle.resend_unreferenced(session, None, {queued}, held,
+                                                    unsure_too=False)
+        assert ([j.id for j in first], [j.id for j in left]) == (
+            [nothing], [finished_step, never_begun])
+        assert sent == [(nothing, "evaluate")]
+        final, left = lifecycle.resend_unreferenced(session, None, {queued}, held)
+    assert ([j.id for j in final], left) == ([finished_step, never_begun, nothing], [])
+    assert sent[1:] == [(finished_step, "evaluate"), (never_begun, "evaluate"),
+                        (nothing, "evaluate")]
 
 
 def test_only_sent_unclaimed_quiet_queued_jobs_count_as_unclaimed(engine, monkeypatch):

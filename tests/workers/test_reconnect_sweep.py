@@ -116,6 +116,26 @@ def test_a_job_no_message_names_is_resent_at_once(swept, caplog):
     assert f"resent job {job.id} from prepare" in caplog.text
 
 
+def test_the_final_look_waits_for_another_workers_look_instead_of_skipping(swept, caplog):
+    """The later look finds another worker's sweep under way (its key set). It waits for that
+    look to end and then sends the unsure job itself: the other worker may have planned no
+    final look of its own. Skipping, as it once did, left such a job queued for ever."""
+    settings, catalog, app = swept
+    with catalog.session() as s, app.connection_for_write() as conn:
+        channel = conn.default_channel
+        job = create_job(s, kind="learn", request={"skill": "arith"})
+        lifecycle.send_chain(s, settings, job, "prepare")
+        _hold(channel, job.id)
+        lifecycle.begin(s, job.id, "prepare", "host", 1)
+        lifecycle.record_output(s, job, "prepare", {"done": True})
+        s.commit()
+        channel.client.set(reconnect.SWEEP_KEY, "1", px=800)  # another worker, looking
+        reconnect.look_again(app)
+        assert _trains(channel) == [job.id]
+        assert not channel.client.exists(reconnect.SWEEP_KEY)
+    assert f"resent job {job.id} from train" in caplog.text
+
+
 @pytest.fixture(autouse=True)
 def _warnings(caplog):
     caplog.set_level("WARNING", logger="workers.reconnect")
