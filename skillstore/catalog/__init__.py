@@ -20,12 +20,14 @@ from .packs import (
                    PackPage,
                    create_pack,
                    get_pack,
+                   inconclusive_packs,
                    list_packs,
                    pack_detail,
                    pack_name,
                    pack_origin,
                    promotions_of,
                    set_pack_status,
+                   status_label,
 )
 from .registry import add_skill, get_base, get_skill, list_bases, list_skills, register_base
 from .schema import EdgeKind, JobStatus, PackStatus, Record, utcnow
@@ -48,9 +50,10 @@ __all__ = [
     "add_skill", "advance_head", "ancestors", "attach_task", "collect_garbage",
     "create_job", "create_pack", "current_head", "current_state", "describe_nodes",
     "descendants", "eval_results", "get_base", "get_job",
-    "get_or_create_state", "get_pack", "get_skill", "get_state", "init_workspace", "list_bases",
+    "get_or_create_state", "get_pack", "get_skill", "get_state", "inconclusive_packs",
+    "init_workspace", "list_bases",
     "list_jobs", "list_packs", "list_skills", "open_catalog", "pack_detail", "pack_name",
     "pack_origin", "promotions_of",
     "record_eval_result", "referenced_digests", "register_base", "set_pack_status",
-    "state_fingerprint", "utcnow",
+    "state_fingerprint", "status_label", "utcnow",
 ]

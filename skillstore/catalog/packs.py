@@ -36,6 +36,8 @@ ALLOWED = {
     PackStatus.retired: {PackStatus.promoted},
 }
 Parent = tuple["SkillPack | BaseCheckpoint", "EdgeKind | str"]
+# How an inconclusive gate decision's audit reason begins (gate.decision.Decision.summary).
+INCONCLUSIVE = "inconclusive"
 
 
 def _loaded():
@@ -195,6 +197,28 @@ def pack_origin(session: Session, pack_id: int) -> dict | None:
     experiment_id, name, run_id, method, seed = row
     return {"experiment_id": experiment_id, "experiment": name, "run_id": run_id,
             "method": method, "seed": seed}
+
+
+def inconclusive_packs(session: Session, pack_ids: Sequence[int]) -> set[int]:
+    """Of ``pack_ids``, the rejected packs whose last status change was an inconclusive gate
+    decision: the samples could not decide, which is not a finding that the pack forgot or
+    failed to learn. The gate records such a decision as rejected, its reason starting
+    "inconclusive" (`gate.judge.record_decision`; PackStatus has no value for it)."""
+    if not pack_ids:
+        return set()
+    last = (sa.select(Promotion.pack_id, sa.func.max(Promotion.id).label("id"))
+            .where(Promotion.pack_id.in_(pack_ids)).group_by(Promotion.pack_id).subquery())
+    return set(session.scalars(
+        sa.select(Promotion.pack_id).join(last, Promotion.id == last.c.id)
+        .where(Promotion.to_status == PackStatus.rejected,
+               Promotion.reason.like(f"{INCONCLUSIVE}%"))))
+
+
+def status_label(status: PackStatus | str, inconclusive: bool) -> str:
+    """A pack's status as the CLI shows it: "inconclusive" for a rejected pack the gate could
+    not decide on (`inconclusive_packs`); stored, and filtered, as rejected."""
+    value = PackStatus(status).value
+    return INCONCLUSIVE if inconclusive and value == "rejected" else value
 
 
 def pack_detail(session: Session, pack: SkillPack) -> dict:

@@ -22,7 +22,14 @@ def pack_list(skill: str | None = typer.Option(None, help="Only this skill (name
               offset: int = typer.Option(0, min=0, help="Rows to skip (paging)."),
               as_json: bool = JSON_OPTION) -> None:
     """List packs, newest first, one page at a time."""
-    from ..catalog import PackStatus, get_base, get_skill, list_packs
+    from ..catalog import (
+        PackStatus,
+        get_base,
+        get_skill,
+        inconclusive_packs,
+        list_packs,
+        status_label,
+    )
     from ..catalog.serialize import pack_dict
     from ..errors import unknown_name
 
@@ -33,9 +40,13 @@ def pack_list(skill: str | None = typer.Option(None, help="Only this skill (name
                           base=get_base(session, base) if base else None,
                           status=status, limit=limit, offset=offset)
         rows = [pack_dict(p) for p in page.packs]
+        undecided = inconclusive_packs(session, [row["id"] for row in rows])
     for row in rows:
         row["blob"] = short(row["blob_digest"], 8)
         row["ratio"] = row["compression_ratio"]
+        row["inconclusive"] = row["id"] in undecided
+        if not as_json:  # the JSON keeps the status value; "inconclusive" says the rest
+            row["status"] = status_label(row["status"], row["inconclusive"])
     shown = f"{offset + 1}-{offset + len(rows)}" if rows else "0"
     print_rows(rows, PACK_COLUMNS, as_json=as_json, title="Skill packs",
                empty="No packs match.", footer=f"{shown} of {page.total}")

@@ -13,7 +13,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..catalog import JobStatus, PackStatus, get_base, init_workspace
+from ..catalog import (
+    JobStatus,
+    PackStatus,
+    get_base,
+    inconclusive_packs,
+    init_workspace,
+    status_label,
+)
 from ..catalog.models import Experiment, LineageEdge, Skill, SkillPack
 from ..errors import ConfigError
 from ..jobqueue import spawn_worker, stop_worker
@@ -59,15 +66,17 @@ def _experiment(session, settings: Settings, spec, blobs) -> tuple[Experiment, b
 
 def _lineage(session, base) -> Tree:
     tree = Tree(f"[bold]{base.name}[/] (base, {base.architecture})")
-    packs = session.scalars(
-        sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id))
+    packs = list(session.scalars(
+        sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)))
+    undecided = inconclusive_packs(session, [p.id for p in packs])
     for p in packs:
         skill = session.get(Skill, p.skill_id)
         edges = session.scalars(sa.select(LineageEdge).where(LineageEdge.child_id == p.id))
         via = [f"{e.kind.value} {get_base(session, e.parent_base_id).name}" for e in edges
                if e.parent_base_id is not None and e.parent_base_id != base.id]
-        colour = {"promoted": "green", "rejected": "red"}.get(p.status.value, "yellow")
-        tree.add(f"{skill.name}@v{p.version} [{colour}]{p.status.value}[/] {p.method}"
+        status = status_label(p.status, p.id in undecided)
+        colour = {"promoted": "green", "rejected": "red"}.get(status, "yellow")
+        tree.add(f"{skill.name}@v{p.version} [{colour}]{status}[/] {p.method}"
                  + (f" ({', '.join(via)})" if via else ""))
     return tree
 
@@ -88,16 +97,19 @@ def _packs_table(session, base) -> tuple[Table, list[dict]]:
         table.add_column(col,
                          justify="right" if col not in ("pack", "status", "method") else "left")
     rows = []
-    for p in session.scalars(
-            sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)):
+    packs = list(session.scalars(
+        sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)))
+    undecided = inconclusive_packs(session, [p.id for p in packs])
+    for p in packs:
         skill = session.get(Skill, p.skill_id)
         dense = (p.metrics or {}).get("dense_fp16_bytes", 0)
         row = {"pack": f"{skill.name}@v{p.version}", "status": p.status.value, "method": p.method,
                "bytes": p.size_bytes, "dense": dense, "ratio": p.compression_ratio,
                "rel_error": (p.metrics or {}).get("rel_error")}
         rows.append(row)
-        table.add_row(row["pack"], row["status"], row["method"], f"{p.size_bytes:,}", f"{dense:,}",
-                      f"{p.compression_ratio or 0:.1f}x", f"{row['rel_error'] or 0:.3f}")
+        table.add_row(row["pack"], status_label(p.status, p.id in undecided), row["method"],
+                      f"{p.size_bytes:,}", f"{dense:,}", f"{p.compression_ratio or 0:.1f}x",
+                      f"{row['rel_error'] or 0:.3f}")
     return table, rows
 
 

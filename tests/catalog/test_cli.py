@@ -21,6 +21,7 @@ from skillstore.catalog import (
     open_catalog,
     set_pack_status,
 )
+from skillstore.catalog.models import SkillPack
 from tests.conftest import run_cli as run
 
 
@@ -129,6 +130,16 @@ def test_pack_and_job_views(ready, capsys):
     assert [p["id"] for p in json.loads(out)] == [p4]
     code, out, _ = run(capsys, "pack", "list", "--limit", "2")
     assert code == 0 and "arith@v4" in out and "1-2 of 4" in out
+    with open_catalog() as catalog, catalog.session() as s:  # as the gate records it
+        set_pack_status(s, s.get(SkillPack, p3), "rejected", actor="gate",
+                        reason="inconclusive: needs n ≈ 480 per suite; reverse: dropped +0.020")
+        set_pack_status(s, s.get(SkillPack, p2), "rejected", actor="gate",
+                        reason="rejected: forgot reverse: dropped +0.040")
+    code, out, _ = run(capsys, "pack", "list", "--status", "rejected")
+    assert code == 0 and out.count("inconclusive") == 1 and out.count("rejected") == 1
+    code, out, _ = run(capsys, "pack", "list", "--json", "--status", "rejected")
+    assert {(p["id"], p["status"], p["inconclusive"]) for p in json.loads(out)} == {
+        (p3, "rejected", True), (p2, "rejected", False)}
     code, out, _ = run(capsys, "pack", "show", "arith@v4", "--json")
     doc = json.loads(out)
     assert {p["name"] for p in doc["parents"]} == {"arith@v2", "arith@v3"}

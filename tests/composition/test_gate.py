@@ -8,7 +8,14 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from skillstore.catalog import advance_head, current_state, promotions_of
+from skillstore.catalog import (
+    advance_head,
+    current_state,
+    inconclusive_packs,
+    promotions_of,
+    set_pack_status,
+    status_label,
+)
 from skillstore.catalog.schema import PackStatus
 from skillstore.errors import EvaluationError, PromotionConflictError
 from skillstore.evaluation import Score
@@ -137,6 +144,30 @@ def test_rejection_keeps_the_head_and_records_the_reason(catalog):
         assert current_state(s, base.id).id == current.id
         last = promotions_of(s, pack.id)[-1]
         assert last.to_status == PackStatus.rejected and "forgot reverse" in last.reason
+
+
+def test_an_inconclusive_rejection_is_told_apart_from_a_finding(catalog):
+    """The gate records an inconclusive decision as rejected; `inconclusive_packs` and
+    `status_label` tell it from a rejection that found forgetting, and a later manual status
+    change ends it."""
+    undecided = {**FORGOT, "reverse": binary(176, 200)}  # dropped 0.02: on the threshold
+    with catalog.session() as s:
+        base = _setup(s)
+        unsure, forgot = make_pack(s, base, "add"), make_pack(s, base, "reverse")
+        current, version = head_of(s, base)
+        record_decision(s, unsure, judge({**undecided, "add": binary(170, 200)}),
+                        candidate=extend_state(s, base, current, unsure),
+                        expected_version=version)
+        record_decision(s, forgot, judge(FORGOT), candidate=extend_state(s, base, current, forgot),
+                        expected_version=version)
+        assert unsure.status == forgot.status == PackStatus.rejected
+        assert inconclusive_packs(s, [unsure.id, forgot.id]) == {unsure.id}
+        assert [status_label(p.status, p.id == unsure.id) for p in (unsure, forgot)] == [
+            "inconclusive", "rejected"]
+        set_pack_status(s, unsure, "retired", reason="by hand", actor="tester")
+        set_pack_status(s, unsure, "promoted", reason="by hand", actor="tester")
+        set_pack_status(s, unsure, "rejected", reason="by hand", actor="tester")
+        assert inconclusive_packs(s, [unsure.id, forgot.id]) == set()
 
 
 def test_a_stale_promotion_is_refused(catalog):
