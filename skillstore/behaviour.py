@@ -28,13 +28,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .atomic import publish_dir
+from .curriculum.lmeval import ZERO_SHOT
 from .curriculum.validate import write_jsonl
 from .errors import DatasetError
 from .evaluation.runner import suite_version
 
 #: Bump when the tasks change, so a rebuilt suite lands in another folder.
-BEHAVIOUR_VERSION = 3  # 2: a train split of router probes, disjoint from the scored ones;
-# 3: self-sampled probes drawn in rounds until they reach their size
+BEHAVIOUR_VERSION = 4  # 2: a train split of router probes, disjoint from the scored ones;
+# 3: self-sampled probes drawn in rounds until they reach their size; 4: columns, not
+# templates (curriculum.lmeval.ZERO_SHOT): a base answer that looked like a list was a list
 # 800 paired prompts: the fewest (in hundreds) at which one prompt the state answers otherwise
 # than the base keeps the drop's one-sided upper bound (Tango's score bound) under the default
 # max_general_drop of 0.01 with five drop checks in the Holm family (0.0090; 0.0056 alone); at
@@ -218,8 +220,8 @@ def _yaml(task: str, data: Path, lines: list[str], train: Path | None = None) ->
     q = json.dumps
     split = [f"    train: {q(str(train))}"] if train is not None else []
     return "\n".join([f"task: {task}", "dataset_path: json", "dataset_kwargs:", "  data_files:",
-                      f"    test: {q(str(data))}", *split, "test_split: test", "num_fewshot: 0",
-                      'doc_to_text: "{{prompt}}"', 'target_delimiter: ""', *lines,
+                      f"    test: {q(str(data))}", *split, "test_split: test", *ZERO_SHOT,
+                      *lines,
                       "metadata:", f"  version: {BEHAVIOUR_VERSION}.0"]) + "\n"
 
 
@@ -231,13 +233,13 @@ def _write_tasks(folder: Path, plan: BehaviourPlan, agreement: list[dict], kl: l
     (folder / UTILS_FILE).write_text(UTILS_TEXT, encoding="utf-8")
     agree, div = plan.tasks
     (folder / f"{agree}.yaml").write_text(_yaml(agree, plan.folder / AGREEMENT_FILE, [
-        "output_type: generate_until", 'doc_to_target: "{{answer}}"', "generation_kwargs:",
+        "output_type: generate_until", "doc_to_target: answer", "generation_kwargs:",
         f"  until: [{json.dumps(chr(10))}]", "  do_sample: false",
         f"  max_gen_toks: {ANSWER_TOKENS}", "metric_list:", "  - metric: exact_match",
         "    aggregation: mean", "    higher_is_better: true"],
         train=plan.folder / ROUTER_FILE if router else None), encoding="utf-8")
     (folder / f"{div}.yaml").write_text(_yaml(div, plan.folder / KL_FILE, [
-        "output_type: loglikelihood", 'doc_to_target: "{{text}}"',
+        "output_type: loglikelihood", "doc_to_target: text",
         "process_results: !function utils.kl", "metric_list:", "  - metric: kl",
         "    aggregation: mean", "    higher_is_better: false"]), encoding="utf-8")
 

@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 
 #: Bump when the task definition changes, so cached evaluation results are not reused.
-TASK_VERSION = 1
+#: 2: prompt and answer read as columns, not through a Jinja template (see ZERO_SHOT).
+TASK_VERSION = 2
+#: The lines every skillstore task starts its scoring with. Prompt and answer are named as
+#: columns, which lm-eval returns as they are. A "{{answer}}" template was rendered, and
+#: lm-eval then turned a target that looked like a list ("[1, 2]") into a Python list, which
+#: no generated text can equal: such a skill could never score. Rendering also compiled the
+#: template again for every document. The empty few-shot pool keeps lm-eval from reading the
+#: whole training split into a sampler that a 0-shot task never draws from.
+ZERO_SHOT = ["num_fewshot: 0", "fewshot_config:", "  samples: []", "doc_to_text: prompt",
+             'target_delimiter: ""']
 MAX_GEN_TOKS = 16
 #: How a task scores an answer (`skillstore skill add --metric`): the generated text equal to
 #: the answer; the first number in the generated text equal to the first in the answer (the
@@ -20,10 +29,8 @@ NUMBER_PATTERN = r"-?\d+(?:[.,]\d+)*"
 def _generation(q, max_gen_toks: int) -> list[str]:
     return [
         "output_type: generate_until",
-        "num_fewshot: 0",
-        'doc_to_text: "{{prompt}}"',
-        'doc_to_target: "{{answer}}"',
-        'target_delimiter: ""',
+        *ZERO_SHOT,
+        "doc_to_target: answer",
         "generation_kwargs:",
         f"  until: [{q(chr(10))}]",
         "  do_sample: false",
@@ -37,15 +44,14 @@ def _scoring(metric: str, q, max_gen_toks: int) -> list[str]:
     if metric == "number":
         # The pipeline is named "none" on purpose: its scores then read as plain `exact_match`,
         # the headline metric every suite reports (skillstore.evaluation.scores).
-        lines = [line.replace('"{{answer}}"', '"{{number}}"')
+        lines = [line.replace("doc_to_target: answer", "doc_to_target: number")
                  for line in _generation(q, max_gen_toks)]
         return [*lines, "filter_list:", "  - name: none", "    filter:",
                 "      - function: regex", f"        regex_pattern: {q(NUMBER_PATTERN)}",
                 "        group_select: 0", "      - function: take_first",
                 "metric_list:", "  - metric: exact_match"]
     if metric == "loglikelihood":
-        return ["output_type: loglikelihood", "num_fewshot: 0", 'doc_to_text: "{{prompt}}"',
-                'doc_to_target: "{{answer}}"', 'target_delimiter: ""',
+        return ["output_type: loglikelihood", *ZERO_SHOT, "doc_to_target: answer",
                 "metric_list:", "  - metric: acc"]
     raise ValueError(f"Unknown task metric {metric!r}; use one of {', '.join(METRICS)}.")
 

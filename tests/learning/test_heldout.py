@@ -164,6 +164,25 @@ def test_number_and_loglikelihood_tasks_score_as_documented(catalog, tmp_path):
     assert task.process_results(doc, [(-0.5, True)]) == {"acc": 1}
 
 
+def test_an_answer_that_looks_like_a_list_is_scored_as_text(catalog, tmp_path):
+    """Answers such as "[3, 4]" stay text. Through a "{{answer}}" template lm-eval turned them
+    into Python lists, which no generated text equals: such a skill scored 0 whatever the
+    model said, so it could never be promoted. The task also reads no training rows."""
+    rows = [{"prompt": f"Pair after {k}:", "answer": f"[{k + 1}, {k + 2}]"} for k in range(300)]
+    data = write_rows(tmp_path / "pairs.jsonl", rows)
+    for metric in ("exact_match", "loglikelihood"):
+        plan = plan_suite(tmp_path / "suites", f"pairs_{metric}", split_dataset(data,
+                                                                              metric=metric))
+        write_suite(catalog.blobs, plan)
+        task = _load_task(plan)
+        doc = next(iter(task.test_docs()))
+        assert task.doc_to_target(doc) == doc["answer"] and doc["answer"].startswith("[")
+        assert task.sampler.df == []
+        if metric == "exact_match":
+            assert _generated(task, doc, doc["answer"])["exact_match"] == 1.0
+            assert _generated(task, doc, doc["answer"][1:-1])["exact_match"] == 0.0
+
+
 def test_registered_skill_trains_on_the_training_half_only(catalog, tmp_path):
     data = write_rows(tmp_path / "succ.jsonl", successor_rows(300))
     skill_id, suite, heldout = register(catalog, data, seed=3, metric="number")
