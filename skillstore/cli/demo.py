@@ -264,6 +264,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
         experiment, queued = _experiment(s, settings, spec, catalog.blobs)
         experiment_id = experiment.id
         runs = ", ".join(f"{r.method}/{r.seed}" for r in experiment.runs)
+        # A reused experiment whose runs have all finished needs no worker.
+        pending = any(not JobStatus(r.status).finished for r in experiment.runs)
     console.print(f"zoo ready in {time.perf_counter() - t0:.0f}s: target {zoo.target.name}, "
                   f"source {', '.join(zoo.sources)}")
     names = ", ".join(stage.name for stage in spec.skills)
@@ -271,7 +273,7 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
                   f"{'queued' if queued else 'reused'}: runs {runs}")
     adoption: dict = {}
     worker = spawn_worker(settings, concurrency=CONCURRENCY,
-                          log_path=settings.home / "worker.log")
+                          log_path=settings.home / "worker.log") if pending else None
     try:
         t_runs = time.perf_counter()
         final = follow_runs(catalog, experiment_id, timeout=timeout, console=console,
@@ -280,7 +282,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
         console.print(f"runs finished in {time.perf_counter() - t_runs:.0f}s "
                       f"(worker log: {settings.home / 'worker.log'})")
     finally:
-        stop_worker(worker)
+        if worker is not None:
+            stop_worker(worker)
     with catalog.session() as s:
         doc = build_experiment_report(s, get_experiment(s, experiment_id))
         graft = next((r.id for r in get_experiment(s, experiment_id).runs
@@ -299,7 +302,7 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
             console.print(line)
         console.print(_lineage(s, base))
         for a in adopted:
-            colour = "green" if a.verdict == "promoted" else "red"
+            colour = {"promoted": "green", "rejected": "red"}.get(a.verdict, "yellow")
             head, why = a.line.split(": ", 1)
             console.print(Text.assemble((head, colour), f": {why}"), highlight=False)
         packs_table, _ = _packs_table(s, base)
