@@ -160,6 +160,9 @@ class PackOut(Out):
     source: str | None
     metrics: dict[str, Any]
     created_at: datetime
+    inconclusive: bool = Field(False, description=(
+        "True for a rejected pack whose last status change was an inconclusive gate decision: "
+        "the samples could not decide, which is not a finding that it forgot or did not learn."))
 
 
 class PromotionOut(Out):

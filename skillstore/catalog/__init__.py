@@ -25,6 +25,7 @@ from .packs import (
                    pack_detail,
                    pack_name,
                    pack_origin,
+                   pack_rows,
                    promotions_of,
                    set_pack_status,
                    status_label,
@@ -53,7 +54,7 @@ __all__ = [
     "get_or_create_state", "get_pack", "get_skill", "get_state", "inconclusive_packs",
     "init_workspace", "list_bases",
     "list_jobs", "list_packs", "list_skills", "open_catalog", "pack_detail", "pack_name",
-    "pack_origin", "promotions_of",
+    "pack_origin", "pack_rows", "promotions_of",
     "record_eval_result", "referenced_digests", "register_base", "set_pack_status",
     "state_fingerprint", "status_label", "utcnow",
 ]

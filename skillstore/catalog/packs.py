@@ -221,10 +221,17 @@ def status_label(status: PackStatus | str, inconclusive: bool) -> str:
     return INCONCLUSIVE if inconclusive and value == "rejected" else value
 
 
+def pack_rows(session: Session, packs: Sequence[SkillPack]) -> list[dict]:
+    """Packs as `pack list` and ``GET /packs`` give them: each row, and whether its rejection
+    was an inconclusive gate decision (`inconclusive_packs`)."""
+    undecided = inconclusive_packs(session, [p.id for p in packs])
+    return [{**pack_dict(p), "inconclusive": p.id in undecided} for p in packs]
+
+
 def pack_detail(session: Session, pack: SkillPack) -> dict:
     """A pack as `pack show` and ``GET /packs/{ref}`` give it: its row, its direct parents,
     the experiment run that made it (if one did) and its status history."""
-    doc = pack_dict(pack)
+    doc = pack_rows(session, [pack])[0]
     graph = describe_nodes(session, ancestors(session, pack.id))
     doc["parents"] = [{"kind": kind, **graph.nodes.get(parent, {"id": parent})}
                       for child, parent, kind in graph.edges if child == graph.root]

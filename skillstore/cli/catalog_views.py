@@ -22,15 +22,7 @@ def pack_list(skill: str | None = typer.Option(None, help="Only this skill (name
               offset: int = typer.Option(0, min=0, help="Rows to skip (paging)."),
               as_json: bool = JSON_OPTION) -> None:
     """List packs, newest first, one page at a time."""
-    from ..catalog import (
-        PackStatus,
-        get_base,
-        get_skill,
-        inconclusive_packs,
-        list_packs,
-        status_label,
-    )
-    from ..catalog.serialize import pack_dict
+    from ..catalog import PackStatus, get_base, get_skill, list_packs, pack_rows, status_label
     from ..errors import unknown_name
 
     if status is not None and status not in PackStatus.__members__:
@@ -39,12 +31,10 @@ def pack_list(skill: str | None = typer.Option(None, help="Only this skill (name
         page = list_packs(session, skill=get_skill(session, skill) if skill else None,
                           base=get_base(session, base) if base else None,
                           status=status, limit=limit, offset=offset)
-        rows = [pack_dict(p) for p in page.packs]
-        undecided = inconclusive_packs(session, [row["id"] for row in rows])
+        rows = pack_rows(session, page.packs)
     for row in rows:
         row["blob"] = short(row["blob_digest"], 8)
         row["ratio"] = row["compression_ratio"]
-        row["inconclusive"] = row["id"] in undecided
         if not as_json:  # the JSON keeps the status value; "inconclusive" says the rest
             row["status"] = status_label(row["status"], row["inconclusive"])
     shown = f"{offset + 1}-{offset + len(rows)}" if rows else "0"

@@ -158,6 +158,21 @@ def test_overrides_move_the_pack_and_the_current_state(api, world):
     assert now["current"] and now["packs"] == []
     history = c.get("/packs/alpha@v1", headers=AUTH).json()["history"]
     assert [h["to"] for h in history] == ["candidate", "promoted", "retired"]
+    # A rejection the gate could not decide is flagged; a manual one is not.
+    from skillstore.catalog import get_pack, set_pack_status
+
+    def flagged():
+        listed = c.get("/packs", headers=AUTH, params={"status": "rejected"}).json()["items"]
+        return [(p["name"], p["inconclusive"]) for p in listed]
+
+    assert flagged() == [("beta@v1", False)]
+    with api.catalog.session() as s:
+        beta = get_pack(s, "beta@v1")
+        set_pack_status(s, beta, "promoted", actor="gate", reason="all checks passed")
+        set_pack_status(s, beta, "rejected", actor="gate",
+                        reason="inconclusive: needs n ≈ 480 per suite; alpha: dropped +0.020")
+    assert flagged() == [("beta@v1", True)]
+    assert c.get("/packs/beta@v1", headers=AUTH).json()["inconclusive"] is True
 
 
 def test_reports_as_json_html_and_png(api, world):

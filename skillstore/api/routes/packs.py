@@ -18,7 +18,7 @@ from ...catalog import (
     get_skill,
     list_packs,
 )
-from ...catalog.packs import pack_detail, pack_file_name
+from ...catalog.packs import pack_detail, pack_file_name, pack_rows
 from ...catalog.serialize import pack_dict, promotion_dict
 from ..auth import actor
 from ..context import ApiContext
@@ -41,7 +41,7 @@ def packs(ctx: Ctx, page: PageParams, created: CreatedParams,
                            base=get_base(session, base) if base else None, status=status,
                            limit=page.limit, offset=page.offset,
                            created_after=created.after, created_before=created.before)
-        return {"items": [pack_dict(p) for p in found.packs], "total": found.total,
+        return {"items": pack_rows(session, found.packs), "total": found.total,
                 "limit": page.limit, "offset": page.offset}
 
 
