@@ -279,8 +279,9 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
         final = follow_runs(catalog, experiment_id, timeout=timeout, console=console,
                             on_finished=_adopt_on_finish(catalog, settings, zoo.load_curriculum(),
                                                          spec.eval_limit, adoption))
-        console.print(f"runs finished in {time.perf_counter() - t_runs:.0f}s "
-                      f"(worker log: {settings.home / 'worker.log'})")
+        console.print(f"runs finished in {time.perf_counter() - t_runs:.0f}s"
+                      + (f" (worker log: {settings.home / 'worker.log'})" if worker else
+                         " (all had finished before: no worker started)"))
     finally:
         if worker is not None:
             stop_worker(worker)
@@ -320,7 +321,8 @@ def run_demo(settings: Settings, *, skills: list[str] | None = None, timeout: fl
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render_experiment_report(doc, "html"), encoding="utf-8")
     html = _html_report(catalog, settings)
-    console.print(f"{promoted} pack(s) promoted. HTML reports: {report} (the methods), "
-                  f"{html} (the promoted state)")
+    console.print(f"{promoted} pack(s) promoted. HTML reports: {report} (the methods)"
+                  + (f", {html} (the promoted state)" if html is not None
+                     else "; no state was promoted, so there is no state report"))
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
     catalog.close()
