@@ -92,25 +92,32 @@ def _matrix_table(title: str, skills: list[str], matrix: list[list[float | None]
 
 
 def _packs_table(session, base) -> tuple[Table, list[dict]]:
-    table = Table(title="SkillPacks", title_justify="left")
-    for col in ("pack", "status", "method", "bytes", "dense fp16 delta", "ratio", "rel. error"):
-        table.add_column(col,
-                         justify="right" if col not in ("pack", "status", "method") else "left")
     rows = []
     packs = list(session.scalars(
         sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)))
     undecided = inconclusive_packs(session, [p.id for p in packs])
     for p in packs:
         skill = session.get(Skill, p.skill_id)
-        dense = (p.metrics or {}).get("dense_fp16_bytes", 0)
-        row = {"pack": f"{skill.name}@v{p.version}", "status": p.status.value, "method": p.method,
-               "bytes": p.size_bytes, "dense": dense, "ratio": p.compression_ratio,
-               "rel_error": (p.metrics or {}).get("rel_error")}
-        rows.append(row)
-        table.add_row(row["pack"], status_label(p.status, p.id in undecided), row["method"],
-                      f"{p.size_bytes:,}", f"{dense:,}", f"{p.compression_ratio or 0:.1f}x",
-                      f"{row['rel_error'] or 0:.3f}")
-    return table, rows
+        rows.append({"pack": f"{skill.name}@v{p.version}",
+                     "status": status_label(p.status, p.id in undecided), "method": p.method,
+                     "bytes": p.size_bytes, "dense": (p.metrics or {}).get("dense_fp16_bytes", 0),
+                     "ratio": p.compression_ratio, "rel_error": (p.metrics or {}).get("rel_error")})
+    return _packs_rows_table(rows), rows
+
+
+def _packs_rows_table(rows: list[dict]) -> Table:
+    """The packs table; the name and status columns are never cut, even at 80 columns
+    ("knowledge@v1", "inconclusive"): the numbers' headers wrap instead."""
+    table = Table(title="SkillPacks", title_justify="left")
+    for col, key in (("pack", "pack"), ("status", "status"), ("method", "method")):
+        table.add_column(col, no_wrap=True,
+                         min_width=max([len(col), *(len(str(r[key])) for r in rows)]))
+    for col in ("bytes", "dense fp16 delta", "ratio", "rel. error"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["pack"], r["status"], r["method"], f"{r['bytes']:,}", f"{r['dense']:,}",
+                      f"{r['ratio'] or 0:.1f}x", f"{r['rel_error'] or 0:.3f}")
+    return table
 
 
 def _html_report(catalog, settings: Settings):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from skillstore.cli.demo import _demo_spec, _methods_table, _metrics_line
+from skillstore.cli.demo import _demo_spec, _methods_table, _metrics_line, _packs_rows_table
 from skillstore.errors import ConfigError
 
 
@@ -55,3 +55,16 @@ def test_the_held_out_line_averages_the_learned_skills_when_the_others_were_not_
                         "0.200 (learned skills)"), two
     every = line([[0.6, 0.0], [0.5, 0.9]], [True, True])
     assert "avg acc 0.700 (all 2 skills)   BWT -0.100" in every, every
+
+
+def test_the_packs_table_cuts_no_name_or_status_at_80_columns():
+    """At 80 columns rich cut "inconclusive" to "inconclus…" and "knowledge@v1" to
+    "knowledge…"; those columns now keep their width and the numbers' headers wrap."""
+    rows = [{"pack": name, "status": status, "method": "sft", "bytes": 44302,
+             "dense": 904448, "ratio": 20.4, "rel_error": 0.454}
+            for name, status in (("knowledge@v1", "promoted"), ("sort@v1", "inconclusive"))]
+    console = Console(width=80, record=True)
+    console.print(_packs_rows_table(rows))
+    text = console.export_text()
+    assert "knowledge@v1" in text and "inconclusive" in text and "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
