@@ -64,17 +64,22 @@ def _experiment(session, settings: Settings, spec, blobs) -> tuple[Experiment, b
     return queue_experiment(session, settings, spec, blobs=blobs), True
 
 
-def _lineage(session, base) -> Tree:
-    tree = Tree(f"[bold]{base.name}[/] (base, {base.architecture})")
+def _base_packs(session, base) -> list[tuple[SkillPack, Skill, str]]:
+    """The base's packs in order, each with its skill and its status as shown
+    (`status_label`: "inconclusive" where the gate could not decide)."""
     packs = list(session.scalars(
         sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)))
     undecided = inconclusive_packs(session, [p.id for p in packs])
-    for p in packs:
-        skill = session.get(Skill, p.skill_id)
+    return [(p, session.get(Skill, p.skill_id), status_label(p.status, p.id in undecided))
+            for p in packs]
+
+
+def _lineage(session, base) -> Tree:
+    tree = Tree(f"[bold]{base.name}[/] (base, {base.architecture})")
+    for p, skill, status in _base_packs(session, base):
         edges = session.scalars(sa.select(LineageEdge).where(LineageEdge.child_id == p.id))
         via = [f"{e.kind.value} {get_base(session, e.parent_base_id).name}" for e in edges
                if e.parent_base_id is not None and e.parent_base_id != base.id]
-        status = status_label(p.status, p.id in undecided)
         colour = {"promoted": "green", "rejected": "red"}.get(status, "yellow")
         tree.add(f"{skill.name}@v{p.version} [{colour}]{status}[/] {p.method}"
                  + (f" ({', '.join(via)})" if via else ""))
@@ -92,16 +97,10 @@ def _matrix_table(title: str, skills: list[str], matrix: list[list[float | None]
 
 
 def _packs_table(session, base) -> tuple[Table, list[dict]]:
-    rows = []
-    packs = list(session.scalars(
-        sa.select(SkillPack).where(SkillPack.base_id == base.id).order_by(SkillPack.id)))
-    undecided = inconclusive_packs(session, [p.id for p in packs])
-    for p in packs:
-        skill = session.get(Skill, p.skill_id)
-        rows.append({"pack": f"{skill.name}@v{p.version}",
-                     "status": status_label(p.status, p.id in undecided), "method": p.method,
-                     "bytes": p.size_bytes, "dense": (p.metrics or {}).get("dense_fp16_bytes", 0),
-                     "ratio": p.compression_ratio, "rel_error": (p.metrics or {}).get("rel_error")})
+    rows = [{"pack": f"{skill.name}@v{p.version}", "status": status, "method": p.method,
+             "bytes": p.size_bytes, "dense": (p.metrics or {}).get("dense_fp16_bytes", 0),
+             "ratio": p.compression_ratio, "rel_error": (p.metrics or {}).get("rel_error")}
+            for p, skill, status in _base_packs(session, base)]
     return _packs_rows_table(rows), rows
 
 
@@ -109,9 +108,9 @@ def _packs_rows_table(rows: list[dict]) -> Table:
     """The packs table; the name and status columns are never cut, even at 80 columns
     ("knowledge@v1", "inconclusive"): the numbers' headers wrap instead."""
     table = Table(title="SkillPacks", title_justify="left")
-    for col, key in (("pack", "pack"), ("status", "status"), ("method", "method")):
+    for col in ("pack", "status", "method"):
         table.add_column(col, no_wrap=True,
-                         min_width=max([len(col), *(len(str(r[key])) for r in rows)]))
+                         min_width=max([len(col), *(len(str(r[col])) for r in rows)]))
     for col in ("bytes", "dense fp16 delta", "ratio", "rel. error"):
         table.add_column(col, justify="right")
     for r in rows:

@@ -26,11 +26,11 @@ METRICS = ("exact_match", "number", "loglikelihood")
 NUMBER_PATTERN = r"-?\d+(?:[.,]\d+)*"
 
 
-def _generation(q, max_gen_toks: int) -> list[str]:
+def _generation(q, max_gen_toks: int, target: str = "answer") -> list[str]:
     return [
         "output_type: generate_until",
         *ZERO_SHOT,
-        "doc_to_target: answer",
+        f"doc_to_target: {target}",
         "generation_kwargs:",
         f"  until: [{q(chr(10))}]",
         "  do_sample: false",
@@ -44,10 +44,9 @@ def _scoring(metric: str, q, max_gen_toks: int) -> list[str]:
     if metric == "number":
         # The pipeline is named "none" on purpose: its scores then read as plain `exact_match`,
         # the headline metric every suite reports (skillstore.evaluation.scores).
-        lines = [line.replace("doc_to_target: answer", "doc_to_target: number")
-                 for line in _generation(q, max_gen_toks)]
-        return [*lines, "filter_list:", "  - name: none", "    filter:",
-                "      - function: regex", f"        regex_pattern: {q(NUMBER_PATTERN)}",
+        return [*_generation(q, max_gen_toks, target="number"), "filter_list:",
+                "  - name: none", "    filter:", "      - function: regex",
+                f"        regex_pattern: {q(NUMBER_PATTERN)}",
                 "        group_select: 0", "      - function: take_first",
                 "metric_list:", "  - metric: exact_match"]
     if metric == "loglikelihood":

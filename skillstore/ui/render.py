@@ -52,7 +52,15 @@ def _value(v) -> str:
     return str(getattr(v, "value", v))
 
 
-TEMPLATES.env.filters.update(bytes=_bytes, when=_when, num=_num, value=_value)
+def _pack_status(pack: dict) -> str:
+    """A pack's status as the console shows it (`catalog.status_label`)."""
+    from ..catalog import status_label
+
+    return status_label(pack["status"], pack.get("inconclusive", False))
+
+
+TEMPLATES.env.filters.update(bytes=_bytes, when=_when, num=_num, value=_value,
+                             pack_status=_pack_status)
 TEMPLATES.env.globals.update(seconds=_seconds, ui="/ui")
 
 
