@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..catalog import inconclusive_packs, status_label
 from ..catalog.models import (
     BaseCheckpoint,
     Experiment,
@@ -117,7 +118,8 @@ def adopt_run(session: Session, settings: Settings, blobs, run: ExperimentRun, *
         if pack.status != PackStatus.candidate:  # decided before: by an earlier adopt, or a person
             last = session.scalar(sa.select(Promotion).where(Promotion.pack_id == pack.id)
                                   .order_by(Promotion.id.desc()).limit(1))
-            out.append(Adopted(pack.id, name, pack.status.value,
+            undecided = pack.id in inconclusive_packs(session, [pack.id])
+            out.append(Adopted(pack.id, name, status_label(pack.status, undecided),
                                f"decided before ({last.actor}): {last.reason}" if last
                                else "decided before", last.state_id if last else None))
             continue

@@ -236,6 +236,20 @@ def test_a_pack_the_gate_refuses_leaves_the_head_where_it_was(session, graft_res
     assert all(get_pack(session, a.pack_id).status == PackStatus.rejected for a in adopted)
 
 
+def test_a_second_adopt_says_an_inconclusive_verdict_again(session, graft_result, tmp_path):
+    """A pack the gate could not decide on is stored as rejected; adopting the run again must
+    still call it inconclusive (it said "rejected", from the stored status)."""
+    _, store, _ = graft_result
+    # a gain of at least 0.5 on 3-4 prompts: the estimate 0 cannot be told from it either way
+    run = adoptable(session, graft_result, PERMISSIVE.model_copy(update={"min_gain": 0.5}))
+    settings = Settings(home=tmp_path / "home")
+    adopted = adopt_run(session, settings, store, run)
+    assert [a.verdict for a in adopted] == ["inconclusive"] * len(adopted)
+    again = adopt_run(session, settings, store, run)
+    assert [a.verdict for a in again] == ["inconclusive"] * len(adopted), [a.line for a in again]
+    assert all(a.summary.startswith("decided before (experiment:") for a in again)
+
+
 def test_only_a_succeeded_graft_run_can_be_adopted(session, graft_result):
     _, _, run_inputs = graft_result
     experiment = create_experiment(session, run_inputs.spec)
