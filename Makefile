@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: setup setup-dev demo experiment test test-reliability bench gpu-check lint clean
+.PHONY: setup setup-dev demo experiment test test-reliability bench gpu-check lint screenshots clean
 
 # `setup` installs what the service needs; `setup-dev` adds the test tools (schemathesis, moto,
 # s3fs, flower, ruff), which take as long to install again as the service itself, so `make demo`
@@ -57,6 +57,11 @@ bench: setup
 # Train, compress, apply and evaluate on one GPU in under 5 minutes; skips (exit 0) without CUDA.
 gpu-check: setup
 	PY=$(PY) bench/gpu_check.sh
+
+# The console's screenshots in docs/ui (docs/ui.md), taken by the browser tests; a plain test run
+# keeps its screenshots in pytest's temporary folders.
+screenshots: setup-dev
+	SKILLSTORE_UI_SHOTS=$(CURDIR)/docs/ui $(PY) -m pytest -q tests/ui/test_console.py
 
 lint: setup-dev
 	$(VENV)/bin/ruff check skillstore workers migrations tests bench

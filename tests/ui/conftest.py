@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import threading
@@ -20,7 +21,9 @@ from tests.workerenv import FAST_OPTIONS, FAST_TRAIN, make_env, queue_job
 TOKEN = "ui-test-token-0123456789"
 TOKEN_HASH = hashlib.sha256(TOKEN.encode()).hexdigest()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+#: Where `make screenshots` asks the browser tests to save the docs' screenshots; without it
+#: they go to the test's own temporary folder, so a test run never rewrites tracked files.
+SHOTS_ENV = "SKILLSTORE_UI_SHOTS"
 
 
 @dataclass
@@ -168,14 +171,19 @@ def browser():
 
 
 @pytest.fixture
-def shoot(browser):
-    """Save the page the browser shows as docs/ui/NAME.png (the docs' screenshots)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def shoot(browser, tmp_path):
+    """Save the page the browser shows as NAME.png: in $SKILLSTORE_UI_SHOTS (docs/ui under
+    `make screenshots`), else in the test's temporary folder. A page that renders to nothing
+    fails the test."""
+    shots = Path(os.environ.get(SHOTS_ENV) or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
 
     def take(name: str) -> None:
         height = browser.execute_script("return document.body.scrollHeight")
         browser.set_window_size(1280, min(max(height + 40, 600), 2400))
-        browser.save_screenshot(str(SHOTS / f"{name}.png"))
+        path = shots / f"{name}.png"
+        assert browser.save_screenshot(str(path)), f"the browser saved no screenshot of {name}"
+        assert path.stat().st_size > 1000, f"{path} is {path.stat().st_size} bytes"
         browser.set_window_size(1280, 900)
 
     return take
