@@ -79,6 +79,10 @@ class JobIn(Body):
     tune_steps: int = Field(default=0, ge=0, le=100_000,
                             description="Steps of tune_pack on the skill's training rows after "
                                         "compressing; 0: off.")
+    tune_objective: Literal["labels", "teacher"] = Field(
+        default="labels", description="What tune_steps tune the pack toward: the rows' answers "
+                                      "(labels) or the job's fine-tune's next-token "
+                                      "distributions on them (teacher).")
     eval_limit: int | None = Field(default=None, ge=1, le=10_000_000)
     distill_prompts: int | None = Field(default=None, ge=1, le=100_000_000)
     verify: bool = True

@@ -31,6 +31,11 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
                                          help="After compressing, tune the pack's grids on the "
                                               "skill's training rows for this many steps (same "
                                               "bytes; docs/skillpack.md). 0: off."),
+          tune_objective: str = typer.Option(
+              "labels", "--tune-objective",
+              help="What --tune-steps tune the pack toward: labels (the rows' answers) or "
+                   "teacher (the job's own fine-tune's next-token distributions on the rows: "
+                   "closer to the fine-tune's answers; docs/skillpack.md)."),
           general_suite: Path | None = typer.Option(None, help="The base's general suite YAML."),
           eval_limit: int | None = typer.Option(None, "--eval-limit", min=1,
                                                 help="Evaluate at most this many prompts per "
@@ -77,6 +82,7 @@ def learn(skill: str = typer.Argument(..., help="Skill name or id."),
     request = LearnRequest.build(
         skill, base, method=method, source=source, policy=policy, start_from=start_from,
         budget=None if budget is None else budget / 100, tune_steps=tune_steps,
+        tune_objective=tune_objective,
         general_suite=str(general_suite) if general_suite else None, eval_limit=eval_limit,
         distill_prompts=distill_prompts, verify=verify, backend=backend,
         gradient_checkpointing=gradient_checkpointing, max_steps=max_steps, lr=lr,

@@ -231,8 +231,11 @@ def tune(
     steps: int = typer.Option(200, "--steps", min=1, help="Optimiser steps."),
     lr: float = typer.Option(1e-2, "--lr", min=0.0,
                              help="Adam step on each value's relative change."),
+    teacher: Path | None = typer.Option(
+        None, "--teacher", help="The fine-tuned folder the pack was compressed from: tune "
+        "towards its next-token distributions on the rows (KL) instead of the rows' answers."),
 ) -> None:
-    """Tune a pack's float payload (group scales, gains, norms) on the skill's training loss;
+    """Tune a pack's float payload (group scales, gains, norms) on the skill's training rows;
     the codes stay fixed, so the tuned pack has the same size."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -244,6 +247,7 @@ def tune(
     rows = load_rows(train)
     pf = read_pack(pack)
     model, tok = load_causal_lm(_base_of(pf, base))
+    taught = load_causal_lm(teacher, fingerprint=False)[0] if teacher is not None else None
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                   transient=True) as bar:
@@ -252,8 +256,10 @@ def tune(
         def report(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, description=f"tuning, loss {loss:.4f}")
 
-        result = tune_pack(pf, model, tok, rows, out, TuneConfig(steps=steps, lr=lr), report)
-    typer.echo(f"wrote {result.path} ({result.bytes:,} bytes; training loss "
+        result = tune_pack(pf, model, tok, rows, out, TuneConfig(steps=steps, lr=lr), report,
+                           teacher=taught)
+    what = "training loss" if taught is None else "divergence from the teacher"
+    typer.echo(f"wrote {result.path} ({result.bytes:,} bytes; {what} "
                f"{result.loss_before:.4f} -> {result.loss_after:.4f} in {result.steps} steps, "
                f"{result.seconds:.1f}s)")
 

@@ -3,7 +3,8 @@ SkillPack stored as a blob, and the packs so far routed and scored after every s
 
 A pack is made as a learning job makes it (`pipeline.steps.compress`): `compress_checkpoint`
 of the fine-tune against the base with the spec's policy (or budget), GPTQ statistics from the
-skill's first training rows when the policy asks for them, `tune_pack` when ``tune_steps`` > 0,
+skill's first training rows when the policy asks for them, `tune_pack` when ``tune_steps`` > 0
+(toward the rows' answers, or the fine-tune's with ``tune_objective: teacher``),
 then `store.put_file`. The fine-tune is the one the merges use (`baselines.finetune_delta`) and
 the routed scoring the one `multi_lora` uses (`baselines.routed_scores`). A skill distilled
 from several sources gets one pack per source, fused and scored by `hetero.fusion_scores`; the
@@ -13,6 +14,7 @@ each stage's pack with the spec's gate, on the scores the run already has.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -106,6 +108,8 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
     finetune = suite_scores(model, tokenizer, [suite], limit=limit)[0]
     tuned_dir = work / "finetune"
     model.save_pretrained(tuned_dir, safe_serialization=True)
+    teacher = (copy.deepcopy(model).eval()
+               if settings.tune_steps and settings.tune_objective == "teacher" else None)
     load_weights(model, base)  # GPTQ's statistics and the tuning read the plain base
     policy = graft_policy(settings)
     calibration = (skill_calibration(model, tokenizer, stage.train[:CALIBRATION_ROWS])
@@ -120,9 +124,11 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
     if settings.tune_steps:
         report = (lambda step, total, _loss: progress("tune", 1.0)) if progress else None
         tuned = tune_pack(path, model, tokenizer, stage.train, work / "tuned.safetensors",
-                          TuneConfig(steps=settings.tune_steps, seed=seed), report)
+                          TuneConfig(steps=settings.tune_steps, seed=seed), report,
+                          teacher=teacher)
         path = tuned.path
-        tune = {"steps": tuned.steps, "loss_before": tuned.loss_before,
+        tune = {"steps": tuned.steps, "objective": tuned.objective,
+                "loss_before": tuned.loss_before,
                 "loss_after": tuned.loss_after, "seconds": round(tuned.seconds, 3)}
     digest = store.put_file(path)  # whole or absent: named by its digest
     samples = store.put_bytes(samples_bytes(finetune.samples)) if finetune.samples else None

@@ -21,7 +21,7 @@ from ..curriculum.validate import validate_dataset
 from ..errors import ConfigError, DatasetError, NotFoundError
 from ..gate.policy import GatePolicy
 from ..heldout import DEFAULT_METRIC, METRICS, Wording, split_dataset
-from ..packs import load_policy
+from ..packs import TuneObjective, load_policy
 from ..training.dpo import DPOConfig
 from ..training.sft import SFTConfig
 
@@ -35,11 +35,13 @@ class _Settings(BaseModel):
 
 class Graft(_Settings):
     """GraftLLM: fine-tune, compress into a pack (``policy``, or ``budget`` percent of the dense
-    fp16 delta), tune it ``tune_steps``, and route between packs."""
+    fp16 delta), tune it ``tune_steps`` toward ``tune_objective`` (the rows' answers,
+    ``labels``, or its fine-tune's, ``teacher``; `packs.tune`), and route between packs."""
 
     policy: str = "compact"
     budget: float | None = Field(default=None, gt=0, le=100)
     tune_steps: int = Field(default=0, ge=0)
+    tune_objective: TuneObjective = "labels"
     router: Literal["learned", "tag", "none"] = "learned"
     top_k: int = Field(default=1, ge=1)
 

@@ -10,12 +10,12 @@ from .parts import DensePart, LowRankPart, SparsePart
 from .policy import PRESETS, CodecSpec, CompressionPolicy, load_policy
 from .quant import collect_hessians
 from .roles import module_role
-from .tune import TuneConfig, TuneResult, tune_pack
+from .tune import TuneConfig, TuneObjective, TuneResult, tune_pack
 
 __all__ = [
     "CODECS", "FORMAT_VERSION", "PRESETS", "CodecSpec", "CompressionPolicy", "DensePart",
-    "LowRankPart", "PackFile", "PackSummary", "SparsePart", "TuneConfig", "TuneResult",
-    "active_packs", "apply_pack",
+    "LowRankPart", "PackFile", "PackSummary", "SparsePart", "TuneConfig", "TuneObjective",
+    "TuneResult", "active_packs", "apply_pack",
     "check_compatible", "collect_hessians", "compress_checkpoint", "export_merged",
     "export_peft", "get_codec", "grafted", "iter_deltas", "load_base", "load_policy",
     "module_role", "read_pack", "release_buffers", "tune_pack", "unapply_pack",

@@ -14,7 +14,7 @@ from ..errors import ConfigError, NotFoundError, RequestError
 from ..evaluation.suites import general_suite, skill_suite
 from ..fingerprint import fingerprint_tokenizer
 from ..gate.policy import GatePolicy
-from ..packs import load_policy
+from ..packs import TuneObjective, load_policy
 from ..training.backends import BackendName, get_backend
 from ..training.distill import GenerationConfig
 from ..training.dpo import DPOConfig
@@ -48,6 +48,9 @@ class LearnRequest(BaseModel):
                                  description="Fit the pack in this fraction of the dense fp16 "
                                              "delta.")
     tune_steps: int = Field(default=0, ge=0, le=1_000_000)
+    tune_objective: TuneObjective = Field(default="labels", description=(
+        "What tune_steps tune the pack toward: the training rows' answers (labels) or the "
+        "job's fine-tune's next-token distributions on them (teacher)."))
     sft: SFTConfig = SFTConfig()
     generation: GenerationConfig = GenerationConfig()
     distill_prompts: int | None = Field(default=None, gt=0, description=(

@@ -140,17 +140,22 @@ def tuned_checkpoint(store, settings: Settings, job_id: int, tuned: dict) -> Pat
     return publish_dir(tmp, local)
 
 
-def _tune(base: BaseCheckpoint, store, job: Job, pack_file: Path, tmp: Path, steps: int,
-          progress: Progress | None) -> tuple[Path, dict]:
-    """Tune the fresh pack's float payload on the job's training rows (``tune_steps``)."""
+def _tune(base: BaseCheckpoint, store, job: Job, pack_file: Path, tmp: Path,
+          finetune: Path, progress: Progress | None) -> tuple[Path, dict]:
+    """Tune the fresh pack's float payload on the job's training rows (``tune_steps``), toward
+    the fine-tune in ``finetune`` or the rows' answers (``tune_objective``)."""
+    request = request_of(job)
     rows = read_rows(store, output(job, "prepare")["train"])
     model, tok = load_causal_lm(base.uri)
+    teacher = (load_causal_lm(finetune, fingerprint=False)[0]
+               if request.tune_objective == "teacher" else None)
     report = ((lambda i, n, _loss: progress("compress", 0.5 + 0.4 * i / max(1, n)))
               if progress else None)
     result = tune_pack(pack_file, model, tok, rows, tmp / "tuned.safetensors",
-                       TuneConfig(steps=steps), report)
-    return result.path, {"steps": result.steps, "loss_before": result.loss_before,
-                         "loss_after": result.loss_after, "seconds": result.seconds}
+                       TuneConfig(steps=request.tune_steps), report, teacher=teacher)
+    return result.path, {"steps": result.steps, "objective": result.objective,
+                         "loss_before": result.loss_before, "loss_after": result.loss_after,
+                         "seconds": result.seconds}
 
 
 def _calibration(base: BaseCheckpoint, store, job: Job) -> tuple[object, dict]:
@@ -183,8 +188,8 @@ def compress(session: Session, job_id: int, settings: Settings,
         policy = load_policy(request.policy, budget=request.budget)
         calibration, gptq_info = (_calibration(base, store, job) if policy.gptq
                                   else (None, None))
-        summary = compress_checkpoint(base.uri, tuned_checkpoint(store, settings, job.id, tuned),
-                                      policy, tmp / "pack.safetensors",
+        finetune = tuned_checkpoint(store, settings, job.id, tuned)
+        summary = compress_checkpoint(base.uri, finetune, policy, tmp / "pack.safetensors",
                                       base_fingerprint=base.fingerprint, progress=report,
                                       calibration=calibration)
         del calibration
@@ -192,7 +197,7 @@ def compress(session: Session, job_id: int, settings: Settings,
             gptq_info["matrices"] = summary.gptq_matrices
         pack_file, size = summary.path, summary.bytes
         if request.tune_steps:
-            pack_file, tune_info = _tune(base, store, job, summary.path, tmp, request.tune_steps,
+            pack_file, tune_info = _tune(base, store, job, summary.path, tmp, finetune,
                                          progress)
             size = pack_file.stat().st_size
         digest = store.put_file(pack_file)  # whole or absent: named by its digest

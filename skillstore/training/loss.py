@@ -86,3 +86,23 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         total = total + (checkpoint(_chunk_sum, *args, use_reentrant=False) if recompute
                          else _chunk_sum(*args))
     return total / len(targets)
+
+
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 logits at the positions that predict an answer token of a `data.collate` batch,
+    one row per answer token in batch order: what a distillation loss compares. Plain-head
+    models score only those positions through the LM head; any other model runs its own
+    forward and the rows are picked from its logits."""
+    scored = batch["labels"][:, 1:] != IGNORE_INDEX
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    head = plain_head(model)
+    if head is None:
+        return model(**inputs).logits[:, :-1][scored].float()
+    out = model.base_model(**inputs, use_cache=False)
+    return head(out.last_hidden_state[:, :-1][scored]).float()
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean over answer tokens of KL(teacher || student), from `answer_logits` rows of each."""
+    return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                    reduction="sum") / max(1, len(student))

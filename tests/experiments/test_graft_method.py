@@ -131,10 +131,11 @@ def test_the_tag_router_sends_each_suite_to_its_own_pack(tiny_world, suites, sto
 def test_a_graft_run_is_deterministic_for_its_seed(tiny_world, suites, tmp_path):  # noqa: F811
     def run(seed: int, where: str) -> dict:
         return graft_run(tiny_world.base_dir, suites, BlobStore(tmp_path / where), seed=seed,
-                         tune_steps=2)
+                         tune_steps=2, tune_objective="teacher")
 
     first, again, other = run(3, "a"), run(3, "b"), run(4, "c")
     assert first["packs"][0]["tune"]["steps"] == 2
+    assert first["packs"][0]["tune"]["objective"] == first["tune_objective"] == "teacher"
     for key in ("accuracy_matrix", "routers", "finetune_scores"):
         assert first[key] == again[key], key
     made = lambda result: [(p["digest"], p["bytes"], p["rel_error"]) for p in result["packs"]]  # noqa: E731

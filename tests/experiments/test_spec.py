@@ -62,6 +62,8 @@ def test_a_stored_spec_reads_back_as_itself(doc):
     (with_(methods={"graft": {"budget": 150}}),
      r"methods\.graft\.budget: .*less than or equal to 100"),
     (with_(methods={"graft": {"rank": 4}}), r"methods\.graft\.rank: no such key"),
+    (with_(methods={"graft": {"tune_objective": "both"}}),
+     r"methods\.graft\.tune_objective: .*'labels' or 'teacher'"),
     (with_(methods={"graft": {"policy": "tiny"}}), r"graft\.policy: .*tiny"),
     (with_(methods={"task_arithmetic": {"density": 0.2}}), r"task_arithmetic .*no density"),
     (with_(methods={"replay": {"replay": 0}}), r"replay needs replay > 0"),

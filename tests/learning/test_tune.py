@@ -27,6 +27,47 @@ def case_pack(mini_zoo, tmp_path_factory):
     return summary.path, rows
 
 
+def test_answer_logits_are_the_models_own_logits_at_the_answer_positions(mini_zoo):
+    from skillstore.training.data import collate, encode_rows, pad_id_of
+    from skillstore.training.loss import answer_logits, plain_head
+
+    model, tok = load_causal_lm(mini_zoo.target)
+    rows = load_rows(mini_zoo.load_curriculum().skills["case"].train)[:6]
+    batch = collate(encode_rows(tok, rows, 64, "rows"), pad_id_of(tok), torch.device("cpu"))
+    assert plain_head(model) is not None  # the path that skips the full logits
+    with torch.no_grad():
+        got = answer_logits(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    scored = batch["labels"][:, 1:] != -100
+    assert got.shape == (int(scored.sum()), len(tok)) and got.dtype == torch.float32
+    torch.testing.assert_close(got, full[:, :-1][scored].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_tuning_towards_the_fine_tune_lowers_the_divergence_from_it(mini_zoo, case_pack,
+                                                                     tmp_path):
+    path, rows = case_pack
+    model, tok = load_causal_lm(mini_zoo.target)
+    teacher, _ = load_causal_lm(path.parent / "tuned", fingerprint=False)
+    result = tune_pack(path, model, tok, rows, tmp_path / "taught.safetensors",
+                       TuneConfig(steps=30, lr=3e-2), teacher=teacher)
+    assert result.objective == "teacher"
+    assert 0 <= result.loss_after < result.loss_before  # a KL divergence, and it fell
+    tuned = read_pack(result.path).manifest["tuned"]
+    assert tuned["objective"] == "teacher" and tuned["steps"] == 30
+    labels = tune_pack(path, model, tok, rows, tmp_path / "labels.safetensors",
+                       TuneConfig(steps=2))
+    assert read_pack(labels.path).manifest["tuned"]["objective"] == "labels"
+
+
+def test_a_teacher_that_is_not_the_packs_fine_tune_is_refused(mini_zoo, case_pack, tmp_path):
+    path, rows = case_pack
+    model, tok = load_causal_lm(mini_zoo.target)
+    source, _ = load_causal_lm(mini_zoo.sources["gpt2"])  # another architecture entirely
+    with pytest.raises(TrainingError, match="pass the fine-tune the pack was compressed from"):
+        tune_pack(path, model, tok, rows, tmp_path / "x.safetensors", teacher=source)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_tuning_moves_only_the_floats_and_lowers_the_loss(mini_zoo, case_pack, tmp_path):
     path, rows = case_pack
     model, tok = load_causal_lm(mini_zoo.target)
@@ -73,6 +114,13 @@ def test_pack_tune_command(mini_zoo, case_pack, tmp_path):
                                    str(mini_zoo.target), "--steps", "5", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert "training loss" in res.output and read_pack(out).manifest["tuned"]["steps"] == 5
+    taught = tmp_path / "cli-taught.safetensors"
+    res = CliRunner().invoke(app, ["pack", "tune", str(path), "--train", str(train), "--base",
+                                   str(mini_zoo.target), "--steps", "3", "--teacher",
+                                   str(path.parent / "tuned"), "-o", str(taught)])
+    assert res.exit_code == 0, res.output
+    assert "divergence from the teacher" in res.output
+    assert read_pack(taught).manifest["tuned"]["objective"] == "teacher"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')
     res = CliRunner().invoke(app, ["pack", "tune", str(path), "--train", str(bad), "--base",

@@ -172,7 +172,8 @@ def test_tune_steps_tune_the_jobs_pack_before_it_is_stored(sqlite_env):
     env = sqlite_env
     with env.catalog.session() as s:
         job_id = queue_job(s, env.settings, "reverse", "tiny-llama", sft=FAST_TRAIN,
-                                    policy="compact", tune_steps=4, send=False)
+                                    policy="compact", tune_steps=4, tune_objective="teacher",
+                                    send=False)
     with env.catalog.session() as s:
         for step in (steps.prepare, steps.train):
             step(s, job_id, env.settings)
@@ -181,8 +182,13 @@ def test_tune_steps_tune_the_jobs_pack_before_it_is_stored(sqlite_env):
         s.commit()
         pack = s.get(SkillPack, out["pack_id"])
         assert pack.metrics["tune"]["steps"] == 4 and pack.size_bytes == out["bytes"]
+        # toward the job's own fine-tune, as the request asked (labels by default)
+        assert pack.metrics["tune"]["objective"] == "teacher"
         path = env.settings.home / "tuned-pack.safetensors"
         path.write_bytes(b"".join(open_blob_store(env.settings).iter_chunks(out["blob"])))
-    assert read_pack(path).manifest["tuned"]["steps"] == 4  # the stored blob is the tuned pack
+    tuned = read_pack(path).manifest["tuned"]  # the stored blob is the tuned pack
+    assert tuned["steps"] == 4 and tuned["objective"] == "teacher"
     with env.catalog.session() as s, pytest.raises(RequestError, match="tune_steps"):
         queue_job(s, env.settings, "reverse", "tiny-llama", tune_steps=-1, send=False)
+    with env.catalog.session() as s, pytest.raises(RequestError, match="tune_objective"):
+        queue_job(s, env.settings, "reverse", "tiny-llama", tune_objective="both", send=False)
