@@ -194,14 +194,19 @@ def tiny_skills(out: Path) -> dict:
     return {"pair": "zoo target + SFT on each skill, compact preset", "skills": rows}
 
 
-def _per_prompt(model, tok, rows) -> list[int]:
-    """1/0 per prompt: greedy answer equal to the reference, as exact_match scores it."""
+def greedy_answers(model, tok, rows) -> list[str]:
+    """The greedy answer to each prompt, with room for the longest reference answer."""
     from skillstore.training.data import STOP, encode_text
     from skillstore.training.generate import generate_answers
 
     longest = max(len(encode_text(tok, r["answer"] + STOP)) for r in rows)
-    answers = generate_answers(model, tok, [r["prompt"] for r in rows],
-                               max_new_tokens=longest + 2, batch_size=64)
+    return generate_answers(model, tok, [r["prompt"] for r in rows],
+                            max_new_tokens=longest + 2, batch_size=64)
+
+
+def _per_prompt(model, tok, rows) -> list[int]:
+    """1/0 per prompt: greedy answer equal to the reference, as exact_match scores it."""
+    answers = greedy_answers(model, tok, rows)
     return [int(a == r["answer"].strip()) for a, r in zip(answers, rows, strict=True)]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.bench_packs import _tiny_tuned, greedy_answers
 from skillstore.packs import compress_checkpoint, grafted
 from skillstore.packs.policy import load_policy
 
@@ -27,15 +28,6 @@ SKILLS = [s for s in os.environ.get("SKILLSTORE_BENCH_TUNE_SKILLS", "").split(",
 SFT_KIND = os.environ.get("SKILLSTORE_BENCH_TUNE_SFT", "demo")
 THREADS = int(os.environ.get("SKILLSTORE_BENCH_THREADS", "1"))
 N_TEST = 200
-
-
-def _answers(model, tok, rows) -> list[str]:
-    from skillstore.training.data import STOP, encode_text
-    from skillstore.training.generate import generate_answers
-
-    longest = max(len(encode_text(tok, r["answer"] + STOP)) for r in rows)
-    return generate_answers(model, tok, [r["prompt"] for r in rows],
-                            max_new_tokens=longest + 2, batch_size=64)
 
 
 def _row(label: str, answers: list[str], rows, tuned: list[str], **extra) -> dict:
@@ -54,7 +46,6 @@ def tune_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
     from skillstore.training.sft import SFTConfig
 
     from .bench_learning import BENCH_SFT
-    from .bench_packs import _tiny_tuned
 
     spec = load_spec("demo")
     sft = spec.train if SFT_KIND == "demo" else SFTConfig(**BENCH_SFT)
@@ -63,15 +54,16 @@ def tune_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
     train, test = load_rows(files.train), load_rows(files.test)[:N_TEST]
     tuned_dir = _tiny_tuned(zoo, cur, skill, out, sft, kind=f"tune-{SFT_KIND}")
     tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
-    reference = _answers(tuned_model, tok, test)
+    reference = greedy_answers(tuned_model, tok, test)
     packs = out / "tune-packs"
     packs.mkdir(exist_ok=True)
     policy = load_policy(spec.methods.graft.policy, budget=spec.methods.graft.budget / 100)
     pack = compress_checkpoint(zoo.target, tuned_dir, policy, packs / f"{skill}.safetensors")
     rows = [_row("fine-tune", reference, test, reference)]
     with grafted(base_model, pack.path):
-        rows.append(_row("compressed, untuned", _answers(base_model, tok, test), test, reference,
-                         bytes=pack.bytes, file_ratio=pack.bytes / pack.dense_fp16_bytes))
+        rows.append(_row("compressed, untuned", greedy_answers(base_model, tok, test), test,
+                         reference, bytes=pack.bytes,
+                         file_ratio=pack.bytes / pack.dense_fp16_bytes))
     for label, teacher in (("tuned on the rows' answers", None),
                            ("tuned toward the fine-tune", tuned_model)):
         started = time.perf_counter()
@@ -80,7 +72,7 @@ def tune_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
                            ".safetensors", TuneConfig(steps=steps), teacher=teacher)
         seconds = time.perf_counter() - started
         with grafted(base_model, result.path):
-            rows.append(_row(label, _answers(base_model, tok, test), test, reference,
+            rows.append(_row(label, greedy_answers(base_model, tok, test), test, reference,
                              bytes=result.bytes, file_ratio=result.bytes / pack.dense_fp16_bytes,
                              seconds=seconds, loss=[result.loss_before, result.loss_after]))
     tuned_acc = rows[0]["accuracy"]

@@ -108,7 +108,7 @@ def make_pack(model, tokenizer, base: dict, stage: Stage, suite: Suite, settings
     finetune = suite_scores(model, tokenizer, [suite], limit=limit)[0]
     tuned_dir = work / "finetune"
     model.save_pretrained(tuned_dir, safe_serialization=True)
-    teacher = (copy.deepcopy(model).eval()
+    teacher = (copy.deepcopy(model)
                if settings.tune_steps and settings.tune_objective == "teacher" else None)
     load_weights(model, base)  # GPTQ's statistics and the tuning read the plain base
     policy = graft_policy(settings)

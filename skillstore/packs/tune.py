@@ -6,7 +6,7 @@ floats were chosen to minimise weight error; :func:`tune_pack` moves them instea
 a loss on the skill's training rows of the base model with the pack applied, with every code
 fixed: the rows' own answers (cross-entropy), or, given the fine-tune the pack was made from,
 that fine-tune's next-token distributions on the same rows (KL divergence: the pack is taught
-to answer as its fine-tune does, which is what the gate's fidelity check asks of it).
+to answer as its fine-tune does, wrong answers included).
 The tuned pack has the same tensors, dtypes and bytes; it is a new pack (new digest) whose
 manifest records how it was tuned.
 """

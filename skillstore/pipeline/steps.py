@@ -140,11 +140,10 @@ def tuned_checkpoint(store, settings: Settings, job_id: int, tuned: dict) -> Pat
     return publish_dir(tmp, local)
 
 
-def _tune(base: BaseCheckpoint, store, job: Job, pack_file: Path, tmp: Path,
-          finetune: Path, progress: Progress | None) -> tuple[Path, dict]:
+def _tune(base: BaseCheckpoint, store, job: Job, request: LearnRequest, pack_file: Path,
+          tmp: Path, finetune: Path, progress: Progress | None) -> tuple[Path, dict]:
     """Tune the fresh pack's float payload on the job's training rows (``tune_steps``), toward
     the fine-tune in ``finetune`` or the rows' answers (``tune_objective``)."""
-    request = request_of(job)
     rows = read_rows(store, output(job, "prepare")["train"])
     model, tok = load_causal_lm(base.uri)
     teacher = (load_causal_lm(finetune, fingerprint=False)[0]
@@ -197,8 +196,8 @@ def compress(session: Session, job_id: int, settings: Settings,
             gptq_info["matrices"] = summary.gptq_matrices
         pack_file, size = summary.path, summary.bytes
         if request.tune_steps:
-            pack_file, tune_info = _tune(base, store, job, summary.path, tmp, finetune,
-                                         progress)
+            pack_file, tune_info = _tune(base, store, job, request, summary.path, tmp,
+                                         finetune, progress)
             size = pack_file.stat().st_size
         digest = store.put_file(pack_file)  # whole or absent: named by its digest
     finally:

@@ -64,18 +64,23 @@ def _chunk_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def _answer_hidden(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's hidden states at the positions that predict an answer token (labels
+    that are not IGNORE_INDEX, each predicted from the position before it), and those tokens."""
+    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False)
+    targets = batch["labels"][:, 1:]
+    scored = targets != IGNORE_INDEX
+    return out.last_hidden_state[:, :-1][scored], targets[scored]
+
+
 def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens of a `data.collate` batch (labels that are
     not IGNORE_INDEX, each predicted from the position before it)."""
     head = plain_head(model)
     if head is None:
         return model(**batch).loss
-    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False)
-    targets = batch["labels"][:, 1:]
-    scored = targets != IGNORE_INDEX
-    hidden = out.last_hidden_state[:, :-1][scored]
-    targets = targets[scored]
+    hidden, targets = _answer_hidden(model, batch)
     step = chunk_tokens(head.weight.shape[0])
     if len(targets) <= step:
         return _chunk_sum(head, hidden, targets) / max(1, len(targets))
@@ -93,13 +98,11 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     one row per answer token in batch order: what a distillation loss compares. Plain-head
     models score only those positions through the LM head; any other model runs its own
     forward and the rows are picked from its logits."""
-    scored = batch["labels"][:, 1:] != IGNORE_INDEX
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     head = plain_head(model)
     if head is None:
-        return model(**inputs).logits[:, :-1][scored].float()
-    out = model.base_model(**inputs, use_cache=False)
-    return head(out.last_hidden_state[:, :-1][scored]).float()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX].float()
+    return head(_answer_hidden(model, batch)[0]).float()
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
