@@ -78,6 +78,9 @@ def tune_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
     tuned_acc = rows[0]["accuracy"]
     for r in rows:
         r["normalised"] = r["accuracy"] / tuned_acc if tuned_acc else None
+    for r in rows[1:]:  # the pack against its own fine-tune, paired on the same prompts
+        d = mcnemar_exact(rows[0]["scores"], r["scores"])
+        r["minus_finetune"] = {"difference": d.difference, "ci": [d.low, d.high], "p": d.p_value}
     t = mcnemar_exact(rows[2]["scores"], rows[3]["scores"])
     return {"skill": skill, "n": len(test), "sft": sft.model_dump(), "tune_steps": steps,
             "rows": rows, "teacher_minus_labels": {"difference": t.difference,
@@ -87,14 +90,16 @@ def tune_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
 def markdown(results: dict) -> str:
     lines = [f"SFT: {results['sft']}; tune steps {results['tune_steps']}; {results['threads']} "
              "torch thread(s)", "",
-             "| skill | n | fine-tune | pack | file % | accuracy | normalised | agrees with "
-             "fine-tune |", "|---|---|---|---|---|---|---|---|"]
+             "| skill | n | fine-tune | pack | file % | accuracy | normalised | pack - fine-tune "
+             "[95%] | agrees with fine-tune |", "|---|---|---|---|---|---|---|---|---|"]
     for s in results["skills"]:
         for r in s["rows"][1:]:
             ratio = f"{100 * r['file_ratio']:.2f}"
             norm = "-" if r["normalised"] is None else f"{r['normalised']:.3f}"
+            d = r["minus_finetune"]
             lines.append(f"| {s['skill']} | {s['n']} | {s['rows'][0]['accuracy']:.3f} | "
                          f"{r['label']} | {ratio} | {r['accuracy']:.3f} | {norm} | "
+                         f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
                          f"{r['agreement']:.3f} |")
     lines += ["", "| skill | teacher - labels (exact match) | 95% interval | McNemar p |",
               "|---|---|---|---|"]

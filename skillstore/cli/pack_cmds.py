@@ -186,12 +186,12 @@ def compress(
     base: Path = typer.Option(..., "--base", help="Base model folder (safetensors)."),
     tuned: Path = typer.Option(..., "--tuned", help="Fine-tuned model folder."),
     policy: str = typer.Option("balanced", "--policy",
-                               help="Preset or a JSON policy file: lossless; balanced (a payload "
+                               help="Preset or a JSON policy file: lossless; balanced (a file "
                                     "of at most 25% of the dense fp16 delta); compact (5%)."),
     budget: float | None = typer.Option(None, "--budget", min=0.01, max=100,
-                                         help="Payload limit in percent of the dense fp16 "
-                                              "delta (e.g. 5), replacing the preset's; the "
-                                              "header is not counted."),
+                                         help="File size limit in percent of the dense fp16 "
+                                              "delta (e.g. 5), header included, replacing the "
+                                              "preset's; a tune of the pack fits it too."),
     out: Path = typer.Option(..., "-o", "--out", help="Pack file to write (.safetensors)."),
     workers: int | None = typer.Option(None, "--workers", min=1,
                                        help="Tensors encoded at once, each on one thread "

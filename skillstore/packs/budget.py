@@ -65,6 +65,30 @@ class Choice:
         return codes + 2 * grid + 8
 
 
+def planned(choice: Choice, calibrated: bool = False) -> tuple[object, Encoded] | None:
+    """The codec and an encoding of ``choice`` as ``encode`` will make it, its payload on the
+    meta device (dtypes and shapes, no data): for the manifest's size before any encoding.
+    None where the matrix is left out."""
+    codec = choice.codec(calibrated=calibrated)
+    if codec is None:
+        return None
+    m, n = choice.shape
+    if choice.rows:
+        tensors = {"rows": (torch.uint8, packed_nbytes(choice.rows, _index_width(m))),
+                   "values": (torch.float16, (choice.rows, n))}
+        info = {"layout": "rows", "count": choice.rows}
+    else:
+        codes = sum(packed_nbytes(c * cols, b) for c, b in choice.blocks for cols in (m, n))
+        grid = sum(2 * c * math.ceil(cols / GROUP) for c, _ in choice.blocks for cols in (m, n))
+        tensors = {"codes": (torch.uint8, codes), "grid": (torch.float16, grid),
+                   "gain": (torch.float32, 2)}
+        info = {"blocks": [list(b) for b in choice.blocks], "calibrated": calibrated}
+    enc = Encoded({k: torch.empty(shape, dtype=dt, device="meta")
+                   for k, (dt, shape) in tensors.items()}, info)
+    assert enc.nbytes == choice.nbytes, (choice, enc.nbytes)
+    return codec, enc
+
+
 def encode(choice: Choice, spectrum: Spectrum, delta: torch.Tensor,
            hessian: torch.Tensor | None = None) -> Encoded:
     """The second pass for one matrix: the same factors as the first, encoded as chosen.
@@ -84,8 +108,9 @@ def encode(choice: Choice, spectrum: Spectrum, delta: torch.Tensor,
 class _Priced:
     """One spectrum as tables of relative error and bytes, for quick picks at any price."""
 
-    def __init__(self, sp: Spectrum):
+    def __init__(self, sp: Spectrum, entry_bytes: float = 0.0):
         self.sp = sp
+        self.entry = entry_bytes  # what the matrix adds to the header once it is in the pack
         scale = 1 / sp.norm2 if sp.norm2 > 0 else 0.0
         self.err = torch.cat([sp.drop[:, None], sp.quant], 1).double() * scale  # (k, 1 + widths)
         self.bytes = torch.cat([torch.zeros(1, dtype=torch.float64), direction_bytes(sp.shape)])
@@ -106,13 +131,13 @@ class _Priced:
         idx = (self.err + lam * self.bytes).argmin(1)
         idx = torch.cummin(idx, 0).values  # widths never rise along the spectrum
         err = float(self.err.gather(1, idx[:, None]).sum()) + self.tail
-        size = float(self.bytes[idx].sum()) + (8.0 if bool((idx > 0).any()) else 0.0)
+        size = float(self.bytes[idx].sum()) + (8.0 + self.entry if bool((idx > 0).any()) else 0.0)
         best = (err, size, idx)
         if self.rows_err is not None:
-            cost = self.rows_err + lam * self.rows_bytes
+            cost = self.rows_err + lam * (self.rows_bytes + self.entry)
             r = int(cost.argmin())
             if float(cost[r]) < err + lam * size:
-                best = (float(self.rows_err[r]), float(self.rows_bytes[r]), r + 1)
+                best = (float(self.rows_err[r]), float(self.rows_bytes[r]) + self.entry, r + 1)
         return best
 
     def set_target(self, rel_err2: float) -> None:
@@ -146,10 +171,13 @@ class _Priced:
 
 
 def allocate(spectra: Mapping[str, Spectrum], budget_bytes: float,
-             energy: Mapping[str, float] | None = None) -> dict[str, Choice]:
+             energy: Mapping[str, float] | None = None,
+             entry_bytes: float = 0.0) -> dict[str, Choice]:
     """The choice per matrix that minimises the summed relative error within
-    ``budget_bytes``, each matrix spending no more than its role's ``energy`` target needs."""
-    priced = [_Priced(sp) for sp in spectra.values()]
+    ``budget_bytes``, each matrix spending no more than its role's ``energy`` target needs.
+    A matrix that is kept costs ``entry_bytes`` more (its manifest entry), so where the
+    budget is tight a matrix is kept only when that is worth its entry."""
+    priced = [_Priced(sp, entry_bytes) for sp in spectra.values()]
     for p in priced:
         keep = (energy or {}).get(p.sp.role)
         if keep is not None:

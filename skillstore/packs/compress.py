@@ -18,7 +18,7 @@ from ..fingerprint import fingerprint_checkpoint
 from . import budget as budget_mode
 from .codecs import Encoded, codec_params
 from .delta import check_compatible, iter_deltas
-from .format import SEP, write_pack
+from .format import SEP, header_bound, write_pack
 from .parts import LowRankPart
 from .policy import CompressionPolicy, load_policy
 from .roles import ATTENTION, EMBEDDING, MLP, module_role
@@ -200,31 +200,63 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
         fixed_bytes += out[1].nbytes
         meta[name]["err2"] = out[2]
     if spectra:
-        picks = _allocate(spectra, policy, 2 * dense_elems, fixed_bytes)
+        def planned(picks):
+            """The fixed encodings with the picks' planned ones, and meta with their errors."""
+            both = dict(chosen)
+            with_err = {n: {"err2": m["norm2"], **m} for n, m in meta.items()}
+            for name, pick in picks.items():
+                plan = budget_mode.planned(pick, _gptq_hessian(policy, calibration, name,
+                                                               pick.shape) is not None)
+                if plan is not None:
+                    both[name] = plan
+                    with_err[name] = {**meta[name], "err2": pick.err2}
+            return both, with_err
+
+        def header(picks):
+            manifest, tensors, _ = _layout(*planned(picks), policy, fingerprint, source)
+            return header_bound(manifest, tensors)
+
+        budget_bytes = policy.budget * 2 * dense_elems
+        picks = _allocate(spectra, policy, budget_bytes, fixed_bytes, header)
+        made: dict[str, budget_mode.Choice] = {}  # what each allocated matrix is encoded as now
 
         def allocated():
             for i, (name, delta, _) in enumerate(iter_deltas(base_dir, tuned_dir)):
-                if progress:
+                if progress and not rounds:  # a later round is brief: few matrices change
                     progress(total + i, steps, name)
-                if name in picks:
+                if name in picks and made.get(name) != picks[name]:
                     yield name, delta
 
         def second(name, delta):
             """Pass two: an allocated matrix encoded as chosen."""
             pick = picks[name]
-            hessian = _gptq_hessian(policy, calibration, name, delta)
+            hessian = _gptq_hessian(policy, calibration, name, delta.shape)
             codec = pick.codec(calibrated=hessian is not None)
             if codec is None:  # nothing left of it: out of the pack, its error counted
                 return None
             enc = budget_mode.encode(pick, spectra[name], delta, hessian=hessian)
             return codec, enc, _err2(codec, name, delta, enc)
 
-        for (name, _), out in in_order(second, allocated(), workers):
-            if out is None:
-                meta[name]["err2"] = meta[name]["norm2"]
-                continue
-            chosen[name] = out[:2]
-            meta[name]["err2"] = out[2]
+        target, rounds = budget_bytes, 0
+        while True:
+            changed_any = False
+            for (name, _), out in in_order(second, allocated(), workers):
+                changed_any = True
+                made[name] = picks[name]
+                if out is None:
+                    chosen.pop(name, None)
+                    meta[name]["err2"] = meta[name]["norm2"]
+                    continue
+                chosen[name] = out[:2]
+                meta[name]["err2"] = out[2]
+            # the planned header held the predicted errors; where the measured ones take more
+            # room, allocate again within what is left and encode the matrices that changed
+            manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
+            over = summary["payload"] + header_bound(manifest, tensors) - budget_bytes
+            if over <= 0 or not changed_any:
+                break
+            target, rounds = target - over, rounds + 1
+            picks = _allocate(spectra, policy, target, fixed_bytes, header)
     if progress:
         progress(steps, steps, "")
     manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
@@ -236,27 +268,43 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
                        sum(bool(enc.info.get("calibrated")) for _, enc in chosen.values()))
 
 
-def _gptq_hessian(policy, calibration, name, delta):
-    """The input second moment GPTQ uses for an allocated matrix, where the policy asks for
-    GPTQ and the statistics fit the matrix (an embedding's token counts do not)."""
+def _gptq_hessian(policy, calibration, name, shape):
+    """The input second moment GPTQ uses for an allocated matrix of ``shape``, where the
+    policy asks for GPTQ and the statistics fit the matrix (an embedding's token counts do
+    not)."""
     h = calibration.get(name) if policy.gptq else None
-    if h is None or h.dim() != 2 or tuple(h.shape) != (delta.shape[1],) * 2:
+    if h is None or h.dim() != 2 or tuple(h.shape) != (shape[1],) * 2:
         return None
     return h
 
 
-def _allocate(spectra, policy, dense_bytes, fixed_bytes):
-    """The allocation within the budget: ``budget`` of the dense fp16 bytes for the whole
-    payload, less what the tensors of the fixed roles (norms, biases) already took. The
-    header is not counted: it is a few KB whatever the model, so counting it left a 5% pack
-    of a small model nothing but its header."""
-    budget_total = policy.budget * dense_bytes
-    room = budget_total - fixed_bytes
-    if room <= 0:
-        raise ConfigError(f"A budget of {100 * policy.budget:g}% ({budget_total:.0f} bytes) "
-                          f"is below what the uncompressed tensors alone need ({fixed_bytes} "
-                          f"bytes, {100 * fixed_bytes / dense_bytes:.2f}%); raise the budget.")
-    return budget_mode.allocate(spectra, room, policy.energy)
+def _allocate(spectra, policy, budget_bytes, fixed_bytes, header):
+    """The allocation within ``budget_bytes`` (the policy's share of the dense fp16 delta)
+    for the whole file: the tensors of the fixed roles (norms, biases), the allocated
+    matrices and the header. ``header(picks)`` bounds the header of the pack, and of any tune
+    of it, with those picks. The first round prices no manifest entry; the next prices each
+    kept matrix at the entry the first one measured; any later one shrinks the room by what
+    the last overshot. With no room left every allocated matrix is left out, which fits."""
+    bare = header({})
+    least = fixed_bytes + bare
+    if least > budget_bytes:
+        dense_bytes = budget_bytes / policy.budget
+        raise ConfigError(
+            f"A budget of {100 * policy.budget:g}% ({budget_bytes:.0f} bytes) is below what "
+            f"the uncompressed tensors and the manifest alone need ({least} bytes, "
+            f"{100 * least / dense_bytes:.2f}%); raise the budget.")
+    room, entry = budget_bytes - least, 0.0
+    while True:
+        picks = budget_mode.allocate(spectra, max(room, 0.0), policy.energy, entry)
+        head = header(picks)
+        over = fixed_bytes + sum(p.nbytes for p in picks.values()) + head - budget_bytes
+        if over <= 0 or room <= 0:
+            return picks
+        kept = sum(bool(p.blocks or p.rows) for p in picks.values())
+        if entry == 0.0 and kept:
+            entry = (head - bare) / kept
+        else:
+            room -= over
 
 
 def _layout(chosen, meta, policy, fingerprint, source):

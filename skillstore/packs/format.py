@@ -128,13 +128,39 @@ def write_pack(path: str | Path, manifest: dict[str, Any], tensors: dict[str, to
 
 
 def header_nbytes(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
-    """How many bytes the file holds besides the payload: the safetensors header with the
-    (partly compressed) manifest, the fields write_pack adds and the digest."""
+    """At least the bytes the file holds besides the payload: the safetensors header with the
+    (partly compressed) manifest, the fields write_pack adds and the digest. ``tensors`` may
+    be on the meta device: only their dtypes and shapes are read."""
     meta, sizes = _packed_meta(_full_manifest(manifest, "sha256:" + "0" * 64), tensors)
-    header = {FLAT_PREFIX + dt: {"dtype": "F16", "shape": [n], "data_offsets": [4 * n, 4 * n]}
-              for dt, n in sizes.items()}  # offsets in bytes: at most 4 per element here
+    header = {FLAT_PREFIX + dt: {"dtype": "BF16", "shape": [n], "data_offsets": [8 * n, 8 * n]}
+              for dt, n in sizes.items()}  # the longest dtype name; at most 8 bytes an element
     header["__metadata__"] = meta
-    return 8 + len(json.dumps(header, separators=(",", ":"))) + 8
+    return 8 + len(json.dumps(header, separators=(",", ":"))) + 8  # length, JSON, padding
+
+
+def tuned_manifest(manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A tuned pack's manifest: ``record`` under ``tuned``, each entry less its weight error
+    (tuning moved the weights, so the error measured at compression no longer holds)."""
+    entries = {n: {k: v for k, v in e.items() if k != "rel_error"}
+               for n, e in manifest["tensors"].items()}
+    return {**manifest, "tensors": entries, "tuned": record}
+
+
+# The longest ``tuned`` record tune_pack writes, for a bound on a tuned pack's header: every
+# digest as random hex, every float with 17 digits and an exponent.
+_LONGEST_TUNED = {
+    "from": "sha256:" + hashlib.sha256(b"from").hexdigest(), "objective": "teacher",
+    "steps": 10 ** 9, "lr": 1.2345678901234567e-05, "batch_size": 10 ** 6, "rows": 10 ** 9,
+    "rows_digest": "sha256:" + hashlib.sha256(b"rows").hexdigest(),
+    "loss_before": 1.2345678901234567e-05, "loss_after": 7.6543210987654321e-06}
+
+
+def header_bound(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> int:
+    """At least the header of this pack and of any tune of it (``tune_pack`` keeps the
+    payload's bytes and changes only the manifest), so a budget that counts this holds for
+    both."""
+    return max(header_nbytes(manifest, tensors),
+               header_nbytes(tuned_manifest(manifest, _LONGEST_TUNED), tensors))
 
 
 @dataclass

@@ -36,9 +36,10 @@ ALLOCATED = (EMBEDDING, ATTENTION, MLP)  # the roles the budget mode allocates
 
 
 class CompressionPolicy(BaseModel):
-    """The operator per module role, or, with ``budget``, an allocation: the payload may take
-    a ``budget`` fraction of the dense fp16 delta's bytes (the header is not counted), and
-    the embedding, attention and MLP matrices get the singular directions and bit widths, or
+    """The operator per module role, or, with ``budget``, an allocation: the file (header
+    included, and that of any tune of it) may take a ``budget`` fraction of the dense fp16
+    delta's bytes, and the embedding, attention and MLP matrices get the singular directions
+    and bit widths, or
     embedding rows, that lose the least of each matrix's energy. ``energy`` (role ->
     fraction) stops a matrix of that role taking more once it keeps that share of its energy.
     ``gptq`` quantises the allocated matrices' factors with GPTQ on calibration statistics

@@ -31,7 +31,7 @@ from ..training.data import batches, collate, encode_rows, pad_id_of
 from ..training.loss import answer_logits, distill_loss
 from ..training.sft import check_finite
 from .codecs import get_codec
-from .format import SEP, PackFile, write_pack
+from .format import SEP, PackFile, tuned_manifest, write_pack
 from .graft import _as_pack, check_base
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)
@@ -190,14 +190,11 @@ def tune_pack(pack_path: PackFile | str | Path, model, tokenizer, train_rows: li
     with torch.no_grad():
         for k, t in stored.items():
             tensors[k] = (t + deltas[k] * floors[k]).to(pack.tensors[k].dtype).contiguous()
-    entries = {n: {k: v for k, v in e.items() if k != "rel_error"}  # the weight error moved
-               for n, e in pack.manifest["tensors"].items()}
-    manifest = {**pack.manifest, "tensors": entries}  # write_pack stamps format and digest
     objective = "labels" if teacher is None else "teacher"
-    manifest["tuned"] = {"from": pack.digest, "objective": objective, "steps": step, "lr": cfg.lr,
-                         "batch_size": cfg.batch_size,
-                         "rows": len(examples), "rows_digest": _rows_digest(train_rows),
-                         "loss_before": before, "loss_after": after}
+    manifest = tuned_manifest(pack.manifest, {  # write_pack stamps format and digest
+        "from": pack.digest, "objective": objective, "steps": step, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "rows": len(examples),
+        "rows_digest": _rows_digest(train_rows), "loss_before": before, "loss_after": after})
     size = write_pack(out_path, manifest, tensors)
     return TuneResult(Path(out_path), size, before, after, step, time.perf_counter() - t0,
                       objective)

@@ -33,7 +33,9 @@ def test_manifest_says_what_the_pack_is(compact_pack, llama_pair):
     assert entry["codec"] == "mplr" and entry["role"] == "attention"
     assert entry["shape"] == [32, 32] and entry["dtype"] == "float32"
     assert m["tensors"]["model.norm.weight"]["codec"] == "dense"
-    assert m["tensors"]["model.embed_tokens.weight"]["codec"] == "mplr"  # compact: low rank
+    embedding = m["tensors"]["model.embed_tokens.weight"]  # the 10 rows the fine-tune moved
+    assert embedding["codec"] == "magnitude" and embedding["info"] == {"layout": "rows",
+                                                                        "count": 10}
 
 
 def test_decoded_parts_and_dense_deltas_agree(llama_pair, tmp_path):

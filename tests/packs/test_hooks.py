@@ -16,7 +16,7 @@ from skillstore.packs import (
 )
 from skillstore.packs.export import load_base
 
-from .conftest import finetune_like, logits, tiny_gpt2, tiny_llama
+from .conftest import TINY_COMPACT, finetune_like, logits, tiny_gpt2, tiny_llama
 
 
 def snapshot(model):
@@ -32,7 +32,8 @@ def hook_count(model):
     return sum(len(m._forward_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("policy", ["compact", "balanced", "lossless"])
+@pytest.mark.parametrize("policy", [pytest.param(TINY_COMPACT, id="compact"), "balanced",
+                                    "lossless"])
 def test_hooked_llama_matches_merged_and_leaves_weights_alone(llama_pair, policy, tmp_path):
     pack = compress_checkpoint(*llama_pair, policy, tmp_path / "p.safetensors").path
     merged, hooked = load_base(llama_pair[0]), load_base(llama_pair[0])
@@ -49,7 +50,7 @@ def test_hooked_llama_matches_merged_and_leaves_weights_alone(llama_pair, policy
     assert torch.equal(logits(hooked), base_logits)
 
 
-@pytest.mark.parametrize("policy", ["compact", "balanced"])
+@pytest.mark.parametrize("policy", [pytest.param(TINY_COMPACT, id="compact"), "balanced"])
 def test_hooked_gpt2_with_tied_head_and_conv1d_matches_merged(gpt2_pair, policy, tmp_path):
     pack = compress_checkpoint(*gpt2_pair, policy, tmp_path / "g.safetensors").path
     merged, hooked = load_base(gpt2_pair[0]), load_base(gpt2_pair[0])
@@ -63,8 +64,9 @@ def test_hooked_gpt2_with_tied_head_and_conv1d_matches_merged(gpt2_pair, policy,
 def test_hooked_and_merged_packs_stack_and_unapply_in_any_order(llama_pair, tmp_path):
     other_dir = tmp_path / "other"
     finetune_like(tiny_llama(0), seed=7).save_pretrained(str(other_dir))
-    a = compress_checkpoint(*llama_pair, "compact", tmp_path / "a.safetensors").path
-    b = compress_checkpoint(llama_pair[0], other_dir, "compact", tmp_path / "b.safetensors").path
+    a = compress_checkpoint(*llama_pair, TINY_COMPACT, tmp_path / "a.safetensors").path
+    b = compress_checkpoint(llama_pair[0], other_dir, TINY_COMPACT,
+                            tmp_path / "b.safetensors").path
     both, model = load_base(llama_pair[0]), load_base(llama_pair[0])
     snap, base_logits = snapshot(model), logits(model)
     apply_pack(both, a)
@@ -223,7 +225,7 @@ def llama_packs(llama_pair, tmp_path_factory):
     spread = root / "spread"  # every embedding row moved: pruning by entries is not by rows
     finetune_like(tiny_llama(0), seed=7, rows=96).save_pretrained(str(spread))
     made = [(llama_pair[1], ROWS_AND_ENTRIES), (spread, ENTRIES_AND_FACTORS),
-            (llama_pair[1], "compact")]
+            (llama_pair[1], TINY_COMPACT)]
     return [_decoded(compress_checkpoint(llama_pair[0], tuned, policy,
                                          root / f"{i}.safetensors").path)
             for i, (tuned, policy) in enumerate(made)]

@@ -62,11 +62,11 @@ def test_compact_keeps_a_low_rank_delta_nearly_exactly(rank4_pair, tmp_path):
 
 @pytest.mark.parametrize("policy,share", [("compact", 0.05), ("balanced", 0.25)])
 def test_a_preset_is_the_same_share_of_the_delta_at_any_width(policy, share, tmp_path):
-    """On full-rank deltas the byte budget binds: the same share on a model twice as wide
-    (a fixed rank gave half the share there)."""
+    """On full-rank deltas the byte budget binds: the same share of the file on a model twice
+    as wide (a fixed rank gave half the share there)."""
     ratios = []
     for hidden in (128, 256):
         pair = save(tmp_path / str(hidden), llama(hidden, 2 * hidden, vocab=128), None)
         s = compress_checkpoint(*pair, policy, tmp_path / f"{hidden}.safetensors")
-        ratios.append(s.payload_bytes / s.dense_fp16_bytes)
+        ratios.append(s.bytes / s.dense_fp16_bytes)
     assert all(0.9 * share <= r <= share for r in ratios), ratios
