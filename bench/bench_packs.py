@@ -214,23 +214,36 @@ GPTQ_ROWS = (("compact (RTN)", False, False), ("compact + calibration, RTN codes
              ("compact + GPTQ", True, True))
 
 
-def gptq_skills(out: Path) -> dict:
+def gptq_skills(out: Path, sft: str | None = None, skills: list[str] | None = None) -> dict:
     """Compact with round-to-nearest codes against compact with GPTQ's codes, per curriculum
-    skill, scored per prompt (``gptq_skill``), on ``tiny_pair``'s 400-step fine-tunes (the
-    2,000-step ones of ``tiny_skills`` take 5x longer than a 2-core bench affords)."""
+    skill, scored per prompt (``gptq_skill``). The fine-tunes are ``tiny_pair``'s 400-step
+    ones (the 2,000-step ones of ``tiny_skills`` take 5x longer than a 2-core bench affords),
+    or with ``sft="demo"`` (env ``SKILLSTORE_BENCH_GPTQ_SFT``) the demo's 600-step ones, the
+    same that ``bench tune`` caches. ``skills`` (env ``SKILLSTORE_BENCH_GPTQ_SKILLS``, comma
+    separated) picks some of the curriculum's."""
+    from skillstore.experiments.spec import load_spec
     from skillstore.models import load_causal_lm
     from skillstore.zoo.build import build_zoo
 
+    sft = sft or os.environ.get("SKILLSTORE_BENCH_GPTQ_SFT", "tiny")
+    skills = skills or [s for s in os.environ.get("SKILLSTORE_BENCH_GPTQ_SKILLS", "").split(",")
+                        if s]
     zoo = build_zoo()
     cur = zoo.load_curriculum()
     base_model, tok = load_causal_lm(zoo.target)
-    skills = [gptq_skill(zoo, cur, skill, base_model, tok, out) for skill in cur.skills]
-    met = sum(s["gptq_vs_rtn"]["difference"] >= 0 for s in skills)
-    return {"pair": "zoo target + SFT (400 steps, batch 32) on each skill; compact RTN vs GPTQ",
-            "gptq": skills, "met": f"{met}/{len(skills)}"}
+    tuned = {"tiny": lambda s: _tiny_tuned(zoo, cur, s, out),
+             "demo": lambda s: _tiny_tuned(zoo, cur, s, out, load_spec("demo").train,
+                                           kind="tune-demo")}[sft]
+    made = [gptq_skill(zoo, cur, skill, base_model, tok, out, tuned(skill))
+            for skill in skills or cur.skills]
+    met = sum(s["gptq_vs_rtn"]["difference"] >= 0 for s in made)
+    steps = "600 steps, batch 32 (the demo's)" if sft == "demo" else "400 steps, batch 32"
+    return {"pair": f"zoo target + SFT ({steps}) on each skill; compact RTN vs GPTQ",
+            "gptq": made, "met": f"{met}/{len(made)}"}
 
 
-def gptq_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
+def gptq_skill(zoo, cur, skill: str, base_model, tok, out: Path,
+               tuned_dir: Path | None = None) -> dict:
     """One skill's fine-tune (cached) as three compact packs, each scored per prompt on the
     first 200 test prompts. GPTQ's statistics come from the skill's first 64 training rows
     through the base (``skill_calibration``, as the job's compress step collects them). The
@@ -244,7 +257,7 @@ def gptq_skill(zoo, cur, skill: str, base_model, tok, out: Path) -> dict:
     files = cur.skills[skill]
     packs = out / "gptq-packs"
     packs.mkdir(exist_ok=True)
-    tuned_dir = _tiny_tuned(zoo, cur, skill, out)
+    tuned_dir = tuned_dir or _tiny_tuned(zoo, cur, skill, out)
     test = load_rows(files.test)[:200]
     tuned_model, _ = load_causal_lm(tuned_dir, fingerprint=False)
     hess = skill_calibration(base_model, tok, load_rows(files.train))
