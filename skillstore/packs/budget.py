@@ -52,17 +52,23 @@ class Choice:
         return MixedPrecisionLowRank(rank=k, schedule=tuple((c / k, b) for c, b in self.blocks),
                                      group_size=GROUP, calibrated=calibrated)
 
+    def payload(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """The payload tensors this encoding writes, by key: dtype and shape."""
+        m, n = self.shape
+        if self.rows:
+            return {"rows": (torch.uint8, (packed_nbytes(self.rows, _index_width(m)),)),
+                    "values": (torch.float16, (self.rows, n))}
+        if not self.blocks:
+            return {}
+        codes = sum(packed_nbytes(c * cols, b) for c, b in self.blocks for cols in (m, n))
+        grid = sum(2 * c * math.ceil(cols / GROUP) for c, _ in self.blocks for cols in (m, n))
+        return {"codes": (torch.uint8, (codes,)), "grid": (torch.float16, (grid,)),
+                "gain": (torch.float32, (2,))}
+
     @property
     def nbytes(self) -> int:
         """The payload bytes of this encoding, from the sizes alone."""
-        m, n = self.shape
-        if self.rows:
-            return packed_nbytes(self.rows, _index_width(m)) + 2 * self.rows * n
-        if not self.blocks:
-            return 0
-        codes = sum(packed_nbytes(c * cols, b) for c, b in self.blocks for cols in (m, n))
-        grid = sum(2 * c * math.ceil(cols / GROUP) for c, _ in self.blocks for cols in (m, n))
-        return codes + 2 * grid + 8
+        return sum(math.prod(shape) * dt.itemsize for dt, shape in self.payload().values())
 
 
 def planned(choice: Choice, calibrated: bool = False) -> tuple[object, Encoded] | None:
@@ -72,21 +78,10 @@ def planned(choice: Choice, calibrated: bool = False) -> tuple[object, Encoded] 
     codec = choice.codec(calibrated=calibrated)
     if codec is None:
         return None
-    m, n = choice.shape
-    if choice.rows:
-        tensors = {"rows": (torch.uint8, packed_nbytes(choice.rows, _index_width(m))),
-                   "values": (torch.float16, (choice.rows, n))}
-        info = {"layout": "rows", "count": choice.rows}
-    else:
-        codes = sum(packed_nbytes(c * cols, b) for c, b in choice.blocks for cols in (m, n))
-        grid = sum(2 * c * math.ceil(cols / GROUP) for c, _ in choice.blocks for cols in (m, n))
-        tensors = {"codes": (torch.uint8, codes), "grid": (torch.float16, grid),
-                   "gain": (torch.float32, 2)}
-        info = {"blocks": [list(b) for b in choice.blocks], "calibrated": calibrated}
-    enc = Encoded({k: torch.empty(shape, dtype=dt, device="meta")
-                   for k, (dt, shape) in tensors.items()}, info)
-    assert enc.nbytes == choice.nbytes, (choice, enc.nbytes)
-    return codec, enc
+    info = ({"layout": "rows", "count": choice.rows} if choice.rows else
+            {"blocks": [list(b) for b in choice.blocks], "calibrated": calibrated})
+    return codec, Encoded({k: torch.empty(shape, dtype=dt, device="meta")
+                           for k, (dt, shape) in choice.payload().items()}, info)
 
 
 def encode(choice: Choice, spectrum: Spectrum, delta: torch.Tensor,

@@ -8,7 +8,7 @@ from skillstore.errors import ConfigError
 from skillstore.fingerprint import sha256_file
 from skillstore.packs import CompressionPolicy, compress_checkpoint, load_policy
 from skillstore.packs import compress as compress_module
-from skillstore.packs.budget import allocate, encode
+from skillstore.packs.budget import allocate, encode, planned
 from skillstore.packs.spectrum import PROBE_RANK, factors, measure
 
 from .test_presets import llama, save
@@ -34,6 +34,10 @@ def test_the_encoding_costs_and_loses_what_the_allocation_predicted(sensitivity)
         pick = allocate({"w": sp}, room)["w"]
         enc = encode(pick, sp, d)
         assert enc.nbytes == pick.nbytes <= room * 1.01
+        _, plan = planned(pick)  # what the header was sized on, before any encoding
+        assert plan.info == enc.info
+        assert {k: (t.dtype, t.shape) for k, t in plan.tensors.items()} == \
+            {k: (t.dtype, t.shape) for k, t in enc.tensors.items()}
         err = d - pick.codec().decode("w", tuple(d.shape), enc.info, enc.tensors).to_dense()
         actual = {"none": lambda e: e.pow(2).sum(), "inputs": lambda e: (x @ e.T).pow(2).sum(),
                   "tokens": lambda e: (e.pow(2).sum(1) * counts).sum()}[sensitivity](err)
