@@ -237,7 +237,7 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
             enc = budget_mode.encode(pick, spectra[name], delta, hessian=hessian)
             return codec, enc, _err2(codec, name, delta, enc)
 
-        target, rounds = budget_bytes, 0
+        reserve, rounds = 0.0, 0
         while True:
             changed_any = False
             for (name, _), out in in_order(second, allocated(), workers):
@@ -251,15 +251,17 @@ def _compress(base_dir, tuned_dir, policy, out_path, base_fingerprint, tuned_fin
                 meta[name]["err2"] = out[2]
             # the planned header held the predicted errors; where the measured ones take more
             # room, allocate again within what is left and encode the matrices that changed
-            manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
-            over = summary["payload"] + header_bound(manifest, tensors) - budget_bytes
+            laid = _layout(chosen, meta, policy, fingerprint, source)
+            over = laid[2]["payload"] + header_bound(*laid[:2]) - budget_bytes
             if over <= 0 or not changed_any:
                 break
-            target, rounds = target - over, rounds + 1
-            picks = _allocate(spectra, policy, target, fixed_bytes, header)
+            reserve, rounds = reserve + over, rounds + 1
+            picks = _allocate(spectra, policy, budget_bytes, fixed_bytes, header, reserve)
+    else:
+        laid = _layout(chosen, meta, policy, fingerprint, source)
     if progress:
         progress(steps, steps, "")
-    manifest, tensors, summary = _layout(chosen, meta, policy, fingerprint, source)
+    manifest, tensors, summary = laid
     size = write_pack(out_path, manifest, tensors)
     err_num, err_den = summary["err2"]
     return PackSummary(Path(out_path), size, summary["payload"], 2 * dense_elems,
@@ -278,13 +280,14 @@ def _gptq_hessian(policy, calibration, name, shape):
     return h
 
 
-def _allocate(spectra, policy, budget_bytes, fixed_bytes, header):
-    """The allocation within ``budget_bytes`` (the policy's share of the dense fp16 delta)
-    for the whole file: the tensors of the fixed roles (norms, biases), the allocated
-    matrices and the header. ``header(picks)`` bounds the header of the pack, and of any tune
-    of it, with those picks. The first round prices no manifest entry; the next prices each
-    kept matrix at the entry the first one measured; any later one shrinks the room by what
-    the last overshot. With no room left every allocated matrix is left out, which fits."""
+def _allocate(spectra, policy, budget_bytes, fixed_bytes, header, reserve=0.0):
+    """The allocation within ``budget_bytes`` (the policy's share of the dense fp16 delta),
+    less ``reserve``, for the whole file: the tensors of the fixed roles (norms, biases), the
+    allocated matrices and the header. ``header(picks)`` bounds the header of the pack, and
+    of any tune of it, with those picks. The first round prices no manifest entry; the next
+    prices each kept matrix at the entry the first one measured; any later one shrinks the
+    room by what the last overshot. With no room left every allocated matrix is left out,
+    which fits."""
     bare = header({})
     least = fixed_bytes + bare
     if least > budget_bytes:
@@ -293,11 +296,12 @@ def _allocate(spectra, policy, budget_bytes, fixed_bytes, header):
             f"A budget of {100 * policy.budget:g}% ({budget_bytes:.0f} bytes) is below what "
             f"the uncompressed tensors and the manifest alone need ({least} bytes, "
             f"{100 * least / dense_bytes:.2f}%); raise the budget.")
-    room, entry = budget_bytes - least, 0.0
+    target = budget_bytes - reserve
+    room, entry = target - least, 0.0
     while True:
         picks = budget_mode.allocate(spectra, max(room, 0.0), policy.energy, entry)
         head = header(picks)
-        over = fixed_bytes + sum(p.nbytes for p in picks.values()) + head - budget_bytes
+        over = fixed_bytes + sum(p.nbytes for p in picks.values()) + head - target
         if over <= 0 or room <= 0:
             return picks
         kept = sum(bool(p.blocks or p.rows) for p in picks.values())

@@ -39,9 +39,9 @@ class CompressionPolicy(BaseModel):
     """The operator per module role, or, with ``budget``, an allocation: the file (header
     included, and that of any tune of it) may take a ``budget`` fraction of the dense fp16
     delta's bytes, and the embedding, attention and MLP matrices get the singular directions
-    and bit widths, or
-    embedding rows, that lose the least of each matrix's energy. ``energy`` (role ->
-    fraction) stops a matrix of that role taking more once it keeps that share of its energy.
+    and bit widths, or embedding rows, that lose the least of each matrix's energy.
+    ``energy`` (role -> fraction) stops a matrix of that role taking more once it keeps that
+    share of its energy.
     ``gptq`` quantises the allocated matrices' factors with GPTQ on calibration statistics
     (the input second moments of each linear layer), which the pack is then refused without;
     the job's compress step collects them from the skill's training rows."""

@@ -89,7 +89,8 @@ def test_tuning_moves_only_the_floats_and_lowers_the_loss(mini_zoo, case_pack, t
         else:  # codes and indices are the pack's bits: never touched
             assert torch.equal(new.tensors[key], t), key
     assert moved > 0
-    # the same payload, and the budget that counted the header holds for the tuned file too
+    # the same payload; the manifest changes a little, within the budget that counted it
+    assert abs(result.bytes - path.stat().st_size) < 512
     index = check_compatible(mini_zoo.target, path.parent / "tuned")
     budget = old.manifest["policy"]["budget"] * 2 * sum(math.prod(i.shape) for i in index.values())
     assert path.stat().st_size <= budget and result.bytes <= budget
